@@ -1,0 +1,31 @@
+"""Every subcommand's --help works, through `python -m nexusgen` and the parser."""
+
+import subprocess
+import sys
+
+import pytest
+
+from nexusgen.cli import build_parser, main
+
+SUBCOMMANDS = ["understand", "generate", "edit", "chat", "embed", "demo", "convert", "train",
+               "prepare-embeds", "eval", "bench"]
+
+
+def test_python_m_help():
+    out = subprocess.run([sys.executable, "-m", "nexusgen", "--help"], capture_output=True, text=True, check=True)
+    for name in SUBCOMMANDS:
+        assert name in out.stdout
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS + ["eval shapes", "eval geneval-export"])
+def test_subcommand_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*name.split(), "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: nexusgen " + name in capsys.readouterr().out
+
+
+def test_unknown_subcommand_is_an_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["frobnicate"])
+    assert exit_info.value.code == 2
