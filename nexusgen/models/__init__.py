@@ -1,0 +1,1 @@
+"""Single-device `nn.Module`s only: no file I/O, no downloads, no torch.distributed."""
