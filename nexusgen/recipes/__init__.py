@@ -1,0 +1,27 @@
+"""Training recipes: Python functions returning complete `TrainConfig`s (STYLE rule 10).
+
+`RECIPES` maps the name given to `nexusgen train` to the function. Every stage has a `tiny-<stage>`
+recipe that runs on generated data in seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from nexusgen.recipes import tiny
+from nexusgen.train.config import TrainConfig
+
+RECIPES: dict[str, Callable[[], TrainConfig]] = {
+    "tiny-vae": tiny.tiny_vae,
+    "tiny-vlm": tiny.tiny_vlm,
+    "tiny-ar": tiny.tiny_ar,
+    "tiny-gen_decoder": tiny.tiny_gen_decoder,
+    "tiny-edit_decoder": tiny.tiny_edit_decoder,
+}
+
+
+def get_recipe(name: str) -> TrainConfig:
+    """The config of recipe `name`; ValueError naming the known recipes otherwise."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+    return RECIPES[name]()

@@ -1,0 +1,220 @@
+"""Atomic checkpoints and exact resume.
+
+A checkpoint is a directory `RUN_DIR/checkpoints/step_000020/`:
+```
+model.safetensors      full (unsharded) model state dict
+optimizer.pt           optimizer state keyed by parameter names (tensors and numbers only)
+scheduler.pt           LR scheduler state
+ema.safetensors        EMA weights (only with stage.ema_decay > 0)
+rank_00000.pt          this rank's RNG states (python, numpy, torch CPU and CUDA) and data position
+trainer.json           step, world size
+COMPLETE               written last; a directory without it is ignored
+```
+Writing goes to `.step_000020.tmp/`, every file is fsynced, the marker is written, and the directory
+is renamed into place (atomic on POSIX), so a process killed at any moment leaves either the previous
+checkpoints or a complete new one (the pattern of transformers PR #27820 and torchtitan's
+`_find_load_step`). The `.pt` files are loaded with `weights_only=True`: no pickle code ever runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from nexusgen.train import parallel
+
+COMPLETE = "COMPLETE"
+_STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+# ----------------------------------------------------------------------------------------------------
+# atomic file helpers
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write `text` to `path` through a temporary file, fsync, then os.replace."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_directory(path):
+    """Yield a temporary sibling directory; on success fsync its files and rename it to `path`.
+
+    An existing `path` is replaced. On an exception the temporary directory is removed.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_tree(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            _fsync_path(Path(dirpath) / name)
+        _fsync_path(Path(dirpath))
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path) -> None:
+    """safetensors refuses shared storage (tied weights): clone the second and later aliases."""
+    seen, out = set(), {}
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().cpu().contiguous()
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset()) if tensor.numel() else None
+        out[name] = tensor.clone() if key in seen else tensor
+        seen.add(key)
+    save_file(out, str(path))
+
+
+# ----------------------------------------------------------------------------------------------------
+# RNG state
+
+
+def rng_state() -> dict:
+    """Every RNG this process draws from, as tensors and plain numbers (loadable with weights_only)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss],
+             "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# save / find / load
+
+
+def checkpoint_dir(run_dir, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
+
+
+def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    found = []
+    for path in root.iterdir() if root.is_dir() else []:
+        match = _STEP_DIR.match(path.name)
+        if match and (path / COMPLETE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(run_dir, step: int, *, model, optimizer, scheduler, data_state: dict,
+                    info: parallel.DistInfo, keep_last: int, ema=None) -> Path:
+    """Write a complete checkpoint of `step` atomically (collective: call on every rank)."""
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(f".{final.name}.tmp")
+    model_state, optim_state = parallel.full_state_dicts(model, optimizer)  # collective under FSDP
+    if info.is_main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    parallel.barrier()
+    torch.save({"rng": rng_state(), "data": data_state}, tmp / f"rank_{info.rank:05d}.pt")
+    _fsync_path(tmp / f"rank_{info.rank:05d}.pt")
+    if info.is_main:
+        save_safetensors(model_state, tmp / "model.safetensors")
+        torch.save(optim_state, tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if ema is not None:
+            save_safetensors(ema.state_dict(), tmp / "ema.safetensors")
+        (tmp / "trainer.json").write_text(json.dumps({"step": step, "world_size": info.world_size}))
+    parallel.barrier()
+    if info.is_main:
+        _fsync_tree(tmp)
+        (tmp / COMPLETE).write_text(f"{step}\n")
+        _fsync_path(tmp / COMPLETE)
+        if final.exists():  # the same step saved again after a resume: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_path(final.parent)
+        _prune(run_dir, keep_last)
+    parallel.barrier()
+    return final
+
+
+def _prune(run_dir, keep_last: int) -> None:
+    for _, path in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+    for stale in (Path(run_dir) / "checkpoints").glob(".step_*.tmp"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def load_checkpoint(path, *, model, optimizer, scheduler, info: parallel.DistInfo,
+                    ema=None) -> tuple[int, dict]:
+    """Restore a checkpoint written by `save_checkpoint`; returns (step, this rank's data state).
+
+    The RNG state of this rank is restored too, so the continued run draws exactly what the
+    uninterrupted run would have drawn. Resuming with another world size keeps the weights, optimizer
+    and (global) data position but cannot restore per-rank RNG streams: they are reseeded.
+
+    Raises:
+        ValueError: `path` is not a complete checkpoint.
+    """
+    path = Path(path)
+    if not (path / COMPLETE).is_file():
+        raise ValueError(f"{path} is not a complete checkpoint (no {COMPLETE} marker)")
+    trainer = json.loads((path / "trainer.json").read_text())
+    model_state = load_file(str(path / "model.safetensors"))
+    optim_state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    parallel.load_full_state_dicts(model, optimizer, model_state, optim_state)
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    if ema is not None and (path / "ema.safetensors").is_file():
+        ema.load_state_dict(load_file(str(path / "ema.safetensors")))
+    rank_file = path / f"rank_{info.rank:05d}.pt"
+    same_world = trainer["world_size"] == info.world_size and rank_file.is_file()
+    rank_state = torch.load(rank_file if same_world else path / "rank_00000.pt", weights_only=True)
+    if same_world:
+        set_rng_state(rank_state["rng"])
+    return int(trainer["step"]), rank_state["data"]

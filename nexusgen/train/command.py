@@ -1,0 +1,31 @@
+"""`nexusgen train RECIPE --out RUN_DIR [--set key=value ...] [--resume] [--skip-bad]`."""
+
+from __future__ import annotations
+
+import argparse
+
+from nexusgen.train.config import TrainConfig, apply_overrides
+
+
+def resolve_config(recipe: str, overrides: list[str], *, skip_bad: bool = False) -> TrainConfig:
+    """Recipe config with the `--set` overrides applied (ValueError for an unknown recipe or field)."""
+    from nexusgen.recipes import get_recipe  # recipes build on train.config; imported here, not at top
+
+    config = apply_overrides(get_recipe(recipe), overrides)
+    if skip_bad:
+        config = apply_overrides(config, ["data.skip_bad=true"])
+    return config
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """CLI handler: resolve the config, train, tear the process group down. Returns the exit code."""
+    from nexusgen.train import parallel
+    from nexusgen.train.loop import train
+
+    config = resolve_config(args.recipe, args.overrides, skip_bad=args.skip_bad)
+    try:
+        summary = train(config, args.out, resume=args.resume)
+    finally:
+        parallel.destroy_distributed()
+    parallel.print0(f"done: {summary}")
+    return 0

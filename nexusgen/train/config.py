@@ -1,0 +1,321 @@
+"""Training configuration: dataclasses are the only schema (STYLE rules 8, 10-12).
+
+A run is fully described by one `TrainConfig`. Recipes (`nexusgen/recipes/`) are Python functions that
+return a complete one; the command line changes it only through dotted-path overrides
+(`--set optim.grad_clip=0.5`), parsed by the type of the field they name. The resolved config is
+written to `RUN_DIR/config.json`.
+
+The top-level names `max_steps`, `save_every`, `batch_size` (the *global* batch, split across ranks and
+accumulation micro-steps), `lr` and `seed` always exist, so that the most common overrides are short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+STAGES = ("vae", "vlm", "ar", "gen_decoder", "edit_decoder")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the gradient step around it."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (beta1, beta2)."""
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    """Decoupled weight decay; never applied to biases, norms and embeddings-like 1-D tensors."""
+    grad_clip: float = 1.0
+    """Max global L2 norm of the gradients; 0 disables clipping."""
+    grad_accum_steps: int = 1
+    """Micro-steps per optimiser step; the per-rank batch is split into this many micro-batches."""
+
+    def __post_init__(self):
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"optim.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        if self.grad_clip < 0:
+            raise ValueError(f"optim.grad_clip must be >= 0, got {self.grad_clip}")
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule: linear warm-up, then cosine decay or constant."""
+
+    kind: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    """Cosine floor as a fraction of `lr` (reached at `max_steps`)."""
+
+    def __post_init__(self):
+        if self.kind not in ("cosine", "constant"):
+            raise ValueError(f"schedule.kind must be 'cosine' or 'constant', got {self.kind!r}")
+        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"bad schedule: warmup_steps={self.warmup_steps}, "
+                             f"min_lr_ratio={self.min_lr_ratio}")
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpointing besides `TrainConfig.save_every`."""
+
+    keep_last: int = 3
+    """Complete checkpoints kept on disk (older ones are deleted after a successful save)."""
+    export_final: bool = True
+    """Write RUN_DIR/final/ (a model folder) after the last step."""
+
+    def __post_init__(self):
+        if self.keep_last < 1:
+            raise ValueError(f"checkpoint.keep_last must be >= 1, got {self.keep_last}")
+
+
+@dataclass
+class DistConfig:
+    """Data parallelism. Under `torchrun` the world comes from the environment; alone it is 1 process."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """'ddp' (replicated weights) or 'fsdp' (FSDP2 `fully_shard`, sharded weights and optimiser)."""
+    backend: str = "auto"
+    """Process-group backend: 'auto' = nccl on GPU, gloo on CPU."""
+    timeout_s: int = 600
+
+    def __post_init__(self):
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"dist.strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (peft) on the trainable part; merged into the weights on export."""
+
+    rank: int = 0
+    """0 disables LoRA (full fine-tuning of the trainable parts)."""
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=list)
+    """Module-name suffixes to adapt (peft `target_modules`); empty = the stage's default list."""
+
+    def __post_init__(self):
+        if self.rank < 0:
+            raise ValueError(f"lora.rank must be >= 0, got {self.rank}")
+
+
+@dataclass
+class DataConfig:
+    """Where a stage's samples come from."""
+
+    source: Literal["generated", "jsonl", "embeds"] = "generated"
+    """'generated': in-memory procedural samples (tiny recipes, tests); 'jsonl': message-format JSONL
+    files; 'embeds': precomputed decoder-training embedding datasets."""
+    paths: list[str] = field(default_factory=list)
+    """Files of the mixture (jsonl / embeds sources)."""
+    weights: list[float] = field(default_factory=list)
+    """Mixture weights, one per path (empty = equal)."""
+    num_samples: int = 256
+    """Size of a generated dataset (it repeats in epochs, reshuffled per epoch)."""
+    image_size_px: int = 32
+    """Side of generated / decoder-target images."""
+    tasks: list[str] = field(default_factory=lambda: ["understanding", "generation", "editing"])
+    """Generated sample kinds for AR-style stages."""
+    skip_bad: bool = False
+    """Skip (and count) invalid records instead of stopping."""
+
+    def __post_init__(self):
+        if self.source not in ("generated", "jsonl", "embeds"):
+            raise ValueError(f"data.source must be generated|jsonl|embeds, got {self.source!r}")
+        if self.weights and len(self.weights) != len(self.paths):
+            raise ValueError(f"data.weights has {len(self.weights)} entries for {len(self.paths)} paths")
+
+
+@dataclass
+class StageConfig:
+    """What makes one training stage different from another: all data, no code (STYLE rule 12)."""
+
+    name: str = "vae"
+    """One of vae, vlm, ar, gen_decoder, edit_decoder."""
+    parent: str | None = None
+    """Where the model starts: a previous run dir (its final/), a model folder, or None = `preset`."""
+    preset: str = "tiny"
+    """Model preset used for the parts that the parent does not provide."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """Keyword overrides of the trained part's config (e.g. AutoencoderKL kwargs for the vae stage)."""
+    trainable: list[str] = field(default_factory=list)
+    """Sub-module name prefixes to train; empty = the stage's default. Everything else is frozen."""
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    """Weights of the stage's loss terms (e.g. {"token": 3.0, "image": 3.0}); missing = stage default."""
+    ema_decay: float = 0.0
+    """EMA of the trainable weights (used for the DiT); 0 disables it. The export uses the EMA weights."""
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.name not in STAGES:
+            raise ValueError(f"stage.name must be one of {STAGES}, got {self.name!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"stage.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class TrainConfig:
+    """One complete training run."""
+
+    stage: StageConfig = field(default_factory=StageConfig)
+    max_steps: int = 100
+    """Optimiser steps."""
+    batch_size: int = 8
+    """GLOBAL batch (samples per optimiser step), split evenly across ranks and accumulation steps."""
+    lr: float = 1e-4
+    """Peak learning rate."""
+    seed: int = 0
+    save_every: int = 0
+    """Checkpoint every this many steps (0 = only the final export)."""
+    log_every: int = 1
+    eval_every: int = 0
+    """Run the stage's evaluation hook every this many steps (0 = never)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """'auto' = bf16 autocast on GPU, fp32 on CPU (bf16 matmul is ~100x slower on our CPUs)."""
+    device: str = "auto"
+    deterministic: bool = True
+    """torch.use_deterministic_algorithms: needed for bitwise-exact resume; turn off for speed on GPU."""
+    progress: bool = True
+    """Show a progress bar on rank 0 (only when stderr is a terminal)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.save_every < 0 or self.log_every < 1 or self.eval_every < 0:
+            raise ValueError(f"bad intervals: save_every={self.save_every}, log_every={self.log_every}, "
+                             f"eval_every={self.eval_every}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto|fp32|bf16, got {self.precision!r}")
+
+    def micro_batch_size(self, world_size: int) -> int:
+        """Samples per rank per micro-step; raises ValueError if the global batch does not split evenly."""
+        parts = world_size * self.optim.grad_accum_steps
+        if self.batch_size % parts:
+            raise ValueError(f"batch_size={self.batch_size} is not divisible by world_size ({world_size}) x "
+                             f"grad_accum_steps ({self.optim.grad_accum_steps})")
+        return self.batch_size // parts
+
+
+# ----------------------------------------------------------------------------------------------------
+# serialisation and overrides
+
+
+def config_to_dict(config) -> dict:
+    """A JSON-ready dict of a (nested) config dataclass."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls, data: dict):
+    """Build `cls` from a dict written by `config_to_dict`; unknown keys are a ValueError."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            value = config_from_dict(hint, value)
+        elif typing.get_origin(hint) is tuple:
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def save_config(config: TrainConfig, path) -> None:
+    from nexusgen.train.checkpoint import atomic_write_text  # one atomic-write helper for the package
+
+    atomic_write_text(path, json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
+
+
+def load_config(path) -> TrainConfig:
+    with open(path) as f:
+        return config_from_dict(TrainConfig, json.load(f))
+
+
+def _parse_value(text: str, hint, current):
+    """Parse an override string by the type of the field it sets."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _parse_value(text, inner[0], current)
+    if origin is Literal:
+        if text not in [str(a) for a in args]:
+            raise ValueError(f"value {text!r} is not one of {list(args)}")
+        return next(a for a in args if str(a) == text)
+    if hint is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"value {text!r} is not a boolean")
+        return text.lower() in ("true", "1", "yes")
+    if hint in (int, float, str):
+        return hint(text)
+    if hint is Any:  # inside a dict[str, Any]: keep the type of the value it replaces
+        if current is None or isinstance(current, (str,)):
+            return text
+        return _parse_value(text, type(current), None) if isinstance(current, (bool, int, float)) \
+            else json.loads(text)
+    if origin in (list, tuple, dict):  # containers are given as JSON: --set data.paths='["a.jsonl"]'
+        value = json.loads(text)
+        if not isinstance(value, dict if origin is dict else list):
+            raise ValueError(f"value {text!r} is not a JSON {origin.__name__}")
+        return tuple(value) if origin is tuple else value
+    raise ValueError(f"cannot parse a value of type {hint}")
+
+
+def apply_override(config, assignment: str):
+    """Return a copy of `config` with one `dotted.path=value` override applied.
+
+    Raises:
+        ValueError: the assignment has no '=', names no field, or the value does not parse.
+    """
+    if "=" not in assignment:
+        raise ValueError(f"override {assignment!r} is not of the form key=value")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    try:
+        return _set_path(config, parts, text)
+    except (ValueError, json.JSONDecodeError) as err:
+        raise ValueError(f"override {assignment!r}: {err}") from None
+
+
+def _set_path(obj, parts: list[str], text: str):
+    name, rest = parts[0], parts[1:]
+    if dataclasses.is_dataclass(obj):
+        fields = {f.name for f in dataclasses.fields(obj)}
+        if name not in fields:
+            raise ValueError(f"{type(obj).__name__} has no field {name!r} (fields: {sorted(fields)})")
+        current = getattr(obj, name)
+        hint = typing.get_type_hints(type(obj))[name]
+        value = _set_path(current, rest, text) if rest else _parse_value(text, hint, current)
+        return dataclasses.replace(obj, **{name: value})
+    if isinstance(obj, dict):  # only keys that exist: a typo must not silently add a new one
+        if name not in obj:
+            raise ValueError(f"no key {name!r} (keys: {sorted(obj)})")
+        value = _set_path(obj[name], rest, text) if rest else _parse_value(text, Any, obj[name])
+        return {**obj, name: value}
+    raise ValueError(f"cannot descend into {name!r} of a {type(obj).__name__}")
+
+
+def apply_overrides(config: TrainConfig, assignments: list[str]) -> TrainConfig:
+    """Apply `--set` overrides in order; see `apply_override`."""
+    for assignment in assignments:
+        config = apply_override(config, assignment)
+    return config

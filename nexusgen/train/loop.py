@@ -1,0 +1,223 @@
+"""The training loop: one explicit function for every stage (STYLE rule 13).
+
+Order: set up (process group, seeds, stage, LoRA, data parallel wrapping, optimiser, schedule, EMA)
+-> resume -> for each step: batch -> forward/loss -> backward -> clip -> optimiser step -> log -> eval
+-> save -> export of the model folder to RUN_DIR/final.
+
+Precision policy (STYLE rule 15, stated once here): master weights and optimiser state are fp32;
+`precision="auto"` runs the forward under bf16 autocast on GPU and in plain fp32 on CPU (bf16 matmul
+is 100x slower than fp32 on our AVX2 CPUs); losses are reduced in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from nexusgen.train import checkpoint, parallel
+from nexusgen.train.config import TrainConfig, save_config
+from nexusgen.train.ema import EMA
+from nexusgen.train.metrics import MetricsLogger, Progress
+from nexusgen.train.optim import build_optimizer, build_scheduler
+from nexusgen.train.stages import Stage, build_stage
+
+
+def train(config: TrainConfig, run_dir, *, resume: bool = False) -> dict:
+    """Run (or continue) a training run; returns a summary dict.
+
+    Args:
+        config: the complete, resolved configuration.
+        run_dir: RUN_DIR (config.json, git_sha, metrics.jsonl, checkpoints/, final/).
+        resume: continue from the newest complete checkpoint in RUN_DIR (from scratch if none).
+
+    Raises:
+        ValueError: RUN_DIR already holds checkpoints and `resume` is False, or a bad config.
+    """
+    info = parallel.init_distributed(config.dist, config.device)
+    run_dir = Path(run_dir)
+    latest = checkpoint.latest_checkpoint(run_dir)
+    if latest is not None and not resume:
+        raise ValueError(f"{run_dir} already holds checkpoints; pass --resume or choose another --out")
+    micro_batch = config.micro_batch_size(info.world_size)  # validates the batch split early
+    _prepare_run_dir(config, run_dir, info)
+    _set_determinism(config.deterministic)
+
+    # Same seed on every rank while building, so every rank starts from identical weights (FSDP2 does
+    # not broadcast them); then per-rank seeds for everything drawn during training.
+    parallel.seed_everything(config.seed, 0)
+    stage = build_stage(config, info)
+    if config.lora.rank:
+        from nexusgen.train.lora import apply_lora
+
+        apply_lora(stage.module, config.lora)
+    parallel.seed_everything(config.seed, info.rank)
+    model = parallel.parallelize(stage.module, config.dist, info, stage.shard_units)
+    optimizer = build_optimizer(stage.module, config)
+    scheduler = build_scheduler(optimizer, config)
+    ema = EMA(stage.module, config.stage.ema_decay) if config.stage.ema_decay else None
+
+    start_step = 0
+    if resume and latest is not None:
+        start_step, data_state = checkpoint.load_checkpoint(
+            latest, model=model, optimizer=optimizer, scheduler=scheduler, info=info, ema=ema)
+        stage.stream.load_state_dict(data_state)
+        parallel.print0(f"resumed from {latest} at step {start_step}")
+    logger = MetricsLogger(run_dir / "metrics.jsonl", enabled=info.is_main,
+                           resume_step=start_step if resume else None)
+    progress = Progress(config.max_steps, start_step, enabled=info.is_main and config.progress)
+    autocast = _autocast_context(config.precision, info.device)
+    parallel.print0(f"training stage {config.stage.name}: {_count_params(stage.module)} on "
+                    f"{info.world_size} x {info.device}, micro-batch {micro_batch}")
+
+    record: dict = {}
+    for step in range(start_step, config.max_steps):
+        started = time.perf_counter()
+        samples = stage.stream.next_step(config.batch_size, info.rank, info.world_size,
+                                         config.optim.grad_accum_steps)
+        micro_batches = [_to_device(stage.collate(s), info.device) for s in samples]
+        record = train_step(model, optimizer, micro_batches, config=config, autocast=autocast)
+        record["lr"] = scheduler.get_last_lr()[0]
+        scheduler.step()
+        if ema is not None:
+            ema.update()
+        done = step + 1
+        if done % config.log_every == 0 or done == config.max_steps:
+            record = _log_record(record, stage, micro_batches, info, done, time.perf_counter() - started)
+            logger.log(record)
+            progress.update(record)
+        if config.eval_every and stage.evaluate is not None and done % config.eval_every == 0:
+            logger.log({"step": done, **{f"eval/{k}": v for k, v in stage.evaluate(stage.module).items()}})
+        if config.save_every and done % config.save_every == 0:
+            checkpoint.save_checkpoint(run_dir, done, model=model, optimizer=optimizer, scheduler=scheduler,
+                                       data_state=stage.stream.state_dict(), info=info,
+                                       keep_last=config.checkpoint.keep_last, ema=ema)
+    progress.close()
+    logger.close()
+    if config.checkpoint.export_final:
+        export_final(stage, model, ema, config, info, run_dir / "final")
+    parallel.barrier()
+    return {"run_dir": str(run_dir), "steps": config.max_steps, "resumed_from": start_step,
+            "final_loss": record.get("loss"), "world_size": info.world_size}
+
+
+def train_step(model, optimizer, micro_batches: list[dict], *, config: TrainConfig, autocast) -> dict:
+    """Forward/backward over the accumulation micro-batches, clip, optimiser step.
+
+    Each micro-batch's mean loss is scaled by 1/accum, so the gradient is that of the mean over the
+    global batch (DDP / FSDP average over ranks). Returns the loss terms averaged over micro-batches
+    (this rank only) and the pre-clip gradient norm.
+    """
+    accum = len(micro_batches)
+    terms: dict[str, float] = {}
+    for index, batch in enumerate(micro_batches):
+        with parallel.gradient_sync(model, enabled=index == accum - 1), autocast:
+            out = model(batch)
+            (out["loss"] / accum).backward()
+        for name, value in out.items():
+            terms[name] = terms.get(name, 0.0) + float(value.detach()) / accum
+    params = [p for p in model.parameters() if p.requires_grad]
+    max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+        grad_norm = grad_norm.full_tensor()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {**terms, "grad_norm": float(grad_norm)}
+
+
+def export_final(stage: Stage, model, ema, config: TrainConfig, info: parallel.DistInfo,
+                 out_dir: Path) -> None:
+    """Write the model folder atomically: EMA weights if any, LoRA merged, unsharded (rank 0 writes).
+
+    Collective (gathers the weights); call on every rank.
+    """
+    module = stage.module
+    sharded = info.is_distributed and config.dist.strategy == "fsdp"
+    if ema is not None or sharded:
+        state = parallel.full_model_state_dict(model)  # collective under FSDP
+        if ema is not None:
+            state.update(ema.state_dict())
+        if info.is_main:
+            module = _fresh_module(config) if sharded else module  # a sharded module: rebuild it whole
+            module.load_state_dict(state)
+    if info.is_main:
+        if config.lora.rank:
+            from nexusgen.train.lora import merge_lora
+
+            merge_lora(module)
+        with checkpoint.atomic_directory(out_dir) as tmp:
+            stage.export(module, tmp)
+    parallel.barrier()
+
+
+def _fresh_module(config: TrainConfig) -> torch.nn.Module:
+    single = parallel.DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    module = build_stage(config, single).module
+    if config.lora.rank:
+        from nexusgen.train.lora import apply_lora
+
+        apply_lora(module, config.lora)
+    return module
+
+
+def _log_record(record: dict, stage: Stage, micro_batches, info, step: int, seconds: float) -> dict:
+    """Average the loss terms over ranks; add throughput (global samples / tokens / images per second)."""
+    lr = record.pop("lr")
+    record = {**parallel.all_reduce_mean(record, info), "lr": lr}
+    counts: dict[str, float] = {}
+    for batch in micro_batches:
+        for name, value in (stage.count(batch) if stage.count else {}).items():
+            counts[name] = counts.get(name, 0) + value
+    counts = parallel.all_reduce_mean(counts, info)
+    rates = {f"{name}_per_s": value * info.world_size / seconds for name, value in counts.items()}
+    return {"step": step, **record, "step_time_s": seconds, **rates}
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+def _autocast_context(precision: str, device: torch.device):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _set_determinism(deterministic: bool) -> None:
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by cuBLAS in this mode
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _prepare_run_dir(config: TrainConfig, run_dir: Path, info: parallel.DistInfo) -> None:
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.json")
+        checkpoint.atomic_write_text(run_dir / "git_sha", git_sha() + "\n")
+    parallel.barrier()
+
+
+def git_sha() -> str:
+    """HEAD of the repository this package lives in ('+dirty' if modified), or 'unknown'."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def _count_params(module: torch.nn.Module) -> str:
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return f"{trainable / 1e6:.2f} M trainable of {total / 1e6:.2f} M parameters"

@@ -1,0 +1,140 @@
+"""Stage `vae`: train a diffusers AutoencoderKL from scratch by reconstruction (from-scratch models only).
+
+Loss: w_l1 * L1 + w_mse * MSE on pixels in [-1, 1] + w_kl * KL(q(z|x) || N(0, I)) per latent element.
+The posterior sample z = mean + std * eps uses per-sample noise (see stages/common.py), so the loss
+of a batch does not depend on how the batch is split across ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from nexusgen.train.config import TrainConfig
+from nexusgen.train.parallel import DistInfo
+from nexusgen.train.stages.common import SampleStream, Stage, per_sample_randn, sample_generators
+
+DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "mse": 0.0, "kl": 1e-6}
+
+# Used until the decoders engineer's VAE_PRESETS exists (ENVIRONMENT.md section 3: 8x downsampling
+# like FLUX, 16 latent channels, FLUX's scaling/shift factors).
+TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=16,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=8,
+                scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
+
+
+def vae_kwargs(config: TrainConfig) -> dict:
+    """AutoencoderKL kwargs: the preset (decoder.VAE_PRESETS when it exists) updated by stage.model."""
+    try:
+        from nexusgen.models.decoder import VAE_PRESETS
+    except ImportError:
+        VAE_PRESETS = {"tiny": TINY_VAE}
+    if config.stage.preset not in VAE_PRESETS:
+        raise ValueError(f"unknown VAE preset {config.stage.preset!r}; known: {sorted(VAE_PRESETS)}")
+    preset = VAE_PRESETS[config.stage.preset]
+    kwargs = dict(preset) if isinstance(preset, dict) else dict(vars(preset))
+    kwargs.update(config.stage.model)
+    return kwargs
+
+
+class GeneratedImages:
+    """Procedural images: a background colour with 1-3 axis-aligned rectangles and discs.
+
+    Deterministic per index (generator seeded by (seed, index)); used until ShapesWorld can render.
+    Each sample: {"image": float32 (3, size, size) in [-1, 1]}.
+    """
+
+    def __init__(self, num_samples: int, size: int, seed: int):
+        self.num_samples, self.size, self.seed = num_samples, size, seed
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(index)
+        g = torch.Generator().manual_seed(self.seed * 7_368_787 + index)
+        s = self.size
+        image = torch.rand(3, 1, 1, generator=g).expand(3, s, s).clone()
+        yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+        for _ in range(int(torch.randint(1, 4, (), generator=g))):
+            colour = torch.rand(3, 1, 1, generator=g)
+            cy, cx, r = (torch.rand(3, generator=g) * torch.tensor([s, s, s / 3])).tolist()
+            r = max(r, s / 10)
+            if torch.rand((), generator=g) < 0.5:
+                mask = ((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r
+            else:
+                mask = ((yy - cy).abs() <= r) & ((xx - cx).abs() <= r)
+            image = torch.where(mask, colour, image)
+        return {"image": image * 2 - 1}
+
+
+def _shapes_dataset(config: TrainConfig):
+    """ShapesWorld images when that package offers an in-memory renderer, else GeneratedImages."""
+    d = config.data
+    try:
+        from nexusgen.worlds.shapes import image_dataset  # the ShapesWorld engineer's API, if present
+    except ImportError:
+        return GeneratedImages(d.num_samples, d.image_size_px, config.seed)
+    return image_dataset(d.num_samples, d.image_size_px, seed=config.seed)
+
+
+class VAETrainModule(torch.nn.Module):
+    """forward(batch) -> {"loss", "l1", "mse", "kl"}; batch["image"]: (B, 3, H, W) in [-1, 1]."""
+
+    def __init__(self, vae, loss_weights: dict[str, float], seed: int):
+        super().__init__()
+        self.vae = vae
+        self.loss_weights, self.seed = loss_weights, seed
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        images = batch["image"]                                             # (B, 3, H, W)
+        posterior = self.vae.encode(images).latent_dist
+        generators = sample_generators(batch["position"].tolist(), self.seed)
+        eps = per_sample_randn(posterior.mean.shape[1:], generators, device=images.device)
+        latents = posterior.mean + posterior.std * eps                      # (B, C, H/8, W/8)
+        recon = self.vae.decode(latents).sample                             # (B, 3, H, W)
+        l1 = (recon - images).abs().mean()
+        mse = torch.nn.functional.mse_loss(recon, images)
+        kl = posterior.kl().mean() / math.prod(posterior.mean.shape[1:])   # per latent element
+        w = self.loss_weights
+        loss = w["l1"] * l1 + w["mse"] * mse + w["kl"] * kl
+        return {"loss": loss, "l1": l1, "mse": mse, "kl": kl}
+
+
+def collate(samples: list[dict]) -> dict:
+    return {"image": torch.stack([s["image"] for s in samples]),
+            "position": torch.tensor([s["position"] for s in samples])}
+
+
+def export(module: VAETrainModule, out_dir) -> None:
+    """Write the VAE as the `vae/` part of a model folder (diffusers format)."""
+    module.vae.save_pretrained(str(Path(out_dir) / "vae"), safe_serialization=True)
+
+
+def build(config: TrainConfig, info: DistInfo) -> Stage:
+    from diffusers import AutoencoderKL
+
+    unknown = set(config.stage.loss_weights) - set(DEFAULT_LOSS_WEIGHTS)
+    if unknown:
+        raise ValueError(f"vae stage has no loss terms {sorted(unknown)}; "
+                         f"it has {sorted(DEFAULT_LOSS_WEIGHTS)}")
+    if config.stage.parent is not None:
+        vae = AutoencoderKL.from_pretrained(str(Path(_parent_folder(config.stage.parent)) / "vae"))
+    else:
+        vae = AutoencoderKL(**vae_kwargs(config))
+    if config.stage.gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
+    vae.to(info.device).train()
+    module = VAETrainModule(vae, {**DEFAULT_LOSS_WEIGHTS, **config.stage.loss_weights}, config.seed)
+    return Stage(module=module, stream=SampleStream(_shapes_dataset(config), seed=config.seed),
+                 collate=collate, export=export,
+                 count=lambda batch: {"samples": len(batch["image"]), "images": len(batch["image"])})
+
+
+def _parent_folder(parent: str) -> Path:
+    path = Path(parent)
+    return path / "final" if (path / "final").is_dir() else path
