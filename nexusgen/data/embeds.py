@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -50,10 +51,14 @@ def _load_pickle(path: Path) -> torch.Tensor:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # weights_only refuses any global it does not know: the file needs code to load. Never run it.
-        raise InvalidRecord("embed_unsafe", f"{path} is a pickle that needs code to load; refused "
-                                            f"(only torch.load(weights_only=True) is used): "
-                                            f"{str(err).splitlines()[0]}") from None
+        # torch's message suggests weights_only=False; we never do that, so report only the cause.
+        match = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global|\n|$)", str(err))
+        cause = match.group(1).strip() if match else str(err).splitlines()[0]
+        if "Unsupported global" in cause:
+            raise InvalidRecord("embed_unsafe", f"{path} is a pickle that needs code to load; refused "
+                                                f"(only torch.load(weights_only=True) is used): "
+                                                f"{cause}") from None
+        raise InvalidRecord("embed_unreadable", f"{path} is not a readable torch file ({cause})") from None
     except (RuntimeError, OSError, EOFError, ValueError) as err:
         raise InvalidRecord("embed_unreadable", f"{path} is not a readable torch file ({err})") from None
     if not isinstance(obj, torch.Tensor):
