@@ -1,0 +1,395 @@
+"""Nexus-Gen's vision decoders: adapter | embedding merger + diffusers FLUX DiT, and the VAE helpers.
+
+The DiT is diffusers' ``FluxTransformer2DModel`` unchanged; what Nexus-Gen changes is the conditioning
+(SPEC 1.3, 3.2-3.3, 4.2):
+
+* the context tokens are connector outputs from image embeddings, *in place of* the 512 T5 tokens;
+* the pooled vector is a stored constant, CLIP("") for the official models (so neither CLIP nor T5 is
+  needed to generate), kept in the persistent buffer ``pooled_embeds``;
+* generation: N adapted tokens, all context RoPE ids (0, 0, 0);
+* editing: [target ; reference] merger tokens with spatial RoPE ids: target token (r, c) of an h x w grid
+  gets ``(0, r * (Hl/2) / h, c * (Wl/2) / w)``, reference token ``(1, ...)`` likewise on its own grid, with
+  ``Hl x Wl`` the latent size (image tokens are ``(0, i, j)``, i < Hl/2). These are the top-left corners of
+  the tokens' cells in image-token coordinates; axis 0 = 1 tags the reference.
+* embedded guidance (3.5) goes to the guidance embedder; the timestep passed to diffusers is t in [0, 1]
+  (it multiplies by 1000 itself). Flow maths (time convention, schedule, sampler, loss) is in
+  `nexusgen.flow`; these modules only map (x_t, t, condition) to a velocity.
+
+Shape legend: B batch, N target/image tokens, M reference tokens, D embedding width, C context width,
+P pooled width, S context length, c latent channels (16), h x w latent size, L = (h/2)(w/2) image tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, FluxTransformer2DModel
+from torch import nn
+
+from nexusgen.models.connector import EmbeddingMerger, GenerationAdapter, MergerConfig
+
+# ---------------------------------------------------------------------------------------------------------
+# Configs and presets
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VAEConfig:
+    """A FLUX-style diffusers ``AutoencoderKL`` (no quant convs, 8x downsampling with 4 blocks)."""
+
+    latent_channels: int = 16
+    """c: latent channels (16 for FLUX)."""
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    """Channels per resolution; len 4 gives the /8 of FLUX."""
+    layers_per_block: int = 2
+    """ResNet blocks per resolution in the encoder (the decoder has one more)."""
+    norm_num_groups: int = 32
+    """GroupNorm groups; must divide every channel count."""
+    scaling_factor: float = 0.3611
+    """Latents are ``(z - shift_factor) * scaling_factor`` (FLUX values)."""
+    shift_factor: float = 0.1159
+
+    def __post_init__(self):
+        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        if len(self.block_out_channels) != 4:
+            raise ValueError(f"block_out_channels must have 4 entries (8x downsampling), "
+                             f"got {self.block_out_channels}")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"norm_num_groups {self.norm_num_groups} must divide {self.block_out_channels}")
+
+
+@dataclass
+class DecoderConfig:
+    """A generation or editing decoder: connector + FLUX DiT (the merger config is used by editing only)."""
+
+    embed_dim: int
+    """D: width of the vision embeddings the decoder consumes (3584)."""
+    context_dim: int
+    """C: DiT context width, the T5 width FLUX was trained with (4096)."""
+    pooled_dim: int
+    """P: width of the pooled vector (768, CLIP-L)."""
+    num_layers: int
+    """Double-stream (joint) DiT blocks (19)."""
+    num_single_layers: int
+    """Single-stream DiT blocks (38)."""
+    num_attention_heads: int
+    """DiT heads (24)."""
+    attention_head_dim: int
+    """DiT head dim (128); width = heads * head_dim."""
+    axes_dims_rope: tuple[int, int, int]
+    """RoPE dims of the 3 id axes; sum = head dim ((16, 56, 56) for 128)."""
+    latent_channels: int = 16
+    """c: VAE latent channels; the DiT sees 2x2 patches, 4c values per token."""
+    guidance_embeds: bool = True
+    """Whether the DiT has a guidance embedder (FLUX.1-dev: yes)."""
+    embedded_guidance: float = 3.5
+    """Value fed to the guidance embedder at training and sampling (upstream 3.5)."""
+    merger: MergerConfig | None = None
+    """Editing decoder's embedding merger; None for a generation-only config."""
+
+    def __post_init__(self):
+        self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
+        if isinstance(self.merger, dict):
+            self.merger = MergerConfig(**self.merger)
+        if sum(self.axes_dims_rope) != self.attention_head_dim or any(a % 2 for a in self.axes_dims_rope):
+            raise ValueError(f"axes_dims_rope {self.axes_dims_rope} must be even and sum to "
+                             f"attention_head_dim {self.attention_head_dim}")
+        if self.merger is not None and (self.merger.embed_dim, self.merger.context_dim) != (
+                self.embed_dim, self.context_dim):
+            raise ValueError(f"merger widths ({self.merger.embed_dim}, {self.merger.context_dim}) must equal "
+                             f"(embed_dim, context_dim) = ({self.embed_dim}, {self.context_dim})")
+
+    def transformer_kwargs(self) -> dict:
+        """Constructor arguments of the diffusers ``FluxTransformer2DModel``."""
+        return dict(patch_size=1, in_channels=4 * self.latent_channels, num_layers=self.num_layers,
+                    num_single_layers=self.num_single_layers, attention_head_dim=self.attention_head_dim,
+                    num_attention_heads=self.num_attention_heads, joint_attention_dim=self.context_dim,
+                    pooled_projection_dim=self.pooled_dim, guidance_embeds=self.guidance_embeds,
+                    axes_dims_rope=self.axes_dims_rope)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (tuples become lists); `DecoderConfig(**d)` restores it."""
+        return dataclasses.asdict(self)
+
+
+_QWEN25_VL_7B_LAYER0 = MergerConfig(embed_dim=3584, context_dim=4096, num_attention_heads=28,
+                                    num_key_value_heads=4, intermediate_size=18944, expand_ratio=4,
+                                    rope_theta=1e6, mrope_section=(16, 24, 24), rms_norm_eps=1e-6)
+
+DECODER_PRESETS: dict[str, DecoderConfig] = {
+    # CPU tests: 2 heads x 32 so the converter's RoPE-axes rule (head_dim/8, 7 head_dim/16) applies.
+    "tiny": DecoderConfig(embed_dim=64, context_dim=64, pooled_dim=16, num_layers=1, num_single_layers=1,
+                          num_attention_heads=2, attention_head_dim=32, axes_dims_rope=(4, 14, 14),
+                          merger=MergerConfig(embed_dim=64, context_dim=64, num_attention_heads=2,
+                                              num_key_value_heads=1, intermediate_size=128, expand_ratio=2,
+                                              mrope_section=(4, 6, 6))),
+    "mid": DecoderConfig(embed_dim=256, context_dim=256, pooled_dim=64, num_layers=2, num_single_layers=4,
+                         num_attention_heads=4, attention_head_dim=32, axes_dims_rope=(4, 14, 14),
+                         merger=MergerConfig(embed_dim=256, context_dim=256, num_attention_heads=4,
+                                             num_key_value_heads=2, intermediate_size=512, expand_ratio=2,
+                                             mrope_section=(8, 12, 12))),
+    # Official Nexus-GenV2 decoders: FLUX.1-dev DiT, Qwen2.5-VL-7B embeddings, CLIP-L pooled vector.
+    "nexus-gen-v2": DecoderConfig(embed_dim=3584, context_dim=4096, pooled_dim=768, num_layers=19,
+                                  num_single_layers=38, num_attention_heads=24, attention_head_dim=128,
+                                  axes_dims_rope=(16, 56, 56), merger=_QWEN25_VL_7B_LAYER0),
+}
+
+VAE_PRESETS: dict[str, VAEConfig] = {
+    "tiny": VAEConfig(block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=8),
+    "mid": VAEConfig(block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=8),
+    "nexus-gen-v2": VAEConfig(),  # FLUX.1-dev ae.safetensors
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# VAE
+# ---------------------------------------------------------------------------------------------------------
+
+
+def build_vae(config: VAEConfig) -> AutoencoderKL:
+    """A randomly initialised diffusers ``AutoencoderKL`` with the FLUX layout described by `config`."""
+    blocks = len(config.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=config.latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=config.block_out_channels, layers_per_block=config.layers_per_block,
+        norm_num_groups=config.norm_num_groups, scaling_factor=config.scaling_factor,
+        shift_factor=config.shift_factor, use_quant_conv=False, use_post_quant_conv=False)
+
+
+def encode_images(vae: AutoencoderKL, images: torch.Tensor, generator: torch.Generator | None = None,
+                  sample: bool = False) -> torch.Tensor:
+    """Scaled latents of images, the decoders' training data.
+
+    Args:
+        vae: diffusers ``AutoencoderKL``.
+        images: (B, 3, H, W) in [0, 1], H and W multiples of 8.
+        generator: used only when `sample` is True.
+        sample: draw from the posterior instead of taking its mean (upstream takes the mean).
+
+    Returns:
+        (B, c, H/8, W/8) latents ``(z - shift_factor) * scaling_factor`` in the VAE's dtype.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+    parameter = next(vae.parameters())
+    pixels = images.to(device=parameter.device, dtype=parameter.dtype) * 2 - 1  # [-1, 1]
+    posterior = vae.encode(pixels).latent_dist
+    z = posterior.sample(generator) if sample else posterior.mode()
+    return (z - vae.config.shift_factor) * vae.config.scaling_factor
+
+
+def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """Images from scaled latents (B, c, h, w) -> (B, 3, 8h, 8w) float32 in [0, 1]."""
+    parameter = next(vae.parameters())
+    latents = latents.to(device=parameter.device, dtype=parameter.dtype)
+    pixels = vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor).sample
+    return (pixels.float() / 2 + 0.5).clamp(0, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Latent packing and RoPE ids
+# ---------------------------------------------------------------------------------------------------------
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """(B, c, h, w) -> (B, (h/2)(w/2), 4c): 2x2 latent patches, raster order, channel-major (as FLUX)."""
+    B, c, h, w = latents.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"latent size must be even, got {h}x{w}")
+    x = latents.view(B, c, h // 2, 2, w // 2, 2)  # (B, c, h/2, 2, w/2, 2)
+    x = x.permute(0, 2, 4, 1, 3, 5)  # (B, h/2, w/2, c, 2, 2)
+    return x.reshape(B, (h // 2) * (w // 2), c * 4)  # (B, L, 4c)
+
+
+def unpack_latents(tokens: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+    """Inverse of `pack_latents`: (B, L, 4c) -> (B, c, h, w)."""
+    B, L, packed = tokens.shape
+    h, w = latent_size
+    x = tokens.view(B, h // 2, w // 2, packed // 4, 2, 2)  # (B, h/2, w/2, c, 2, 2)
+    x = x.permute(0, 3, 1, 4, 2, 5)  # (B, c, h/2, 2, w/2, 2)
+    return x.reshape(B, packed // 4, h, w)
+
+
+def image_ids(latent_size: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
+    """(L, 3) RoPE ids (0, i, j) of the image tokens of an h x w latent."""
+    rows, cols = latent_size[0] // 2, latent_size[1] // 2
+    i = torch.arange(rows, device=device, dtype=torch.float32).repeat_interleave(cols)
+    j = torch.arange(cols, device=device, dtype=torch.float32).repeat(rows)
+    return torch.stack([torch.zeros_like(i), i, j], dim=1)
+
+
+def _grid_ids(grid: tuple[int, int], latent_size: tuple[int, int], tag: float) -> torch.Tensor:
+    h, w = (int(v) for v in grid)
+    r = torch.arange(h, dtype=torch.float64).repeat_interleave(w) * (latent_size[0] / 2 / h)  # (h*w,)
+    c = torch.arange(w, dtype=torch.float64).repeat(h) * (latent_size[1] / 2 / w)  # (h*w,)
+    return torch.stack([torch.full_like(r, tag), r, c], dim=1).float()
+
+
+def editing_context_ids(target_grid: tuple[int, int], reference_grid: tuple[int, int],
+                        latent_size: tuple[int, int]) -> torch.Tensor:
+    """FLUX RoPE ids of the editing context [target ; reference] (SPEC 3.3), for any grid sizes.
+
+    Args:
+        target_grid, reference_grid: (h, w) token grids.
+        latent_size: (Hl, Wl) latent size.
+
+    Returns:
+        (N + M, 3) float32: target (0, r Hl/(2h), c Wl/(2w)), reference (1, ...) on its own grid.
+    """
+    return torch.cat([_grid_ids(target_grid, latent_size, 0.0), _grid_ids(reference_grid, latent_size, 1.0)])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoders
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DecoderCondition:
+    """Everything the DiT is conditioned on besides x_t and t."""
+
+    context: torch.Tensor
+    """(B, S, C) context tokens (``encoder_hidden_states``)."""
+    context_ids: torch.Tensor
+    """(S, 3) RoPE ids of the context tokens."""
+    pooled: torch.Tensor
+    """(B, P) pooled vector."""
+
+
+class _FluxDecoder(nn.Module):
+    """Shared part of both decoders: the DiT, the stored pooled vector and the velocity call."""
+
+    def __init__(self, config: DecoderConfig, transformer: FluxTransformer2DModel | None = None):
+        super().__init__()
+        self.config = config
+        self.transformer = transformer if transformer is not None else FluxTransformer2DModel(
+            **config.transformer_kwargs())
+        # CLIP("") for the official models (set by conversion); zeros for models trained without it.
+        self.register_buffer("pooled_embeds", torch.zeros(config.pooled_dim))
+
+    def text_condition(self, prompt_embeds: torch.Tensor,
+                       pooled: torch.Tensor | None = None) -> DecoderCondition:
+        """The ordinary FLUX text path (upstream's negative CFG branch).
+
+        Args:
+            prompt_embeds: (B, S, C) T5 embeddings of a prompt.
+            pooled: (B, P) CLIP pooled vector of the same prompt; default the stored CLIP("").
+
+        Returns:
+            `DecoderCondition` with all context RoPE ids zero.
+        """
+        if prompt_embeds.ndim != 3 or prompt_embeds.shape[-1] != self.config.context_dim:
+            raise ValueError(f"prompt_embeds must be (B, S, {self.config.context_dim}), "
+                             f"got {tuple(prompt_embeds.shape)}")
+        ids = torch.zeros(prompt_embeds.shape[1], 3, device=prompt_embeds.device)
+        return DecoderCondition(prompt_embeds, ids, self._pooled(prompt_embeds, pooled))
+
+    def _pooled(self, like: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        if pooled is None:
+            pooled = self.pooled_embeds.expand(like.shape[0], -1)
+        return pooled.to(device=like.device, dtype=like.dtype)
+
+    def velocity(self, latents: torch.Tensor, t: torch.Tensor, condition: DecoderCondition,
+                 guidance: float | None = None) -> torch.Tensor:
+        """Predicted velocity ``x_1 - x_0`` (time convention in `nexusgen.flow.path`).
+
+        Args:
+            latents: x_t, (B, c, h, w) with h, w even.
+            t: (B,) noise levels in [0, 1].
+            condition: from ``condition`` or ``text_condition``.
+            guidance: embedded guidance; default ``config.embedded_guidance``.
+
+        Returns:
+            (B, c, h, w) in the dtype of `latents`.
+        """
+        dtype = condition.context.dtype  # the compute dtype (the DiT may store weights in fp8)
+        B, _, h, w = latents.shape
+        guidance = self.config.embedded_guidance if guidance is None else guidance
+        guidance_vector = torch.full((B,), float(guidance), device=latents.device, dtype=dtype)
+        tokens = self.transformer(
+            hidden_states=pack_latents(latents.to(dtype)),  # (B, L, 4c)
+            encoder_hidden_states=condition.context,  # (B, S, C)
+            pooled_projections=condition.pooled,  # (B, P)
+            timestep=t.to(device=latents.device, dtype=dtype),  # diffusers multiplies by 1000
+            img_ids=image_ids((h, w), latents.device),  # (L, 3)
+            txt_ids=condition.context_ids.to(latents.device),  # (S, 3)
+            guidance=guidance_vector if self.config.guidance_embeds else None,
+            return_dict=False)[0]  # (B, L, 4c)
+        return unpack_latents(tokens, (h, w)).to(latents.dtype)
+
+    def forward(self, latents: torch.Tensor, t: torch.Tensor, image_embeds: torch.Tensor,
+                **condition_kwargs) -> torch.Tensor:
+        """Velocity from image embeddings in one call: ``velocity(latents, t, condition(image_embeds))``."""
+        condition = self.condition(image_embeds, latent_size=tuple(latents.shape[-2:]), **condition_kwargs)
+        return self.velocity(latents, t, condition)
+
+
+class GenerationDecoder(_FluxDecoder):
+    """Generation decoder: `GenerationAdapter` + FLUX DiT (SPEC 1.3 generation, 3.2).
+
+    Args:
+        config: `DecoderConfig`.
+        transformer: an existing ``FluxTransformer2DModel`` (e.g. loaded); built from `config` if None.
+    """
+
+    def __init__(self, config: DecoderConfig, transformer: FluxTransformer2DModel | None = None):
+        super().__init__(config, transformer)
+        self.adapter = GenerationAdapter(config.embed_dim, config.context_dim)
+
+    def condition(self, image_embeds: torch.Tensor,
+                  latent_size: tuple[int, int] | None = None) -> DecoderCondition:
+        """Context = adapter(image_embeds), RoPE ids all zero, stored pooled vector.
+
+        Args:
+            image_embeds: (B, N, D).
+            latent_size: unused (the generation context has no spatial ids); accepted for a uniform API.
+
+        Returns:
+            `DecoderCondition` with context (B, N, C).
+        """
+        if image_embeds.ndim != 3 or image_embeds.shape[-1] != self.config.embed_dim:
+            raise ValueError(f"image_embeds must be (B, N, {self.config.embed_dim}), "
+                             f"got {tuple(image_embeds.shape)}")
+        context = self.adapter(image_embeds)  # (B, N, C)
+        ids = torch.zeros(context.shape[1], 3, device=context.device)  # (N, 3)
+        return DecoderCondition(context, ids, self._pooled(context))
+
+
+class EditingDecoder(_FluxDecoder):
+    """Editing decoder: `EmbeddingMerger` + FLUX DiT (SPEC 1.3 editing, 3.3).
+
+    Args:
+        config: `DecoderConfig` with a ``merger`` config.
+        transformer: an existing ``FluxTransformer2DModel``; built from `config` if None.
+    """
+
+    def __init__(self, config: DecoderConfig, transformer: FluxTransformer2DModel | None = None):
+        if config.merger is None:
+            raise ValueError("an EditingDecoder needs DecoderConfig.merger")
+        super().__init__(config, transformer)
+        self.merger = EmbeddingMerger(config.merger)
+
+    def condition(self, image_embeds: torch.Tensor, *, latent_size: tuple[int, int],
+                  reference_embeds: torch.Tensor, reference_grid: tuple[int, int],
+                  target_grid: tuple[int, int]) -> DecoderCondition:
+        """Context = merger([target ; reference]) with spatial RoPE ids.
+
+        Args:
+            image_embeds: (B, N, D) predicted target embeddings, N = prod(target_grid).
+            latent_size: (Hl, Wl) of the latent being denoised.
+            reference_embeds: (B, M, D) source-image embeddings, M = prod(reference_grid).
+            reference_grid, target_grid: (h, w) token grids.
+
+        Returns:
+            `DecoderCondition` with context (B, N + M, C).
+        """
+        if reference_embeds.shape[0] != image_embeds.shape[0]:
+            raise ValueError(f"batch of reference_embeds {tuple(reference_embeds.shape)} differs from "
+                             f"image_embeds {tuple(image_embeds.shape)}")
+        context = self.merger(image_embeds, reference_embeds, target_grid, reference_grid)  # (B, N+M, C)
+        ids = editing_context_ids(target_grid, reference_grid, latent_size).to(context.device)  # (N+M, 3)
+        return DecoderCondition(context, ids, self._pooled(context))
+
