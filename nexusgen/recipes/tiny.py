@@ -34,7 +34,7 @@ def tiny_vae() -> TrainConfig:
 def tiny_vlm() -> TrainConfig:
     """Understanding pre-training of a from-scratch tiny Qwen2.5-VL: CE only, ViT trainable."""
     return _tiny(StageConfig(name="vlm", preset="tiny"), lr=1e-3, image_size_px=56,
-                 tasks=["understanding"])
+                 tasks=["understand"])
 
 
 def tiny_ar() -> TrainConfig:
@@ -46,10 +46,10 @@ def tiny_ar() -> TrainConfig:
 def tiny_gen_decoder() -> TrainConfig:
     """Phase 2 at tiny size: adapter + DiT reconstruct 32x32 images from ground-truth ViT embeddings."""
     return _tiny(StageConfig(name="gen_decoder", preset="tiny"), lr=1e-3, image_size_px=32,
-                 tasks=["generation"])
+                 tasks=["generate"])
 
 
 def tiny_edit_decoder() -> TrainConfig:
     """Phase 3 at tiny size: merger + DiT from (predicted target, reference) embeddings."""
     return _tiny(StageConfig(name="edit_decoder", preset="tiny"), lr=1e-3, image_size_px=32,
-                 tasks=["editing"])
+                 tasks=["edit"])

@@ -119,7 +119,7 @@ class DataConfig:
     """Size of a generated dataset (it repeats in epochs, reshuffled per epoch)."""
     image_size_px: int = 32
     """Side of generated / decoder-target images."""
-    tasks: list[str] = field(default_factory=lambda: ["understanding", "generation", "editing"])
+    tasks: list[str] = field(default_factory=lambda: ["understand", "generate", "edit"])
     """Generated sample kinds for AR-style stages."""
     skip_bad: bool = False
     """Skip (and count) invalid records instead of stopping."""

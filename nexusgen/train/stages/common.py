@@ -44,54 +44,48 @@ class Stage:
 
 
 class SampleStream:
-    """Epoch-shuffled, rank-sharded, resumable walk over an indexable dataset.
+    """Rank-sharded, resumable stream of accumulation micro-batches over a mixture of sources.
+
+    A thin layer over the data package's `MixtureSampler` (which plans identical global batches on
+    every rank and saves its position): this rank loads only its slice of each global batch, splits it
+    into micro-batches, and tags each sample with its global position.
 
     Args:
-        dataset: `len(dataset)` and `dataset[i] -> dict` (a sample).
-        seed: shuffling seed (the same on every rank).
-        shuffle: reshuffle every epoch with a generator seeded by (seed, epoch).
+        sources: map-style sources (`len`, `source[i] -> dict`), e.g. `MessageDataset`.
+        weights: mixture weights (default equal).
+        seed: the mixture's seed (the same on every rank).
     """
 
-    def __init__(self, dataset: Sequence, seed: int, shuffle: bool = True):
-        if len(dataset) == 0:
-            raise ValueError("the training dataset is empty")
-        self.dataset, self.seed, self.shuffle = dataset, seed, shuffle
-        self.position = 0  # global samples consumed so far (all ranks together)
-        self._order: tuple[int, torch.Tensor] | None = None
+    def __init__(self, sources: Sequence, weights: Sequence[float] | None = None, seed: int = 0):
+        from nexusgen.data.mixture import MixtureSampler
 
-    def _index(self, position: int) -> int:
-        epoch, offset = divmod(position, len(self.dataset))
-        if not self.shuffle:
-            return offset
-        if self._order is None or self._order[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = (epoch, torch.randperm(len(self.dataset), generator=g))
-        return int(self._order[1][offset])
+        self.sampler = MixtureSampler(list(sources), weights or None, seed=seed)
 
     def next_step(self, global_batch: int, rank: int, world_size: int, accum: int) -> list[list[dict]]:
         """This rank's micro-batches for one optimiser step; every rank advances by `global_batch`.
 
-        Each sample dict gets a "position" key: its global position, the seed of its own randomness.
+        Each sample dict gets a "position" key: its global position in the run, the seed of its own
+        randomness (the same whatever the world size or a resume).
         """
         per_rank = global_batch // world_size
         micro = per_rank // accum
-        start = self.position + rank * per_rank
+        first = self.sampler.batches_done * global_batch + rank * per_rank
+        pairs = self.sampler.next_global_indices(global_batch)[rank * per_rank:(rank + 1) * per_rank]
         samples = []
-        for position in range(start, start + per_rank):
-            sample = dict(self.dataset[self._index(position)])
-            sample["position"] = position
+        for offset, (source, index) in enumerate(pairs):
+            sample = dict(self.sampler.sources[source][index])
+            sample["position"] = first + offset
             samples.append(sample)
-        self.position += global_batch
         return [samples[i * micro:(i + 1) * micro] for i in range(accum)]
 
     def state_dict(self) -> dict:
-        return {"position": self.position, "num_samples": len(self.dataset)}
+        return self.sampler.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        if state["num_samples"] != len(self.dataset):
-            raise ValueError(f"the data changed since the checkpoint: {state['num_samples']} samples then, "
-                             f"{len(self.dataset)} now")
-        self.position = int(state["position"])
+        self.sampler.load_state_dict(state)
+
+    def bad_counts(self) -> dict[str, int]:
+        return self.sampler.bad_counts()
 
 
 def sample_generators(positions: Sequence[int], seed: int, device="cpu") -> list[torch.Generator]:

@@ -18,26 +18,17 @@ from nexusgen.train.stages.common import SampleStream, Stage, per_sample_randn, 
 
 DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "mse": 0.0, "kl": 1e-6}
 
-# Used until the decoders engineer's VAE_PRESETS exists (ENVIRONMENT.md section 3: 8x downsampling
-# like FLUX, 16 latent channels, FLUX's scaling/shift factors).
-TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=16,
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=8,
-                scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
 
+def build_vae_from_config(config: TrainConfig):
+    """A fresh AutoencoderKL: `VAE_PRESETS[stage.preset]` with the fields in `stage.model` replaced."""
+    import dataclasses
 
-def vae_kwargs(config: TrainConfig) -> dict:
-    """AutoencoderKL kwargs: the preset (decoder.VAE_PRESETS when it exists) updated by stage.model."""
-    try:
-        from nexusgen.models.decoder import VAE_PRESETS
-    except ImportError:
-        VAE_PRESETS = {"tiny": TINY_VAE}
+    from nexusgen.models.decoder import VAE_PRESETS, VAEConfig, build_vae
+
     if config.stage.preset not in VAE_PRESETS:
         raise ValueError(f"unknown VAE preset {config.stage.preset!r}; known: {sorted(VAE_PRESETS)}")
-    preset = VAE_PRESETS[config.stage.preset]
-    kwargs = dict(preset) if isinstance(preset, dict) else dict(vars(preset))
-    kwargs.update(config.stage.model)
-    return kwargs
+    preset = dataclasses.asdict(VAE_PRESETS[config.stage.preset])
+    return build_vae(VAEConfig(**{**preset, **config.stage.model}))
 
 
 class GeneratedImages:
@@ -72,14 +63,53 @@ class GeneratedImages:
         return {"image": image * 2 - 1}
 
 
-def _shapes_dataset(config: TrainConfig):
-    """ShapesWorld images when that package offers an in-memory renderer, else GeneratedImages."""
+class ShapesWorldImages(GeneratedImages):
+    """ShapesWorld scenes (sample_scene + render_scene), deterministic per (seed, index)."""
+
+    def __getitem__(self, index: int) -> dict:
+        import numpy as np
+
+        from nexusgen.worlds.shapes.render import render_scene
+        from nexusgen.worlds.shapes.scene import sample_scene
+
+        if not 0 <= index < self.num_samples:
+            raise IndexError(index)
+        scene = sample_scene(np.random.default_rng([self.seed, index]))
+        pixels = np.asarray(render_scene(scene, self.size).convert("RGB"), dtype=np.float32)
+        return {"image": torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1.0}
+
+
+def image_sources(config: TrainConfig) -> list:
+    """The stage's image sources: generated (ShapesWorld if installed) or message-JSONL target images."""
     d = config.data
-    try:
-        from nexusgen.worlds.shapes import image_dataset  # the ShapesWorld engineer's API, if present
-    except ImportError:
-        return GeneratedImages(d.num_samples, d.image_size_px, config.seed)
-    return image_dataset(d.num_samples, d.image_size_px, seed=config.seed)
+    if d.source == "generated":
+        try:
+            import nexusgen.worlds.shapes.render  # noqa: F401 - ShapesWorld present?
+        except ImportError:
+            return [GeneratedImages(d.num_samples, d.image_size_px, config.seed)]
+        return [ShapesWorldImages(d.num_samples, d.image_size_px, config.seed)]
+    if d.source == "jsonl":
+        from nexusgen.data.messages import MessageDataset
+
+        return [JsonlImages(MessageDataset(p, skip_bad=d.skip_bad), d.image_size_px) for p in d.paths]
+    raise ValueError(f"the vae stage reads generated or jsonl data, not {d.source!r}")
+
+
+class JsonlImages:
+    """Every sample's first image, resized to a square of `size` px, as a tensor in [-1, 1]."""
+
+    def __init__(self, dataset, size: int):
+        self.dataset, self.size = dataset, size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        import numpy as np
+
+        image = self.dataset[index]["images"][0].convert("RGB").resize((self.size, self.size))
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
+        return {"image": pixels / 127.5 - 1.0}
 
 
 class VAETrainModule(torch.nn.Module):
@@ -125,13 +155,13 @@ def build(config: TrainConfig, info: DistInfo) -> Stage:
     if config.stage.parent is not None:
         vae = AutoencoderKL.from_pretrained(str(Path(_parent_folder(config.stage.parent)) / "vae"))
     else:
-        vae = AutoencoderKL(**vae_kwargs(config))
+        vae = build_vae_from_config(config)
     if config.stage.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
     vae.to(info.device).train()
     module = VAETrainModule(vae, {**DEFAULT_LOSS_WEIGHTS, **config.stage.loss_weights}, config.seed)
-    return Stage(module=module, stream=SampleStream(_shapes_dataset(config), seed=config.seed),
-                 collate=collate, export=export,
+    stream = SampleStream(image_sources(config), config.data.weights, seed=config.seed)
+    return Stage(module=module, stream=stream, collate=collate, export=export,
                  count=lambda batch: {"samples": len(batch["image"]), "images": len(batch["image"])})
 
 
