@@ -15,6 +15,7 @@ import contextlib
 import os
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,19 +48,9 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False) -> dict:
     _prepare_run_dir(config, run_dir, info)
     _set_determinism(config.deterministic)
 
-    # Same seed on every rank while building, so every rank starts from identical weights (FSDP2 does
-    # not broadcast them); then per-rank seeds for everything drawn during training.
-    parallel.seed_everything(config.seed, 0)
-    stage = build_stage(config, info)
-    if config.lora.rank:
-        from nexusgen.train.lora import apply_lora
-
-        apply_lora(stage.module, config.lora)
-    parallel.seed_everything(config.seed, info.rank)
-    model = parallel.parallelize(stage.module, config.dist, info, stage.shard_units)
-    optimizer = build_optimizer(stage.module, config)
-    scheduler = build_scheduler(optimizer, config)
-    ema = EMA(stage.module, config.stage.ema_decay) if config.stage.ema_decay else None
+    parts = build_training(config, info)
+    stage, model, optimizer, scheduler, ema = (parts.stage, parts.model, parts.optimizer, parts.scheduler,
+                                               parts.ema)
 
     start_step = 0
     if resume and latest is not None:
@@ -77,9 +68,7 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False) -> dict:
     record: dict = {}
     for step in range(start_step, config.max_steps):
         started = time.perf_counter()
-        samples = stage.stream.next_step(config.batch_size, info.rank, info.world_size,
-                                         config.optim.grad_accum_steps)
-        micro_batches = [_to_device(stage.collate(s), info.device) for s in samples]
+        micro_batches = next_micro_batches(stage, config, info)
         record = train_step(model, optimizer, micro_batches, config=config, autocast=autocast)
         record["lr"] = scheduler.get_last_lr()[0]
         scheduler.step()
@@ -103,6 +92,43 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False) -> dict:
     parallel.barrier()
     return {"run_dir": str(run_dir), "steps": config.max_steps, "resumed_from": start_step,
             "final_loss": record.get("loss"), "world_size": info.world_size}
+
+
+@dataclass
+class TrainingParts:
+    """Everything `train` builds before the first step (also used by the training benchmark)."""
+
+    stage: Stage
+    model: torch.nn.Module
+    """`stage.module`, wrapped for data parallelism (DDP) or sharded in place (FSDP2)."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: EMA | None
+
+
+def build_training(config: TrainConfig, info: parallel.DistInfo) -> TrainingParts:
+    """Build the stage, LoRA, data-parallel wrapping, optimiser, LR schedule and EMA, in that order."""
+    # Same seed on every rank while building, so every rank starts from identical weights (FSDP2 does
+    # not broadcast them); then per-rank seeds for everything drawn during training.
+    parallel.seed_everything(config.seed, 0)
+    stage = build_stage(config, info)
+    if config.lora.rank:
+        from nexusgen.train.lora import apply_lora
+
+        apply_lora(stage.module, config.lora)
+    parallel.seed_everything(config.seed, info.rank)
+    model = parallel.parallelize(stage.module, config.dist, info, stage.shard_units)
+    optimizer = build_optimizer(stage.module, config)
+    scheduler = build_scheduler(optimizer, config)
+    ema = EMA(stage.module, config.stage.ema_decay) if config.stage.ema_decay else None
+    return TrainingParts(stage, model, optimizer, scheduler, ema)
+
+
+def next_micro_batches(stage: Stage, config: TrainConfig, info: parallel.DistInfo) -> list[dict]:
+    """This rank's collated accumulation micro-batches for one step, on its device."""
+    samples = stage.stream.next_step(config.batch_size, info.rank, info.world_size,
+                                     config.optim.grad_accum_steps)
+    return [_to_device(stage.collate(s), info.device) for s in samples]
 
 
 def train_step(model, optimizer, micro_batches: list[dict], *, config: TrainConfig, autocast) -> dict:
