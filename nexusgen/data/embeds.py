@@ -11,13 +11,16 @@ target.
 
 Embedding files are either upstream `.pt` files (read with `torch.load(weights_only=True)` only: a pickle
 that needs code to load is refused, never executed) or our own `.safetensors` files holding one tensor
-named "embeds" (written by `nexusgen prepare-embeds`). Embedding paths resolve like image paths (against
+named "embeds" (written by `nexusgen prepare-embeds`, which also records each tensor's token grid as
+`"embed_grid"` / `"embed_source_grid"` / `"embed_target_grid"`: [rows, cols]; upstream files have no grid,
+so a square one, sqrt(N) x sqrt(N), is assumed for them). Embedding paths resolve like image paths (against
 `image_root`, default the JSONL's folder). A missing embedding file is a bad record (reason
 "embed_missing"): the official example JSONLs name `.pt` files that upstream does not ship.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -120,6 +123,27 @@ def save_embeds(path: str | Path, embeds: torch.Tensor) -> None:
             os.unlink(tmp)
 
 
+def token_grid(record: dict[str, Any], key: str, num_tokens: int) -> tuple[int, int]:
+    """The (rows, cols) token grid of an embedding: `record[key]` if present, else a square grid.
+
+    Raises:
+        InvalidRecord: the grid does not match the number of tokens, or N is not a square and no grid
+            is recorded.
+    """
+    grid = record.get(key)
+    if grid is None:
+        side = math.isqrt(num_tokens)
+        if side * side != num_tokens:
+            raise InvalidRecord("embed_shape", f"{num_tokens} tokens is not a square grid and the record has "
+                                               f"no {key!r}")
+        return side, side
+    if (not isinstance(grid, list) or len(grid) != 2 or not all(isinstance(g, int) and g > 0 for g in grid)
+            or grid[0] * grid[1] != num_tokens):
+        raise InvalidRecord("embed_shape", f"{key} {grid!r} is not [rows, cols] with rows * cols = "
+                                           f"{num_tokens} tokens")
+    return grid[0], grid[1]
+
+
 class _EmbedDataset(MessageDataset):
     """A message dataset whose records also name embedding files (keys `embed_keys`)."""
 
@@ -165,6 +189,7 @@ class GenEmbedDataset(_EmbedDataset):
     `dataset[i]` is the `MessageDataset` sample plus::
 
         "image_embeds": Tensor (N, D), stored dtype -- conditioning of the generation decoder
+        "image_grid":   (rows, cols) with rows * cols = N
         "target_image": PIL.Image (RGB) -- images[0], the image to reconstruct
 
     Args:
@@ -181,6 +206,7 @@ class GenEmbedDataset(_EmbedDataset):
         embeds = self._embeds(record, "embed_path", self.num_tokens)
         sample = super().build_sample(record, task, line)
         sample["image_embeds"] = embeds
+        sample["image_grid"] = token_grid(record, "embed_grid", embeds.shape[0])
         sample["target_image"] = sample["images"][0]
         return sample
 
@@ -192,6 +218,7 @@ class EditEmbedDataset(_EmbedDataset):
 
         "source_embeds": Tensor (M, D) -- ViT vectors of the source at the reference grid (M = 324 upstream)
         "target_embeds": Tensor (N, D) -- the AR model's predicted target embeddings (N = 81 upstream)
+        "source_grid", "target_grid": (rows, cols) token grids of the two
         "source_image":  PIL.Image (RGB) -- images[0]
         "target_image":  PIL.Image (RGB) -- images[1], the edited image to reconstruct
 
@@ -211,5 +238,7 @@ class EditEmbedDataset(_EmbedDataset):
         sample = super().build_sample(record, task, line)
         sample["source_embeds"] = source_embeds
         sample["target_embeds"] = target_embeds
+        sample["source_grid"] = token_grid(record, "embed_source_grid", source_embeds.shape[0])
+        sample["target_grid"] = token_grid(record, "embed_target_grid", target_embeds.shape[0])
         sample["source_image"], sample["target_image"] = sample["images"][0], sample["images"][1]
         return sample

@@ -71,6 +71,23 @@ def test_gen_dataset_reads_upstream_pt_and_our_safetensors(folder):
     assert torch.equal(b["image_embeds"], ours)
     assert a["target_image"].getpixel((0, 0)) == (0, 0, 200) and a["task"] == "generate"
     assert a["embed_path"] == "a.pt"  # the record's keys are carried along
+    assert a["image_grid"] == (9, 9) and b["image_grid"] == (9, 9)  # upstream files: square grid
+
+
+@pytest.mark.parametrize("tokens, grid, expected", [
+    (16, [2, 8], (2, 8)), (16, None, (4, 4)), (12, None, "embed_shape"), (16, [4, 5], "embed_shape"),
+    (16, [4, "4"], "embed_shape"),
+])
+def test_token_grid_from_record_or_square(folder, tokens, grid, expected):
+    save_embeds(folder / "x.safetensors", torch.randn(tokens, 8))
+    rec = {"images": ["dst.png"], "messages": GEN_MESSAGES, "embed_path": "x.safetensors",
+           **({"embed_grid": grid} if grid is not None else {})}
+    ds = GenEmbedDataset(_write(folder / "g.jsonl", [rec]))
+    if isinstance(expected, str):
+        with pytest.raises(BadRecordError, match=rf":1: {expected}: "):
+            ds[0]
+    else:
+        assert ds[0]["image_grid"] == expected
 
 
 def test_edit_dataset_returns_source_and_target(folder):
@@ -83,6 +100,7 @@ def test_edit_dataset_returns_source_and_target(folder):
     assert torch.equal(sample["source_embeds"], src) and torch.equal(sample["target_embeds"], tgt[0])
     assert sample["source_image"].getpixel((0, 0)) == (200, 0, 0)
     assert sample["target_image"].getpixel((0, 0)) == (0, 0, 200)
+    assert (sample["source_grid"], sample["target_grid"]) == ((18, 18), (9, 9))
 
 
 def test_pickle_that_needs_code_is_refused_and_not_run(folder):
