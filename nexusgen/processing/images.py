@@ -1,0 +1,98 @@
+"""Image preprocessing: the one rule every part of nexusgen uses.
+
+**The rule.** An image enters the model at a size whose sides are multiples of the token size
+`token_px = patch_size * merge_size` (28 px for Qwen2.5-VL, e.g. 16 px for a miniature model):
+
+* a slot with a *fixed* size (AR generation targets at the output grid, e.g. 252x252; decoder
+  targets; fixed-size references) gets the image **centre-cropped to the slot's aspect ratio, then
+  resized** -- never stretched (upstream stretched AR targets but centre-cropped decoder targets, SPEC 9.9);
+* a slot with a *dynamic* size (understanding and editing inputs) gets the image resized to the
+  nearest token multiple that keeps its aspect ratio and stays within `[min_pixels, max_pixels]`
+  (Qwen2.5-VL's `smart_resize`; `max_pixels` = 262,640 for Nexus-Gen, about 512x512).
+
+Both resize with PIL bicubic (the Qwen2.5-VL image processor's filter), after converting to RGB with any
+transparency composited onto white. The Qwen image processor is then called with `do_resize=False`, so
+these functions are the only place where an image's size changes.
+"""
+
+from __future__ import annotations
+
+import os
+
+from PIL import Image
+
+RESAMPLE = Image.Resampling.BICUBIC
+# Refuse to decode more than this many pixels (decompression bombs); 64 MP covers any real photo.
+MAX_DECODED_PIXELS = 64_000_000
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB copy of `image`; transparency is composited onto white (not dropped, which gives black)."""
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"expected a PIL image, got {type(image).__name__}")
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
+    """Open an image file as RGB, refusing unreadable files and images over `max_pixels`.
+
+    Raises:
+        ValueError: unreadable / corrupt file, or too many pixels (checked before decoding).
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ValueError(f"{path}: {width}x{height} pixels is more than the limit of {max_pixels}")
+            image.load()
+            return to_rgb(image)
+    except (OSError, Image.DecompressionBombError, SyntaxError) as err:
+        raise ValueError(f"{path}: not a readable image ({err})") from err
+
+
+def bounded_size(height: int, width: int, token_px: int, max_pixels: int, min_pixels: int) -> tuple[int, int]:
+    """Qwen2.5-VL's `smart_resize`: sides multiple of `token_px`, aspect kept, area in [min, max] pixels.
+
+    Returns:
+        (height, width) in pixels.
+
+    Raises:
+        ValueError: aspect ratio above 200 (Qwen2.5-VL's limit).
+    """
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    return smart_resize(height, width, factor=token_px, min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def resize_bounded(image: Image.Image, token_px: int, max_pixels: int, min_pixels: int) -> Image.Image:
+    """Dynamic-size slot (understanding / editing inputs): see the module docstring."""
+    image = to_rgb(image)
+    height, width = bounded_size(image.height, image.width, token_px, max_pixels, min_pixels)
+    return image if (width, height) == image.size else image.resize((width, height), RESAMPLE)
+
+
+def resize_fixed(image: Image.Image, size_hw: tuple[int, int]) -> Image.Image:
+    """Fixed-size slot (targets): centre-crop to the aspect ratio of `size_hw`, then resize to it.
+
+    Args:
+        image: any PIL image.
+        size_hw: (height, width) in pixels.
+    """
+    image = to_rgb(image)
+    height, width = size_hw
+    src_w, src_h = image.size
+    if src_w * height > src_h * width:  # too wide: crop the width
+        crop_w = max(1, round(src_h * width / height))
+        left = (src_w - crop_w) // 2
+        image = image.crop((left, 0, left + crop_w, src_h))
+    elif src_w * height < src_h * width:  # too tall: crop the height
+        crop_h = max(1, round(src_w * height / width))
+        top = (src_h - crop_h) // 2
+        image = image.crop((0, top, src_w, top + crop_h))
+    return image if image.size == (width, height) else image.resize((width, height), RESAMPLE)
