@@ -39,12 +39,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from nexusgen.processing.images import MAX_DECODED_PIXELS, to_rgb
+
 IMAGE_TAG = "<image>"
 ROLES = ("system", "user", "assistant")
 TASKS = ("understand", "generate", "edit", "text")
-# Upper bound on width * height of any image before decoding (decompression-bomb guard). 8192^2 covers
-# every real training image; PIL's own warning threshold (89 M) sits above it.
-DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
+# Upper bound on width * height of any image, checked before decoding (decompression-bomb guard); the
+# same limit as the rest of nexusgen (processing.images).
+DEFAULT_MAX_IMAGE_PIXELS = MAX_DECODED_PIXELS
 # Keys the reader produces itself; everything else in a record is carried along unchanged.
 _OWN_KEYS = ("id", "messages", "images", "task")
 _MAX_KEPT_MESSAGES = 100
@@ -208,7 +210,7 @@ def _open_image(path: Path, max_pixels: int, decode: bool) -> Image.Image | None
             if not decode:
                 return None
             im.load()  # decoding happens here: a truncated or corrupt file raises now, not later
-            return im.convert("RGB")
+            return to_rgb(im)  # the project's one RGB rule: transparency composited onto white
     except FileNotFoundError:
         raise InvalidRecord("image_missing", f"{path} not found") from None
     except Image.DecompressionBombError as err:
