@@ -1,6 +1,7 @@
 """Every stage's tiny recipe trains on generated data; a fixed batch is over-fitted; EMA and LoRA."""
 
 import importlib
+import importlib.util
 import json
 import math
 
@@ -104,3 +105,37 @@ def test_lora_trains_only_adapters_and_merges_exactly():
     assert merge_lora(model) == 1
     assert type(model.q_proj) is torch.nn.Linear and not torch.equal(model.q_proj.weight, base)
     torch.testing.assert_close(model(x), before, atol=1e-6, rtol=1e-5)
+
+
+def _embeds_jsonl(root, kind: str):
+    """A tiny decoder-embedding dataset: synthetic records + random (N, D) embedding files."""
+    from nexusgen.data.embeds import save_embeds
+    from nexusgen.data.synthetic import SyntheticSource, write_jsonl
+
+    path = write_jsonl(SyntheticSource(8, 0, image_size=32, tasks=["generate" if kind == "gen" else "edit"]),
+                       root / "data.jsonl")
+    g = torch.Generator().manual_seed(0)
+    records = []
+    keys = {"embed_path": 4} if kind == "gen" else {"embed_source": 16, "embed_target": 4}  # 2x2, 4x4 grids
+    for i, line in enumerate(path.read_text().splitlines()):
+        record = json.loads(line)
+        for key, tokens in keys.items():
+            save_embeds(root / f"{key}_{i}.safetensors", torch.randn(tokens, 64, generator=g))
+            record[key] = f"{key}_{i}.safetensors"
+        records.append(json.dumps(record))
+    path.write_text("\n".join(records) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["gen", "edit"])
+def test_decoder_stage_trains_from_an_embedding_dataset(kind, tmp_path):
+    _require("vae")
+    has_saver = importlib.util.find_spec("nexusgen.loading.decoders") is not None
+    path = _embeds_jsonl(tmp_path, kind)
+    config = apply_overrides(get_recipe(f"tiny-{kind}_decoder"), [
+        "max_steps=4", "save_every=2", "data.source=embeds", f'data.paths=["{path}"]', "progress=false",
+        f"checkpoint.export_final={has_saver}"])
+    train(config, tmp_path / "run")
+    records = read_metrics(tmp_path / "run/metrics.jsonl")
+    assert len(records) == 4 and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in records)
+    assert (tmp_path / "run/checkpoints/step_000004/COMPLETE").is_file()

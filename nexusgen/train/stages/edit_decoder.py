@@ -1,0 +1,108 @@
+"""Stage `edit_decoder` (Nexus-Gen phase 3, SPEC 3.3): embedding merger + DiT generate the edited image
+from (AR-predicted target embeddings, source-image embeddings).
+
+Embeddings come from a precomputed editing dataset (`data.source="embeds"`, `EditEmbedDataset`,
+`nexusgen prepare-embeds --kind edit`), or on the fly from the frozen AR model: the source image's
+`encode_images` and the AR model's teacher-forced prediction of the target
+(`predict_target_embeds(batch)` of the AR training inputs). Grids are square (81 -> 9x9, 324 -> 18x18
+upstream). Loss and noise seeding as in gen_decoder.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from nexusgen.train.config import TrainConfig
+from nexusgen.train.parallel import DistInfo
+from nexusgen.train.stages import parts
+from nexusgen.train.stages.common import SampleStream, Stage
+from nexusgen.train.stages.gen_decoder import (
+    DEFAULT_COND_DROPOUT,
+    DEFAULT_LOSS_WEIGHTS,
+    DecoderTrainModule,
+    _dit_blocks,
+    _export_helpers,
+    decoder_sources,
+    pil_to_unit,
+    target_image,
+)
+
+
+def square_grid(num_tokens: int) -> tuple[int, int]:
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ValueError(f"{num_tokens} embeddings do not form a square grid")
+    return side, side
+
+
+class EditDecoderTrainModule(DecoderTrainModule):
+    """Adds the reference (source image) embeddings and both grids to the decoder's condition."""
+
+    @torch.no_grad()
+    def _embed(self, batch: dict, prefix: str) -> torch.Tensor:
+        if f"{prefix}_embeds" in batch:
+            return batch[f"{prefix}_embeds"]
+        encoder = self.helpers[1]
+        if prefix == "target":  # the AR model's own (teacher-forced) prediction, as upstream prepares it
+            return encoder.predict_target_embeds(batch["ar_inputs"])
+        per_image = encoder.encode_images(batch["source_pixel_values"], batch["source_grid_thw"])
+        return torch.stack(list(per_image))                                   # (B, M, D)
+
+    def condition_kwargs(self, batch: dict) -> dict:
+        reference = self._embed(batch, "source").float()                      # (B, M, D)
+        target_tokens = self._embed(batch, "target").shape[1]
+        return {"reference_embeds": reference, "reference_grid": square_grid(reference.shape[1]),
+                "target_grid": square_grid(target_tokens)}
+
+
+def make_collate(size: int, processor, ar_config):
+    def collate(samples: list[dict]) -> dict:
+        targets = [target_image(s) for s in samples]
+        batch = {"target_pixels": pil_to_unit(targets, size),
+                 "position": torch.tensor([s["position"] for s in samples])}
+        if "target_embeds" in samples[0]:
+            batch["target_embeds"] = torch.stack([s["target_embeds"].float() for s in samples])
+            batch["source_embeds"] = torch.stack([s["source_embeds"].float() for s in samples])
+            return batch
+        from nexusgen.data.collate import collate_ar
+
+        sources = [s["source_image"] if "source_image" in s else s["images"][0] for s in samples]
+        vision = processor.process_images(sources, [False] * len(sources))
+        batch["source_pixel_values"] = vision["pixel_values"]
+        batch["source_grid_thw"] = vision["image_grid_thw"]
+        batch["ar_inputs"] = collate_ar(samples, processor.tokenizer, processor.image_processor, ar_config)
+        return batch
+
+    return collate
+
+
+def build(config: TrainConfig, info: DistInfo) -> Stage:
+    weights = {**DEFAULT_LOSS_WEIGHTS, **config.stage.loss_weights}
+    if set(weights) != set(DEFAULT_LOSS_WEIGHTS):
+        raise ValueError(f"edit_decoder loss terms are {sorted(DEFAULT_LOSS_WEIGHTS)}, got {sorted(weights)}")
+    decoder = parts.build_decoder(config, "editing")
+    vae = parts.build_vae(config)
+    encoder, processor = None, None
+    if config.data.source != "embeds":
+        encoder, processor = parts.build_autoregressive(config, for_training=False)
+    if config.stage.gradient_checkpointing:
+        decoder.transformer.enable_gradient_checkpointing()
+    module = EditDecoderTrainModule(decoder, vae, encoder, seed=config.seed, loss_weight=weights["flow"],
+                                    cond_dropout_prob=DEFAULT_COND_DROPOUT).to(info.device)
+    for helper in module.helpers:
+        if helper is not None:
+            helper.to(info.device)
+
+    def export(trained: EditDecoderTrainModule, out_dir) -> None:
+        parts.save_decoder(trained.decoder, "editing", Path(out_dir))
+        _export_helpers(config, trained, Path(out_dir), trained_part="editing_decoder")
+
+    stream = SampleStream(decoder_sources(config, "editing"), config.data.weights, seed=config.seed)
+    ar_config = encoder.config if encoder is not None else None
+    collate = make_collate(config.data.image_size_px, processor, ar_config)
+    return Stage(module=module, stream=stream, collate=collate, export=export,
+                 shard_units=_dit_blocks(decoder),
+                 count=lambda b: {"samples": len(b["position"]), "images": len(b["position"])})

@@ -1,0 +1,163 @@
+"""Stage `gen_decoder` (Nexus-Gen phase 2, SPEC 3.2): adapter + DiT reconstruct an image from its
+ground-truth ViT embeddings.
+
+Conditioning embeddings come either from a precomputed embedding dataset (`data.source="embeds"`,
+`GenEmbedDataset`: `nexusgen prepare-embeds --kind gen`) or are computed on the fly by the frozen AR
+model's `encode_images` on the target image (generated or message-JSONL data). The target image is
+VAE-encoded by the frozen VAE (posterior mean, as upstream). Loss: the weighted rectified-flow loss
+of `nexusgen.flow.loss.decoder_training_loss`, with t and noise drawn from a generator seeded by
+(seed, global position of the micro-batch's first sample): different on every rank and micro-step,
+and identical after a resume.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nexusgen.train.config import TrainConfig
+from nexusgen.train.parallel import DistInfo
+from nexusgen.train.stages import parts
+from nexusgen.train.stages.common import SampleStream, Stage
+
+DEFAULT_LOSS_WEIGHTS = {"flow": 1.0}
+DEFAULT_COND_DROPOUT = 0.0
+
+
+def micro_batch_generator(seed: int, positions: torch.Tensor) -> torch.Generator:
+    """CPU generator for one micro-batch's t, noise and dropout draws."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + 7919 * int(positions[0])) % 2**63)
+
+
+def pil_to_unit(images, size: int) -> torch.Tensor:
+    """PIL images -> (B, 3, size, size) float32 in [0, 1] (plain resize, as upstream's targets)."""
+    from nexusgen.processing.images import resize_fixed
+
+    arrays = [np.asarray(resize_fixed(im.convert("RGB"), (size, size)), dtype=np.float32) for im in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
+
+
+class DecoderTrainModule(torch.nn.Module):
+    """Shared by gen_decoder and edit_decoder: forward(batch) -> {"loss", "flow", "mse"}.
+
+    The frozen VAE and AR encoder are kept out of the module tree (not in checkpoints, not wrapped by
+    DDP / FSDP): only `decoder` is a registered sub-module.
+    """
+
+    def __init__(self, decoder, vae, encoder, *, seed: int, loss_weight: float, cond_dropout_prob: float):
+        super().__init__()
+        self.decoder = decoder
+        self.helpers = (parts.frozen(vae), parts.frozen(encoder) if encoder is not None else None)
+        self.seed, self.loss_weight, self.cond_dropout_prob = seed, loss_weight, cond_dropout_prob
+
+    @torch.no_grad()
+    def _embed(self, batch: dict, prefix: str) -> torch.Tensor:
+        """(B, N, D) embeddings: precomputed, or the frozen AR model's `encode_images`."""
+        if f"{prefix}_embeds" in batch:
+            return batch[f"{prefix}_embeds"]
+        encoder = self.helpers[1]
+        per_image = encoder.encode_images(batch[f"{prefix}_pixel_values"], batch[f"{prefix}_grid_thw"])
+        return torch.stack(list(per_image))                                   # (B, N, D)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        from nexusgen.flow.loss import decoder_training_loss
+        from nexusgen.models.decoder import encode_images
+
+        with torch.no_grad():
+            latents = encode_images(self.helpers[0], batch["target_pixels"])  # (B, c, H/8, W/8)
+        image_embeds = self._embed(batch, "target")
+        condition = self.condition_kwargs(batch)
+        out = decoder_training_loss(self.decoder, latents, image_embeds.float(),
+                                    generator=micro_batch_generator(self.seed, batch["position"]),
+                                    cond_dropout_prob=self.cond_dropout_prob, **condition)
+        return {"loss": self.loss_weight * out["loss"], "flow": out["loss"].detach(), "mse": out["mse"]}
+
+    def condition_kwargs(self, batch: dict) -> dict:
+        return {}
+
+
+def target_image(sample: dict):
+    """The image to reconstruct: the embedding dataset's target, else the sample's last image."""
+    return sample["target_image"] if "target_image" in sample else sample["images"][-1]
+
+
+def make_collate(size: int, processor):
+    """samples -> {"target_pixels", "position", and "target_embeds" or the AR image inputs}."""
+
+    def collate(samples: list[dict]) -> dict:
+        targets = [target_image(s) for s in samples]
+        batch = {"target_pixels": pil_to_unit(targets, size),
+                 "position": torch.tensor([s["position"] for s in samples])}
+        if "image_embeds" in samples[0]:
+            batch["target_embeds"] = torch.stack([s["image_embeds"].float() for s in samples])
+        else:
+            vision = processor.process_images(targets, [True] * len(targets))
+            batch["target_pixel_values"], batch["target_grid_thw"] = (vision["pixel_values"],
+                                                                      vision["image_grid_thw"])
+        return batch
+
+    return collate
+
+
+def decoder_sources(config: TrainConfig, kind: str) -> list:
+    """Embedding datasets (`embeds`), message JSONL (`jsonl`) or in-memory synthetic samples."""
+    d = config.data
+    if d.source == "embeds":
+        from nexusgen.data.embeds import EditEmbedDataset, GenEmbedDataset
+
+        cls = GenEmbedDataset if kind == "generation" else EditEmbedDataset
+        return [cls(p, skip_bad=d.skip_bad) for p in d.paths]
+    if d.source == "jsonl":
+        from nexusgen.data.messages import MessageDataset
+
+        return [MessageDataset(p, skip_bad=d.skip_bad) for p in d.paths]
+    from nexusgen.data.synthetic import SyntheticSource
+
+    return [SyntheticSource(d.num_samples, config.seed, image_size=d.image_size_px, tasks=d.tasks)]
+
+
+def build(config: TrainConfig, info: DistInfo) -> Stage:
+    weights = {**DEFAULT_LOSS_WEIGHTS, **config.stage.loss_weights}
+    if set(weights) != set(DEFAULT_LOSS_WEIGHTS):
+        raise ValueError(f"gen_decoder loss terms are {sorted(DEFAULT_LOSS_WEIGHTS)}, got {sorted(weights)}")
+    decoder = parts.build_decoder(config, "generation")
+    vae = parts.build_vae(config)
+    encoder, processor = None, None
+    if config.data.source != "embeds":  # embeddings on the fly from the frozen AR model
+        encoder, processor = parts.build_autoregressive(config, for_training=False)
+    if config.stage.gradient_checkpointing:
+        decoder.transformer.enable_gradient_checkpointing()
+    module = DecoderTrainModule(decoder, vae, encoder, seed=config.seed, loss_weight=weights["flow"],
+                                cond_dropout_prob=DEFAULT_COND_DROPOUT).to(info.device)
+    for helper in module.helpers:
+        if helper is not None:
+            helper.to(info.device)
+
+    def export(trained: DecoderTrainModule, out_dir) -> None:
+        parts.save_decoder(trained.decoder, "generation", Path(out_dir))
+        _export_helpers(config, trained, Path(out_dir), trained_part="generation_decoder")
+
+    stream = SampleStream(decoder_sources(config, "generation"), config.data.weights, seed=config.seed)
+    return Stage(module=module, stream=stream, collate=make_collate(config.data.image_size_px, processor),
+                 export=export, shard_units=_dit_blocks(decoder),
+                 count=lambda b: {"samples": len(b["position"]), "images": len(b["position"])})
+
+
+def _dit_blocks(decoder) -> list[torch.nn.Module]:
+    t = decoder.transformer
+    return [*t.transformer_blocks, *t.single_transformer_blocks]
+
+
+def _export_helpers(config: TrainConfig, module, out_dir: Path, trained_part: str) -> None:
+    """The parent's untouched parts; without a parent, the preset VAE (and AR) the stage trained with."""
+    if parts.parent_folder(config) is not None:
+        parts.copy_untouched_parts(config, out_dir, {trained_part})
+        return
+    vae, encoder = module.helpers
+    vae.save_pretrained(str(out_dir / "vae"), safe_serialization=True)
+    if encoder is not None:
+        from nexusgen.loading.autoregressive import save_autoregressive
+
+        save_autoregressive(encoder, out_dir / "autoregressive")

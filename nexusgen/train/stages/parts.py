@@ -1,0 +1,132 @@
+"""Building a stage's model parts: from the parent stage's exported folder, or from presets.
+
+A stage starts from `stage.parent` (a previous run dir, whose `final/` is used, or a model folder) for
+every part that the parent holds, and from the presets (`stage.preset`) otherwise. The export writes
+the trained parts and copies the parent's untouched parts, so RUN_DIR/final is a complete folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import torch
+
+from nexusgen.train.config import TrainConfig
+
+PART_DIRS = ("autoregressive", "generation_decoder", "editing_decoder", "vae")
+
+
+def parent_folder(config: TrainConfig) -> Path | None:
+    """The parent model folder (RUN_DIR/final for a run dir), or None; ValueError if it does not exist."""
+    if config.stage.parent is None:
+        return None
+    path = Path(config.stage.parent)
+    folder = path / "final" if (path / "final").is_dir() else path
+    if not folder.is_dir():
+        raise ValueError(f"stage.parent {config.stage.parent!r} is neither a run dir nor a model folder")
+    return folder
+
+
+def parent_part(config: TrainConfig, part: str) -> Path | None:
+    folder = parent_folder(config)
+    return folder / part if folder is not None and (folder / part).is_dir() else None
+
+
+def build_vae(config: TrainConfig):
+    """The VAE: the parent's `vae/` if there is one, else `VAE_PRESETS[preset]` (fields of stage.model
+    replace the preset's when this is the trained part)."""
+    from diffusers import AutoencoderKL
+
+    from nexusgen.models.decoder import VAE_PRESETS, VAEConfig
+    from nexusgen.models.decoder import build_vae as build_from_config
+
+    folder = parent_part(config, "vae")
+    if folder is not None:
+        return AutoencoderKL.from_pretrained(str(folder))
+    if config.stage.preset not in VAE_PRESETS:
+        raise ValueError(f"unknown VAE preset {config.stage.preset!r}; known: {sorted(VAE_PRESETS)}")
+    preset = dataclasses.asdict(VAE_PRESETS[config.stage.preset])
+    overrides = config.stage.model if config.stage.name == "vae" else {}
+    return build_from_config(VAEConfig(**{**preset, **overrides}))
+
+
+def build_decoder(config: TrainConfig, kind: str):
+    """`GenerationDecoder` / `EditingDecoder` (kind 'generation' / 'editing') from parent or preset."""
+    from nexusgen.models.decoder import DECODER_PRESETS, EditingDecoder, GenerationDecoder
+
+    cls = GenerationDecoder if kind == "generation" else EditingDecoder
+    folder = parent_part(config, f"{kind}_decoder")
+    if folder is not None:
+        from nexusgen.loading import decoders as decoder_loading  # the decoders engineer's loader
+
+        return getattr(decoder_loading, f"load_{kind}_decoder")(folder)
+    if config.stage.preset not in DECODER_PRESETS:
+        raise ValueError(f"unknown decoder preset {config.stage.preset!r}; known: {sorted(DECODER_PRESETS)}")
+    preset = DECODER_PRESETS[config.stage.preset]
+    return cls(dataclasses.replace(preset, **config.stage.model) if config.stage.model else preset)
+
+
+def save_decoder(decoder, kind: str, out_dir: Path) -> None:
+    """Write `<kind>_decoder/` with the loader's saver (DESIGN.md folder format)."""
+    from nexusgen.loading import decoders as decoder_loading
+
+    getattr(decoder_loading, f"save_{kind}_decoder")(decoder, Path(out_dir) / f"{kind}_decoder")
+
+
+def build_autoregressive(config: TrainConfig, *, for_training: bool):
+    """(model, processor): the parent's `autoregressive/` or `AR_PRESETS[preset]` with a byte tokenizer.
+
+    `for_training` applies stage.model overrides to the preset config (only for the AR stages).
+    """
+    from nexusgen.processing.processor import ImageOnlyProcessor
+
+    folder = parent_part(config, "autoregressive")
+    if folder is not None:
+        from nexusgen.loading.autoregressive import load_autoregressive
+
+        model, tokenizer, image_processor = load_autoregressive(folder)
+    else:
+        from nexusgen.models.autoregressive import AR_PRESETS, NexusGenARModel
+        from nexusgen.processing.tokenizers import build_byte_tokenizer
+
+        if config.stage.preset not in AR_PRESETS:
+            raise ValueError(f"unknown AR preset {config.stage.preset!r}; known: {sorted(AR_PRESETS)}")
+        ar_config = AR_PRESETS[config.stage.preset]
+        if for_training and config.stage.model:
+            ar_config = dataclasses.replace(ar_config, **config.stage.model)
+        model = NexusGenARModel(ar_config)
+        tokenizer = build_byte_tokenizer()
+        image_processor = _image_processor(ar_config)
+    return model, ImageOnlyProcessor(tokenizer, image_processor, model.config)
+
+
+def _image_processor(ar_config):
+    from transformers import Qwen2VLImageProcessorPil
+
+    vision = ar_config.vision_config if hasattr(ar_config, "vision_config") else {}
+    get = vision.get if isinstance(vision, dict) else lambda k, d: getattr(vision, k, d)
+    return Qwen2VLImageProcessorPil(patch_size=get("patch_size", 14), merge_size=get("spatial_merge_size", 2),
+                                    temporal_patch_size=get("temporal_patch_size", 2),
+                                    min_pixels=getattr(ar_config, "min_input_pixels", 56 * 56),
+                                    max_pixels=getattr(ar_config, "max_input_pixels", 28 * 28 * 1280))
+
+
+def copy_untouched_parts(config: TrainConfig, out_dir: Path, trained: set[str]) -> None:
+    """Copy the parent's parts that this stage did not train into the export (complete folder)."""
+    folder = parent_folder(config)
+    if folder is None:
+        return
+    for part in PART_DIRS:
+        if part not in trained and (folder / part).is_dir():
+            shutil.copytree(folder / part, Path(out_dir) / part)
+    for name in ("nexusgen.json",):
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, Path(out_dir) / name)
+
+
+def frozen(module: torch.nn.Module) -> torch.nn.Module:
+    """Freeze and set eval mode (a part that only provides inputs or targets)."""
+    module.requires_grad_(False)
+    return module.eval()
