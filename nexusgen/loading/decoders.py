@@ -1,0 +1,224 @@
+"""Save and load the decoder parts of a model folder (DESIGN.md "Model folder format").
+
+::
+
+    generation_decoder/  config.json (DecoderConfig), adapter.safetensors, pooled.safetensors,
+                         transformer/ (diffusers FluxTransformer2DModel folder)
+    editing_decoder/     config.json (DecoderConfig), merger.safetensors, pooled.safetensors, transformer/
+    vae/                 diffusers AutoencoderKL folder
+
+``adapter.safetensors`` and ``merger.safetensors`` hold the modules' own parameter names, which are
+upstream's (``0.weight`` ... / ``layers.0.self_attn.q_proj.weight`` ..., without the ``adapter.`` /
+``embedding_merger.`` prefix). ``pooled.safetensors`` holds one tensor ``pooled_embeds`` (P,): CLIP("") for
+converted official models. Every folder is written under a temporary name and renamed into place, so a
+failed save never leaves a half-written part. Problems with a folder raise ValueError naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FluxTransformer2DModel
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from nexusgen.models.decoder import DecoderConfig, EditingDecoder, GenerationDecoder
+
+GENERATION_DIR = "generation_decoder"
+EDITING_DIR = "editing_decoder"
+VAE_DIR = "vae"
+CONFIG_FILE = "config.json"
+ADAPTER_FILE = "adapter.safetensors"
+MERGER_FILE = "merger.safetensors"
+POOLED_FILE = "pooled.safetensors"
+TRANSFORMER_DIR = "transformer"
+POOLED_KEY = "pooled_embeds"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Atomic writing
+# ---------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `folder`, on error it is removed."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    old = None
+    if folder.exists():
+        old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+        os.replace(folder, old)
+    os.replace(temporary, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Write a safetensors file atomically (temporary name, then rename); tensors are made contiguous."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary),
+              metadata={"format": "pt"})
+    os.replace(temporary, path)
+
+
+def write_json(data: dict, path: str | os.PathLike) -> None:
+    """Write JSON atomically."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ValueError(f"missing decoder file {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from err
+
+
+def _read_config(folder: Path) -> DecoderConfig:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"{folder} is not a nexusgen decoder folder: {CONFIG_FILE} is missing")
+    try:
+        return DecoderConfig(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"invalid decoder config {path}: {err}") from err
+
+
+def _load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:  # missing/unexpected keys or shape mismatches
+        raise ValueError(f"{path} does not match the decoder config: {err}") from err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoders
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _save_common(decoder: GenerationDecoder | EditingDecoder, folder: Path) -> None:
+    write_json(decoder.config.to_dict(), folder / CONFIG_FILE)
+    save_tensors({POOLED_KEY: decoder.pooled_embeds}, folder / POOLED_FILE)
+    decoder.transformer.save_pretrained(folder / TRANSFORMER_DIR, safe_serialization=True)
+
+
+def save_generation_decoder(decoder: GenerationDecoder, folder: str | os.PathLike) -> None:
+    """Write a generation decoder to `folder` (e.g. MODEL/generation_decoder), atomically."""
+    with atomic_folder(folder) as temporary:
+        _save_common(decoder, temporary)
+        save_tensors(decoder.adapter.state_dict(), temporary / ADAPTER_FILE)
+
+
+def save_editing_decoder(decoder: EditingDecoder, folder: str | os.PathLike) -> None:
+    """Write an editing decoder to `folder` (e.g. MODEL/editing_decoder), atomically."""
+    with atomic_folder(folder) as temporary:
+        _save_common(decoder, temporary)
+        save_tensors(decoder.merger.state_dict(), temporary / MERGER_FILE)
+
+
+def _load_transformer(folder: Path, config: DecoderConfig,
+                      dtype: torch.dtype | None) -> FluxTransformer2DModel:
+    path = folder / TRANSFORMER_DIR
+    if not (path / "config.json").is_file():
+        raise ValueError(f"missing diffusers transformer folder {path}")
+    stored = FluxTransformer2DModel.load_config(path)
+    expected = json.loads(json.dumps(config.transformer_kwargs()))  # tuples -> lists, as stored
+    mismatched = {k: (stored.get(k), v) for k, v in expected.items() if stored.get(k) != v}
+    if mismatched:
+        raise ValueError(f"{path}/config.json disagrees with {folder / CONFIG_FILE} (stored, expected): "
+                         f"{mismatched}")
+    try:
+        return FluxTransformer2DModel.from_pretrained(path, torch_dtype=dtype)
+    except (OSError, RuntimeError, SafetensorError) as err:
+        raise ValueError(f"cannot load the transformer in {path}: {err}") from err
+
+
+def _finish(decoder, folder: Path, device, dtype):
+    pooled = _read_tensors(folder / POOLED_FILE)
+    if set(pooled) != {POOLED_KEY} or pooled[POOLED_KEY].shape != decoder.pooled_embeds.shape:
+        found = {k: tuple(v.shape) for k, v in pooled.items()}
+        raise ValueError(f"{folder / POOLED_FILE} must hold one tensor {POOLED_KEY!r} of shape "
+                         f"{tuple(decoder.pooled_embeds.shape)}, got {found}")
+    decoder.pooled_embeds.copy_(pooled[POOLED_KEY])
+    if dtype is not None:
+        decoder.to(dtype)
+    if device is not None:
+        decoder.to(device)
+    return decoder.eval()
+
+
+def load_generation_decoder(folder: str | os.PathLike, device: torch.device | str | None = None,
+                            dtype: torch.dtype | None = None) -> GenerationDecoder:
+    """Load a generation decoder folder written by `save_generation_decoder` or `nexusgen convert`.
+
+    Args:
+        folder: MODEL/generation_decoder.
+        device: where to put it (default CPU).
+        dtype: parameter dtype (default as stored).
+
+    Returns:
+        The decoder in eval mode.
+
+    Raises:
+        ValueError: missing or inconsistent files.
+    """
+    folder = Path(folder)
+    config = _read_config(folder)
+    decoder = GenerationDecoder(config, transformer=_load_transformer(folder, config, dtype))
+    _load_into(decoder.adapter, _read_tensors(folder / ADAPTER_FILE), folder / ADAPTER_FILE)
+    return _finish(decoder, folder, device, dtype)
+
+
+def load_editing_decoder(folder: str | os.PathLike, device: torch.device | str | None = None,
+                         dtype: torch.dtype | None = None) -> EditingDecoder:
+    """Load an editing decoder folder (arguments as `load_generation_decoder`)."""
+    folder = Path(folder)
+    config = _read_config(folder)
+    if config.merger is None:
+        raise ValueError(f"{folder / CONFIG_FILE} has no merger config; not an editing decoder")
+    decoder = EditingDecoder(config, transformer=_load_transformer(folder, config, dtype))
+    _load_into(decoder.merger, _read_tensors(folder / MERGER_FILE), folder / MERGER_FILE)
+    return _finish(decoder, folder, device, dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# VAE
+# ---------------------------------------------------------------------------------------------------------
+
+
+def save_vae(vae: AutoencoderKL, folder: str | os.PathLike) -> None:
+    """Write a diffusers AutoencoderKL folder atomically."""
+    with atomic_folder(folder) as temporary:
+        vae.save_pretrained(temporary, safe_serialization=True)
+
+
+def load_vae(folder: str | os.PathLike, device: torch.device | str | None = None,
+             dtype: torch.dtype | None = None) -> AutoencoderKL:
+    """Load MODEL/vae (a diffusers AutoencoderKL folder). Raises ValueError if it is missing or broken."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"missing VAE folder {folder} (diffusers AutoencoderKL with config.json)")
+    try:
+        vae = AutoencoderKL.from_pretrained(folder, torch_dtype=dtype)
+    except (OSError, RuntimeError, SafetensorError) as err:
+        raise ValueError(f"cannot load the VAE in {folder}: {err}") from err
+    return (vae.to(device) if device is not None else vae).eval()

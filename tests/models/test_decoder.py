@@ -1,0 +1,168 @@
+"""Decoders on tiny presets: packing and RoPE ids (parity with diffusers, SPEC 3.3 example), conditioning,
+training forward, fp8 storage mechanics, config validation."""
+
+import pytest
+import torch
+from diffusers import FluxPipeline
+
+from nexusgen.flow import decoder_training_loss
+from nexusgen.models.decoder import (
+    DECODER_PRESETS,
+    VAE_PRESETS,
+    DecoderConfig,
+    EditingDecoder,
+    GenerationDecoder,
+    VAEConfig,
+    build_vae,
+    decode_latents,
+    editing_context_ids,
+    encode_images,
+    image_ids,
+    pack_latents,
+    unpack_latents,
+)
+from nexusgen.models.memory import FP8_DTYPE, OneResident, enable_fp8_storage, parameter_bytes, peak_memory
+
+TINY = DECODER_PRESETS["tiny"]
+
+
+def test_packing_and_image_ids_match_diffusers():
+    latents = torch.randn(2, 16, 6, 8)
+    packed = pack_latents(latents)
+    assert torch.equal(packed, FluxPipeline._pack_latents(latents, 2, 16, 6, 8))
+    assert torch.equal(unpack_latents(packed, (6, 8)), latents)
+    expected_ids = FluxPipeline._prepare_latent_image_ids(1, 3, 4, "cpu", torch.float32)
+    assert torch.equal(image_ids((6, 8)), expected_ids)
+
+
+def test_editing_context_ids_hand_computed():
+    # SPEC 3.3 at 512x512 (latent 64x64): target 9x9 -> (0, r*64/18, c*64/18); reference 18x18 ->
+    # (1, r*64/36, c*64/36).
+    ids = editing_context_ids((9, 9), (18, 18), (64, 64))
+    assert ids.shape == (81 + 324, 3)
+    target, reference = ids[:81].view(9, 9, 3), ids[81:].view(18, 18, 3)
+    for r, c in [(0, 0), (0, 8), (3, 5), (8, 8)]:
+        assert target[r, c].tolist() == pytest.approx([0.0, r * 64 / 18, c * 64 / 18])
+    for r, c in [(0, 0), (17, 0), (4, 11), (17, 17)]:
+        assert reference[r, c].tolist() == pytest.approx([1.0, r * 64 / 36, c * 64 / 36])
+    # non-square latent and grids: each axis scales by its own size
+    odd = editing_context_ids((2, 4), (3, 6), (32, 48))
+    assert odd[5].tolist() == pytest.approx([0.0, 1 * 16 / 2, 1 * 24 / 4])
+    assert odd[8 + 7].tolist() == pytest.approx([1.0, 1 * 16 / 3, 1 * 24 / 6])
+
+
+def test_generation_condition_and_pooled_vector():
+    torch.manual_seed(0)
+    decoder = GenerationDecoder(TINY).eval()
+    embeds = torch.randn(2, 5, TINY.embed_dim)
+    condition = decoder.condition(embeds)
+    assert condition.context.shape == (2, 5, TINY.context_dim)
+    assert condition.context_ids.shape == (5, 3) and condition.context_ids.abs().sum() == 0
+    x, t = torch.randn(2, 16, 4, 4), torch.tensor([0.9, 0.2])
+    with torch.no_grad():
+        before = decoder(x, t, embeds)
+        decoder.pooled_embeds.normal_()
+        after = decoder(x, t, embeds)
+    assert before.shape == x.shape
+    assert (before - after).abs().max() > 1e-5  # the stored pooled vector reaches the DiT
+    assert "pooled_embeds" in decoder.state_dict()
+    with pytest.raises(ValueError):
+        decoder.condition(torch.randn(2, 5, TINY.embed_dim + 1))
+
+
+def test_editing_condition_layout():
+    torch.manual_seed(0)
+    decoder = EditingDecoder(TINY).eval()
+    embeds, reference = torch.randn(1, 4, TINY.embed_dim), torch.randn(1, 6, TINY.embed_dim)
+    condition = decoder.condition(embeds, latent_size=(8, 8), reference_embeds=reference,
+                                  reference_grid=(2, 3), target_grid=(2, 2))
+    assert condition.context.shape == (1, 10, TINY.context_dim)
+    assert torch.equal(condition.context_ids, editing_context_ids((2, 2), (2, 3), (8, 8)))
+    with pytest.raises(ValueError):
+        decoder.condition(embeds, latent_size=(8, 8), reference_embeds=reference.expand(2, -1, -1),
+                          reference_grid=(2, 3), target_grid=(2, 2))
+
+
+@pytest.mark.parametrize("kind", ["generation", "editing"])
+def test_training_forward_reaches_every_trainable_part(kind):
+    torch.manual_seed(0)
+    extra = {}
+    if kind == "generation":
+        decoder = GenerationDecoder(TINY)
+    else:
+        decoder = EditingDecoder(TINY)
+        extra = dict(reference_embeds=torch.randn(2, 9, TINY.embed_dim), reference_grid=(3, 3),
+                     target_grid=(2, 2))
+    latents = torch.randn(2, 16, 4, 4)
+    out = decoder_training_loss(decoder, latents, torch.randn(2, 4, TINY.embed_dim),
+                                generator=torch.Generator().manual_seed(0), **extra)
+    out["loss"].backward()
+    connector = decoder.adapter if kind == "generation" else decoder.merger
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in connector.parameters())
+    assert decoder.transformer.x_embedder.weight.grad.abs().sum() > 0
+    assert out["t"].shape == (2,) and out["loss"].ndim == 0
+
+
+def test_conditioning_dropout_zeroes_whole_samples():
+    from nexusgen.flow import drop_condition
+
+    embeds = torch.randn(64, 3, 4) + 5
+    dropped = drop_condition(embeds, 0.5, torch.Generator().manual_seed(0))
+    zero = (dropped == 0).flatten(1).all(1)
+    kept = (dropped == embeds).flatten(1).all(1)
+    assert bool((zero | kept).all()) and 16 < int(zero.sum()) < 48
+    assert drop_condition(embeds, 0.0, None) is embeds
+    with pytest.raises(ValueError):
+        drop_condition(embeds, 1.5, None)
+
+
+def test_fp8_storage_mechanics():
+    torch.manual_seed(0)
+    decoder = GenerationDecoder(TINY).eval()
+    x, t, embeds = torch.randn(2, 16, 4, 4), torch.tensor([0.5, 0.8]), torch.randn(2, 4, TINY.embed_dim)
+    with torch.no_grad():
+        reference = decoder(x, t, embeds)
+    full_bytes = parameter_bytes(decoder.transformer)
+    enable_fp8_storage(decoder.transformer, compute_dtype=torch.float32)
+    linear = decoder.transformer.transformer_blocks[0].attn.to_q
+    assert linear.weight.dtype == FP8_DTYPE
+    assert parameter_bytes(decoder.transformer) < 0.6 * full_bytes
+    with torch.no_grad():
+        out = decoder(x, t, embeds)
+    assert linear.weight.dtype == FP8_DTYPE  # up-cast only while the layer runs
+    relative = float((out - reference).norm() / reference.norm())
+    assert 0 < relative < 0.1  # e4m3 keeps 3 mantissa bits: close, not equal
+
+
+def test_one_resident_moves_the_previous_module_out():
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    residency = OneResident("cpu", offload_device="meta")  # meta stands in for "not on the accelerator"
+    residency.activate(a)
+    assert a.weight.device.type == "cpu"
+    residency.activate(b)
+    assert a.weight.device.type == "meta" and b.weight.device.type == "cpu" and residency.current is b
+    assert peak_memory("cpu")["peak_rss_mib"] > 0
+
+
+def test_vae_round_trip_shapes_and_scaling():
+    torch.manual_seed(0)
+    vae = build_vae(VAE_PRESETS["tiny"]).eval()
+    images = torch.rand(2, 3, 32, 48)
+    with torch.no_grad():
+        latents = encode_images(vae, images)
+        mean = vae.encode(images * 2 - 1).latent_dist.mean
+        decoded = decode_latents(vae, latents)
+    assert latents.shape == (2, 16, 4, 6)
+    assert torch.allclose(latents, (mean - 0.1159) * 0.3611, atol=1e-6)
+    assert decoded.shape == images.shape and float(decoded.min()) >= 0 and float(decoded.max()) <= 1
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        DecoderConfig(embed_dim=8, context_dim=8, pooled_dim=4, num_layers=1, num_single_layers=1,
+                      num_attention_heads=2, attention_head_dim=16, axes_dims_rope=(4, 4, 4))
+    with pytest.raises(ValueError):
+        VAEConfig(block_out_channels=(8, 16, 32), norm_num_groups=8)
+    with pytest.raises(ValueError):
+        EditingDecoder(DecoderConfig(**{**TINY.to_dict(), "merger": None}))
+    assert DecoderConfig(**TINY.to_dict()) == TINY  # JSON round trip of the nested config
