@@ -110,6 +110,9 @@ def _tooling_commands(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (JSONL + safetensors)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--image-root", default=None,
+                   help="folder relative image paths resolve against (default: the JSONL's folder; "
+                        "official upstream files are relative to their repository root)")
     p.set_defaults(handler=_call("nexusgen.data.prepare:prepare_command"))
 
     p = sub.add_parser("eval", help="evaluation")
