@@ -1,0 +1,325 @@
+"""Load and save the autoregressive model folder: ours, official Nexus-GenV2 and official V1.
+
+A folder (ours: `MODEL/autoregressive/`; official: the top level of `Nexus-GenV2/`) holds
+
+* `config.json` -- a Qwen2.5-VL config (5.x nested or the official 4.49-style flat layout);
+* `model.safetensors` or `model-*.safetensors` + `model.safetensors.index.json` -- Qwen2.5-VL tensors
+  (5.x names `model.language_model.*`, `model.visual.*`, or 4.x names `model.layers.*`, `visual.*`) plus
+  `vision_head.weight` (D, D) and `image_prefill_embeds.weight` (N, D; absent in V1);
+* tokenizer files and `preprocessor_config.json`;
+* ours only: `nexusgen_ar.json` -- the ARConfig fields other than the Qwen config (N, output size, ...).
+
+Every tensor is checked against the model built on the meta device *before* anything is loaded: a
+missing, unexpected or mis-shaped tensor is a ValueError that names the file and the key. The Qwen part is
+then loaded by transformers (which maps 4.x names and builds on the meta device), the two extra tensors by
+us. Official folders get N from the prefill table (a square output grid); a V1 folder (no table) loads
+with a warning and feeds the `<|image_pad|>` embedding at every output position, as V1 did.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+
+import torch
+
+from nexusgen.models.autoregressive import ARConfig, NexusGenARModel
+from nexusgen.processing.processor import build_image_processor
+from nexusgen.processing.tokenizers import (
+    build_byte_tokenizer,
+    build_qwen25_tokenizer,
+    check_special_token_ids,
+    load_tokenizer,
+)
+
+CONFIG_FILE = "config.json"
+AR_CONFIG_FILE = "nexusgen_ar.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+FORMAT_VERSION = 1
+EXTRA_KEYS = ("vision_head.weight", "image_prefill_embeds.weight")
+# transformers 4.x checkpoint names -> 5.x names (what from_pretrained maps on load).
+_LEGACY_RENAMES = ((re.compile(r"^model\.(?!language_model\.|visual\.)"), "model.language_model."),
+                   (re.compile(r"^visual\."), "model.visual."))
+
+
+def load_autoregressive(folder: str | os.PathLike, device: str | torch.device | None = None,
+                        dtype: torch.dtype | str | None = None):
+    """Load the AR model, its tokenizer and image processor from a folder (ours, official V2 or V1).
+
+    Args:
+        folder: the model folder.
+        device: default cuda if available, else cpu.
+        dtype: default float32 on CPU, bfloat16 on GPU.
+
+    Returns:
+        (NexusGenARModel in eval mode, tokenizer, Qwen2VLImageProcessorPil).
+
+    Raises:
+        ValueError: not a Qwen2.5-VL / Nexus-Gen folder, a missing/unexpected/mis-shaped tensor, or
+            tokenizer / image processor files that disagree with the config (file and key named).
+    """
+    folder = Path(folder)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = _resolve_dtype(dtype, device)
+    keys = weight_index(folder)  # key -> (file, shape)
+    config = read_ar_config(folder, keys)
+    check_weights(folder, config, keys)
+    tokenizer = load_tokenizer(folder)
+    check_special_token_ids(tokenizer, config.qwen_config, source=str(folder / "tokenizer.json"))
+    image_processor = _load_image_processor(folder, config)
+
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the two extra tensors are "unexpected" to transformers: expected here
+    hf_logging.disable_progress_bar()
+    try:
+        vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            str(folder), config=copy.deepcopy(config.qwen_config), dtype=dtype, local_files_only=True)
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+    with torch.device("meta"):
+        model = NexusGenARModel(config, vlm=_Placeholder())
+    model.vlm = vlm
+    extras = {}
+    for key in EXTRA_KEYS:
+        if key in keys:
+            from safetensors import safe_open
+
+            with safe_open(str(folder / keys[key][0]), framework="pt") as f:
+                extras[key] = f.get_tensor(key).to(dtype)
+    model.load_state_dict(extras, strict=False, assign=True)
+    return model.to(device=device, dtype=dtype).eval(), tokenizer, image_processor
+
+
+class _Placeholder(torch.nn.Module):
+    """Stands in for the Qwen model while the wrapper is built on the meta device."""
+
+
+def weight_index(folder: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every tensor of the folder's safetensors weights: key (5.x name) -> (file name, shape).
+
+    Raises:
+        ValueError: not a folder, no weights, an index naming a missing shard, or an unreadable file.
+    """
+    from safetensors import safe_open
+
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a directory")
+    if (folder / INDEX_FILE).is_file():
+        try:
+            files = sorted(set(json.loads((folder / INDEX_FILE).read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as err:
+            raise ValueError(f"{folder / INDEX_FILE}: not a safetensors index ({err})") from err
+    elif (folder / WEIGHTS_FILE).is_file():
+        files = [WEIGHTS_FILE]
+    else:
+        pickles = sorted(p.name for p in folder.glob("*.bin"))
+        hint = f" (found {pickles}: only safetensors are read, pickles are never executed)" if pickles else ""
+        raise ValueError(f"{folder}: no {WEIGHTS_FILE} or {INDEX_FILE}{hint}")
+    keys = {}
+    for name in files:
+        if not (folder / name).is_file():
+            raise ValueError(f"{folder / INDEX_FILE}: names shard {name}, which is missing")
+        try:
+            with safe_open(str(folder / name), framework="pt") as f:
+                for key in f.keys():
+                    keys[normalize_key(key)] = (name, tuple(f.get_slice(key).get_shape()))
+        except Exception as err:  # safetensors raises its own error types for corrupt headers
+            raise ValueError(f"{folder / name}: unreadable safetensors file ({err})") from err
+    return keys
+
+
+def normalize_key(key: str) -> str:
+    """A checkpoint key in transformers 5.x naming (4.x `model.layers.*` / `visual.*` are mapped)."""
+    for pattern, replacement in _LEGACY_RENAMES:
+        key = pattern.sub(replacement, key)
+    return key
+
+
+def read_ar_config(folder: Path, keys: dict | None = None) -> ARConfig:
+    """The ARConfig of a folder: `nexusgen_ar.json` + `config.json` (ours) or inferred (official).
+
+    Raises:
+        ValueError: missing or invalid config.json, wrong model_type, or a prefill table whose row count
+            is not a square number (the output grid cannot be inferred).
+    """
+    raw = _read_json(folder / CONFIG_FILE)
+    if raw.get("model_type") != "qwen2_5_vl":
+        raise ValueError(f"{folder / CONFIG_FILE}: key 'model_type' is {raw.get('model_type')!r}, expected "
+                         "'qwen2_5_vl' (not a Qwen2.5-VL / Nexus-Gen checkpoint)")
+    # Bookkeeping keys of transformers, not model structure (dtype is chosen at load time).
+    ignored = ("transformers_version", "architectures", "_name_or_path", "auto_map", "torch_dtype", "dtype")
+    qwen = {k: v for k, v in raw.items() if k not in ignored}
+    try:
+        if (folder / AR_CONFIG_FILE).is_file():
+            fields = _read_json(folder / AR_CONFIG_FILE)
+            if fields.pop("format_version", None) != FORMAT_VERSION:
+                raise ValueError(f"{folder / AR_CONFIG_FILE}: key 'format_version' must be {FORMAT_VERSION}")
+            return ARConfig.from_dict({**fields, "qwen": qwen})
+        return _official_config(folder, qwen, keys if keys is not None else weight_index(folder))
+    except ValueError as err:
+        if str(folder) in str(err):
+            raise
+        raise ValueError(f"{folder / CONFIG_FILE}: {err}") from err
+
+
+def _official_config(folder: Path, qwen: dict, keys: dict) -> ARConfig:
+    probe = ARConfig(qwen=qwen)  # default N = 81 at 252 px, only to read the token size
+    table = keys.get("image_prefill_embeds.weight")
+    if table is None:
+        warnings.warn(f"{folder}: no image_prefill_embeds.weight -- a Nexus-Gen V1 checkpoint; every output "
+                      "position is fed the <|image_pad|> embedding, as V1 did", UserWarning, stacklevel=3)
+        return ARConfig(qwen=qwen, use_prefill_table=False)
+    n = table[1][0]
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"{folder / table[0]}: image_prefill_embeds.weight has {n} rows, not a square grid")
+    return ARConfig(qwen=qwen, num_output_tokens=n, output_image_px=(side * probe.token_px,) * 2)
+
+
+def check_weights(folder: Path, config: ARConfig, keys: dict) -> None:
+    """Compare the folder's tensors with the model built on the meta device.
+
+    Raises:
+        ValueError: naming the file and the key of the first missing, unexpected or mis-shaped tensor.
+    """
+    with torch.device("meta"):
+        model = NexusGenARModel(config)
+    expected = {k.removeprefix("vlm."): tuple(v.shape) for k, v in model.state_dict().items()}
+    if config.qwen_config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)  # tied to the token embeddings; usually not stored
+        keys = {k: v for k, v in keys.items() if k != "lm_head.weight"}
+    where = INDEX_FILE if (folder / INDEX_FILE).is_file() else WEIGHTS_FILE
+    missing = sorted(set(expected) - set(keys))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(f"{folder / where}: missing tensor {missing[0]!r}{more}, "
+                         f"shape {expected[missing[0]]}")
+    unexpected = sorted(set(keys) - set(expected))
+    if unexpected:
+        file, _ = keys[unexpected[0]]
+        raise ValueError(f"{folder / file}: unexpected tensor {unexpected[0]!r} for this config")
+    for key, shape in expected.items():
+        file, found = keys[key]
+        if found != shape:
+            raise ValueError(f"{folder / file}: tensor {key!r} has shape {found}, the config needs {shape}")
+
+
+def _load_image_processor(folder: Path, config: ARConfig):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    path = folder / PREPROCESSOR_FILE
+    _read_json(path)  # a clear error for a missing or corrupt file
+    processor = Qwen2VLImageProcessorPil.from_pretrained(str(folder), local_files_only=True)
+    vision = config.qwen_config.vision_config
+    for key, want in (("patch_size", vision.patch_size), ("merge_size", vision.spatial_merge_size),
+                      ("temporal_patch_size", vision.temporal_patch_size)):
+        if int(getattr(processor, key)) != int(want):
+            raise ValueError(f"{path}: key {key!r} is {getattr(processor, key)}, "
+                             f"the model config needs {want}")
+    return processor
+
+
+def save_autoregressive(folder: str | os.PathLike, model: NexusGenARModel, tokenizer,
+                        image_processor) -> None:
+    """Write a model folder that `load_autoregressive` (and stock transformers) can read.
+
+    Tensors are written under transformers 5.x names plus `vision_head.weight` and
+    `image_prefill_embeds.weight`, sharded above 5 GB. The folder is assembled under a temporary name and
+    renamed into place, so a crash never leaves a half-written folder.
+    """
+    from huggingface_hub import save_torch_state_dict
+
+    folder = Path(folder)
+    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        model.vlm.config.save_pretrained(str(tmp))
+        fields = {k: v for k, v in model.config.to_dict().items() if k != "qwen"}
+        (tmp / AR_CONFIG_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **fields}, indent=2,
+                                                     ensure_ascii=False))
+        state = {k.removeprefix("vlm."): v.detach().cpu() for k, v in model.state_dict().items()}
+        save_torch_state_dict(state, str(tmp), max_shard_size="5GB")
+        tokenizer.save_pretrained(str(tmp))
+        image_processor.save_pretrained(str(tmp))
+        _replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def build_autoregressive(config: ARConfig | str, tokenizer=None, seed: int | None = None):
+    """A freshly initialised model (random weights) with a matching tokenizer and image processor.
+
+    Args:
+        config: an ARConfig or a preset name ("tiny", "mid", "nexus-gen-v2").
+        tokenizer: default: the byte-level tokenizer for small vocabularies, the real Qwen2.5 one otherwise.
+        seed: torch seed for the initialisation.
+
+    Returns:
+        (NexusGenARModel, tokenizer, image processor).
+    """
+    config = ARConfig.from_preset(config) if isinstance(config, str) else config
+    if tokenizer is None:
+        small = config.qwen_config.text_config.vocab_size < 1024
+        tokenizer = build_byte_tokenizer() if small else build_qwen25_tokenizer()
+    check_special_token_ids(tokenizer, config.qwen_config)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = NexusGenARModel(config)
+    return model, tokenizer, image_processor_for(config)
+
+
+def image_processor_for(config: ARConfig):
+    """The `Qwen2VLImageProcessorPil` matching a config's patch geometry and input pixel bounds."""
+    vision = config.qwen_config.vision_config
+    return build_image_processor(patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
+                                 temporal_patch_size=vision.temporal_patch_size,
+                                 min_pixels=config.min_input_pixels, max_pixels=config.max_input_pixels)
+
+
+def _replace_dir(tmp: Path, folder: Path) -> None:
+    """Rename `tmp` to `folder`; an existing folder is moved aside first and removed afterwards."""
+    old = None
+    if folder.exists():
+        old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: invalid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def _resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        return getattr(torch, dtype)
+    return dtype
+
