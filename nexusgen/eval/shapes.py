@@ -1,0 +1,157 @@
+"""`nexusgen eval shapes`: the ShapesWorld benchmark (understanding, generation, editing).
+
+Two phases, so scoring can be rerun on saved artifacts without the model (`--score-only`):
+
+1. generate: build the items from the evaluation's own random streams (disjoint from every training
+   stream; the last `compositional_fraction` of each task shows held-out (colour, shape) pairs), write
+   `eval_set.json`, then run the model in batches and save its artifacts:
+       DIR/understanding/inputs/*.png, DIR/understanding/answers.jsonl
+       DIR/generation/*.png
+       DIR/editing/source/*.png, DIR/editing/output/*.png
+2. score: read `eval_set.json` and the artifacts, parse images with the detector, and write
+   DIR/samples.jsonl (one record per item), DIR/results.json (schema of DESIGN.md, plus extra keys
+   such as per-section "compositional") and DIR/failures.png (contact sheet of the worst failures).
+
+Scores are ShapesWorld scores: synthetic and GenEval-*style*, not comparable with published GenEval or
+ImgEdit numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from nexusgen.worlds.shapes import EditItem, GenerateItem, UnderstandItem
+
+from .contact_sheet import contact_sheet
+from .harness import DEFAULT_BATCH_SIZE, git_sha, json_safe, load_model, save_image, write_json, write_jsonl
+from .oracle import OracleModel
+from .tasks import editing, generation, understanding
+
+EVAL_SET = "eval_set.json"
+FORMAT_VERSION = 1
+TASKS = {"understanding": (understanding, UnderstandItem), "generation": (generation, GenerateItem),
+         "editing": (editing, EditItem)}
+NOTE = "ShapesWorld scores (synthetic, GenEval-style); not comparable with published GenEval/ImgEdit numbers."
+
+
+@dataclass
+class ShapesEvalConfig:
+    """What `nexusgen eval shapes` evaluates."""
+
+    num: int = 100
+    """Items per task."""
+    seed: int = 1000
+    """Seed of the evaluation streams (and of the model's sampling)."""
+    decoder: str = "editing"
+    """Decoder used for edits: "editing" or "generation"."""
+    prompt_style: str = "short"
+    """Generation prompts: "short" (GenEval-like) or "detailed" (every object pinned down)."""
+    zh_fraction: float = 0.25
+    """Fraction of items in Chinese."""
+    compositional_fraction: float = 0.2
+    """Fraction of items per task that show a held-out (colour, shape) pair, reported separately."""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_new_tokens: int = 128
+    tasks: tuple[str, ...] = tuple(TASKS)
+    worst: int = 9
+    """Failures per task on the contact sheet."""
+
+    def __post_init__(self):
+        if self.num < 1:
+            raise ValueError(f"--num must be >= 1, got {self.num}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        if self.decoder not in ("editing", "generation"):
+            raise ValueError(f"decoder must be 'editing' or 'generation', got {self.decoder!r}")
+        if self.prompt_style not in ("short", "detailed"):
+            raise ValueError(f"prompt_style must be 'short' or 'detailed', got {self.prompt_style!r}")
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {tuple(TASKS)}, got {self.tasks}")
+        for name in ("zh_fraction", "compositional_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+def build_items(config: ShapesEvalConfig) -> dict[str, list]:
+    """The evaluation items of every task in `config.tasks` (deterministic in config)."""
+    common = dict(compositional_fraction=config.compositional_fraction, zh_fraction=config.zh_fraction)
+    items = {}
+    for task in config.tasks:
+        module, _ = TASKS[task]
+        extra = {"prompt_style": config.prompt_style} if task == "generation" else {}
+        items[task] = module.build(config.num, config.seed, **common, **extra)
+    return items
+
+
+def generate_artifacts(model, out_dir, config: ShapesEvalConfig) -> dict[str, list]:
+    """Phase 1: write the eval set, run the model on it, save its artifacts. Returns the items."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items = build_items(config)
+    image_size = int(model.image_size)
+    if isinstance(model, OracleModel):
+        model.register(**{k: v for k, v in items.items()})
+    write_json(out_dir / EVAL_SET, {
+        "format_version": FORMAT_VERSION, "config": dataclasses.asdict(config), "model": str(model.name),
+        "git_sha": git_sha(),
+        "image_size": image_size, "items": {task: [it.to_dict() for it in its] for task, its in items.items()}})
+    for task, task_items in items.items():
+        TASKS[task][0].run(model, task_items, out_dir, image_size=image_size, batch_size=config.batch_size,
+                           max_new_tokens=config.max_new_tokens, seed=config.seed, decoder=config.decoder)
+    return items
+
+
+def load_eval_set(out_dir) -> tuple[dict, dict[str, list]]:
+    """(metadata, items) from DIR/eval_set.json."""
+    path = Path(out_dir) / EVAL_SET
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `nexusgen eval shapes` without --score-only first")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported format_version {data.get('format_version')!r}")
+    items = {task: [TASKS[task][1].from_dict(d) for d in rows] for task, rows in data["items"].items()}
+    return data, items
+
+
+def score(out_dir) -> dict:
+    """Phase 2: score saved artifacts; write results.json, samples.jsonl and failures.png."""
+    out_dir = Path(out_dir)
+    meta, items = load_eval_set(out_dir)
+    config = meta["config"]
+    results: dict = {}
+    records: list[dict] = []
+    tiles: list = []
+    for task, task_items in items.items():
+        module = TASKS[task][0]
+        extra = {"decoder": config["decoder"]} if task == "editing" else {}
+        task_records, section = module.score(task_items, out_dir, **extra)
+        results[task] = section
+        records += task_records
+        tiles += module.failure_tiles(task_items, task_records, out_dir, config["worst"])
+    results.update({"model": meta["model"], "seed": config["seed"], "git_sha": git_sha(),
+                    "generated_git_sha": meta.get("git_sha", "unknown"),
+                    "image_size": meta["image_size"], "num": config["num"], "note": NOTE})
+    results = json_safe(results)
+    write_jsonl(out_dir / "samples.jsonl", json_safe(records))
+    save_image(contact_sheet(tiles, title=f"{meta['model']}: worst failures"), out_dir / "failures.png")
+    write_json(out_dir / "results.json", results)
+    return results
+
+
+def evaluate(model, out_dir, config: ShapesEvalConfig | None = None) -> dict:
+    """Both phases: run `model` on the benchmark, then score. Returns results.json's content."""
+    config = config or ShapesEvalConfig()
+    generate_artifacts(model, out_dir, config)
+    return score(out_dir)
+
+
+def eval_command(args) -> dict:
+    """Handler of `nexusgen eval shapes` (see nexusgen/cli.py)."""
+    if args.score_only:
+        return score(args.out)
+    config = ShapesEvalConfig(num=args.num, seed=args.seed, decoder=args.decoder)
+    return evaluate(load_model(args.model), args.out, config)

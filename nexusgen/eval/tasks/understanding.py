@@ -1,0 +1,68 @@
+"""ShapesWorld understanding: questions with exact answers; normalised exact match per question type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nexusgen.worlds.shapes import UND_TYPES, UnderstandItem, make_understanding, render_scene
+
+from ..harness import batched, check_outputs, load_image, read_jsonl, save_image, write_jsonl
+from ..metrics import answer_matches, mean
+from .common import eval_rng, plan, split_means
+
+TASK = "understanding"
+
+
+def build(num: int, seed: int, *, compositional_fraction: float, zh_fraction: float) -> list[UnderstandItem]:
+    """`num` questions, types cycled, the last fraction over scenes showing a held-out pair."""
+    slots = plan(lambda i: eval_rng(seed, TASK, i, 1), num, UND_TYPES, UND_TYPES,
+                 compositional_fraction=compositional_fraction, zh_fraction=zh_fraction)
+    return [make_understanding(eval_rng(seed, TASK, i), s.type, s.lang, compositional=s.compositional)
+            for i, s in enumerate(slots)]
+
+
+def run(model, items: list[UnderstandItem], out_dir: Path, *, image_size: int, batch_size: int,
+        max_new_tokens: int, **_) -> None:
+    """Render each scene at the model's size, ask the model, save inputs and answers."""
+    folder = Path(out_dir) / TASK
+    images = [render_scene(item.scene, image_size) for item in items]
+    for i, image in enumerate(images):
+        save_image(image, folder / "inputs" / f"{i:05d}.png")
+    answers: list[str] = []
+    for start, batch in batched(items, batch_size):
+        outputs = model.understand(images[start:start + len(batch)], [it.question for it in batch],
+                                   max_new_tokens=max_new_tokens)
+        answers += check_outputs(outputs, len(batch), str, "understand")
+    write_jsonl(folder / "answers.jsonl", [{"index": i, "answer": a} for i, a in enumerate(answers)])
+
+
+def score(items: list[UnderstandItem], out_dir: Path) -> tuple[list[dict], dict]:
+    """Per-sample records and the results section."""
+    path = Path(out_dir) / TASK / "answers.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"missing artifact {path} (run the benchmark without --score-only first)")
+    answers = {r["index"]: r["answer"] for r in read_jsonl(path)}
+    records = []
+    for i, item in enumerate(items):
+        if i not in answers:
+            raise ValueError(f"{path} has no answer for item {i}")
+        records.append({"task": TASK, "index": i, "type": item.qtype, "lang": item.lang,
+                        "compositional": item.compositional, "question": item.question,
+                        "expected": item.answer, "answer": answers[i],
+                        "correct": answer_matches(answers[i], item.answer, item.qtype)})
+    main = [r for r in records if not r["compositional"]]
+    comp = [r for r in records if r["compositional"]]
+    section = {"accuracy": mean(r["correct"] for r in main), "by_type": split_means(main, "correct", "type"),
+               "n": len(main), "by_language": split_means(main, "correct", "lang"),
+               "compositional": {"accuracy": mean(r["correct"] for r in comp), "n": len(comp)}}
+    return records, section
+
+
+def failure_tiles(items, records, out_dir: Path, limit: int) -> list[tuple[list, list[str]]]:
+    """Contact-sheet tiles (images, text lines) of wrong answers."""
+    tiles = []
+    for r in [r for r in records if not r["correct"]][:limit]:
+        image = load_image(Path(out_dir) / TASK / "inputs" / f"{r['index']:05d}.png")
+        tiles.append(([image], [f"U{r['index']} {r['type']} [{r['lang']}]", f"Q: {r['question']}",
+                                f"want: {r['expected']}", f"got: {r['answer']}"]))
+    return tiles
