@@ -228,8 +228,11 @@ def check_kind(record: dict[str, Any], kind: str) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def load_model_parts(model: str | os.PathLike, device: str | None = None):
-    """(model, tokenizer, image_processor) of the autoregressive part of a model folder or AR folder."""
+def load_model_parts(model: str | os.PathLike):
+    """(model, tokenizer, image_processor) of the autoregressive part of a model folder or AR folder.
+
+    The device is cuda when available, else cpu; the dtype bf16 on GPU, fp32 on CPU (loading's defaults).
+    """
     from nexusgen.loading.autoregressive import load_autoregressive
 
     folder = Path(model)
@@ -238,11 +241,7 @@ def load_model_parts(model: str | os.PathLike, device: str | None = None):
                          f"autoregressive/ sub-folder)")
     if (folder / "autoregressive").is_dir():
         folder = folder / "autoregressive"
-    ar, tokenizer, image_processor = load_autoregressive(folder)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # fp32 on CPU (bf16 matmul is ~100x slower there), bf16 on GPU.
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    return ar.to(device=device, dtype=dtype), tokenizer, image_processor
+    return load_autoregressive(folder)
 
 
 class _Writer:

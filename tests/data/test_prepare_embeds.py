@@ -168,3 +168,35 @@ def test_official_decoder_datasets_prepare_with_repo_root(parts, tmp_path):
     assert sample["id"].startswith("zh_") and sample["target_embeds"].shape == (16, 64)
     assert sample["source_image"].size == (1024, 1024)
     assert GenEmbedDataset(gen["out"])[0]["image_embeds"].shape == (16, 64)
+
+
+def test_cli_on_a_saved_model_folder_matches_the_in_memory_model(parts, data, tmp_path, capsys):
+    from nexusgen.cli import main
+    from nexusgen.loading.autoregressive import save_autoregressive
+
+    save_autoregressive(tmp_path / "model" / "autoregressive", *parts)
+    argv = ["prepare-embeds", "--data", str(data[1]), "--model", str(tmp_path / "model"), "--kind", "edit",
+            "--batch-size", "2"]
+    assert main([*argv, "--out", str(tmp_path / "cli")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["written"], summary["bad"]) == (3, {})
+    prepare_embeds(data[1], MODEL, "edit", tmp_path / "memory", batch_size=2, parts=parts)
+    names = sorted(p.name for p in (tmp_path / "memory" / "embeds").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "cli" / "embeds").iterdir()) and len(names) == 6
+    for name in names:  # the saved and reloaded folder computes the same embeddings
+        torch.testing.assert_close(load_embeds(tmp_path / "cli" / "embeds" / name),
+                                   load_embeds(tmp_path / "memory" / "embeds" / name), rtol=1e-6, atol=1e-6)
+    assert main([*argv[:2], str(tmp_path / "none.jsonl"), *argv[3:], "--out", str(tmp_path / "x")]) == 2
+    assert "data file not found" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not OFFICIAL.is_dir(), reason=f"official example files absent ({OFFICIAL})")
+def test_cli_names_the_image_root_for_official_files(tmp_path, capsys):
+    from nexusgen.cli import main
+
+    data = OFFICIAL / "assets/example_datasets/gen_decoder_dataset.jsonl"
+    code = main(["prepare-embeds", "--data", str(data), "--model", str(tmp_path), "--kind", "gen",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "gen_decoder_dataset.jsonl:1: image_missing" in err and "--image-root" in err
