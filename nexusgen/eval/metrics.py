@@ -204,7 +204,8 @@ def geneval_correct(detections, spec: dict) -> tuple[bool, str]:
             if groups[target] is None:
                 matched = False
                 reasons.append(f"no target for {cls} to be {relation}")
-            elif not all(relation in relative_position(o.bbox, t.bbox) for o in found for t in groups[target]):
+            elif not all(relation in relative_position(o.bbox, t.bbox)
+                         for o in found for t in groups[target]):
                 matched = False
                 reasons.append(f"expected {cls} {relation} target")
         correct &= matched

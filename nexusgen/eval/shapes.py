@@ -98,7 +98,8 @@ def generate_artifacts(model, out_dir, config: ShapesEvalConfig) -> dict[str, li
     write_json(out_dir / EVAL_SET, {
         "format_version": FORMAT_VERSION, "config": dataclasses.asdict(config), "model": str(model.name),
         "git_sha": git_sha(),
-        "image_size": image_size, "items": {task: [it.to_dict() for it in its] for task, its in items.items()}})
+        "image_size": image_size,
+        "items": {task: [it.to_dict() for it in its] for task, its in items.items()}})
     for task, task_items in items.items():
         TASKS[task][0].run(model, task_items, out_dir, image_size=image_size, batch_size=config.batch_size,
                            max_new_tokens=config.max_new_tokens, seed=config.seed, decoder=config.decoder)

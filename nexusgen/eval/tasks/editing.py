@@ -82,7 +82,8 @@ def score(items: list[EditItem], out_dir: Path, decoder: str = "editing") -> tup
                         "compositional": item.compositional, "instruction": item.instruction, **result})
     main = [r for r in records if not r["compositional"]]
     comp = [r for r in records if r["compositional"]]
-    section = {"success": mean(r["success"] for r in main), "psnr_outside": mean(r["psnr_outside"] for r in main),
+    section = {"success": mean(r["success"] for r in main),
+               "psnr_outside": mean(r["psnr_outside"] for r in main),
                "ssim_outside": mean(r["ssim_outside"] for r in main),
                "psnr_target": mean(r["psnr_target"] for r in main),
                "by_type": split_means(main, "success", "type"), "n": len(main), "decoder": decoder,

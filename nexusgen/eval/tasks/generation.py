@@ -24,8 +24,8 @@ def build(num: int, seed: int, *, compositional_fraction: float, zh_fraction: fl
     comp_types = COLORED_CATEGORIES if prompt_style == "short" else GEN_CATEGORIES
     slots = plan(lambda i: eval_rng(seed, TASK, i, 1), num, GEN_CATEGORIES, comp_types,
                  compositional_fraction=compositional_fraction, zh_fraction=zh_fraction)
-    return [make_generation(eval_rng(seed, TASK, i), s.type, s.lang, prompt_style, compositional=s.compositional)
-            for i, s in enumerate(slots)]
+    return [make_generation(eval_rng(seed, TASK, i), s.type, s.lang, prompt_style,
+                            compositional=s.compositional) for i, s in enumerate(slots)]
 
 
 def run(model, items: list[GenerateItem], out_dir: Path, *, batch_size: int, seed: int, **_) -> None:
@@ -55,7 +55,8 @@ def score(items: list[GenerateItem], out_dir: Path) -> tuple[list[dict], dict]:
     section = {"overall": geneval_overall(by_category), "by_category": by_category, "n": len(main),
                "prompt_style": items[0].style if items else None,
                "by_language": split_means(main, "correct", "lang"),
-               "compositional": {"overall": geneval_overall(split_means(comp, "correct", "type")), "n": len(comp)}}
+               "compositional": {"overall": geneval_overall(split_means(comp, "correct", "type")),
+                                 "n": len(comp)}}
     if items and items[0].style == "detailed":
         # A detailed prompt fixes every object; this is the stricter "whole scene right" rate.
         section["scene_match"] = mean(r["scene_match"] for r in main)

@@ -38,7 +38,8 @@ SPLITS = ("train", "test")
 STREAM_DOMAINS = {"train": 0x5A11, "test": 0x7E57, "eval": 0xE7A1}
 GEN_USER = {"en": "Generate an image according to the following description: {prompt}",
             "zh": "根据以下描述生成一张图像：{prompt}"}
-GEN_ASSISTANT = {"en": "Here is an image based on the description: <image>", "zh": "这是根据您的描述生成的图像：<image>"}
+GEN_ASSISTANT = {"en": "Here is an image based on the description: <image>",
+                 "zh": "这是根据您的描述生成的图像：<image>"}
 EDIT_USER = "<image> {instruction}"
 EDIT_ASSISTANT = {"en": "Here is the image: <image>", "zh": "以下为编辑后的图像：<image>"}
 UND_USER = "<image>\n{question}"
@@ -127,7 +128,8 @@ def make_sample(index: int, *, seed: int = 0, config: SampleConfig | None = None
         item = make_understanding(rng, UND_TYPES[int(rng.integers(len(UND_TYPES)))], lang,
                                   compositional=compositional, exclude=HELD_OUT_COMBOS)
         return Sample(sample_id, task, item.qtype, lang, [render_scene(item.scene, size)],
-                      _messages(UND_USER.format(question=item.question), item.answer), {**meta, "type": item.qtype})
+                      _messages(UND_USER.format(question=item.question), item.answer),
+                      {**meta, "type": item.qtype})
     if task == "generate":
         style = config.prompt_style
         if style == "mixed":
@@ -136,13 +138,15 @@ def make_sample(index: int, *, seed: int = 0, config: SampleConfig | None = None
         if compositional and style == "short":
             categories = ["colors", "color_attr"]
         category = categories[int(rng.integers(len(categories)))]
-        item = make_generation(rng, category, lang, style, compositional=compositional, exclude=HELD_OUT_COMBOS)
+        item = make_generation(rng, category, lang, style, compositional=compositional,
+                               exclude=HELD_OUT_COMBOS)
         return Sample(sample_id, task, category, lang, [render_scene(item.scene, size)],
                       _messages(GEN_USER[lang].format(prompt=item.prompt), GEN_ASSISTANT[lang]),
                       {**meta, "type": category, "style": style})
     item = make_edit(rng, EDIT_TYPES[int(rng.integers(len(EDIT_TYPES)))], lang, compositional=compositional,
                      exclude=HELD_OUT_COMBOS)
-    return Sample(sample_id, task, item.etype, lang, [render_scene(item.source, size), render_scene(item.target, size)],
+    images = [render_scene(item.source, size), render_scene(item.target, size)]
+    return Sample(sample_id, task, item.etype, lang, images,
                   _messages(EDIT_USER.format(instruction=item.instruction), EDIT_ASSISTANT[lang]),
                   {**meta, "type": item.etype})
 

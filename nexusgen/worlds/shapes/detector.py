@@ -28,6 +28,8 @@ from .render import shape_coverage, shape_template
 from .scene import COLORS, GRID, SHAPES, SIZE_ORDER, SIZES
 
 TEMPLATE_SIZE = 32
+# Larger images are parsed at this side (area-averaged): the scene graph does not need more pixels.
+MAX_SIDE = 128
 # Components smaller than this fraction of the image are noise (a small triangle is ~0.011).
 MIN_AREA_FRACTION = 0.002
 # Blur levels (Gaussian sigma in pixels of a 64 px image) tried for each candidate shape.
@@ -62,10 +64,25 @@ class Detection:
 
 
 def to_rgb_array(image) -> np.ndarray:
-    """PIL image or uint8/float array (H, W[, C]) -> float32 (H, W, 3) in [0, 255]."""
+    """PIL image or uint8/float array (H, W[, C]) -> float32 (S, S, 3) in [0, 255].
+
+    A non-square image is resized (bilinear) to a square of its longer side: ShapesWorld scenes live
+    on a square canvas, and shapes are recognised in that geometry.
+    """
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = image.convert("RGB")
+        if image.width != image.height:
+            side = max(image.size)
+            image = image.resize((side, side), Image.Resampling.BILINEAR)
+        if image.width > MAX_SIDE:
+            # Area averaging keeps every pixel a background/colour mixture, which is what unmixing
+            # assumes, and 128 px leaves even small objects ~19 px wide.
+            image = image.resize((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)
+        image = np.asarray(image)
     arr = np.asarray(image)
+    resize = arr.ndim == 3 and (arr.shape[0] != arr.shape[1] or arr.shape[0] > MAX_SIDE)
+    if resize and arr.shape[-1] in (3, 4):
+        return to_rgb_array(Image.fromarray(np.clip(arr[..., :3], 0, 255).astype(np.uint8)))
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=-1)
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
@@ -176,7 +193,8 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return matrix(image.shape[0]) @ image @ matrix(image.shape[1]).T
 
 
-def classify_shape(soft: np.ndarray, blur_sigmas: tuple[float, ...] = (0.0,)) -> tuple[str, float, tuple, float]:
+def classify_shape(soft: np.ndarray,
+                   blur_sigmas: tuple[float, ...] = (0.0,)) -> tuple[str, float, tuple, float]:
     """Analysis by synthesis: which shape, drawn at the soft mask's mass and centroid, explains it best.
 
     For each candidate shape the box side follows from the mask's coverage mass and the shape's fill

@@ -55,15 +55,16 @@ PLACE_WORDS = {
 }
 # Moving *to* a place reads differently from being *at* it.
 MOVE_PLACE_EN = {
-    (0, 0): "to the top left", (0, 1): "to the top", (0, 2): "to the top right", (1, 0): "to the left side",
-    (1, 1): "to the center", (1, 2): "to the right side", (2, 0): "to the bottom left", (2, 1): "to the bottom",
-    (2, 2): "to the bottom right",
+    (0, 0): "to the top left", (0, 1): "to the top", (0, 2): "to the top right",
+    (1, 0): "to the left side", (1, 1): "to the center", (1, 2): "to the right side",
+    (2, 0): "to the bottom left", (2, 1): "to the bottom", (2, 2): "to the bottom right",
 }
 RELATION_WORDS = {
     "en": {"left": ["to the left of", "left of", "on the left side of"],
            "right": ["to the right of", "right of", "on the right side of"],
            "above": ["above", "higher than"], "below": ["below", "lower than", "beneath"]},
-    "zh": {"left": ["左边", "左侧"], "right": ["右边", "右侧"], "above": ["上方", "上面"], "below": ["下方", "下面"]},
+    "zh": {"left": ["左边", "左侧"], "right": ["右边", "右侧"],
+           "above": ["上方", "上面"], "below": ["下方", "下面"]},
 }
 # GenEval's own relation words (its position prompts and rules use exactly these).
 GENEVAL_RELATIONS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
@@ -89,7 +90,8 @@ def _build_synonyms() -> dict[str, str]:
     table.update({"二": "2", "是": "yes", "是的": "yes", "对": "yes", "有": "yes", "否": "no", "不是": "no",
                   "不": "no", "没有": "no", "yes": "yes", "no": "no", "true": "yes", "false": "no",
                   "红": "red", "橙": "orange", "黄": "yellow", "绿": "green", "蓝": "blue", "紫": "purple",
-                  "粉": "pink", "粉红色": "pink", "棕": "brown", "褐色": "brown", "圆": "circle", "圆圈": "circle",
+                  "粉": "pink", "粉红色": "pink", "棕": "brown", "褐色": "brown",
+                  "圆": "circle", "圆圈": "circle",
                   "方形": "square", "三角": "triangle", "十字": "cross", "grey": "gray"})
     return table
 
@@ -191,6 +193,7 @@ def count_of(n: int, shape: str | None, lang: str, rng=None, *, color: str | Non
     """'three red circles' / '三个红色圆形' (shape None: 'shapes')."""
     if lang == "en":
         noun = shape_word(shape, lang, rng, plural=n != 1) if shape else ("shape" if n == 1 else "shapes")
-        return " ".join([number_word(n, lang, rng)] + ([color_word(color, lang, rng)] if color else []) + [noun])
+        color_words = [color_word(color, lang, rng)] if color else []
+        return " ".join([number_word(n, lang, rng), *color_words, noun])
     noun = shape_word(shape, lang, rng) if shape else "图形"
     return number_word(n, lang, rng) + "个" + (color_word(color, lang, rng) if color else "") + noun

@@ -150,7 +150,8 @@ class Scene:
 
     @classmethod
     def from_dict(cls, data: dict) -> Scene:
-        return cls(tuple(ShapeObject(**o) for o in data["objects"]), tuple(data.get("background", BACKGROUND)))
+        objects = tuple(ShapeObject(**o) for o in data["objects"])
+        return cls(objects, tuple(data.get("background", BACKGROUND)))
 
 
 def relation_holds(a: ShapeObject, b: ShapeObject, relation: str) -> bool:
@@ -209,7 +210,8 @@ def sample_object(
     return ShapeObject(shape=s, color=c, size=size, row=cell[0], col=cell[1], x=x, y=y)
 
 
-def sample_cells(rng: np.random.Generator, num: int, exclude: list[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+def sample_cells(rng: np.random.Generator, num: int,
+                 exclude: list[tuple[int, int]] = ()) -> list[tuple[int, int]]:
     """`num` distinct free cells in random order."""
     free = [c for c in CELLS if c not in set(exclude)]
     if num > len(free):

@@ -128,7 +128,8 @@ def _count_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]:
         q = _fill(rng, {"en": ["How many shapes are there?", "How many objects are in the image?",
                                "Count the shapes in the picture.", "How many shapes can you see?",
                                "What is the number of objects in this image?"],
-                        "zh": ["图中有几个图形？", "图片里一共有多少个图形？", "数一数图中有几个物体。"]}[lang])
+                        "zh": ["图中有几个图形？", "图片里一共有多少个图形？",
+                               "数一数图中有几个物体。"]}[lang])
         return q, str(len(scene))
     if mode == "color":
         # Mostly a colour that is present; sometimes an absent one (answer 0).
@@ -305,7 +306,8 @@ def _spec(category: str, scene: Scene, extra: dict) -> dict:
         return {"include": [{"class": o.shape, "count": 1, "color": o.color} for o in objs], "exclude": []}
     a, b = objs
     return {"include": [{"class": b.shape, "count": 1},
-                        {"class": a.shape, "count": 1, "position": [L.GENEVAL_RELATIONS[extra["relation"]], 0]}],
+                        {"class": a.shape, "count": 1,
+                         "position": [L.GENEVAL_RELATIONS[extra["relation"]], 0]}],
             "exclude": []}
 
 
@@ -317,7 +319,8 @@ def _short_prompt(rng, category: str, scene: Scene, extra: dict, lang: str) -> s
         table = {
             "single_object": (["一个{s0}", "一张有一个{s0}的图片", "画一个{s0}"], {}),
             "two_object": (["一个{s0}和一个{s1}", "一张有一个{s0}和一个{s1}的图片"], {}),
-            "counting": (["{n}", "一张有{n}的图片"], {"n": L.count_of(extra.get("count", 0), objs[0].shape, lang, rng)}),
+            "counting": (["{n}", "一张有{n}的图片"],
+                         {"n": L.count_of(extra.get("count", 0), objs[0].shape, lang, rng)}),
             "colors": (["一个{c0}的{s0}", "一个{c0}{s0}"], {}),
             "position": (["一个{s0}在一个{s1}的{r}", "{s1}{r}有一个{s0}"],
                          {"r": L.pick(L.RELATION_WORDS["zh"].get(extra.get("relation", "left")), rng)}),
@@ -326,13 +329,15 @@ def _short_prompt(rng, category: str, scene: Scene, extra: dict, lang: str) -> s
     else:
         table = {
             "single_object": (["{a0}", "an image of {a0}", "a picture of {a0}", "a single {s0}"], {}),
-            "two_object": (["{a0} and {a1}", "an image of {a0} and {a1}", "a picture with {a0} and {a1}"], {}),
+            "two_object": (["{a0} and {a1}", "an image of {a0} and {a1}",
+                            "a picture with {a0} and {a1}"], {}),
             "counting": (["{n}", "an image of {n}", "exactly {n}"],
                          {"n": L.count_of(extra.get("count", 0), objs[0].shape, lang, rng)}),
             "colors": (["{ac0}", "an image of {ac0}", "a picture of {ac0}"], {}),
             "position": (["{a0} {r} {a1}", "an image of {a0} {r} {a1}"],
                          {"r": L.GENEVAL_RELATIONS.get(extra.get("relation", "left"))}),
-            "color_attr": (["{ac0} and {ac1}", "an image of {ac0} and {ac1}", "a picture with {ac0} and {ac1}"], {}),
+            "color_attr": (["{ac0} and {ac1}", "an image of {ac0} and {ac1}",
+                            "a picture with {ac0} and {ac1}"], {}),
         }
     templates, words = table[category]
     for k in range(len(objs)):
@@ -354,7 +359,10 @@ def make_generation(rng: np.random.Generator, category: str, lang: str = "en", s
         raise ValueError(f"a short {category!r} prompt names no colour, so it cannot be compositional")
     _check_lang(lang)
     scene, extra = _generation_scene(rng, category, compositional, exclude)
-    prompt = _short_prompt(rng, category, scene, extra, lang) if style == "short" else L.caption(scene, lang, rng)
+    if style == "short":
+        prompt = _short_prompt(rng, category, scene, extra, lang)
+    else:
+        prompt = L.caption(scene, lang, rng)
     return GenerateItem(category, lang, style, prompt, scene, _spec(category, scene, extra), compositional)
 
 
@@ -391,7 +399,8 @@ def _add(rng, scene: Scene, lang: str, exclude) -> tuple[str, Scene, None]:
         q = _fill(rng, ["Add {o} {p}.", "Put {o} {p}.", "Place {o} {p}.", "Draw {o} {p}."],
                   o=L.with_article(L.noun_phrase(obj, lang, rng)), p=p)
     else:
-        q = _fill(rng, ["在{p}添加一个{o}。", "在{p}加一个{o}。", "在{p}画一个{o}。"], o=L.noun_phrase(obj, lang, rng), p=p)
+        q = _fill(rng, ["在{p}添加一个{o}。", "在{p}加一个{o}。", "在{p}画一个{o}。"],
+                  o=L.noun_phrase(obj, lang, rng), p=p)
     return q, scene.with_object(obj), None
 
 
