@@ -204,9 +204,10 @@ def _log_record(record: dict, stage: Stage, micro_batches, info, step: int, seco
     return {"step": step, **record, "step_time_s": seconds, **rates}
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True) if isinstance(batch, torch.Tensor) else batch
 
 
 def _autocast_context(precision: str, device: torch.device):

@@ -1,7 +1,6 @@
 """Every stage's tiny recipe trains on generated data; a fixed batch is over-fitted; EMA and LoRA."""
 
 import importlib
-import importlib.util
 import json
 import math
 
@@ -24,22 +23,49 @@ NEEDS = {
     "edit_decoder": ["nexusgen.models.decoder:EditingDecoder",
                      "nexusgen.models.autoregressive:NexusGenARModel"],
 }
+# What the export of RUN_DIR/final needs (the part savers).
+EXPORT_NEEDS = {
+    "vae": [],
+    "vlm": ["nexusgen.loading.autoregressive:save_autoregressive"],
+    "ar": ["nexusgen.loading.autoregressive:save_autoregressive"],
+    "gen_decoder": ["nexusgen.loading.decoders:save_generation_decoder",
+                    "nexusgen.loading.autoregressive:save_autoregressive"],
+    "edit_decoder": ["nexusgen.loading.decoders:save_editing_decoder",
+                     "nexusgen.loading.autoregressive:save_autoregressive"],
+}
 
 
-def _require(stage: str) -> None:
-    for target in NEEDS[stage]:
+def _missing(targets) -> list[str]:
+    missing = []
+    for target in targets:
         module, name = target.split(":")
         try:
             getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError):
-            pytest.skip(f"stage {stage} needs {target}, which has not landed yet")
+            missing.append(target)
+    return missing
+
+
+def _require(stage: str) -> None:
+    missing = _missing(NEEDS[stage])
+    if missing:
+        pytest.skip(f"stage {stage} needs {missing}, which has not landed yet")
+
+
+@pytest.mark.parametrize("stage", sorted(EXPORT_NEEDS))
+def test_export_dependencies_have_landed(stage):
+    missing = _missing(EXPORT_NEEDS[stage])
+    if missing:
+        pytest.skip(f"export of stage {stage} needs {missing}, which has not landed yet")
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_tiny_recipe_runs_and_writes_the_run_dir(recipe, tmp_path):
     stage = recipe.removeprefix("tiny-")
     _require(stage)
-    config = apply_overrides(get_recipe(recipe), ["max_steps=3", "save_every=2", "progress=false"])
+    exports = not _missing(EXPORT_NEEDS[stage])
+    config = apply_overrides(get_recipe(recipe), ["max_steps=3", "save_every=2", "progress=false",
+                                                  f"checkpoint.export_final={exports}"])
     summary = train(config, tmp_path)
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3]
@@ -48,7 +74,8 @@ def test_tiny_recipe_runs_and_writes_the_run_dir(recipe, tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["stage"]["name"] == stage
     assert (tmp_path / "git_sha").read_text().strip()
     assert (tmp_path / "checkpoints/step_000002/COMPLETE").is_file()
-    assert any((tmp_path / "final").iterdir())
+    if exports:
+        assert any((tmp_path / "final").iterdir())
 
 
 def test_vae_overfits_a_fixed_batch(tmp_path):
@@ -130,7 +157,7 @@ def _embeds_jsonl(root, kind: str):
 @pytest.mark.parametrize("kind", ["gen", "edit"])
 def test_decoder_stage_trains_from_an_embedding_dataset(kind, tmp_path):
     _require("vae")
-    has_saver = importlib.util.find_spec("nexusgen.loading.decoders") is not None
+    has_saver = not _missing(EXPORT_NEEDS[f"{kind}_decoder"][:1])
     path = _embeds_jsonl(tmp_path, kind)
     config = apply_overrides(get_recipe(f"tiny-{kind}_decoder"), [
         "max_steps=4", "save_every=2", "data.source=embeds", f'data.paths=["{path}"]', "progress=false",
@@ -139,3 +166,21 @@ def test_decoder_stage_trains_from_an_embedding_dataset(kind, tmp_path):
     records = read_metrics(tmp_path / "run/metrics.jsonl")
     assert len(records) == 4 and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in records)
     assert (tmp_path / "run/checkpoints/step_000004/COMPLETE").is_file()
+
+
+def test_stage_chain_exports_a_complete_folder(tmp_path):
+    """vae -> gen_decoder(parent=vae run): the VAE is used and copied untouched, the rest is added."""
+    _require("gen_decoder")
+    if _missing(EXPORT_NEEDS["gen_decoder"]):
+        pytest.skip(f"needs {_missing(EXPORT_NEEDS['gen_decoder'])}")
+    from safetensors.torch import load_file
+
+    vae_run, dec_run = tmp_path / "vae", tmp_path / "dec"
+    train(apply_overrides(get_recipe("tiny-vae"), ["max_steps=2", "save_every=0", "progress=false"]), vae_run)
+    config = apply_overrides(get_recipe("tiny-gen_decoder"), [
+        "max_steps=2", "save_every=0", "progress=false", f"stage.parent={vae_run}"])
+    train(config, dec_run)
+    assert {p.name for p in (dec_run / "final").iterdir()} >= {"vae", "generation_decoder", "autoregressive"}
+    name = "diffusion_pytorch_model.safetensors"
+    a, b = load_file(str(vae_run / "final/vae" / name)), load_file(str(dec_run / "final/vae" / name))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -4,8 +4,9 @@ from (AR-predicted target embeddings, source-image embeddings).
 Embeddings come from a precomputed editing dataset (`data.source="embeds"`, `EditEmbedDataset`,
 `nexusgen prepare-embeds --kind edit`), or on the fly from the frozen AR model: the source image's
 `encode_images` and the AR model's teacher-forced prediction of the target
-(`predict_target_embeds(batch)` of the AR training inputs). Grids are square (81 -> 9x9, 324 -> 18x18
-upstream). Loss and noise seeding as in gen_decoder.
+(`predict_image_embeds` on the sample's own user turn and answer prefix: the N target positions
+only see prefill vectors, so this equals upstream's teacher-forced preparation). Grids are square
+(81 -> 9x9, 324 -> 18x18 upstream). Loss and noise seeding as in gen_decoder.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ class EditDecoderTrainModule(DecoderTrainModule):
         if f"{prefix}_embeds" in batch:
             return batch[f"{prefix}_embeds"]
         encoder = self.helpers[1]
-        if prefix == "target":  # the AR model's own (teacher-forced) prediction, as upstream prepares it
-            return encoder.predict_target_embeds(batch["ar_inputs"])
+        if prefix == "target":  # the AR model's own prediction on the sample's text, as upstream prepares it
+            inputs = batch["ar_inputs"]
+            return encoder.predict_image_embeds(inputs["input_ids"], inputs["attention_mask"],
+                                                inputs["pixel_values"], inputs["image_grid_thw"])
         per_image = encoder.encode_images(batch["source_pixel_values"], batch["source_grid_thw"])
         return torch.stack(list(per_image))                                   # (B, M, D)
 
@@ -56,6 +59,24 @@ class EditDecoderTrainModule(DecoderTrainModule):
         target_tokens = self._embed(batch, "target").shape[1]
         return {"reference_embeds": reference, "reference_grid": square_grid(reference.shape[1]),
                 "target_grid": square_grid(target_tokens)}
+
+
+def edit_prompt_inputs(samples: list[dict], processor) -> dict:
+    """The AR inputs that end each edit sample at its target's `<|vision_start|>`: user turn(s) plus
+    the assistant text up to the `<image>` (left-padded, for `predict_image_embeds`)."""
+    from nexusgen.processing.templates import IMAGE_PLACEHOLDER
+
+    conversations, images, prefixes = [], [], set()
+    for sample in samples:
+        *turns, answer = sample["messages"]
+        if answer["role"] != "assistant" or IMAGE_PLACEHOLDER not in answer["content"]:
+            raise ValueError(f"edit sample {sample.get('id')}: the last turn must be an assistant image")
+        prefixes.add(answer["content"].split(IMAGE_PLACEHOLDER)[0] + IMAGE_PLACEHOLDER)
+        conversations.append(turns)
+        images.append(sample["images"][:-1])
+    if len(prefixes) != 1:  # chat_inputs forces one answer prefix per batch
+        raise ValueError(f"edit samples of one batch must share the answer prefix, got {sorted(prefixes)}")
+    return processor.chat_inputs(conversations, images, assistant_prefix=prefixes.pop())
 
 
 def make_collate(size: int, processor, ar_config):
@@ -67,13 +88,11 @@ def make_collate(size: int, processor, ar_config):
             batch["target_embeds"] = torch.stack([s["target_embeds"].float() for s in samples])
             batch["source_embeds"] = torch.stack([s["source_embeds"].float() for s in samples])
             return batch
-        from nexusgen.data.collate import collate_ar
-
         sources = [s["source_image"] if "source_image" in s else s["images"][0] for s in samples]
         vision = processor.process_images(sources, [False] * len(sources))
         batch["source_pixel_values"] = vision["pixel_values"]
         batch["source_grid_thw"] = vision["image_grid_thw"]
-        batch["ar_inputs"] = collate_ar(samples, processor.tokenizer, processor.image_processor, ar_config)
+        batch["ar_inputs"] = edit_prompt_inputs(samples, processor)
         return batch
 
     return collate
@@ -98,7 +117,7 @@ def build(config: TrainConfig, info: DistInfo) -> Stage:
 
     def export(trained: EditDecoderTrainModule, out_dir) -> None:
         parts.save_decoder(trained.decoder, "editing", Path(out_dir))
-        _export_helpers(config, trained, Path(out_dir), trained_part="editing_decoder")
+        _export_helpers(config, trained, Path(out_dir), "editing_decoder", processor)
 
     stream = SampleStream(decoder_sources(config, "editing"), config.data.weights, seed=config.seed)
     ar_config = encoder.config if encoder is not None else None

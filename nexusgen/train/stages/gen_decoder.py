@@ -137,7 +137,7 @@ def build(config: TrainConfig, info: DistInfo) -> Stage:
 
     def export(trained: DecoderTrainModule, out_dir) -> None:
         parts.save_decoder(trained.decoder, "generation", Path(out_dir))
-        _export_helpers(config, trained, Path(out_dir), trained_part="generation_decoder")
+        _export_helpers(config, trained, Path(out_dir), "generation_decoder", processor)
 
     stream = SampleStream(decoder_sources(config, "generation"), config.data.weights, seed=config.seed)
     return Stage(module=module, stream=stream, collate=make_collate(config.data.image_size_px, processor),
@@ -150,14 +150,14 @@ def _dit_blocks(decoder) -> list[torch.nn.Module]:
     return [*t.transformer_blocks, *t.single_transformer_blocks]
 
 
-def _export_helpers(config: TrainConfig, module, out_dir: Path, trained_part: str) -> None:
-    """The parent's untouched parts; without a parent, the preset VAE (and AR) the stage trained with."""
-    if parts.parent_folder(config) is not None:
-        parts.copy_untouched_parts(config, out_dir, {trained_part})
-        return
-    vae, encoder = module.helpers
-    vae.save_pretrained(str(out_dir / "vae"), safe_serialization=True)
-    if encoder is not None:
-        from nexusgen.loading.autoregressive import save_autoregressive
+def _export_helpers(config: TrainConfig, module, out_dir: Path, trained_part: str, processor) -> None:
+    """Complete the folder: the parent's untouched parts, and the frozen VAE / AR model the stage used
+    where the parent has none (they came from the presets)."""
+    from nexusgen.loading.decoders import save_vae
 
-        save_autoregressive(encoder, out_dir / "autoregressive")
+    parts.copy_untouched_parts(config, out_dir, {trained_part})
+    vae, encoder = module.helpers
+    if not (out_dir / "vae").exists():
+        save_vae(vae, out_dir / "vae")
+    if encoder is not None and not (out_dir / "autoregressive").exists():
+        parts.save_autoregressive(encoder, processor, out_dir)

@@ -76,41 +76,32 @@ def save_decoder(decoder, kind: str, out_dir: Path) -> None:
 
 
 def build_autoregressive(config: TrainConfig, *, for_training: bool):
-    """(model, processor): the parent's `autoregressive/` or `AR_PRESETS[preset]` with a byte tokenizer.
+    """(model, processor): the parent's `autoregressive/` (fp32, master weights), else a fresh model of
+    `ARConfig.from_preset(stage.preset)` with the tokenizer that matches the preset's token ids.
 
-    `for_training` applies stage.model overrides to the preset config (only for the AR stages).
+    `for_training` applies the top-level fields of stage.model to the preset (AR stages only).
     """
+    from nexusgen.loading import autoregressive as ar_loading
+    from nexusgen.models.autoregressive import ARConfig
     from nexusgen.processing.processor import ImageOnlyProcessor
 
     folder = parent_part(config, "autoregressive")
     if folder is not None:
-        from nexusgen.loading.autoregressive import load_autoregressive
-
-        model, tokenizer, image_processor = load_autoregressive(folder)
+        model, tokenizer, image_processor = ar_loading.load_autoregressive(folder, device="cpu",
+                                                                           dtype=torch.float32)
+        model.train()
     else:
-        from nexusgen.models.autoregressive import AR_PRESETS, NexusGenARModel
-        from nexusgen.processing.tokenizers import build_byte_tokenizer
-
-        if config.stage.preset not in AR_PRESETS:
-            raise ValueError(f"unknown AR preset {config.stage.preset!r}; known: {sorted(AR_PRESETS)}")
-        ar_config = AR_PRESETS[config.stage.preset]
-        if for_training and config.stage.model:
-            ar_config = dataclasses.replace(ar_config, **config.stage.model)
-        model = NexusGenARModel(ar_config)
-        tokenizer = build_byte_tokenizer()
-        image_processor = _image_processor(ar_config)
+        overrides = config.stage.model if for_training else {}
+        ar_config = ARConfig.from_preset(config.stage.preset, **overrides)
+        model, tokenizer, image_processor = ar_loading.build_autoregressive(ar_config)
     return model, ImageOnlyProcessor(tokenizer, image_processor, model.config)
 
 
-def _image_processor(ar_config):
-    from transformers import Qwen2VLImageProcessorPil
+def save_autoregressive(model, processor, out_dir: Path) -> None:
+    """Write `autoregressive/` with the AR engineer's saver (DESIGN.md folder format)."""
+    from nexusgen.loading.autoregressive import save_autoregressive as save
 
-    vision = ar_config.vision_config if hasattr(ar_config, "vision_config") else {}
-    get = vision.get if isinstance(vision, dict) else lambda k, d: getattr(vision, k, d)
-    return Qwen2VLImageProcessorPil(patch_size=get("patch_size", 14), merge_size=get("spatial_merge_size", 2),
-                                    temporal_patch_size=get("temporal_patch_size", 2),
-                                    min_pixels=getattr(ar_config, "min_input_pixels", 56 * 56),
-                                    max_pixels=getattr(ar_config, "max_input_pixels", 28 * 28 * 1280))
+    save(Path(out_dir) / "autoregressive", model, processor.tokenizer, processor.image_processor)
 
 
 def copy_untouched_parts(config: TrainConfig, out_dir: Path, trained: set[str]) -> None:

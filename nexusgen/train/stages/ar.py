@@ -1,0 +1,90 @@
+"""Stage `ar` (Nexus-Gen phase 1, SPEC 3.1): the autoregressive model learns to answer in text and to
+predict image embeddings, on understanding + generation + editing samples.
+
+ViT frozen; LLM, LM head, vision head and prefill table trainable; loss
+w_tok * CE + w_img * (0.5 * MSE + 0.5 * (1 - cos)) from `NexusGenARModel.training_loss`, on batches
+from `nexusgen.data.collate.collate_ar`. Stage `vlm` (vlm.py) reuses this file with other defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nexusgen.train.config import TrainConfig
+from nexusgen.train.parallel import DistInfo
+from nexusgen.train.stages import parts
+from nexusgen.train.stages.common import SampleStream, Stage, set_trainable
+
+DEFAULT_LOSS_WEIGHTS = {"token": 1.0, "image": 1.0}
+# Module-name prefixes (under the training module's `model.`) of the trainable parts.
+AR_TRAINABLE = ("model.vlm.model.language_model", "model.vlm.lm_head", "model.vision_head",
+                "model.image_prefill_embeds")
+
+
+class ARTrainModule(torch.nn.Module):
+    """forward(batch) -> {"loss", "ce", "image_loss", "image_mse", "image_cos"}."""
+
+    def __init__(self, model, token_weight: float, image_weight: float):
+        super().__init__()
+        self.model = model
+        self.token_weight, self.image_weight = token_weight, image_weight
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.model.training_loss(batch, token_weight=self.token_weight, image_weight=self.image_weight)
+
+
+def message_sources(config: TrainConfig) -> list:
+    """Message-format sources: JSONL files, or in-memory synthetic samples of `data.tasks`."""
+    d = config.data
+    if d.source == "jsonl":
+        from nexusgen.data.messages import MessageDataset
+
+        return [MessageDataset(p, skip_bad=d.skip_bad) for p in d.paths]
+    if d.source == "generated":
+        from nexusgen.data.synthetic import SyntheticSource
+
+        return [SyntheticSource(d.num_samples, config.seed, image_size=d.image_size_px, tasks=d.tasks)]
+    raise ValueError(f"stage {config.stage.name} reads generated or jsonl data, not {d.source!r}")
+
+
+def make_collate(processor):
+    from nexusgen.data.collate import collate_ar
+
+    def collate(samples: list[dict]) -> dict:
+        batch = collate_ar(samples, processor.tokenizer, processor.image_processor, processor.config)
+        batch["position"] = torch.tensor([s["position"] for s in samples])
+        return batch
+
+    return collate
+
+
+def count(batch: dict) -> dict[str, int]:
+    return {"samples": int(batch["input_ids"].shape[0]), "tokens": int(batch["attention_mask"].sum())}
+
+
+def build_ar_stage(config: TrainConfig, info: DistInfo, *, trainable, default_weights: dict) -> Stage:
+    """Shared by `ar` and `vlm`: the AR model (parent or preset), its trainable parts and loss weights."""
+    weights = {**default_weights, **config.stage.loss_weights}
+    if set(weights) != set(DEFAULT_LOSS_WEIGHTS):
+        raise ValueError(f"{config.stage.name} loss terms are {sorted(DEFAULT_LOSS_WEIGHTS)}, "
+                         f"got {sorted(weights)}")
+    model, processor = parts.build_autoregressive(config, for_training=True)
+    if config.stage.gradient_checkpointing:
+        model.vlm.gradient_checkpointing_enable()
+    module = ARTrainModule(model, weights["token"], weights["image"]).to(info.device)
+    set_trainable(module, trainable)
+    vlm = model.vlm.model
+
+    def export(trained: ARTrainModule, out_dir) -> None:
+        parts.save_autoregressive(trained.model, processor, Path(out_dir))
+        parts.copy_untouched_parts(config, Path(out_dir), {"autoregressive"})
+
+    stream = SampleStream(message_sources(config), config.data.weights, seed=config.seed)
+    return Stage(module=module, stream=stream, collate=make_collate(processor), export=export, count=count,
+                 shard_units=[*vlm.language_model.layers, *vlm.visual.blocks])
+
+
+def build(config: TrainConfig, info: DistInfo) -> Stage:
+    return build_ar_stage(config, info, trainable=AR_TRAINABLE, default_weights=DEFAULT_LOSS_WEIGHTS)
