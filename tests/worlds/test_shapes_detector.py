@@ -30,7 +30,8 @@ def _blur(sigma_64):
 
 def _noise(std):
     def apply(im, i):
-        arr = np.asarray(im, dtype=np.float64) + np.random.default_rng(10_000 + i).normal(0, std, (*im.size, 3))
+        noise = np.random.default_rng(10_000 + i).normal(0, std, (*im.size, 3))
+        arr = np.asarray(im, dtype=np.float64) + noise
         return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     return apply
 
@@ -65,7 +66,8 @@ def test_graceful_degradation_under_blur_and_noise():
     # Even under heavy blur, objects are still found in the right cells with the right colour.
     scene = sample_scene(np.random.default_rng(3), num_objects=3)
     blurred = _blur(3.0)(render_scene(scene, 64), 0)
-    assert sorted((d.cell, d.color) for d in detect(blurred)) == sorted((o.cell, o.color) for o in scene.objects)
+    found = sorted((d.cell, d.color) for d in detect(blurred))
+    assert found == sorted((o.cell, o.color) for o in scene.objects)
 
 
 def test_blank_and_tiny_noise_give_no_detections():

@@ -1,0 +1,119 @@
+"""The ShapesWorld harness end to end: oracle ~1.0, blank low, schema, score-only, CLI."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from nexusgen.cli import main
+from nexusgen.eval.oracle import BlankModel, OracleModel
+from nexusgen.eval.shapes import ShapesEvalConfig, build_items, evaluate, score
+from nexusgen.worlds.shapes import HELD_OUT_COMBOS, render_scene
+from nexusgen.worlds.shapes.dataset import iter_samples
+
+SMALL = dict(num=30, seed=7, worst=3)
+
+
+@pytest.fixture(scope="module")
+def oracle_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("oracle")
+    return out, evaluate(OracleModel(), out, ShapesEvalConfig(**SMALL))
+
+
+def _check_schema(results):
+    assert set(results) >= {"understanding", "generation", "editing", "model", "seed", "git_sha"}
+    u, g, e = results["understanding"], results["generation"], results["editing"]
+    assert isinstance(u["accuracy"], float) and isinstance(u["by_type"], dict) and isinstance(u["n"], int)
+    assert isinstance(g["overall"], float) and isinstance(g["by_category"], dict) and isinstance(g["n"], int)
+    assert isinstance(e["success"], float) and isinstance(e["psnr_outside"], float)
+    assert isinstance(e["by_type"], dict) and isinstance(e["n"], int)
+    assert e["decoder"] in ("editing", "generation")
+    assert isinstance(results["model"], str) and isinstance(results["seed"], int)
+    assert isinstance(results["git_sha"], str)
+    assert set(u["by_type"]) == {"count", "color", "shape", "relation", "binding", "caption"}
+    assert set(g["by_category"]) == {"single_object", "two_object", "counting", "colors", "position",
+                                     "color_attr"}
+    assert set(e["by_type"]) == {"recolour", "remove", "add", "move", "resize"}
+    for section, key in ((u, "accuracy"), (g, "overall"), (e, "success")):
+        assert section["compositional"]["n"] > 0 and key in section["compositional"]
+
+
+def test_oracle_scores_one(oracle_run):
+    out, results = oracle_run
+    _check_schema(results)
+    assert results["model"] == "oracle" and results["seed"] == 7
+    assert results["understanding"]["accuracy"] == 1.0
+    assert results["understanding"]["compositional"]["accuracy"] == 1.0
+    assert results["generation"]["overall"] == 1.0
+    assert results["generation"]["compositional"]["overall"] == 1.0
+    assert results["editing"]["success"] == 1.0
+    assert results["editing"]["psnr_outside"] >= 59.0 and results["editing"]["ssim_outside"] > 0.999
+    assert results["understanding"]["n"] + results["understanding"]["compositional"]["n"] == 30
+    assert json.loads((out / "results.json").read_text()) == results
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 90 and {s["task"] for s in samples} == {"understanding", "generation", "editing"}
+    assert Image.open(out / "failures.png").size[0] > 0
+
+
+def test_score_only_equals_first_scoring(oracle_run, tmp_path):
+    out, results = oracle_run
+    first = (out / "samples.jsonl").read_text()
+    assert score(out) == results
+    assert (out / "samples.jsonl").read_text() == first
+    # Through the CLI, without any model.
+    assert main(["eval", "shapes", "--out", str(out), "--score-only", "--model", "no-such-model"]) == 0
+    assert json.loads((out / "results.json").read_text()) == results
+    # Scoring reads the artifacts: a changed answer changes the score.
+    answers = out / "understanding" / "answers.jsonl"
+    rows = [json.loads(line) for line in answers.read_text().splitlines()]
+    rows[0]["answer"] = "definitely not the answer"
+    answers.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert score(out)["understanding"]["accuracy"] < 1.0
+
+
+def test_blank_baseline_scores_low(tmp_path):
+    results = evaluate(BlankModel(), tmp_path, ShapesEvalConfig(**SMALL))
+    _check_schema(results)
+    assert results["understanding"]["accuracy"] < 0.35  # "yes" is right on about half the yes/no items
+    assert results["generation"]["overall"] == 0.0
+    assert results["editing"]["success"] == 0.0
+    assert (tmp_path / "failures.png").is_file()
+
+
+def test_cli_end_to_end_with_the_oracle(tmp_path, capsys):
+    assert main(["eval", "shapes", "--out", str(tmp_path), "--model", "oracle", "--num", "10",
+                 "--seed", "3", "--decoder", "generation"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["editing"]["decoder"] == "generation" and printed["generation"]["overall"] == 1.0
+    assert main(["eval", "shapes", "--out", str(tmp_path / "empty"), "--score-only"]) == 2  # clear error
+
+
+def test_eval_items_are_fresh_and_deterministic():
+    config = ShapesEvalConfig(num=40, seed=11)
+    a, b = build_items(config), build_items(config)
+    assert [i.to_dict() for i in a["editing"]] == [i.to_dict() for i in b["editing"]]
+    # In-distribution items avoid held-out pairs; the compositional tail shows them.
+    for item in a["understanding"]:
+        assert item.scene.has_combo(HELD_OUT_COMBOS) == item.compositional
+    # Disjoint from training streams: no eval question is a training question about the same image.
+    train = {(s.messages[0]["content"], s.images[0].tobytes()) for s in iter_samples(seed=11, stop=300)
+             if s.task == "understand"}
+    evals = {("<image>\n" + it.question, render_scene(it.scene, 64).tobytes()) for it in a["understanding"]}
+    assert not train & evals
+
+
+def test_oracle_at_another_image_size(tmp_path):
+    results = evaluate(OracleModel(image_size=128), tmp_path,
+                       ShapesEvalConfig(num=10, seed=1, prompt_style="detailed"))
+    assert results["image_size"] == 128
+    assert results["generation"]["overall"] == 1.0 and results["generation"]["scene_match"] == 1.0
+    assert results["editing"]["success"] == 1.0
+
+
+def test_a_model_returning_the_wrong_number_of_outputs_is_an_error(tmp_path):
+    class Broken(BlankModel):
+        def generate(self, prompts, seed=0):
+            return super().generate(prompts[:-1], seed)
+
+    with pytest.raises(ValueError, match="returned"):
+        evaluate(Broken(), tmp_path, ShapesEvalConfig(num=4, tasks=("generation",)))

@@ -1,0 +1,114 @@
+"""ShapesWorld training data: official message format, determinism, the held-out split."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nexusgen.worlds.shapes import HELD_OUT_COMBOS, detect, make_sample, write_dataset
+from nexusgen.worlds.shapes.dataset import SampleConfig, iter_samples, stream_rng
+
+OFFICIAL = (Path(__file__).resolve().parents[2].parent
+            / "shared/reference/official-examples/assets/example_datasets")
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def test_write_dataset_is_deterministic_per_seed(tmp_path):
+    a = write_dataset(tmp_path / "a", 24, seed=3, image_size=32)
+    b = write_dataset(tmp_path / "b", 24, seed=3, image_size=32)
+    c = write_dataset(tmp_path / "c", 24, seed=4, image_size=32)
+    assert _digest(a.parent) == _digest(b.parent)
+    assert a.read_text() != c.read_text()
+    assert not list(a.parent.glob(".*tmp*"))  # atomic writes leave no temporary files
+
+
+def test_records_follow_the_official_message_format(tmp_path):
+    path = write_dataset(tmp_path, 30, seed=0, image_size=64, zh_fraction=0.5)
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == 30
+    seen = set()
+    for r in records:
+        assert {"id", "source", "images", "messages"} <= set(r)
+        user, assistant = r["messages"]
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        placeholders = user["content"].count("<image>") + assistant["content"].count("<image>")
+        assert placeholders == len(r["images"])
+        assert all((tmp_path / p).is_file() for p in r["images"])
+        task, lang = r["meta"]["task"], r["meta"]["lang"]
+        seen.add((task, lang))
+        if task == "generate":
+            prefix = {"en": "Generate an image according to the following description: ",
+                      "zh": "根据以下描述生成一张图像："}[lang]
+            assert user["content"].startswith(prefix)
+            assert assistant["content"] == {"en": "Here is an image based on the description: <image>",
+                                            "zh": "这是根据您的描述生成的图像：<image>"}[lang]
+        elif task == "edit":
+            assert user["content"].startswith("<image> ") and len(r["images"]) == 2
+            assert assistant["content"] == {"en": "Here is the image: <image>",
+                                            "zh": "以下为编辑后的图像：<image>"}[lang]
+        else:
+            assert user["content"].startswith("<image>\n") and "<image>" not in assistant["content"]
+    assert {t for t, _ in seen} == {"understand", "generate", "edit"}
+    assert {lang for _, lang in seen} == {"en", "zh"}
+
+
+@pytest.mark.skipif(not OFFICIAL.is_dir(), reason="official examples folder not present")
+def test_same_wrappers_as_the_official_examples():
+    official = [json.loads(line) for line in (OFFICIAL / "llm_dataset.jsonl").read_text().splitlines()]
+    ours = {(s.task, s.lang): s for s in iter_samples(config=SampleConfig(zh_fraction=0.5), stop=40)}
+    for rec in official:
+        user, assistant = rec["messages"][0]["content"], rec["messages"][1]["content"]
+        if rec["source"] == "EliGen":
+            lang = "zh" if rec["id"].startswith("zh_") else "en"
+            mine = ours[("generate", lang)].messages
+            assert mine[1]["content"] == assistant
+            assert mine[0]["content"][:8] == user[:8]
+        elif rec["source"].startswith("ImagePulse"):
+            lang = "zh" if rec["id"].startswith("zh_") else "en"
+            assert ours[("edit", lang)].messages[1]["content"] == assistant
+
+
+def test_make_sample_is_random_access_and_streams_are_disjoint():
+    config = SampleConfig(image_size=32)
+    streamed = list(iter_samples(seed=2, config=config, start=17, stop=18))[0]
+    assert make_sample(17, seed=2, config=config).messages == streamed.messages
+    a = stream_rng("train", 5, 0).random(4)
+    assert not np.allclose(a, stream_rng("test", 5, 0).random(4))
+    assert not np.allclose(a, stream_rng("eval", 5, 0).random(4))
+
+
+def test_train_split_never_shows_held_out_pairs():
+    config = SampleConfig(image_size=64, tasks=("generate", "edit"))
+    for sample in iter_samples(seed=0, config=config, stop=150):
+        for image in sample.images:
+            assert not {(d.color, d.shape) for d in detect(image)} & HELD_OUT_COMBOS, sample.id
+    test_config = SampleConfig(image_size=64, split="test", tasks=("understand",), compositional_fraction=1.0)
+    shown = [bool({(d.color, d.shape) for d in detect(s.images[0])} & HELD_OUT_COMBOS)
+             for s in iter_samples(seed=0, config=test_config, stop=20)]
+    assert all(shown)
+
+
+def test_bad_configs_are_rejected():
+    with pytest.raises(ValueError, match="held-out"):
+        SampleConfig(split="train", compositional_fraction=0.1)
+    with pytest.raises(ValueError, match="tasks"):
+        SampleConfig(tasks=("draw",))
+    with pytest.raises(ValueError):
+        write_dataset("/tmp/never", -1)
+
+
+def test_files_load_with_the_message_reader(tmp_path):
+    messages = pytest.importorskip("nexusgen.data.messages")
+    path = write_dataset(tmp_path, 12, seed=1, image_size=32, split="test", compositional_fraction=0.5)
+    dataset = messages.MessageDataset(path)
+    assert len(dataset) == 12
+    assert dataset[0]["images"][0].size == (32, 32)

@@ -1,0 +1,145 @@
+"""ShapesWorld items: answers are true of their scenes, specs hold, edits change exactly what they say."""
+
+import numpy as np
+import pytest
+
+from nexusgen.worlds.shapes import (
+    COLORS,
+    EDIT_TYPES,
+    GEN_CATEGORIES,
+    HELD_OUT_COMBOS,
+    UND_TYPES,
+    detect,
+    make_edit,
+    make_generation,
+    make_understanding,
+    render_scene,
+)
+from nexusgen.worlds.shapes.language import RELATION_WORDS, SHAPE_WORDS, caption
+from nexusgen.worlds.shapes.scene import relation_holds
+from nexusgen.worlds.shapes.tasks import EditItem, GenerateItem, UnderstandItem
+
+
+def _rngs(n, offset=0):
+    return (np.random.default_rng(offset + i) for i in range(n))
+
+
+def test_count_answers_match_the_scene():
+    for rng in _rngs(60):
+        item = make_understanding(rng, "count", "en")
+        q, n = item.question.lower(), int(item.answer)
+        colours = [c for c in COLORS if c in q]
+        if colours:
+            assert n == sum(o.color == colours[0] for o in item.scene.objects)
+        elif "shapes" in q or "objects" in q:
+            assert n == len(item.scene)
+
+
+def test_relation_and_binding_answers_are_true_and_balanced():
+    answers = {"relation": [], "binding": []}
+    for rng in _rngs(200):
+        for qtype in answers:
+            item = make_understanding(rng, qtype, "en")
+            answers[qtype].append(item.answer)
+            if qtype == "binding":  # "is there a red circle?" -> yes iff that pair is in the scene
+                named = [o for o in item.scene.objects
+                         if any(f"{o.color} {w}" in item.question for w in SHAPE_WORDS["en"][o.shape])]
+                assert (item.answer == "yes") == bool(named), item.question
+    for qtype, values in answers.items():
+        assert 0.35 < values.count("yes") / len(values) < 0.65, qtype
+
+
+def _mention(obj, text):
+    """Position of the first English reference to `obj` in `text` (any synonym of its shape), or None."""
+    hits = [text.find(f"the {obj.color} {w}") for w in SHAPE_WORDS["en"][obj.shape]]
+    hits = [h for h in hits if h >= 0]
+    return min(hits) if hits else None
+
+
+def test_relation_answer_agrees_with_grid():
+    rng = np.random.default_rng(0)
+    words = {k: rel for rel, forms in RELATION_WORDS["en"].items() for k in forms}
+    for _ in range(100):
+        item = make_understanding(rng, "relation", "en")
+        named = sorted((_mention(o, item.question), i) for i, o in enumerate(item.scene.objects)
+                       if _mention(o, item.question) is not None)
+        assert len(named) == 2, item.question
+        first, second = (item.scene.objects[i] for _, i in named)
+        between = item.question[named[0][0]:named[1][0]]
+        rel = next(v for k, v in sorted(words.items(), key=lambda kv: -len(kv[0])) if f" {k} " in between)
+        assert (item.answer == "yes") == relation_holds(first, second, rel)
+
+
+def test_caption_is_canonical_and_complete():
+    item = make_understanding(np.random.default_rng(4), "caption", "en")
+    assert item.answer == caption(item.scene, "en")
+    for o in item.scene.objects:
+        assert f"{o.size} {o.color} {o.shape}" in item.answer
+    zh = make_understanding(np.random.default_rng(4), "caption", "zh")
+    assert zh.answer.endswith("。") and "有一个" in zh.answer
+
+
+@pytest.mark.parametrize("category", GEN_CATEGORIES)
+@pytest.mark.parametrize("style", ["short", "detailed"])
+def test_generation_scene_satisfies_its_spec(category, style):
+    from nexusgen.eval.metrics import geneval_correct  # the scorer is the judge of "satisfies"
+
+    for rng in _rngs(8, offset=100):
+        item = make_generation(rng, category, "en", style)
+        ok, why = geneval_correct(detect(render_scene(item.scene, 64)), item.spec)
+        assert ok, (item.prompt, why)
+        assert not item.scene.has_combo(HELD_OUT_COMBOS)
+
+
+def test_short_prompts_name_what_the_category_needs():
+    item = make_generation(np.random.default_rng(1), "color_attr", "en", "short")
+    for o in item.scene.objects:
+        assert o.color in item.prompt
+    item = make_generation(np.random.default_rng(1), "position", "en", "short")
+    assert any(r in item.prompt for r in ("left of", "right of", "above", "below"))
+    with pytest.raises(ValueError, match="cannot be compositional"):
+        make_generation(np.random.default_rng(1), "counting", "en", "short", compositional=True)
+
+
+def test_compositional_items_show_a_held_out_pair():
+    for rng in _rngs(20):
+        assert make_understanding(rng, "color", "en", compositional=True).scene.has_combo(HELD_OUT_COMBOS)
+        generated = make_generation(rng, "colors", "en", "short", compositional=True)
+        assert generated.scene.has_combo(HELD_OUT_COMBOS)
+        assert make_edit(rng, "move", "en", compositional=True).source.has_combo(HELD_OUT_COMBOS)
+
+
+@pytest.mark.parametrize("etype", EDIT_TYPES)
+def test_edits_change_exactly_the_named_objects(etype):
+    for rng in _rngs(25, offset=300):
+        item = make_edit(rng, etype, "en")
+        src = {o.cell: o for i, o in enumerate(item.source.objects) if i not in item.changed_source}
+        tgt = {o.cell: o for i, o in enumerate(item.target.objects) if i not in item.changed_target}
+        assert src == tgt  # everything else is untouched
+        assert item.source != item.target
+        assert not item.target.has_combo(HELD_OUT_COMBOS)
+        delta = len(item.target) - len(item.source)
+        assert delta == {"add": 1, "remove": -1}.get(etype, 0)
+        if etype == "resize":
+            i = item.changed_source[0]
+            assert item.source.objects[i].size != item.target.objects[i].size
+
+
+def test_items_round_trip_and_languages():
+    rng = np.random.default_rng(2)
+    for qtype in UND_TYPES:
+        item = make_understanding(rng, qtype, "zh")
+        assert UnderstandItem.from_dict(item.to_dict()) == item
+        assert any("\u4e00" <= ch <= "\u9fff" for ch in item.question)
+    gen = make_generation(rng, "position", "zh", "short")
+    assert GenerateItem.from_dict(gen.to_dict()) == gen
+    edit = make_edit(rng, "recolour", "zh")
+    assert EditItem.from_dict(edit.to_dict()) == edit
+    with pytest.raises(ValueError, match="unknown language"):
+        make_edit(rng, "remove", "fr")
+
+
+def test_phrasings_vary():
+    questions = {make_understanding(rng, "count", "en").question for rng in _rngs(60)}
+    instructions = {make_edit(rng, "remove", "en").instruction.split(" the ")[0] for rng in _rngs(60)}
+    assert len(questions) >= 8 and len(instructions) >= 4
