@@ -46,6 +46,8 @@ INDEX_FILE = "model.safetensors.index.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 FORMAT_VERSION = 1
 EXTRA_KEYS = ("vision_head.weight", "image_prefill_embeds.weight")
+# V1 has no prefill table to read N from; it generated 9 x 9 = 81 tokens (252 px, `decoder_81_512.bin`).
+V1_OUTPUT_GRID_SIDE = 9
 # transformers 4.x checkpoint names -> 5.x names (what from_pretrained maps on load).
 _LEGACY_RENAMES = ((re.compile(r"^model\.(?!language_model\.|visual\.)"), "model.language_model."),
                    (re.compile(r"^visual\."), "model.visual."))
@@ -177,17 +179,25 @@ def read_ar_config(folder: Path, keys: dict | None = None) -> ARConfig:
 
 
 def _official_config(folder: Path, qwen: dict, keys: dict) -> ARConfig:
-    probe = ARConfig(qwen=qwen)  # default N = 81 at 252 px, only to read the token size
+    from transformers import Qwen2_5_VLConfig
+
+    try:
+        vision = Qwen2_5_VLConfig(**copy.deepcopy(qwen)).vision_config
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"invalid Qwen2.5-VL config ({err})") from err
+    token_px = vision.patch_size * vision.spatial_merge_size
     table = keys.get("image_prefill_embeds.weight")
     if table is None:
         warnings.warn(f"{folder}: no image_prefill_embeds.weight -- a Nexus-Gen V1 checkpoint; every output "
                       "position is fed the <|image_pad|> embedding, as V1 did", UserWarning, stacklevel=3)
-        return ARConfig(qwen=qwen, use_prefill_table=False)
+        side = V1_OUTPUT_GRID_SIDE
+        return ARConfig(qwen=qwen, use_prefill_table=False, num_output_tokens=side * side,
+                        output_image_px=(side * token_px,) * 2)
     n = table[1][0]
     side = math.isqrt(n)
     if side * side != n:
         raise ValueError(f"{folder / table[0]}: image_prefill_embeds.weight has {n} rows, not a square grid")
-    return ARConfig(qwen=qwen, num_output_tokens=n, output_image_px=(side * probe.token_px,) * 2)
+    return ARConfig(qwen=qwen, num_output_tokens=n, output_image_px=(side * token_px,) * 2)
 
 
 def check_weights(folder: Path, config: ARConfig, keys: dict) -> None:
