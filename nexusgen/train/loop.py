@@ -46,6 +46,7 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False) -> dict:
         raise ValueError(f"{run_dir} already holds checkpoints; pass --resume or choose another --out")
     micro_batch = config.micro_batch_size(info.world_size)  # validates the batch split early
     _prepare_run_dir(config, run_dir, info)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     _set_determinism(config.deterministic)
 
     parts = build_training(config, info)
@@ -75,12 +76,13 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False) -> dict:
         if ema is not None:
             ema.update()
         done = step + 1
-        if done % config.log_every == 0 or done == config.max_steps:
+        evaluate_now = bool(config.eval_every) and done % config.eval_every == 0
+        if done % config.log_every == 0 or done == config.max_steps or evaluate_now:
             record = _log_record(record, stage, micro_batches, info, done, time.perf_counter() - started)
+            if evaluate_now:
+                record.update(evaluate(stage, model, config, info))
             logger.log(record)
             progress.update(record)
-        if config.eval_every and stage.evaluate is not None and done % config.eval_every == 0:
-            logger.log({"step": done, **{f"eval/{k}": v for k, v in stage.evaluate(stage.module).items()}})
         if config.save_every and done % config.save_every == 0:
             checkpoint.save_checkpoint(run_dir, done, model=model, optimizer=optimizer, scheduler=scheduler,
                                        data_state=stage.stream.state_dict(), info=info,
@@ -90,6 +92,7 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False) -> dict:
     if config.checkpoint.export_final:
         export_final(stage, model, ema, config, info, run_dir / "final")
     parallel.barrier()
+    torch.use_deterministic_algorithms(was_deterministic)
     return {"run_dir": str(run_dir), "steps": config.max_steps, "resumed_from": start_step,
             "final_loss": record.get("loss"), "world_size": info.world_size}
 
@@ -156,6 +159,24 @@ def train_step(model, optimizer, micro_batches: list[dict], *, config: TrainConf
     return {**terms, "grad_norm": float(grad_norm)}
 
 
+@torch.no_grad()
+def evaluate(stage: Stage, model, config: TrainConfig, info: parallel.DistInfo) -> dict[str, float]:
+    """The periodic evaluation hook: the stage's own `evaluate`, else its loss terms on a fixed batch
+    (drawn once from the same sources, in the order of seed + 1), averaged over ranks; keys "eval/*"."""
+    if stage.evaluate is not None:
+        values = stage.evaluate(stage.module)
+    else:
+        if getattr(stage, "_eval_batch", None) is None:
+            from nexusgen.train.stages.common import SampleStream
+
+            fixed = SampleStream(stage.stream.sampler.sources, seed=config.seed + 1)
+            samples = fixed.next_step(config.batch_size, info.rank, info.world_size, 1)[0]
+            stage._eval_batch = _to_device(stage.collate(samples), info.device)
+        with _autocast_context(config.precision, info.device):
+            values = {k: float(v) for k, v in model(stage._eval_batch).items()}
+    return {f"eval/{k}": v for k, v in parallel.all_reduce_mean(values, info).items()}
+
+
 def export_final(stage: Stage, model, ema, config: TrainConfig, info: parallel.DistInfo,
                  out_dir: Path) -> None:
     """Write the model folder atomically: EMA weights if any, LoRA merged, unsharded (rank 0 writes).
@@ -201,7 +222,8 @@ def _log_record(record: dict, stage: Stage, micro_batches, info, step: int, seco
             counts[name] = counts.get(name, 0) + value
     counts = parallel.all_reduce_mean(counts, info)
     rates = {f"{name}_per_s": value * info.world_size / seconds for name, value in counts.items()}
-    return {"step": step, **record, "step_time_s": seconds, **rates}
+    bad = parallel.all_reduce_sum(sum(stage.stream.bad_counts().values()), info)  # skipped (--skip-bad)
+    return {"step": step, **record, "step_time_s": seconds, **rates, **({"bad_records": bad} if bad else {})}
 
 
 def _to_device(batch, device: torch.device):

@@ -65,11 +65,13 @@ def test_tiny_recipe_runs_and_writes_the_run_dir(recipe, tmp_path):
     _require(stage)
     exports = not _missing(EXPORT_NEEDS[stage])
     config = apply_overrides(get_recipe(recipe), ["max_steps=3", "save_every=2", "progress=false",
-                                                  f"checkpoint.export_final={exports}"])
+                                                  "eval_every=2", f"checkpoint.export_final={exports}"])
     summary = train(config, tmp_path)
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in records)
+    assert "eval/loss" in records[1] and "eval/loss" not in records[0]  # the periodic evaluation hook
+    assert records[-1]["samples_per_s"] > 0 and records[-1]["lr"] > 0
     assert summary["final_loss"] == records[-1]["loss"]
     assert json.loads((tmp_path / "config.json").read_text())["stage"]["name"] == stage
     assert (tmp_path / "git_sha").read_text().strip()
