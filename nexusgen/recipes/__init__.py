@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from nexusgen.recipes import tiny
+from nexusgen.recipes import nexus_gen_v2, tiny
 from nexusgen.train.config import TrainConfig
 
 RECIPES: dict[str, Callable[[], TrainConfig]] = {
@@ -17,6 +17,9 @@ RECIPES: dict[str, Callable[[], TrainConfig]] = {
     "tiny-ar": tiny.tiny_ar,
     "tiny-gen_decoder": tiny.tiny_gen_decoder,
     "tiny-edit_decoder": tiny.tiny_edit_decoder,
+    "nexus-gen-v2-ar": nexus_gen_v2.nexus_gen_v2_ar,
+    "nexus-gen-v2-gen_decoder": nexus_gen_v2.nexus_gen_v2_gen_decoder,
+    "nexus-gen-v2-edit_decoder": nexus_gen_v2.nexus_gen_v2_edit_decoder,
 }
 
 

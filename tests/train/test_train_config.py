@@ -17,7 +17,16 @@ def test_top_level_names_exist_in_every_recipe():
         config = get_recipe(name)
         for field in ("max_steps", "save_every", "batch_size", "lr", "seed"):
             assert hasattr(config, field), (name, field)
-        assert config.stage.name == name.removeprefix("tiny-")
+        assert name.endswith(config.stage.name)
+        config.micro_batch_size(1)  # the batch splits over accumulation steps
+    assert {f"tiny-{s}" for s in ("vae", "vlm", "ar", "gen_decoder", "edit_decoder")} <= set(RECIPES)
+
+
+def test_recipe_without_its_data_files_is_a_clear_error(tmp_path, capsys):
+    code = main(["train", "nexus-gen-v2-gen_decoder", "--out", str(tmp_path / "r"),
+                 "--set", "stage.preset=tiny", "--set", "precision=fp32"])
+    err = capsys.readouterr().err
+    assert code == 2 and "data.paths" in err and "Traceback" not in err
 
 
 def test_overrides_are_parsed_by_field_type():

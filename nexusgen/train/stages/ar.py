@@ -38,6 +38,8 @@ class ARTrainModule(torch.nn.Module):
 def message_sources(config: TrainConfig) -> list:
     """Message-format sources: JSONL files, or in-memory synthetic samples of `data.tasks`."""
     d = config.data
+    if d.source != "generated" and not d.paths:
+        raise ValueError(f"data.source={d.source!r} needs files: --set data.paths='[\"data.jsonl\"]'")
     if d.source == "jsonl":
         from nexusgen.data.messages import MessageDataset
 

@@ -104,6 +104,8 @@ def make_collate(size: int, processor):
 def decoder_sources(config: TrainConfig, kind: str) -> list:
     """Embedding datasets (`embeds`), message JSONL (`jsonl`) or in-memory synthetic samples."""
     d = config.data
+    if d.source != "generated" and not d.paths:
+        raise ValueError(f"data.source={d.source!r} needs files: --set data.paths='[\"data.jsonl\"]'")
     if d.source == "embeds":
         from nexusgen.data.embeds import EditEmbedDataset, GenEmbedDataset
 

@@ -82,6 +82,8 @@ class ShapesWorldImages(GeneratedImages):
 def image_sources(config: TrainConfig) -> list:
     """The stage's image sources: generated (ShapesWorld if installed) or message-JSONL target images."""
     d = config.data
+    if d.source != "generated" and not d.paths:
+        raise ValueError(f"data.source={d.source!r} needs files: --set data.paths='[\"data.jsonl\"]'")
     if d.source == "generated":
         try:
             import nexusgen.worlds.shapes.render  # noqa: F401 - ShapesWorld present?
