@@ -1,0 +1,127 @@
+"""`nexusgen bench ar`: speed of image-embedding prediction by the autoregressive model. Prints JSON.
+
+For the `tiny` and `mid` presets (random weights; `mid` has the real token geometry, N = 81):
+
+* latency of predicting one image's N embeddings from a canonical generation prompt: the one-pass
+  formulation (`predict_image_embeds`) vs the official sequential loop (one image token per step with a
+  KV cache and the M-RoPE index recomputed every step) -- medians over repeats, and their ratio;
+* throughput of the one-pass prediction at batch 1, 4 and 16 (images/s, median), and batch 16 / batch 1.
+
+Expected on a 2-core CPU: one-pass >= 20x faster than sequential at N = 81; batch 16 >= 6x the
+throughput of batch 1. Both only hold while a batch-1 forward is overhead-bound; to tell, the report
+gives the FLOPs of one batch-1 one-pass call (counted by `FlopCounterMode`) and the fraction of this
+machine's fp32 matmul peak (measured in the same run) that it reaches. `--quick` runs the tiny preset
+with few repeats (a smoke test).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+PROMPTS = [
+    "a red circle left of a blue square", "three green triangles",
+    "a small yellow star above a purple circle",
+    "two squares", "an orange hexagon in the middle of a white background", "a blue circle",
+    "four red dots in a row", "a large green square below a small red triangle",
+]
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: allocator, thread pool, lazy initialisation
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def matmul_peak_flops(device: torch.device, n: int = 1024, repeats: int = 5) -> float:
+    """Best FLOP/s of an n x n matmul (fp32 on CPU, bf16 on GPU): the roofline of the dense layers."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+
+    def product():
+        torch.matmul(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return 2 * n**3 / min(_median_seconds(product, 1) for _ in range(repeats))
+
+
+def _count_flops(fn, *args) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return counter.get_total_flops()
+
+
+def bench_preset(name: str, *, repeats: int, sequential_repeats: int, batch_sizes: tuple[int, ...],
+                 device: torch.device) -> dict:
+    """Latency (one-pass vs sequential) and one-pass throughput for one AR preset."""
+    from nexusgen.loading.autoregressive import build_autoregressive
+    from nexusgen.processing import ImageOnlyProcessor
+
+    model, tokenizer, image_processor = build_autoregressive(name, seed=0)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = model.to(device=device, dtype=dtype).eval()
+    processor = ImageOnlyProcessor(tokenizer, image_processor, model.config)
+
+    def inputs(batch_size: int):
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch_size)]
+        batch = processor.image_prompt_inputs(prompts)
+        return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+    def timed(fn, *args, n):
+        def call():
+            fn(*args)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return _median_seconds(call, n)
+
+    with torch.inference_mode():
+        single = inputs(1)
+        one_pass = timed(model.predict_image_embeds, *single, n=repeats)
+        sequential = timed(model.predict_image_embeds_sequential, *single, n=sequential_repeats)
+        throughput = {f"batch_{b}": b / timed(model.predict_image_embeds, *inputs(b), n=repeats)
+                      for b in batch_sizes}
+        flops = _count_flops(model.predict_image_embeds, *single)
+    result = {
+        "params": sum(p.numel() for p in model.parameters()),
+        "num_output_tokens": model.num_output_tokens,
+        "prompt_tokens": int(single[0].shape[1]),
+        "latency_ms": {"one_pass": 1e3 * one_pass, "sequential": 1e3 * sequential,
+                       "speedup": sequential / one_pass},
+        "throughput_images_per_s": throughput,
+        "one_pass_gflop": flops / 1e9,
+        "one_pass_gflop_per_s": flops / one_pass / 1e9,
+    }
+    if "batch_1" in throughput and "batch_16" in throughput:
+        result["batch16_over_batch1"] = throughput["batch_16"] / throughput["batch_1"]
+    return result
+
+
+def run(args) -> dict:
+    """Entry point of `nexusgen bench ar [--quick]`; returns the JSON-ready report."""
+    quick = bool(getattr(args, "quick", False))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    presets = ("tiny",) if quick else ("tiny", "mid")
+    settings = dict(repeats=2, sequential_repeats=1, batch_sizes=(1, 4)) if quick else \
+        dict(repeats=7, sequential_repeats=3, batch_sizes=(1, 4, 16))
+    report = {"device": str(device), "threads": torch.get_num_threads(), "quick": quick,
+              "statistic": "median", "presets": {}}
+    peak = matmul_peak_flops(device)
+    report["matmul_peak_gflop_per_s"] = peak / 1e9
+    for name in presets:
+        report["presets"][name] = result = bench_preset(name, device=device, **settings)
+        result["one_pass_fraction_of_peak"] = result["one_pass_gflop_per_s"] * 1e9 / peak
+    mid = report["presets"].get("mid")
+    if mid is not None:
+        report["expectations"] = {
+            "one_pass_at_least_20x_faster_than_sequential_at_N81": mid["latency_ms"]["speedup"] >= 20,
+            "batch16_at_least_6x_throughput_of_batch1": mid["batch16_over_batch1"] >= 6,
+        }
+    return report
