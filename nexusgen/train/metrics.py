@@ -57,7 +57,7 @@ class Progress:
     def update(self, record: dict) -> None:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.2e}", refresh=False)
-            self.bar.update(1)
+            self.bar.update(record["step"] - self.bar.n)  # logged steps may be log_every apart
 
     def close(self) -> None:
         if self.bar is not None:
