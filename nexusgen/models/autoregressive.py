@@ -14,9 +14,8 @@ Generated image tokens take the 3-D M-RoPE positions of an input image of the ou
 after `<|vision_start|>` (SPEC 2.4); positions are always computed with the grid list and the image-token
 mask, because transformers 5.x silently falls back to 1-D positions without `mm_token_type_ids`.
 
-Because the N inputs of an output image never depend on predictions, `predict_image_embeds` gets all N
-embeddings from one forward pass (SPEC 2.5). The official one-token-per-step loop, "standard AR" (feeding
-predictions back) and interleaved text+image generation live in `ar_generation.py`.
+The N inputs of an output image never depend on predictions, so `predict_image_embeds` gets all N in one
+pass (SPEC 2.5); the official step-by-step loop, "standard AR" and interleaved generation: ar_generation.py.
 
 Shape legend: B batch, L sequence length, D LLM hidden size (= ViT merger output), N output tokens per
 image, P image patches, I images, V vocabulary.
@@ -217,7 +216,9 @@ class NexusGenARModel(nn.Module):
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         self.config = config
-        self.vlm = vlm if vlm is not None else Qwen2_5_VLForConditionalGeneration(config.qwen_config)
+        if vlm is None:  # a copy: transformers writes into the config it is given (attention backend)
+            vlm = Qwen2_5_VLForConditionalGeneration(copy.deepcopy(config.qwen_config))
+        self.vlm = vlm
         dim, std = config.hidden_size, config.qwen_config.text_config.initializer_range
         self.vision_head = nn.Linear(dim, dim, bias=False)
         # New modules get the LLM's own init scale (HF's post_init would use N(0, initializer_range));
@@ -271,8 +272,7 @@ class NexusGenARModel(nn.Module):
         """LLM tokens per image for (I, 3) patch grids."""
         return (image_grid_thw.prod(-1) // self.config.merge_size**2).tolist()
 
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids -> (B, L, D) token embeddings."""
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L, D)
         return self.vlm.model.get_input_embeddings()(input_ids)
 
     def output_image_inputs(self, num_images: int) -> torch.Tensor:

@@ -193,7 +193,8 @@ class ImageOnlyProcessor:
             task: "generate" or "edit".
 
         Returns:
-            the `pad` dict (labels included but unused); pixel_values/image_grid_thw hold the source images.
+            input_ids (B, L), attention_mask (B, L), pixel_values (P, patch_dim) and image_grid_thw (I, 3)
+            of the source images (P = I = 0 for generation): `model.predict_image_embeds(**inputs)`.
 
         Raises:
             ValueError: empty prompt, wrong number of images, unknown task or language.
@@ -212,7 +213,7 @@ class ImageOnlyProcessor:
         samples = [self.encode(image_request_messages(p, task, language), images[i:i + 1] if images else None,
                                add_generation_prompt=True, assistant_prefix=prefix)
                    for i, p in enumerate(prompts)]
-        return self.pad(samples, padding_side="left")
+        return _model_inputs(self.pad(samples, padding_side="left"))
 
     def chat_inputs(self, conversations: list[list[dict]], images: list[list[Image.Image]] | None = None, *,
                     assistant_prefix: str = "") -> dict[str, torch.Tensor]:
@@ -222,13 +223,21 @@ class ImageOnlyProcessor:
             conversations: a list of message lists.
             images: per conversation, its images in `<image>` order.
             assistant_prefix: forced start of every answer (end it with `<image>` to force an image).
+
+        Returns:
+            input_ids, attention_mask, pixel_values, image_grid_thw: `model.generate_interleaved(**inputs)`.
         """
         images = images or [[] for _ in conversations]
         if len(images) != len(conversations):
             raise ValueError(f"{len(conversations)} conversations but {len(images)} image lists")
         samples = [self.encode(m, im, add_generation_prompt=True, assistant_prefix=assistant_prefix)
                    for m, im in zip(conversations, images, strict=True)]
-        return self.pad(samples, padding_side="left")
+        return _model_inputs(self.pad(samples, padding_side="left"))
+
+
+def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inference keys of a padded batch (the model derives image-token types from the ids itself)."""
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
 
 
 def build_image_processor(*, patch_size: int, merge_size: int, temporal_patch_size: int = 2,
