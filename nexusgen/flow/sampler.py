@@ -31,7 +31,7 @@ The entry points duck-type their arguments (this package imports no model code, 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -128,11 +128,20 @@ def round_size(height: int, width: int) -> tuple[int, int]:
     return (-(-height // SIZE_MULTIPLE) * SIZE_MULTIPLE, -(-width // SIZE_MULTIPLE) * SIZE_MULTIPLE)
 
 
-def initial_noise(batch_size: int, channels: int, latent_size: tuple[int, int], seed: int) -> torch.Tensor:
+def initial_noise(batch_size: int, channels: int, latent_size: tuple[int, int],
+                  seed: int | Sequence[int]) -> torch.Tensor:
     """Gaussian noise (B, C, h, w) float32 drawn from a CPU generator: the same seed gives the same image on
-    any device (upstream draws on the compute device, so its seeds are device-dependent)."""
-    generator = torch.Generator("cpu").manual_seed(int(seed))
-    return torch.randn((batch_size, channels, *latent_size), generator=generator)
+    any device (upstream draws on the compute device, so its seeds are device-dependent).
+
+    `seed` may also be one seed per sample: row b is then drawn alone from `seed[b]`, so a sample's noise
+    does not depend on the batch it is in (the pipelines use seed + index).
+    """
+    if not isinstance(seed, Sequence):
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+        return torch.randn((batch_size, channels, *latent_size), generator=generator)
+    if len(seed) != batch_size:
+        raise ValueError(f"{len(seed)} seeds for a batch of {batch_size}")
+    return torch.cat([initial_noise(1, channels, latent_size, int(s)) for s in seed])
 
 
 def _negative_condition(decoder: Any, image_embeds: torch.Tensor, guidance_scale: float,
@@ -161,7 +170,7 @@ def _decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
 
 
 def _sample(decoder: Any, vae: Any, image_embeds: torch.Tensor, condition_kwargs: dict, *, height: int,
-            width: int, num_steps: int, guidance_scale: float, seed: int,
+            width: int, num_steps: int, guidance_scale: float, seed: int | Sequence[int],
             negative_embeds: torch.Tensor | None, negative_pooled: torch.Tensor | None,
             progress: ProgressFn | None, embedded_guidance: float | None, shift: float) -> torch.Tensor:
     if image_embeds.ndim != 3:
@@ -183,7 +192,7 @@ def _sample(decoder: Any, vae: Any, image_embeds: torch.Tensor, condition_kwargs
 
 @torch.no_grad()
 def generate_images(decoder: Any, vae: Any, image_embeds: torch.Tensor, height: int = 512, width: int = 512,
-                    num_steps: int = 50, guidance_scale: float = 1.0, seed: int = 0,
+                    num_steps: int = 50, guidance_scale: float = 1.0, seed: int | Sequence[int] = 0,
                     negative_embeds: torch.Tensor | None = None, progress: ProgressFn | None = None, *,
                     negative_pooled: torch.Tensor | None = None, embedded_guidance: float | None = None,
                     shift: float = DEFAULT_SHIFT) -> torch.Tensor:
@@ -196,7 +205,7 @@ def generate_images(decoder: Any, vae: Any, image_embeds: torch.Tensor, height: 
         height, width: output size in pixels, rounded up to multiples of 16.
         num_steps: Euler steps (50 upstream).
         guidance_scale: true CFG scale; 1 disables the negative branch.
-        seed: noise seed (CPU generator: device-independent).
+        seed: noise seed (CPU generator: device-independent), or one seed per sample.
         negative_embeds: precomputed T5 embeddings of the negative prompt (B or 1, S, C) for the official
             negative branch; None uses the null branch (see the module docstring).
         progress: optional callback progress(steps_done, num_steps).
@@ -216,7 +225,8 @@ def generate_images(decoder: Any, vae: Any, image_embeds: torch.Tensor, height: 
 @torch.no_grad()
 def edit_images(decoder: Any, vae: Any, image_embeds: torch.Tensor, reference_embeds: torch.Tensor,
                 reference_grid: tuple[int, int], target_grid: tuple[int, int], height: int = 512,
-                width: int = 512, num_steps: int = 50, guidance_scale: float = 1.0, seed: int = 0,
+                width: int = 512, num_steps: int = 50, guidance_scale: float = 1.0,
+                seed: int | Sequence[int] = 0,
                 negative_embeds: torch.Tensor | None = None, progress: ProgressFn | None = None, *,
                 negative_pooled: torch.Tensor | None = None, embedded_guidance: float | None = None,
                 shift: float = DEFAULT_SHIFT) -> torch.Tensor:
