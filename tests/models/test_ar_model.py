@@ -170,7 +170,7 @@ def test_one_pass_equals_sequential_loop(tiny, task):
         images = [Image.new("RGB", (90, 60), "red"), Image.new("RGB", (40, 100), "blue")]
     batch = processor.image_prompt_inputs(prompts, images, task=task)
     args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
-    one_pass = model.predict_image_embeds(*args)
+    one_pass = model.predict_image_embeds(**batch)  # the builder returns exactly the model's inputs
     sequential = model.predict_image_embeds_sequential(*args)
     assert torch.allclose(one_pass, sequential, atol=1e-5)
     standard = model.predict_image_embeds_sequential(*args, feed="predicted")
