@@ -1,0 +1,164 @@
+"""`nexusgen bench decoder`: speed of the vision decoders. Prints JSON (medians over repeats).
+
+Per preset (random weights; `tiny` at 64x64, `mid` at 256x256, and on a CUDA device with >= 40 GiB the
+real `nexus-gen-v2` DiT at 512x512, bf16 and fp8 storage):
+
+* one DiT step (one Euler step's velocity) of the generation decoder with CFG off (batch 1) and on
+  (the null branch batched with the conditional one, batch 2), and the editing decoder's step (its
+  context is N + M tokens);
+* VAE encode and decode of one image;
+* FLOPs of one CFG-off step (counted by `FlopCounterMode`) and the fraction of this machine's matmul peak
+  (measured in the same run) that the step reaches;
+* peak memory.
+
+fp32 on CPU, bf16 on GPU. `--quick` runs `tiny` only with few repeats (a smoke test).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from nexusgen.models.decoder import (
+    DECODER_PRESETS,
+    VAE_PRESETS,
+    EditingDecoder,
+    GenerationDecoder,
+    build_vae,
+    editing_context_ids,
+)
+from nexusgen.models.memory import enable_fp8_storage, peak_memory, reset_peak_memory
+
+SIZES = {"tiny": 64, "mid": 256, "nexus-gen-v2": 512}
+TARGET_GRID, REFERENCE_GRID = (9, 9), (18, 18)  # upstream's generation and editing-reference grids
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(fn, repeats: int, device: torch.device) -> float:
+    fn()  # warm-up: allocator, kernels, lazy initialisation
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 1024) -> float:
+    """Best FLOP/s of an n x n matmul in `dtype`: the roofline of the dense layers."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / min(_median_ms(lambda: a @ b, 3, device) for _ in range(3)) * 1000
+
+
+def _count_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _build(preset: str, device: torch.device, dtype: torch.dtype, editing: bool):
+    config = DECODER_PRESETS[preset]
+    cls = EditingDecoder if editing else GenerationDecoder
+    if preset != "nexus-gen-v2":
+        return cls(config).to(device=device, dtype=dtype).eval()
+    with torch.device("meta"):  # 12 B parameters: no CPU initialisation, random values on the device
+        decoder = cls(config)
+    decoder.to_empty(device=device).to(dtype)
+    with torch.no_grad():
+        for parameter in decoder.parameters():
+            parameter.normal_(0.0, 0.02)
+    return decoder.eval()
+
+
+def _step_times(preset: str, device: torch.device, dtype: torch.dtype, repeats: int, fp8: bool) -> dict:
+    size = SIZES[preset]
+    latent = (size // 8, size // 8)
+    config = DECODER_PRESETS[preset]
+    decoder = _build(preset, device, dtype, editing=False)
+    if fp8:
+        enable_fp8_storage(decoder.transformer, compute_dtype=dtype)
+    x = torch.randn(1, config.latent_channels, *latent, device=device, dtype=dtype)
+    t = torch.full((1,), 0.5, device=device)
+    embeds = torch.randn(1, TARGET_GRID[0] * TARGET_GRID[1], config.embed_dim, device=device, dtype=dtype)
+    result = {"image_px": size, "image_tokens": latent[0] * latent[1] // 4,
+              "dit_params_m": sum(p.numel() for p in decoder.transformer.parameters()) / 1e6}
+    with torch.no_grad():
+        condition = decoder.condition(embeds)
+        both = decoder.condition(torch.cat([embeds, torch.zeros_like(embeds)]))  # CFG: [cond ; null]
+        result["dit_step_ms_cfg_off"] = _median_ms(lambda: decoder.velocity(x, t, condition), repeats, device)
+        result["dit_step_ms_cfg_on"] = _median_ms(
+            lambda: decoder.velocity(torch.cat([x, x]), torch.cat([t, t]), both), repeats, device)
+        flops = _count_flops(lambda: decoder.velocity(x, t, condition))
+    result["dit_step_gflop"] = flops / 1e9
+    result["dit_step_tflops_achieved"] = flops / result["dit_step_ms_cfg_off"] / 1e9
+    return result
+
+
+def _editing_step(preset: str, device: torch.device, dtype: torch.dtype, repeats: int) -> float:
+    size, config = SIZES[preset], DECODER_PRESETS[preset]
+    latent = (size // 8, size // 8)
+    decoder = _build(preset, device, dtype, editing=True)
+    x = torch.randn(1, config.latent_channels, *latent, device=device, dtype=dtype)
+    t = torch.full((1,), 0.5, device=device)
+    target = torch.randn(1, 81, config.embed_dim, device=device, dtype=dtype)
+    reference = torch.randn(1, 324, config.embed_dim, device=device, dtype=dtype)
+    with torch.no_grad():
+        condition = decoder.condition(target, latent_size=latent, reference_embeds=reference,
+                                      reference_grid=REFERENCE_GRID, target_grid=TARGET_GRID)
+        assert condition.context_ids.shape == editing_context_ids(TARGET_GRID, REFERENCE_GRID, latent).shape
+        return _median_ms(lambda: decoder.velocity(x, t, condition), repeats, device)
+
+
+def _vae_times(preset: str, device: torch.device, dtype: torch.dtype, repeats: int) -> dict:
+    size = SIZES[preset]
+    vae = build_vae(VAE_PRESETS[preset]).to(device)
+    if dtype != torch.float32:
+        vae.to(dtype)
+    vae.eval()
+    image = torch.rand(1, 3, size, size, device=device, dtype=dtype) * 2 - 1
+    with torch.no_grad():
+        latents = vae.encode(image).latent_dist.mode()
+        encode = _median_ms(lambda: vae.encode(image).latent_dist.mode(), repeats, device)
+        decode = _median_ms(lambda: vae.decode(latents).sample, repeats, device)
+    return {"vae_encode_ms": encode, "vae_decode_ms": decode}
+
+
+def run(args) -> dict:
+    """CLI handler of `nexusgen bench decoder [--quick]`: returns the report (printed as JSON)."""
+    quick = bool(getattr(args, "quick", False))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    repeats = 3 if quick else 10
+    presets = ["tiny"] if quick else ["tiny", "mid"]
+    big_gpu = device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory >= 40 * 2**30
+    torch.manual_seed(0)
+    peak = matmul_peak_flops(device, dtype, n=512 if quick else 1024)
+    report = {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+              "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
+              "matmul_peak_tflops": peak / 1e12, "quick": quick, "presets": {}}
+    for preset in presets + (["nexus-gen-v2"] if big_gpu and not quick else []):
+        reset_peak_memory(device)
+        entry = _step_times(preset, device, dtype, repeats, fp8=False)
+        entry["editing_dit_step_ms"] = _editing_step(preset, device, dtype, repeats)
+        entry.update(_vae_times(preset, device, dtype, repeats))
+        entry["fraction_of_matmul_peak"] = entry["dit_step_tflops_achieved"] * 1e12 / peak
+        entry["peak_memory"] = peak_memory(device)
+        if preset == "nexus-gen-v2":
+            reset_peak_memory(device)
+            fp8 = _step_times(preset, device, dtype, repeats, fp8=True)
+            entry["fp8"] = {"dit_step_ms_cfg_off": fp8["dit_step_ms_cfg_off"],
+                            "peak_memory": peak_memory(device)}
+        report["presets"][preset] = entry
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return report
