@@ -6,6 +6,9 @@ Two maps, each with its inverse so that tests can build upstream-layout checkpoi
   a double block's ``attn.a_to_qkv`` is [q; k; v] (3 x width rows), a single block's ``to_qkv_mlp`` is
   [q; k; v; mlp] (width, width, width, 4 width). The final norm is copied as is: DiffSynth and diffusers
   both order its output halves (scale, shift); only BFL's original checkpoints use (shift, scale).
+  The table is the exact inverse of DiffSynth's own ``FluxDiTStateDictConverter.from_diffusers``
+  (stream ``a`` = image tokens = diffusers' ``to_q``..., stream ``b`` = context = ``add_q_proj``...;
+  both order the joint sequence [context ; image]).
 * **BFL original VAE (``ae.safetensors``, LDM naming) -> diffusers AutoencoderKL.** The decoder's ``up``
   blocks are numbered in reverse (``up.{n-1-i}`` is diffusers' ``up_blocks.{i}``); attention projections
   are 1x1 convolutions there and Linear layers in diffusers (the converter reshapes them).
