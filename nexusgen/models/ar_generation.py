@@ -131,7 +131,8 @@ def generate_interleaved(model, input_ids: torch.Tensor, attention_mask: torch.T
 
     `<|vision_end|>` and `<|image_pad|>` are never sampled (they are only forced). A prompt that ends in
     `<|vision_start|>` starts with an image (use an answer prefix ending in `<image>` to force one up
-    front); `force_image=True` turns an end-of-turn into `<|vision_start|>` while a row has no image yet.
+    front); `force_image=True` turns an end-of-turn (or the last token allowed by `max_new_tokens`) into
+    `<|vision_start|>` while a row has no image yet.
 
     Args:
         model: a NexusGenARModel.
@@ -170,7 +171,8 @@ def generate_interleaved(model, input_ids: torch.Tensor, attention_mask: torch.T
                 chunks[b] = None
                 continue
             token = int(next_ids[b])
-            if force_image and token in model.eos_token_ids and not state.image_embeds[b] and allow_image[b]:
+            last = token in model.eos_token_ids or len(state.sequences[b]) + 1 >= max_new_tokens
+            if force_image and last and model.vision_start_token_id not in state.sequences[b]:
                 token = model.vision_start_token_id
             chunks[b] = state.chunk(b, token)
             state.record(b, chunks[b])

@@ -115,6 +115,9 @@ def test_force_image_and_limits(tiny):
     assert plain.sequences[0].tolist() == [eos] and plain.image_embeds[0] == []
     assert forced.sequences[0].tolist() == ([model.vision_start_token_id] + [model.image_token_id] * n
                                             + [model.vision_end_token_id, eos])
+    forced_late = model.generate_interleaved(chat["input_ids"], max_new_tokens=3, force_image=True)
+    assert len(forced_late.image_embeds[0]) == 1  # the token limit would have come first
+    assert forced_late.sequences[0].tolist().index(model.vision_start_token_id) <= 2
     handle = _boost(model, model.vision_start_token_id)
     try:
         limited = model.generate_interleaved(chat["input_ids"], max_new_tokens=40, max_images=1)
