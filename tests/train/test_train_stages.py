@@ -59,7 +59,7 @@ def test_export_dependencies_have_landed(stage):
         pytest.skip(f"export of stage {stage} needs {missing}, which has not landed yet")
 
 
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
+@pytest.mark.parametrize("recipe", sorted(r for r in RECIPES if r.startswith("tiny-")))
 def test_tiny_recipe_runs_and_writes_the_run_dir(recipe, tmp_path):
     stage = recipe.removeprefix("tiny-")
     _require(stage)

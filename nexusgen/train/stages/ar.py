@@ -72,6 +72,7 @@ def build_ar_stage(config: TrainConfig, info: DistInfo, *, trainable, default_we
     if set(weights) != set(DEFAULT_LOSS_WEIGHTS):
         raise ValueError(f"{config.stage.name} loss terms are {sorted(DEFAULT_LOSS_WEIGHTS)}, "
                          f"got {sorted(weights)}")
+    sources = message_sources(config)  # before the model: a data error must not wait for a 7B build
     model, processor = parts.build_autoregressive(config, for_training=True)
     if config.stage.gradient_checkpointing:
         model.vlm.gradient_checkpointing_enable()
@@ -83,7 +84,7 @@ def build_ar_stage(config: TrainConfig, info: DistInfo, *, trainable, default_we
         parts.save_autoregressive(trained.model, processor, Path(out_dir))
         parts.copy_untouched_parts(config, Path(out_dir), {"autoregressive"})
 
-    stream = SampleStream(message_sources(config), config.data.weights, seed=config.seed)
+    stream = SampleStream(sources, config.data.weights, seed=config.seed)
     return Stage(module=module, stream=stream, collate=make_collate(processor), export=export, count=count,
                  shard_units=[*vlm.language_model.layers, *vlm.visual.blocks])
 

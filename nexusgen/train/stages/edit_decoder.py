@@ -102,6 +102,7 @@ def build(config: TrainConfig, info: DistInfo) -> Stage:
     weights = {**DEFAULT_LOSS_WEIGHTS, **config.stage.loss_weights}
     if set(weights) != set(DEFAULT_LOSS_WEIGHTS):
         raise ValueError(f"edit_decoder loss terms are {sorted(DEFAULT_LOSS_WEIGHTS)}, got {sorted(weights)}")
+    sources = decoder_sources(config, "editing")  # before the models: fail fast on a data error
     decoder = parts.build_decoder(config, "editing")
     vae = parts.build_vae(config)
     encoder, processor = None, None
@@ -119,7 +120,7 @@ def build(config: TrainConfig, info: DistInfo) -> Stage:
         parts.save_decoder(trained.decoder, "editing", Path(out_dir))
         _export_helpers(config, trained, Path(out_dir), "editing_decoder", processor)
 
-    stream = SampleStream(decoder_sources(config, "editing"), config.data.weights, seed=config.seed)
+    stream = SampleStream(sources, config.data.weights, seed=config.seed)
     ar_config = encoder.config if encoder is not None else None
     collate = make_collate(config.data.image_size_px, processor, ar_config)
     return Stage(module=module, stream=stream, collate=collate, export=export,

@@ -124,6 +124,7 @@ def build(config: TrainConfig, info: DistInfo) -> Stage:
     weights = {**DEFAULT_LOSS_WEIGHTS, **config.stage.loss_weights}
     if set(weights) != set(DEFAULT_LOSS_WEIGHTS):
         raise ValueError(f"gen_decoder loss terms are {sorted(DEFAULT_LOSS_WEIGHTS)}, got {sorted(weights)}")
+    sources = decoder_sources(config, "generation")  # before the models: fail fast on a data error
     decoder = parts.build_decoder(config, "generation")
     vae = parts.build_vae(config)
     encoder, processor = None, None
@@ -141,7 +142,7 @@ def build(config: TrainConfig, info: DistInfo) -> Stage:
         parts.save_decoder(trained.decoder, "generation", Path(out_dir))
         _export_helpers(config, trained, Path(out_dir), "generation_decoder", processor)
 
-    stream = SampleStream(decoder_sources(config, "generation"), config.data.weights, seed=config.seed)
+    stream = SampleStream(sources, config.data.weights, seed=config.seed)
     return Stage(module=module, stream=stream, collate=make_collate(config.data.image_size_px, processor),
                  export=export, shard_units=_dit_blocks(decoder),
                  count=lambda b: {"samples": len(b["position"]), "images": len(b["position"])})

@@ -154,6 +154,7 @@ def build(config: TrainConfig, info: DistInfo) -> Stage:
     if unknown:
         raise ValueError(f"vae stage has no loss terms {sorted(unknown)}; "
                          f"it has {sorted(DEFAULT_LOSS_WEIGHTS)}")
+    sources = image_sources(config)
     if config.stage.parent is not None:
         vae = AutoencoderKL.from_pretrained(str(Path(_parent_folder(config.stage.parent)) / "vae"))
     else:
@@ -162,7 +163,7 @@ def build(config: TrainConfig, info: DistInfo) -> Stage:
         vae.enable_gradient_checkpointing()
     vae.to(info.device).train()
     module = VAETrainModule(vae, {**DEFAULT_LOSS_WEIGHTS, **config.stage.loss_weights}, config.seed)
-    stream = SampleStream(image_sources(config), config.data.weights, seed=config.seed)
+    stream = SampleStream(sources, config.data.weights, seed=config.seed)
     return Stage(module=module, stream=stream, collate=collate, export=export,
                  count=lambda batch: {"samples": len(batch["image"]), "images": len(batch["image"])})
 
