@@ -66,6 +66,10 @@ class GeneratedImages:
 class ShapesWorldImages(GeneratedImages):
     """ShapesWorld scenes (sample_scene + render_scene), deterministic per (seed, index)."""
 
+    _cache_limit = 4096
+    """Rendered images are kept (deterministic per index; supersampled rendering costs more than a
+    tiny training step)."""
+
     def __getitem__(self, index: int) -> dict:
         import numpy as np
 
@@ -74,9 +78,15 @@ class ShapesWorldImages(GeneratedImages):
 
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
-        scene = sample_scene(np.random.default_rng([self.seed, index]))
-        pixels = np.asarray(render_scene(scene, self.size).convert("RGB"), dtype=np.float32)
-        return {"image": torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1.0}
+        cache = self.__dict__.setdefault("_cache", {})
+        if index not in cache:
+            scene = sample_scene(np.random.default_rng([self.seed, index]))
+            pixels = np.asarray(render_scene(scene, self.size).convert("RGB"), dtype=np.float32)
+            image = torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1.0
+            if len(cache) >= self._cache_limit:
+                return {"image": image}
+            cache[index] = image
+        return {"image": cache[index]}
 
 
 def image_sources(config: TrainConfig) -> list:
