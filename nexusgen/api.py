@@ -1,0 +1,214 @@
+"""`NexusGen`: the Python API over the pipelines (DESIGN.md "Public contract").
+
+    from nexusgen import NexusGen
+    ng = NexusGen.from_pretrained("shapes-mini")           # or "tiny", a model folder, an official folder
+    ng.understand(image, "How many shapes are there?")    # -> str
+    ng.generate("a red circle left of a blue square", seed=0)        # -> PIL.Image
+    ng.edit(image, "make the circle green", decoder="editing")       # -> PIL.Image
+    ng.chat([{"role": "user", "content": "Draw a blue square"}])     # -> ChatReply
+    ng.predict_image_embeds("a red circle")                          # -> (1, N, D)
+
+A single item in gives a single item out; a list in gives a list out (one batched call). Images may be
+PIL images or paths (read with the pixel limit of `nexusgen.processing.images.load_image`). The eval
+harness relies on `name`, `image_size` and the list forms of understand / generate / edit.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from nexusgen.loading.folder import ModelParts, resolve_model
+from nexusgen.pipelines import (
+    ChatPipeline,
+    ChatReply,
+    EditPipeline,
+    GeneratePipeline,
+    Runtime,
+    UnderstandPipeline,
+)
+from nexusgen.pipelines.inputs import as_batch, check_prompts
+from nexusgen.pipelines.predict import predict_embeds
+from nexusgen.processing.images import load_image
+from nexusgen.processing.processor import ImageOnlyProcessor
+
+ImageLike = Image.Image | str | os.PathLike
+
+
+class NexusGen:
+    """Understanding, generation and editing with one model.
+
+    Args:
+        parts: the built parts (`nexusgen.loading.folder.ModelParts`).
+        device: compute device (default cuda if available, else cpu).
+        dtype: compute dtype (default bf16 on cuda, fp32 on cpu).
+        name: the model's name in reports (default: where the parts came from).
+        progress: progress bars while denoising (default: only when stderr is a terminal).
+    """
+
+    def __init__(self, parts: ModelParts, *, device=None, dtype=None, name: str | None = None,
+                 progress: bool | None = None):
+        self.parts = parts
+        self.config = parts.config
+        self.name = name or parts.source
+        self.runtime = Runtime(device, dtype, progress)
+        parts.to(dtype=self.runtime.dtype)
+        if parts.negative is not None:
+            parts.negative = {k: v.to(self.runtime.device) for k, v in parts.negative.items()}
+        self._disable_unusable_guidance()
+        self.processor = ImageOnlyProcessor(parts.tokenizer, parts.image_processor, parts.ar_model.config)
+        ar, negative = parts.ar_model, parts.negative
+        self._understand = UnderstandPipeline(ar, self.processor, self.runtime)
+        self._generate = None
+        if parts.generation_decoder is not None and parts.vae is not None:
+            self._generate = GeneratePipeline(ar, self.processor, parts.generation_decoder, parts.vae,
+                                              self.config, self.runtime, negative)
+        self._edit = EditPipeline(ar, self.processor, parts.editing_decoder, parts.vae, self.config,
+                                  self.runtime, self._generate, negative)
+        self._chat = ChatPipeline(ar, self.processor, self.runtime, self._generate, self.config, negative)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, device=None, dtype=None, **kwargs) -> NexusGen:
+        """Load a bundled model ("shapes-mini"), "tiny" (random weights), a model folder or an official one.
+
+        Parts are loaded on the CPU; the pipelines move them to `device` (on a GPU, only one of the AR
+        model and a decoder is resident at a time).
+
+        Raises:
+            ValueError: unknown name or path, a folder that is not a model, a missing bundled model.
+        """
+        runtime = Runtime(device, dtype)
+        parts = resolve_model(name_or_path, device="cpu", dtype=runtime.dtype)
+        name = str(name_or_path)
+        return cls(parts, device=runtime.device, dtype=runtime.dtype, name=name, **kwargs)
+
+    # -- attributes the eval harness uses ----------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        """The pixel side the model works at (its default output size)."""
+        return int(self.config.image_size)
+
+    def __repr__(self) -> str:
+        return (f"NexusGen({self.name!r}, parts={self.config.parts}, device={self.runtime.device}, "
+                f"dtype={self.runtime.dtype})")
+
+    # -- tasks ---------------------------------------------------------------------------------------
+    def understand(self, image, prompt: str | list[str], max_new_tokens: int = 256) -> str | list[str]:
+        """Answer questions about images.
+
+        Args:
+            image: one image (or a list of images, or None) for a single prompt; a list with one such entry
+                per prompt for a list of prompts. Images are PIL images or paths.
+            prompt: a question or a list of questions.
+            max_new_tokens: generation budget per answer.
+
+        Returns:
+            str for a single prompt, list[str] for a list.
+        """
+        single = isinstance(prompt, str)
+        entries = [image] if single else image
+        if isinstance(entries, (list, tuple)):
+            entries = [_load_entry(e) for e in entries]
+        out = self._understand(image=entries if not single else entries[0], prompt=prompt,
+                               max_new_tokens=max_new_tokens)
+        return out.texts[0] if single else out.texts
+
+    def generate(self, prompt: str | list[str], seed: int = 0, *, height: int | None = None,
+                 width: int | None = None, num_steps: int | None = None, guidance_scale: float | None = None,
+                 progress: bool | None = None) -> Image.Image | list[Image.Image]:
+        """Text-to-image: one image per prompt; image b of a list uses seed + b (see `GeneratePipeline`)."""
+        out = self._require(self._generate, "generation")(
+            prompt=prompt, height=height, width=width, num_steps=num_steps, guidance_scale=guidance_scale,
+            seed=seed, progress=progress)
+        return out.images[0] if isinstance(prompt, str) else out.images
+
+    def edit(self, image: ImageLike | list[ImageLike], prompt: str | list[str], decoder: str = "editing",
+             seed: int = 0, *, height: int | None = None, width: int | None = None,
+             num_steps: int | None = None, guidance_scale: float | None = None,
+             progress: bool | None = None) -> Image.Image | list[Image.Image]:
+        """Instruction-based editing with the editing (default) or generation decoder (see `EditPipeline`)."""
+        if decoder == "editing":
+            self._require(self.parts.editing_decoder, "editing")
+        images = [_load(im) for im in as_batch(image, "image", (Image.Image, str, os.PathLike))[0]]
+        out = self._edit(image=images, prompt=prompt, decoder=decoder, height=height, width=width,
+                         num_steps=num_steps, guidance_scale=guidance_scale, seed=seed, progress=progress)
+        return out.images[0] if isinstance(prompt, str) else out.images
+
+    def chat(self, messages: list, *, max_new_tokens: int = 256, seed: int = 0, height: int | None = None,
+             width: int | None = None, num_steps: int | None = None, guidance_scale: float | None = None,
+             progress: bool | None = None) -> ChatReply | list[ChatReply]:
+        """Multi-turn chat, interleaved text and images in and out (see `ChatPipeline`).
+
+        Args:
+            messages: a conversation (list of {"role", "content"} with content a string or a list of strings
+                and PIL images) or a list of conversations.
+
+        Returns:
+            a ChatReply for one conversation, a list for a list of conversations.
+        """
+        single = bool(messages) and isinstance(messages[0], dict)
+        out = self._chat(messages=messages, max_new_tokens=max_new_tokens, height=height, width=width,
+                         num_steps=num_steps, guidance_scale=guidance_scale, seed=seed, progress=progress)
+        return out.replies[0] if single else out.replies
+
+    @torch.inference_mode()
+    def predict_image_embeds(self, prompt: str | list[str],
+                             image: ImageLike | list[ImageLike] | None = None) -> torch.Tensor:
+        """Predicted image embeddings (canonical templates, one AR forward pass).
+
+        Args:
+            prompt: description(s) (generation template) or instruction(s) when `image` is given (editing).
+            image: source image(s), one per prompt, or None.
+
+        Returns:
+            (B, N, D) float32 CPU tensor; B = 1 for a single prompt.
+        """
+        prompts = check_prompts(as_batch(prompt, "prompt", (str,))[0])
+        images = None
+        if image is not None:
+            images = [_load(im) for im in as_batch(image, "image", (Image.Image, str, os.PathLike))[0]]
+            if len(images) != len(prompts):
+                raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        task = "edit" if images is not None else "generate"
+        embeds = predict_embeds(self.parts.ar_model, self.processor, self.runtime, prompts, task, images)
+        return embeds.float().cpu()
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _require(self, part, what: str):
+        if part is None:
+            hint = f"; {self.parts.hint}" if self.parts.hint else ""
+            raise ValueError(f"model {self.name!r} has no {what} decoder (parts: {self.config.parts}){hint}")
+        return part
+
+    def _disable_unusable_guidance(self) -> None:
+        """An official model's negative branch needs stored T5 embeddings; without them CFG is off."""
+        sampling = self.config.sampling
+        if sampling.negative == "t5" and self.parts.negative is None and (
+                sampling.guidance_scale != 1.0 or sampling.edit_guidance_scale != 1.0):
+            warnings.warn(f"{self.name}: no T5 negative embeddings (negative.safetensors), so classifier-"
+                          f"free guidance is off by default (scale 1, not {sampling.guidance_scale})",
+                          UserWarning, stacklevel=3)
+            sampling.guidance_scale = sampling.edit_guidance_scale = 1.0
+
+
+def _load(image: ImageLike) -> Image.Image:
+    if isinstance(image, (str, os.PathLike)):
+        if not Path(image).is_file():
+            raise ValueError(f"{image}: no such image file")
+        return load_image(image)
+    return image
+
+
+def _load_entry(entry):
+    if entry is None:
+        return None
+    if isinstance(entry, (list, tuple)):
+        return [_load(e) for e in entry]
+    return _load(entry)
+
+
+__all__ = ["NexusGen"]

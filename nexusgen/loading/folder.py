@@ -1,0 +1,393 @@
+"""Whole model folders: save, load, build at random, and resolve a user's model name.
+
+A model folder (DESIGN.md "Model folder format", `nexusgen.config` for `nexusgen.json`)::
+
+    MODEL/nexusgen.json            NexusGenConfig (model-level fields; records of the part configs)
+    MODEL/autoregressive/          loading.autoregressive
+    MODEL/generation_decoder/      loading.decoders
+    MODEL/editing_decoder/         loading.decoders
+    MODEL/vae/                     loading.decoders (diffusers AutoencoderKL)
+    MODEL/negative.safetensors     optional: T5 embeddings of the negative prompt ("t5" negative branch)
+
+`resolve_model(name_or_path)` accepts
+
+* a bundled name: "shapes-mini" -> `nexusgen/assets/models/shapes-mini/`; "tiny" -> a random-weight tiny
+  model built in memory (smoke tests, benchmarks);
+* a nexusgen model folder (with `nexusgen.json`, or without one -- a training export or a folder written
+  by `nexusgen convert` -- in which case the model-level fields are inferred and a warning says so);
+* an official Nexus-GenV2 folder: the autoregressive part loads directly; its decoders are pickles that
+  must be converted once (`nexusgen convert OFFICIAL_DIR OUT_DIR`), which the warning says.
+
+Anything else is a ValueError naming the path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nexusgen.config import (
+    PART_NAMES,
+    PRESETS,
+    NexusGenConfig,
+    SamplingConfig,
+    dtype_name,
+    resolve_device,
+    resolve_dtype,
+)
+
+CONFIG_FILE = "nexusgen.json"
+NEGATIVE_FILE = "negative.safetensors"
+NEGATIVE_KEYS = ("prompt_embeds", "pooled")
+CONVERSION_FILE = "conversion.json"
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "models"
+BUNDLED = {"shapes-mini": ASSETS / "shapes-mini"}
+RANDOM = ("tiny",)
+TRAIN_HINT = ("train it with the ShapesWorld recipe (`nexusgen train ... --out RUN`) and copy RUN/final "
+              "to {path}, or pass --model tiny for a random-weight smoke-test model")
+CONVERT_HINT = "run `nexusgen convert {path} OUT_DIR` once and load OUT_DIR"
+
+
+@dataclass
+class ModelParts:
+    """The built parts of a model (any decoder part may be absent).
+
+    Attributes:
+        ar_model: `NexusGenARModel` (eval mode).
+        tokenizer: its tokenizer.
+        image_processor: its `Qwen2VLImageProcessorPil`.
+        generation_decoder: `GenerationDecoder` or None.
+        editing_decoder: `EditingDecoder` or None.
+        vae: diffusers `AutoencoderKL` or None.
+        config: the `NexusGenConfig`.
+        negative: {"prompt_embeds": (1, S, C), "pooled": (1, P)} for the "t5" negative branch, or None.
+        source: where the parts came from (a path, or "tiny (random weights)").
+        hint: what to do about missing decoders (e.g. the convert command), or "".
+    """
+
+    ar_model: Any
+    tokenizer: Any
+    image_processor: Any
+    generation_decoder: Any | None
+    editing_decoder: Any | None
+    vae: Any | None
+    config: NexusGenConfig
+    negative: dict[str, torch.Tensor] | None = None
+    source: str = ""
+    hint: str = ""
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The parts that are `nn.Module`s, by folder name."""
+        found = {"autoregressive": self.ar_model, "generation_decoder": self.generation_decoder,
+                 "editing_decoder": self.editing_decoder, "vae": self.vae}
+        return {k: v for k, v in found.items() if v is not None}
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ModelParts:
+        """Move every part (in place; parts already there are left alone) and return self."""
+        for module in self.modules().values():
+            first = next(module.parameters())
+            if (device is not None and first.device != torch.device(device)) or (
+                    dtype is not None and first.dtype != dtype):
+                module.to(device=device, dtype=dtype)
+            module.eval()
+        if self.negative is not None:
+            self.negative = {k: v.to(device=device, dtype=dtype) for k, v in self.negative.items()}
+        return self
+
+
+# ----------------------------------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------------------------------
+def save_model_folder(folder: str | os.PathLike, parts: ModelParts,
+                      config: NexusGenConfig | None = None) -> None:
+    """Write a complete model folder atomically (assembled under a temporary name, then renamed).
+
+    Args:
+        folder: the model folder to (re)write.
+        parts: the built parts.
+        config: the config to record (default `parts.config`); its part configs must be the parts'.
+
+    Raises:
+        ValueError: the config and the parts disagree.
+    """
+    from nexusgen.loading.autoregressive import save_autoregressive
+    from nexusgen.loading.decoders import (
+        EDITING_DIR,
+        GENERATION_DIR,
+        VAE_DIR,
+        atomic_folder,
+        save_editing_decoder,
+        save_generation_decoder,
+        save_tensors,
+        save_vae,
+        write_json,
+    )
+
+    config = config or parts.config
+    _check_parts_match(parts, config)
+    with atomic_folder(folder) as tmp:
+        save_autoregressive(tmp / "autoregressive", parts.ar_model, parts.tokenizer, parts.image_processor)
+        if parts.generation_decoder is not None:
+            save_generation_decoder(parts.generation_decoder, tmp / GENERATION_DIR)
+        if parts.editing_decoder is not None:
+            save_editing_decoder(parts.editing_decoder, tmp / EDITING_DIR)
+        if parts.vae is not None:
+            save_vae(parts.vae, tmp / VAE_DIR)
+        if parts.negative is not None:
+            save_tensors(parts.negative, tmp / NEGATIVE_FILE)
+        stored = dtype_name(next(parts.ar_model.parameters()).dtype)
+        write_json({**config.to_json_dict(), "dtype": stored}, tmp / CONFIG_FILE)
+
+
+def _check_parts_match(parts: ModelParts, config: NexusGenConfig) -> None:
+    pairs = (("generation_decoder", parts.generation_decoder), ("editing_decoder", parts.editing_decoder))
+    for name, module in pairs:
+        if (module is None) != (getattr(config, name) is None):
+            raise ValueError(f"config and parts disagree on {name}: config "
+                             f"{'has' if getattr(config, name) else 'lacks'} it")
+        if module is not None and module.config.to_dict() != getattr(config, name).to_dict():
+            raise ValueError(f"config.{name} differs from the decoder's own config")
+    if (parts.vae is None) != (config.vae is None):
+        raise ValueError("config and parts disagree on the vae")
+    if parts.ar_model.config.to_dict() != config.ar.to_dict():
+        raise ValueError("config.ar differs from the autoregressive model's own config")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------
+def load_model_folder(path: str | os.PathLike, device: str | torch.device | None = None,
+                      dtype: str | torch.dtype | None = None) -> ModelParts:
+    """Load every part of a nexusgen model folder.
+
+    Args:
+        path: the model folder (with or without `nexusgen.json`).
+        device: where the parts go (default cuda if available, else cpu).
+        dtype: parameter dtype (default bf16 on cuda, fp32 on cpu).
+
+    Returns:
+        ModelParts.
+
+    Raises:
+        ValueError: not a model folder, or a broken / inconsistent part (the message names the file).
+    """
+    from nexusgen.loading.autoregressive import load_autoregressive
+    from nexusgen.loading.decoders import load_editing_decoder, load_generation_decoder, load_vae
+
+    folder = Path(path)
+    if not is_model_folder(folder):
+        raise ValueError(f"{folder}: not a nexusgen model folder (no {CONFIG_FILE} and no autoregressive/)")
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    ar_model, tokenizer, image_processor = load_autoregressive(folder / "autoregressive", device, dtype)
+    loaders = {"generation_decoder": load_generation_decoder, "editing_decoder": load_editing_decoder,
+               "vae": load_vae}
+    loaded = {name: loader(folder / name, device, dtype) if (folder / name).is_dir() else None
+              for name, loader in loaders.items()}
+    vae = loaded["vae"]
+    part_configs = dict(ar=ar_model.config,
+                        generation_decoder=_config_of(loaded["generation_decoder"]),
+                        editing_decoder=_config_of(loaded["editing_decoder"]),
+                        vae=vae_config_of(vae) if vae is not None else None)
+    config = read_folder_config(folder, **part_configs)
+    negative = _read_negative(folder / NEGATIVE_FILE, device, dtype)
+    return ModelParts(ar_model, tokenizer, image_processor, loaded["generation_decoder"],
+                      loaded["editing_decoder"], vae, config, negative, source=str(folder))
+
+
+def _config_of(module):
+    return module.config if module is not None else None
+
+
+def vae_config_of(vae) -> Any:
+    """The `VAEConfig` of a diffusers AutoencoderKL."""
+    from nexusgen.models.decoder import VAEConfig
+
+    c = vae.config
+    return VAEConfig(latent_channels=c.latent_channels, block_out_channels=tuple(c.block_out_channels),
+                     layers_per_block=c.layers_per_block, norm_num_groups=c.norm_num_groups,
+                     scaling_factor=c.scaling_factor, shift_factor=c.shift_factor)
+
+
+def read_folder_config(folder: Path, **part_configs) -> NexusGenConfig:
+    """The folder's NexusGenConfig: `nexusgen.json` checked against the parts, or inferred (warning)."""
+    path = folder / CONFIG_FILE
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: invalid JSON ({err})") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object")
+        return NexusGenConfig.from_json_dict(data, source=str(path), **part_configs)
+    converted = (folder / CONVERSION_FILE).is_file()
+    preset = PRESETS["nexus-gen-v2" if converted else "shapes-mini"]
+    sampling = SamplingConfig(**preset["sampling"])
+    ar = part_configs["ar"]
+    if not converted:  # a training export: sample at the size the AR model works at, no CFG
+        sampling.height, sampling.width = ar.output_image_px
+    warnings.warn(f"{folder}: no {CONFIG_FILE}; model-level settings inferred "
+                  f"({'official' if converted else 'training export'} defaults: {sampling})",
+                  UserWarning, stacklevel=3)
+    reference = preset["reference_image_px"] if converted else None
+    return NexusGenConfig(sampling=sampling, reference_image_px=reference, **part_configs)
+
+
+def _read_negative(path: Path, device, dtype) -> dict[str, torch.Tensor] | None:
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"{path}: unreadable safetensors file ({err})") from err
+    if "prompt_embeds" not in tensors or set(tensors) - set(NEGATIVE_KEYS):
+        raise ValueError(f"{path}: expected tensors {NEGATIVE_KEYS} ('pooled' optional), "
+                         f"got {sorted(tensors)}")
+    return {k: v.to(device=device, dtype=dtype) for k, v in tensors.items()}
+
+
+def is_model_folder(folder: Path) -> bool:
+    """True for a nexusgen model folder (ours, a training export or a converted official folder)."""
+    return folder.is_dir() and ((folder / CONFIG_FILE).is_file() or (folder / "autoregressive").is_dir())
+
+
+def is_official_folder(folder: Path) -> bool:
+    """True for an official Nexus-Gen folder: a Qwen2.5-VL config.json at the top level."""
+    path = folder / "config.json"
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("model_type") == "qwen2_5_vl"
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def load_official_folder(path: str | os.PathLike, device=None, dtype=None) -> ModelParts:
+    """The autoregressive part of an official Nexus-GenV2 folder; its decoders need `nexusgen convert`."""
+    from nexusgen.loading.autoregressive import load_autoregressive
+
+    folder = Path(path)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    ar_model, tokenizer, image_processor = load_autoregressive(folder, device, dtype)
+    hint = CONVERT_HINT.format(path=folder)
+    pickles = sorted(p.name for p in folder.glob("*.bin"))
+    warnings.warn(f"{folder} is an official Nexus-Gen folder: only the autoregressive model is loaded "
+                  f"(understanding, embeddings); for generation and editing {hint}"
+                  + (f" (decoders found: {pickles})" if pickles else ""), UserWarning, stacklevel=3)
+    preset = PRESETS["nexus-gen-v2"]
+    config = NexusGenConfig(ar=ar_model.config, sampling=SamplingConfig(**preset["sampling"]),
+                            reference_image_px=_reference_for(ar_model.config, preset["reference_image_px"]),
+                            dtype=dtype_name(dtype))
+    return ModelParts(ar_model, tokenizer, image_processor, None, None, None, config, source=str(folder),
+                      hint=hint)
+
+
+def _reference_for(ar_config, reference_px):
+    """Upstream's reference size when it fits the model's token size, else twice the output size."""
+    token = ar_config.token_px
+    if all(x % token == 0 for x in reference_px):
+        return tuple(reference_px)
+    return tuple(2 * x for x in ar_config.output_image_px)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Random models and name resolution
+# ----------------------------------------------------------------------------------------------------
+def build_random_model(preset: str = "tiny", seed: int = 0) -> ModelParts:
+    """A model with freshly initialised weights from `PRESETS[preset]` (fp32, CPU), for tests and benchmarks.
+
+    The same (preset, seed) always gives the same weights. Never build "nexus-gen-v2" on a CPU machine.
+    """
+    from nexusgen.loading.autoregressive import build_autoregressive
+    from nexusgen.models.decoder import EditingDecoder, GenerationDecoder, build_vae
+
+    config = NexusGenConfig.from_preset(preset)
+    ar_model, tokenizer, image_processor = build_autoregressive(config.ar, seed=seed)
+    torch.manual_seed(seed + 1)
+    generation = GenerationDecoder(config.generation_decoder) if config.generation_decoder else None
+    torch.manual_seed(seed + 2)
+    editing = EditingDecoder(config.editing_decoder) if config.editing_decoder else None
+    torch.manual_seed(seed + 3)
+    vae = build_vae(config.vae) if config.vae else None
+    parts = ModelParts(ar_model.eval(), tokenizer, image_processor, generation, editing, vae, config,
+                       source=f"{preset} (random weights, seed {seed})")
+    for module in parts.modules().values():
+        module.eval()
+    return parts
+
+
+def resolve_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
+                  dtype: str | torch.dtype | None = None) -> ModelParts:
+    """Build the parts for a bundled name, "tiny", a nexusgen model folder or an official folder.
+
+    Raises:
+        ValueError: the bundled model is missing (says how to train it), an unknown name or path, or a
+            folder that is not a model.
+    """
+    name = str(name_or_path)
+    if name in RANDOM:
+        device = resolve_device(device)
+        return build_random_model(name).to(device, resolve_dtype(dtype, device))
+    if name in BUNDLED:
+        path = BUNDLED[name]
+        if not is_model_folder(path):
+            raise ValueError(f"the bundled model {name!r} is missing ({path} does not exist yet): "
+                             + TRAIN_HINT.format(path=path))
+        return load_model_folder(path, device, dtype)
+    path = Path(name).expanduser()
+    if not path.exists():
+        known = ", ".join([*BUNDLED, *RANDOM])
+        raise ValueError(f"unknown model {name!r}: not a bundled model ({known}) and no such path")
+    if is_model_folder(path):
+        return load_model_folder(path, device, dtype)
+    if is_official_folder(path):
+        return load_official_folder(path, device, dtype)
+    raise ValueError(f"{path}: not a model folder (expected {CONFIG_FILE} or autoregressive/, or an official "
+                     "Nexus-Gen folder with a Qwen2.5-VL config.json)")
+
+
+def load_autoregressive_part(name_or_path: str | os.PathLike, device=None, dtype=None):
+    """(model, tokenizer, image_processor) of the autoregressive part only (e.g. for prepare-embeds).
+
+    Accepts what `resolve_model` accepts, plus a bare autoregressive folder; decoders are never loaded.
+    """
+    from nexusgen.loading.autoregressive import load_autoregressive
+
+    name = str(name_or_path)
+    if name in RANDOM or name in BUNDLED:
+        if name in BUNDLED and is_model_folder(BUNDLED[name]):
+            return load_autoregressive(BUNDLED[name] / "autoregressive", device, dtype)
+        parts = resolve_model(name, device, dtype)  # "tiny", or the missing-bundle error
+        return parts.ar_model, parts.tokenizer, parts.image_processor
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"model {name!r} is not a folder (give a nexusgen model folder or its "
+                         f"autoregressive/ sub-folder)")
+    if (path / "autoregressive").is_dir():
+        path = path / "autoregressive"
+    return load_autoregressive(path, device, dtype)
+
+
+def copy_parts(source: str | os.PathLike, out_dir: str | os.PathLike, exclude: set[str]) -> list[str]:
+    """Copy the parts of model folder `source` not in `exclude` (and its nexusgen.json / negative file)
+    into `out_dir`; returns the copied part names. Used by training exports to complete a folder."""
+    source, out_dir = Path(source), Path(out_dir)
+    copied = []
+    for part in PART_NAMES:
+        if part not in exclude and (source / part).is_dir():
+            shutil.copytree(source / part, out_dir / part)
+            copied.append(part)
+    for name in (CONFIG_FILE, NEGATIVE_FILE):
+        if (source / name).is_file():
+            shutil.copy2(source / name, out_dir / name)
+    return copied

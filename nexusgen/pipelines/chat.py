@@ -1,0 +1,165 @@
+"""Multi-turn chat with interleaved text and images in and out.
+
+A conversation is a list of `{"role": "system"|"user"|"assistant", "content": ...}` where content is a
+string or a list of parts, each a string or a PIL image (an image in a user turn is an input; in an
+assistant turn, an image the model produced earlier). The answer may hold images: the AR model opens
+one with `<|vision_start|>`, its N positions are filled in one step with the prefill table
+(`generate_interleaved`), and every predicted image is decoded to PIL with the generation decoder.
+
+Steps: validate -> encode -> AR (KV-cached generation for the whole batch) -> denoise -> decode (all
+images of all answers in one decoder batch). Image k of answer b is seeded with
+`seed + b + IMAGE_SEED_STRIDE * k`, independent of the batch. A model without a generation decoder
+answers in text only (image output is banned).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from nexusgen.pipelines.generate import GeneratePipeline, image_settings
+from nexusgen.pipelines.inputs import check_image, check_positive, to_device, to_pil
+from nexusgen.pipelines.predict import negative_kwargs
+from nexusgen.processing.templates import IMAGE_PLACEHOLDER
+
+IMAGE_SEED_STRIDE = 1_000_003
+"""Seed offset between the images of one answer (large, so it never meets another answer's seed)."""
+
+
+@dataclass
+class ChatReply:
+    """Attributes:
+        text: the answer, with `<image>` where each image stands.
+        images: the decoded images, in order.
+        message: `{"role": "assistant", "content": [parts]}`, ready to append to the conversation.
+    """
+
+    text: str
+    images: list[Image.Image] = field(default_factory=list)
+    message: dict = field(default_factory=dict)
+
+
+@dataclass
+class ChatOutput:
+    """Attributes:
+        replies: one `ChatReply` per conversation.
+    """
+
+    replies: list[ChatReply]
+
+
+def flatten_conversation(messages: list[dict], index: int = 0) -> tuple[list[dict], list[Image.Image]]:
+    """Parts-style messages -> official message format (`<image>` placeholders) and the images in order.
+
+    Raises:
+        ValueError: not a list of role/content dicts, a literal `<image>` in text, a bad image, or a
+            conversation that does not end with a user turn.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"conversation {index} must be a non-empty list of messages")
+    flat, images = [], []
+    for turn, message in enumerate(messages):
+        if not isinstance(message, dict) or set(message) - {"role", "content"}:
+            raise ValueError(f"conversation {index}, message {turn}: expected {{'role', 'content'}}, "
+                             f"got {message!r}")
+        content = message.get("content")
+        parts = [content] if isinstance(content, (str, Image.Image)) else content
+        if not isinstance(parts, list):
+            raise ValueError(f"conversation {index}, message {turn}: content must be a string, an image "
+                             "or a list")
+        text = []
+        for part in parts:
+            if isinstance(part, str):
+                if IMAGE_PLACEHOLDER in part:
+                    raise ValueError(f"conversation {index}, message {turn}: pass images as PIL parts, not "
+                                     f"{IMAGE_PLACEHOLDER} in the text")
+                text.append(part)
+            else:
+                images.append(check_image(part, f"conversation {index}, message {turn} image"))
+                text.append(IMAGE_PLACEHOLDER)
+        flat.append({"role": message.get("role"), "content": "".join(text)})
+    if flat[-1]["role"] != "user":
+        raise ValueError(f"conversation {index} must end with a user message, got {flat[-1]['role']!r}")
+    if not any(m["content"].strip() for m in flat if m["role"] == "user"):
+        raise ValueError(f"conversation {index} has no user text")
+    return flat, images
+
+
+class ChatPipeline:
+    """Conversations -> interleaved text + image answers.
+
+    Args:
+        ar_model: `NexusGenARModel`.
+        processor: its `ImageOnlyProcessor`.
+        runtime: `Runtime`.
+        generation: the model's `GeneratePipeline` (decodes answer images), or None for text only.
+        config: the model's `NexusGenConfig`.
+        negative: stored T5 negative embeddings, or None.
+    """
+
+    def __init__(self, ar_model, processor, runtime, generation: GeneratePipeline | None, config,
+                 negative: dict | None = None):
+        self.ar_model, self.processor, self.runtime = ar_model, processor, runtime
+        self.generation, self.config, self.negative = generation, config, negative
+
+    @torch.inference_mode()
+    def __call__(self, *, messages: list, max_new_tokens: int = 256, height: int | None = None,
+                 width: int | None = None, num_steps: int | None = None, guidance_scale: float | None = None,
+                 seed: int = 0, progress: bool | None = None) -> ChatOutput:
+        """Answer each conversation.
+
+        Args:
+            messages: one conversation (a list of message dicts) or a list of conversations.
+            max_new_tokens: generation budget per answer (an image block counts N + 2 tokens).
+            height, width, num_steps, guidance_scale, seed, progress: image settings, as `GeneratePipeline`.
+
+        Returns:
+            ChatOutput with one reply per conversation.
+
+        Raises:
+            ValueError: malformed conversations or settings.
+        """
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages  # validate
+        if not isinstance(conversations, list) or not conversations:
+            raise ValueError("messages must be a conversation (list of dicts) or a list of conversations")
+        check_positive("max_new_tokens", max_new_tokens)
+        settings = image_settings(self.config, height=height, width=width, num_steps=num_steps,
+                                  guidance_scale=guidance_scale, seed=seed)
+        flat = [flatten_conversation(c, i) for i, c in enumerate(conversations)]
+        inputs = self.processor.chat_inputs([m for m, _ in flat], [ims for _, ims in flat])  # encode
+        inputs = to_device(inputs, self.runtime.device)
+        model = self.runtime.activate(self.ar_model)  # AR
+        pixels = inputs["pixel_values"].to(self.runtime.dtype)
+        out = model.generate_interleaved(inputs["input_ids"], inputs["attention_mask"], pixels,
+                                         inputs["image_grid_thw"], max_new_tokens=max_new_tokens,
+                                         max_images=None if self.generation is not None else 0,
+                                         tokenizer=self.processor.tokenizer)
+        pictures = self._decode_images(out.image_embeds, settings, progress)  # denoise, decode
+        return ChatOutput([self._reply(t, images) for t, images in zip(out.texts, pictures, strict=True)])
+
+    def _decode_images(self, image_embeds: list[list[torch.Tensor]], settings,
+                       progress) -> list[list[Image.Image]]:
+        jobs = [(b, k) for b, row in enumerate(image_embeds) for k in range(len(row))]
+        pictures: list[list[Image.Image]] = [[] for _ in image_embeds]
+        if not jobs:
+            return pictures
+        embeds = torch.stack([image_embeds[b][k] for b, k in jobs])  # (J, N, D)
+        seeds = [settings.seed + b + IMAGE_SEED_STRIDE * k for b, k in jobs]
+        negative = negative_kwargs(self.config, self.negative, settings.guidance_scale)
+        images = to_pil(self.generation.decode(embeds, settings, seeds, negative, progress))
+        for (b, _), image in zip(jobs, images, strict=True):
+            pictures[b].append(image)
+        return pictures
+
+    @staticmethod
+    def _reply(text: str, images: list[Image.Image]) -> ChatReply:
+        pieces = text.split(IMAGE_PLACEHOLDER)
+        parts: list = []
+        for k, piece in enumerate(pieces):
+            if piece:
+                parts.append(piece)
+            if k < len(images):
+                parts.append(images[k])
+        return ChatReply(text, images, {"role": "assistant", "content": parts})

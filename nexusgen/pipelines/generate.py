@@ -1,0 +1,114 @@
+"""Text-to-image generation (SPEC 1.3): prompt -> AR image embeddings (one pass) -> generation decoder.
+
+Steps, always in this order: validate -> encode (canonical template, language per prompt) -> AR
+(`predict_image_embeds`, one forward pass for the whole batch) -> denoise -> decode (one decoder batch,
+`nexusgen.flow.generate_images`). Sample b is seeded with `seed + b`, so a prompt gives the same image
+alone or in a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from nexusgen.flow.sampler import generate_images
+from nexusgen.pipelines.inputs import as_batch, check_positive, check_prompts, check_seed, to_pil
+from nexusgen.pipelines.predict import negative_kwargs, predict_embeds
+
+
+@dataclass
+class GenerateOutput:
+    """Attributes:
+        images: one RGB image per prompt.
+        image_embeds: (B, N, D) float32 CPU predicted embeddings that conditioned the decoder.
+        seeds: the noise seed of each image.
+    """
+
+    images: list[Image.Image]
+    image_embeds: torch.Tensor
+    seeds: list[int]
+
+
+@dataclass
+class ImageSettings:
+    """Validated sampling settings of one call (defaults from the model config)."""
+
+    height: int
+    width: int
+    num_steps: int
+    guidance_scale: float
+    seed: int
+
+
+def image_settings(config, *, height, width, num_steps, guidance_scale, seed,
+                   edit: bool = False) -> ImageSettings:
+    """Fill defaults from `config.sampling` and check every value (ValueError names the bad one)."""
+    sampling = config.sampling
+    default_scale = sampling.edit_guidance_scale if edit else sampling.guidance_scale
+    guidance_scale = default_scale if guidance_scale is None else guidance_scale
+    check_positive("guidance_scale", guidance_scale, float)
+    return ImageSettings(height=check_positive("height", height) or sampling.height,
+                         width=check_positive("width", width) or sampling.width,
+                         num_steps=check_positive("num_steps", num_steps) or sampling.num_steps,
+                         guidance_scale=float(guidance_scale), seed=check_seed(seed))
+
+
+class GeneratePipeline:
+    """Prompts -> images with the generation decoder.
+
+    Args:
+        ar_model: `NexusGenARModel`.
+        processor: its `ImageOnlyProcessor`.
+        decoder: `GenerationDecoder`.
+        vae: diffusers `AutoencoderKL`.
+        config: the model's `NexusGenConfig` (sampling defaults, negative branch).
+        runtime: `Runtime` (device, dtype, residency, progress).
+        negative: stored T5 negative embeddings for the "t5" negative branch, or None.
+    """
+
+    def __init__(self, ar_model, processor, decoder, vae, config, runtime, negative: dict | None = None):
+        self.ar_model, self.processor, self.decoder, self.vae = ar_model, processor, decoder, vae
+        self.config, self.runtime, self.negative = config, runtime, negative
+
+    @torch.inference_mode()
+    def __call__(self, *, prompt: str | list[str], height: int | None = None, width: int | None = None,
+                 num_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
+                 progress: bool | None = None) -> GenerateOutput:
+        """Generate one image per prompt.
+
+        Args:
+            prompt: a description or a list of them (English or Chinese, detected per prompt).
+            height, width: output size in pixels (rounded up to multiples of 16); default the model's.
+            num_steps: Euler steps; default the model's.
+            guidance_scale: true CFG scale; default the model's (1 = no negative branch).
+            seed: image b uses noise seed `seed + b`.
+            progress: show a progress bar (default: when stderr is a terminal).
+
+        Returns:
+            GenerateOutput (lists, also for a single prompt).
+
+        Raises:
+            ValueError: empty prompt, bad size / steps / scale / seed, or a scale the model cannot do.
+        """
+        prompts = check_prompts(as_batch(prompt, "prompt", (str,))[0])  # validate
+        settings = image_settings(self.config, height=height, width=width, num_steps=num_steps,
+                                  guidance_scale=guidance_scale, seed=seed)
+        negative = negative_kwargs(self.config, self.negative, settings.guidance_scale)
+        # encode, AR
+        embeds = predict_embeds(self.ar_model, self.processor, self.runtime, prompts, "generate")
+        seeds = [settings.seed + b for b in range(len(prompts))]
+        images = self.decode(embeds, settings, seeds, negative, progress)  # denoise, decode
+        return GenerateOutput(to_pil(images), embeds.float().cpu(), seeds)
+
+    def decode(self, embeds: torch.Tensor, settings: ImageSettings, seeds: list[int], negative: dict,
+               progress: bool | None = None) -> torch.Tensor:
+        """(B, N, D) embeddings -> (B, 3, H, W) images in [0, 1] with the generation decoder."""
+        decoder = self.runtime.activate(self.decoder)
+        vae = self.runtime.place(self.vae)
+        with self.runtime.progress_bar(settings.num_steps, "generating", progress) as callback:
+            return generate_images(decoder, vae, embeds.to(self.runtime.dtype), settings.height,
+                                   settings.width, num_steps=settings.num_steps,
+                                   guidance_scale=settings.guidance_scale, seed=seeds, progress=callback,
+                                   shift=self.config.sampling.shift, **negative)

@@ -1,0 +1,113 @@
+"""Input checking and encoding shared by the pipelines: one error style for every bad input.
+
+Every check raises `ValueError` naming the offending value (STYLE rule 20); the CLI turns it into one
+line on stderr. Prompts are languages-detected per prompt (`detect_language`: any CJK ideograph selects
+the Chinese templates), so a batch may mix English and Chinese requests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from nexusgen.processing.images import MAX_DECODED_PIXELS, to_rgb
+from nexusgen.processing.templates import IMAGE_PLACEHOLDER, image_request_messages, template_key
+
+# CJK unified ideographs (+ extension A, compatibility ideographs) and CJK punctuation / full-width forms.
+_CJK = re.compile("[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
+
+
+def detect_language(text: str) -> str:
+    """"zh" if `text` holds a CJK character, else "en"."""
+    return "zh" if _CJK.search(text) else "en"
+
+
+def as_batch(value: Any, name: str, single_types: tuple[type, ...]) -> tuple[list, bool]:
+    """(list of items, was_single): a single item of `single_types` becomes a one-item list.
+
+    Raises:
+        ValueError: an empty list, or something that is neither an item nor a list/tuple.
+    """
+    if isinstance(value, single_types):
+        return [value], True
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"{name}: empty list")
+        return list(value), False
+    raise ValueError(f"{name} must be {' or '.join(t.__name__ for t in single_types)} or a list of them, "
+                     f"got {type(value).__name__}")
+
+
+def check_prompts(prompts: Sequence[Any]) -> list[str]:
+    """Non-empty strings, or ValueError naming the first bad prompt."""
+    for index, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt {index} must be a string, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise ValueError(f"prompt {index} is empty: {prompt!r}")
+    return list(prompts)
+
+
+def check_image(image: Any, name: str = "image", max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
+    """An RGB copy of a PIL image (transparency onto white), or ValueError (not an image, too many pixels)."""
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"{name} must be a PIL image, got {type(image).__name__}")
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ValueError(f"{name} is empty ({width}x{height})")
+    if width * height > max_pixels:
+        raise ValueError(f"{name}: {width}x{height} pixels is more than the limit of {max_pixels}")
+    return to_rgb(image)
+
+
+def check_positive(name: str, value: Any, kind: type = int) -> Any:
+    """`value` if it is a positive `kind` (None passes through), else ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or value <= 0:
+        raise ValueError(f"{name} must be a positive {kind.__name__}, got {value!r}")
+    return value
+
+
+def check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return seed
+
+
+def image_request_inputs(processor, prompts: list[str], task: str,
+                         images: list[Image.Image] | None = None) -> dict[str, torch.Tensor]:
+    """Canonical generation / editing requests (SPEC 10), each in its own language, left-padded.
+
+    The same text as `ImageOnlyProcessor.image_prompt_inputs`, with the language chosen per prompt.
+
+    Returns:
+        the processor's `pad` dict: input_ids (B, L), attention_mask (B, L), pixel_values (P, patch_dim),
+        image_grid_thw (I, 3).
+    """
+    prefixes = processor.config.answer_prefixes
+    samples = []
+    for index, prompt in enumerate(prompts):
+        key = template_key(task, detect_language(prompt))
+        language = key.split("_")[1]
+        messages = image_request_messages(prompt, task, language)
+        source = images[index:index + 1] if images else None
+        samples.append(processor.encode(messages, source, add_generation_prompt=True,
+                                        assistant_prefix=prefixes[key] + IMAGE_PLACEHOLDER))
+    return processor.pad(samples, padding_side="left")
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) floats in [0, 1] -> B RGB PIL images (rounded to 8 bits)."""
+    array = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    array = array.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
