@@ -229,19 +229,14 @@ def check_kind(record: dict[str, Any], kind: str) -> None:
 
 
 def load_model_parts(model: str | os.PathLike):
-    """(model, tokenizer, image_processor) of the autoregressive part of a model folder or AR folder.
+    """(model, tokenizer, image_processor) of the autoregressive part of a model (`loading.folder`: a model
+    folder, its autoregressive/ sub-folder, a bundled name or "tiny"); decoders are not loaded.
 
     The device is cuda when available, else cpu; the dtype bf16 on GPU, fp32 on CPU (loading's defaults).
     """
-    from nexusgen.loading.autoregressive import load_autoregressive
+    from nexusgen.loading.folder import load_autoregressive_part
 
-    folder = Path(model)
-    if not folder.is_dir():
-        raise ValueError(f"model {str(model)!r} is not a folder (give a nexusgen model folder or its "
-                         f"autoregressive/ sub-folder)")
-    if (folder / "autoregressive").is_dir():
-        folder = folder / "autoregressive"
-    return load_autoregressive(folder)
+    return load_autoregressive_part(model)
 
 
 class _Writer:

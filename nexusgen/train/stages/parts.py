@@ -8,14 +8,11 @@ the trained parts and copies the parent's untouched parts, so RUN_DIR/final is a
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import torch
 
 from nexusgen.train.config import TrainConfig
-
-PART_DIRS = ("autoregressive", "generation_decoder", "editing_decoder", "vae")
 
 
 def parent_folder(config: TrainConfig) -> Path | None:
@@ -106,15 +103,11 @@ def save_autoregressive(model, processor, out_dir: Path) -> None:
 
 def copy_untouched_parts(config: TrainConfig, out_dir: Path, trained: set[str]) -> None:
     """Copy the parent's parts that this stage did not train into the export (complete folder)."""
+    from nexusgen.loading.folder import copy_parts
+
     folder = parent_folder(config)
-    if folder is None:
-        return
-    for part in PART_DIRS:
-        if part not in trained and (folder / part).is_dir():
-            shutil.copytree(folder / part, Path(out_dir) / part)
-    for name in ("nexusgen.json",):
-        if (folder / name).is_file():
-            shutil.copy2(folder / name, Path(out_dir) / name)
+    if folder is not None:
+        copy_parts(folder, out_dir, exclude=trained)
 
 
 def frozen(module: torch.nn.Module) -> torch.nn.Module:
