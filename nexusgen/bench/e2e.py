@@ -1,0 +1,94 @@
+"""`nexusgen bench e2e`: end-to-end speed of the user-facing API. Prints JSON.
+
+For `--model` (default the bundled shapes-mini; `tiny` for random weights), warm (after one untimed
+call), medians over repeats:
+
+* latency of `generate` for one image at the model's default size and steps (AR + denoising + VAE);
+* throughput of `generate` at batch 16 vs batch 1 (images/s) and their ratio: the pipeline runs one AR
+  forward and one decoder batch for the whole batch;
+* `understand` decoding speed with the KV cache: new tokens per second for one question about one image,
+  greedy, with the end-of-turn token banned so every call generates exactly `max_new_tokens` tokens.
+
+`--quick` uses fewer repeats and a smaller batch (a smoke test).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from PIL import Image
+
+PROMPT = "a red circle left of a blue square"
+QUESTION = "How many shapes are there?"
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: allocator, thread pool, lazy initialisation
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+class _NoEndOfTurn:
+    """Forward hook on the LM head that bans the end-of-turn tokens (fixed-length decoding)."""
+
+    def __init__(self, model):
+        self.ids = model.parts.ar_model.eos_token_ids
+        self.handle = model.parts.ar_model.vlm.lm_head.register_forward_hook(self)
+
+    def __call__(self, module, inputs, output):
+        output[..., self.ids] = float("-inf")
+        return output
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def understanding_speed(model, repeats: int, max_new_tokens: int) -> dict:
+    """New tokens per second of `understand` (one image, greedy, KV cache)."""
+    image = Image.new("RGB", (model.image_size, model.image_size), (250, 250, 250))
+    with _NoEndOfTurn(model):
+        seconds = _median_seconds(lambda: model.understand(image, QUESTION, max_new_tokens=max_new_tokens),
+                                  repeats)
+    return {"understand_new_tokens": max_new_tokens, "understand_seconds_median": seconds,
+            "understand_tokens_per_s": max_new_tokens / seconds}
+
+
+def generation_speed(model, repeats: int, batch: int) -> dict:
+    """Warm single-image latency and batch-vs-single throughput of `generate`."""
+    single = _median_seconds(lambda: model.generate(PROMPT, seed=0), repeats)
+    prompts = [PROMPT] * batch
+    batched = _median_seconds(lambda: model.generate(prompts, seed=0), max(1, repeats // 2))
+    return {"generate_latency_s_median": single, "generate_batch": batch,
+            "generate_batch_seconds_median": batched, "images_per_s_batch1": 1 / single,
+            f"images_per_s_batch{batch}": batch / batched, "batch_speedup": (batch / batched) * single}
+
+
+def run(args) -> dict:
+    """Handler of `nexusgen bench e2e` (see nexusgen/cli.py)."""
+    from nexusgen.api import NexusGen
+
+    quick = bool(getattr(args, "quick", False))
+    repeats, batch, tokens = (2, 4, 8) if quick else (5, 16, 32)
+    started = time.perf_counter()
+    model = NexusGen.from_pretrained(args.model, progress=False)
+    load_seconds = time.perf_counter() - started
+    sampling = model.config.sampling
+    report = {"model": args.model, "device": str(model.runtime.device), "dtype": str(model.runtime.dtype),
+              "threads": torch.get_num_threads(), "quick": quick, "repeats": repeats,
+              "load_seconds": load_seconds, "image_size": [sampling.height, sampling.width],
+              "num_steps": sampling.num_steps, "guidance_scale": sampling.guidance_scale,
+              "num_output_tokens": model.config.num_output_tokens}
+    report.update(generation_speed(model, repeats, batch))
+    report.update(understanding_speed(model, repeats, tokens))
+    return report
