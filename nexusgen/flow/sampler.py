@@ -45,10 +45,15 @@ ProgressFn = Callable[[int, int], None]
 """Called as progress(steps_done, num_steps) after every step."""
 
 LATENT_DOWNSAMPLE = 8
-"""VAE downsampling factor (FLUX VAE: 4 blocks)."""
+"""Default VAE downsampling factor (FLUX VAE: 4 blocks); `vae_downsample` reads it off a given VAE."""
 
 SIZE_MULTIPLE = 16
 """Image sides are rounded up to this: VAE /8, then the DiT packs 2x2 latent patches into one token."""
+
+
+def vae_downsample(vae: Any) -> int:
+    """Pixels per latent cell of a diffusers ``AutoencoderKL``: 2 ** (number of blocks - 1)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def apply_guidance(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -121,11 +126,12 @@ def guided_velocity(decoder: Any, condition: Any, negative_condition: Any | None
     return separate
 
 
-def round_size(height: int, width: int) -> tuple[int, int]:
-    """Round an image size up to multiples of 16 (as upstream). Raises ValueError for sizes < 1."""
+def round_size(height: int, width: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """Round an image size up to multiples of `multiple` (16 as upstream: VAE /8 times the DiT's 2x2
+    packing). Raises ValueError for sizes < 1."""
     if height < 1 or width < 1:
         raise ValueError(f"height and width must be positive, got {height}x{width}")
-    return (-(-height // SIZE_MULTIPLE) * SIZE_MULTIPLE, -(-width // SIZE_MULTIPLE) * SIZE_MULTIPLE)
+    return (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
 
 
 def initial_noise(batch_size: int, channels: int, latent_size: tuple[int, int],
@@ -175,8 +181,9 @@ def _sample(decoder: Any, vae: Any, image_embeds: torch.Tensor, condition_kwargs
             progress: ProgressFn | None, embedded_guidance: float | None, shift: float) -> torch.Tensor:
     if image_embeds.ndim != 3:
         raise ValueError(f"image_embeds must be (B, N, D), got shape {tuple(image_embeds.shape)}")
-    height, width = round_size(height, width)
-    latent_size = (height // LATENT_DOWNSAMPLE, width // LATENT_DOWNSAMPLE)
+    down = vae_downsample(vae)
+    height, width = round_size(height, width, max(SIZE_MULTIPLE, 2 * down))
+    latent_size = (height // down, width // down)
     condition_kwargs = {**condition_kwargs, "latent_size": latent_size}
     condition = decoder.condition(image_embeds, **condition_kwargs)
     negative = _negative_condition(decoder, image_embeds, guidance_scale, negative_embeds, negative_pooled,

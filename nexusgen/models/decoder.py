@@ -37,12 +37,13 @@ from nexusgen.models.connector import EmbeddingMerger, GenerationAdapter, Merger
 
 @dataclass
 class VAEConfig:
-    """A FLUX-style diffusers ``AutoencoderKL`` (no quant convs, 8x downsampling with 4 blocks)."""
+    """A FLUX-style diffusers ``AutoencoderKL`` (no quant convs; 8x downsampling with 4 blocks as FLUX, or 4x
+    with 3 blocks for small images)."""
 
     latent_channels: int = 16
     """c: latent channels (16 for FLUX)."""
     block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
-    """Channels per resolution; len 4 gives the /8 of FLUX."""
+    """Channels per resolution; len 4 gives the /8 of FLUX, len 3 a /4 VAE (small images keep detail)."""
     layers_per_block: int = 2
     """ResNet blocks per resolution in the encoder (the decoder has one more)."""
     norm_num_groups: int = 32
@@ -53,8 +54,8 @@ class VAEConfig:
 
     def __post_init__(self):
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
-        if len(self.block_out_channels) != 4:
-            raise ValueError(f"block_out_channels must have 4 entries (8x downsampling), "
+        if len(self.block_out_channels) not in (3, 4):
+            raise ValueError(f"block_out_channels must have 3 or 4 entries (4x or 8x downsampling), "
                              f"got {self.block_out_channels}")
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ValueError(f"norm_num_groups {self.norm_num_groups} must divide {self.block_out_channels}")
@@ -170,7 +171,8 @@ def encode_images(vae: AutoencoderKL, images: torch.Tensor, generator: torch.Gen
         sample: draw from the posterior instead of taking its mean (upstream takes the mean).
 
     Returns:
-        (B, c, H/8, W/8) latents ``(z - shift_factor) * scaling_factor`` in the VAE's dtype.
+        (B, c, H/f, W/f) latents (f = 8 for 4 blocks, 4 for 3) ``(z - shift_factor) * scaling_factor``
+        in the VAE's dtype.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
@@ -182,7 +184,7 @@ def encode_images(vae: AutoencoderKL, images: torch.Tensor, generator: torch.Gen
 
 
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
-    """Images from scaled latents (B, c, h, w) -> (B, 3, 8h, 8w) float32 in [0, 1]."""
+    """Images from scaled latents (B, c, h, w) -> (B, 3, f*h, f*w) float32 in [0, 1], f = VAE downsampling."""
     parameter = next(vae.parameters())
     latents = latents.to(device=parameter.device, dtype=parameter.dtype)
     pixels = vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor).sample

@@ -74,7 +74,7 @@ def test_batched_null_branch_equals_two_separate_calls(parts):
 
 
 def test_official_negative_branch_uses_text_condition(parts):
-    gen, _, _ = parts
+    gen, _, vae = parts
     embeds = torch.randn(1, 4, D)
     negative = torch.randn(1, 9, gen.config.context_dim)
     with torch.no_grad():
@@ -82,7 +82,7 @@ def test_official_negative_branch_uses_text_condition(parts):
         assert cond.context_ids.abs().sum() == 0 and cond.context.shape == (1, 9, gen.config.context_dim)
         assert torch.equal(cond.pooled[0], gen.pooled_embeds)
     with pytest.raises(ValueError):
-        generate_images(gen, None, embeds, 32, 32, 2, 3.0, 0, negative_embeds=torch.randn(9, 64))
+        generate_images(gen, vae, embeds, 32, 32, 2, 3.0, 0, negative_embeds=torch.randn(9, 64))
 
 
 def test_sizes_round_up_to_16(parts):
@@ -107,3 +107,19 @@ def test_editing_entry_point_and_reference_dependence(parts):
     assert (null_cfg - a).abs().max() > 1e-5
     with pytest.raises(ValueError):
         edit_images(edit, vae, embeds, reference, (2, 3), (2, 2), 32, 32, 2, 1.0, 0)
+
+
+def test_a_4x_vae_gives_the_requested_size_and_a_finer_latent(parts):
+    from nexusgen.flow.sampler import vae_downsample
+    from nexusgen.models.decoder import VAEConfig
+
+    gen, _, vae8 = parts
+    vae4 = build_vae(VAEConfig(block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8)).eval()
+    assert (vae_downsample(vae8), vae_downsample(vae4)) == (8, 4)
+    seen = []
+    image = generate_images(gen, vae4, torch.randn(1, 4, D), 24, 40, 2, 1.0, 0,
+                            progress=lambda *a, **k: seen.append(1))
+    # /4 then 2x2 packing: sides round up to multiples of 16 (max(16, 2*4)); 24x40 -> 32x48
+    assert image.shape == (1, 3, 32, 48)
+    with pytest.raises(ValueError, match="3 or 4 entries"):
+        VAEConfig(block_out_channels=(8, 16))

@@ -162,7 +162,7 @@ def test_config_validation():
         DecoderConfig(embed_dim=8, context_dim=8, pooled_dim=4, num_layers=1, num_single_layers=1,
                       num_attention_heads=2, attention_head_dim=16, axes_dims_rope=(4, 4, 4))
     with pytest.raises(ValueError):
-        VAEConfig(block_out_channels=(8, 16, 32), norm_num_groups=8)
+        VAEConfig(block_out_channels=(8, 16), norm_num_groups=8)  # 3 or 4 blocks only
     with pytest.raises(ValueError):
         EditingDecoder(DecoderConfig(**{**TINY.to_dict(), "merger": None}))
     assert DecoderConfig(**TINY.to_dict()) == TINY  # JSON round trip of the nested config
