@@ -24,6 +24,7 @@ from nexusgen.pipelines.inputs import check_image, check_positive, to_device, to
 from nexusgen.pipelines.predict import negative_kwargs
 from nexusgen.processing.templates import IMAGE_PLACEHOLDER
 
+ROLES = ("system", "user", "assistant")
 IMAGE_SEED_STRIDE = 1_000_003
 """Seed offset between the images of one answer (large, so it never meets another answer's seed)."""
 
@@ -64,6 +65,9 @@ def flatten_conversation(messages: list[dict], index: int = 0) -> tuple[list[dic
         if not isinstance(message, dict) or set(message) - {"role", "content"}:
             raise ValueError(f"conversation {index}, message {turn}: expected {{'role', 'content'}}, "
                              f"got {message!r}")
+        if message.get("role") not in ROLES:
+            raise ValueError(f"conversation {index}, message {turn}: unknown role {message.get('role')!r}; "
+                             f"expected one of {ROLES}")
         content = message.get("content")
         parts = [content] if isinstance(content, (str, Image.Image)) else content
         if not isinstance(parts, list):

@@ -1,0 +1,162 @@
+"""Generation and editing pipelines at the tiny preset: shapes, seeds, batch == single, languages,
+reference grids, the decoder choice, CFG branches and input errors."""
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from nexusgen.flow.sampler import edit_images, generate_images
+from nexusgen.pipelines import EditPipeline, GeneratePipeline
+from nexusgen.pipelines.inputs import detect_language, image_request_inputs
+from nexusgen.pipelines.predict import reference_embeds
+from nexusgen.processing.images import resize_fixed
+
+
+def _pixels(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+def _unit(image):
+    """PIL -> (3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+
+
+def test_generate_shapes_seeds_and_sizes(tiny):
+    out = tiny._generate(prompt=["a red circle", "a blue square"], seed=7)
+    assert [im.size for im in out.images] == [(64, 64), (64, 64)]
+    assert out.image_embeds.shape == (2, 16, 64) and out.image_embeds.dtype == torch.float32
+    assert out.seeds == [7, 8]
+    sized = tiny._generate(prompt="a red circle", height=40, width=72, num_steps=2)
+    assert sized.images[0].size == (80, 48)  # rounded up to multiples of 16, (width, height)
+
+
+def test_generate_is_deterministic_under_a_seed(tiny):
+    a = tiny.generate("a red circle", seed=3)
+    b = tiny.generate("a red circle", seed=3)
+    c = tiny.generate("a red circle", seed=4)
+    assert np.array_equal(_pixels(a), _pixels(b))
+    assert np.abs(_pixels(a) - _pixels(c)).max() > 0
+
+
+def test_generate_batch_equals_single(tiny):
+    prompts = ["a red circle", "two green triangles", "一个蓝色的正方形"]
+    batch = tiny._generate(prompt=prompts, seed=10)
+    for b, prompt in enumerate(prompts):
+        single = tiny._generate(prompt=prompt, seed=10 + b)  # sample b of a batch uses seed + b
+        torch.testing.assert_close(batch.image_embeds[b], single.image_embeds[0], atol=1e-5, rtol=1e-5)
+        assert np.abs(_pixels(batch.images[b]) - _pixels(single.images[0])).max() <= 1
+
+
+def test_generate_equals_the_sampler_on_the_predicted_embeddings(tiny):
+    out = tiny._generate(prompt="a red circle", seed=5)
+    parts = tiny.parts
+    embeds = tiny.predict_image_embeds("a red circle")
+    torch.testing.assert_close(embeds, out.image_embeds, atol=0, rtol=0)
+    expected = generate_images(parts.generation_decoder, parts.vae, embeds, 64, 64, num_steps=4, seed=5)
+    got = _unit(out.images[0])
+    assert (got - expected[0]).abs().max() <= 0.5 / 255 + 1e-6  # only the 8-bit rounding
+
+
+def test_language_detection_selects_the_chinese_template(tiny):
+    assert detect_language("a red circle") == "en"
+    assert detect_language("红色的圆") == "zh" and detect_language("make it 蓝色") == "zh"
+    batch = image_request_inputs(tiny.processor, ["a red circle", "红色的圆"], "generate")
+    texts = [tiny.processor.tokenizer.decode(row[mask.bool()]) for row, mask in
+             zip(batch["input_ids"], batch["attention_mask"], strict=True)]
+    assert texts[0].endswith("Here is an image based on the description: <|vision_start|>")
+    assert "Generate an image according to the following description: a red circle" in texts[0]
+    assert texts[1].endswith("这是根据您的描述生成的图像：<|vision_start|>")
+    assert "根据以下描述生成一张图像：红色的圆" in texts[1]
+
+
+def test_edit_batch_equals_single_with_mixed_reference_grids(tiny, pictures):
+    square, wide = pictures
+    batch = tiny._edit(image=[square, wide], prompt=["make it blue", "remove the star"], seed=1)
+    assert [im.size for im in batch.images] == [(64, 64), (64, 64)]  # the model's size, any input aspect
+    for b, (image, prompt) in enumerate([(square, "make it blue"), (wide, "remove the star")]):
+        single = tiny._edit(image=image, prompt=prompt, seed=1 + b)
+        torch.testing.assert_close(batch.image_embeds[b], single.image_embeds[0], atol=1e-5, rtol=1e-5)
+        assert np.abs(_pixels(batch.images[b]) - _pixels(single.images[0])).max() <= 1
+
+
+def test_editing_decoder_gets_the_source_encoding_at_the_reference_grid(tiny, pictures):
+    square, wide = pictures
+    parts, processor = tiny.parts, tiny.processor
+    refs = reference_embeds(parts.ar_model, processor, tiny.config, tiny.runtime, [square, wide])
+    assert [grid for _, grid in refs] == [(4, 4), (4, 6)]  # bounded input size (reference_image_px None)
+    fixed = dataclasses.replace(tiny.config, reference_image_px=(128, 128))
+    (embeds, grid), = reference_embeds(parts.ar_model, processor, fixed, tiny.runtime, [wide])
+    pixels = processor.image_processor(images=[resize_fixed(wide, (128, 128))], do_resize=False,
+                                       return_tensors="pt")
+    expected = parts.ar_model.encode_images(pixels["pixel_values"], pixels["image_grid_thw"])[0]
+    assert grid == (8, 8) and embeds.shape == (64, 64)
+    torch.testing.assert_close(embeds, expected)
+    # the pipeline's output is edit_images on (predicted target, that reference)
+    out = tiny._edit(image=square, prompt="make it blue", seed=2)
+    target = tiny.predict_image_embeds("make it blue", square)
+    expected_image = edit_images(parts.editing_decoder, parts.vae, target, refs[0][0][None], (4, 4), (4, 4),
+                                 64, 64, num_steps=4, seed=2)
+    got = _unit(out.images[0])
+    assert (got - expected_image[0]).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_edit_with_the_generation_decoder_ignores_the_reference(tiny, pictures):
+    square, _ = pictures
+    out = tiny._edit(image=square, prompt="make it blue", decoder="generation", seed=4)
+    embeds = tiny.predict_image_embeds("make it blue", square)
+    parts = tiny.parts
+    expected = generate_images(parts.generation_decoder, parts.vae, embeds, 64, 64, num_steps=4, seed=4)
+    got = _unit(out.images[0])
+    assert out.decoder == "generation" and (got - expected[0]).abs().max() <= 0.5 / 255 + 1e-6
+    editing = tiny._edit(image=square, prompt="make it blue", seed=4)
+    assert np.abs(_pixels(editing.images[0]) - _pixels(out.images[0])).max() > 0
+
+
+def _pipelines_with(tiny, **sampling):
+    config = copy.deepcopy(tiny.config)
+    config.sampling = dataclasses.replace(config.sampling, **sampling)
+    p = tiny.parts
+    gen = GeneratePipeline(p.ar_model, tiny.processor, p.generation_decoder, p.vae, config, tiny.runtime)
+    edit = EditPipeline(p.ar_model, tiny.processor, p.editing_decoder, p.vae, config, tiny.runtime, gen)
+    return gen, edit
+
+
+def test_guidance_needs_a_negative_branch(tiny, pictures):
+    with pytest.raises(ValueError, match="no negative branch"):
+        tiny.generate("a red circle", guidance_scale=2.0)  # tiny: negative "none"
+    gen, edit = _pipelines_with(tiny, negative="null")
+    plain = gen(prompt="a red circle", seed=0)
+    guided = gen(prompt="a red circle", seed=0, guidance_scale=3.0)
+    assert np.abs(_pixels(plain.images[0]) - _pixels(guided.images[0])).max() > 0
+    torch.testing.assert_close(gen(prompt="a red circle", seed=0, guidance_scale=1.0).image_embeds,
+                               plain.image_embeds)
+    assert edit(image=pictures[0], prompt="make it blue", guidance_scale=2.0).images[0].size == (64, 64)
+    t5, _ = _pipelines_with(tiny, negative="t5")
+    with pytest.raises(ValueError, match="T5"):
+        t5(prompt="a red circle", guidance_scale=2.0)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, im: m._generate(prompt=""), "empty"),
+    (lambda m, im: m._generate(prompt=["ok", 3]), "prompt 1 must be a string"),
+    (lambda m, im: m._generate(prompt=[]), "empty list"),
+    (lambda m, im: m._generate(prompt="x", num_steps=0), "num_steps"),
+    (lambda m, im: m._generate(prompt="x", seed=-1), "seed"),
+    (lambda m, im: m._generate(prompt="x", height=-8), "height"),
+    (lambda m, im: m._edit(image=[im, im], prompt=["x"]), "2 images but 1 prompts"),
+    (lambda m, im: m._edit(image="not an image", prompt="x"), "image must be"),
+    (lambda m, im: m._edit(image=im, prompt="x", decoder="magic"), "decoder must be"),
+])
+def test_bad_inputs_raise_value_errors(tiny, pictures, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(tiny, pictures[0])
+
+
+def test_progress_bar_only_when_asked(tiny, capsys):
+    tiny._generate(prompt="a", progress=True)
+    assert "generating" in capsys.readouterr().err
+    tiny._generate(prompt="a", progress=False)
+    assert capsys.readouterr().err == ""
