@@ -17,6 +17,12 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "NexusGen": "nexusgen.api",
+    "NexusGenConfig": "nexusgen.config",
+    "PRESETS": "nexusgen.config",
+    "UnderstandPipeline": "nexusgen.pipelines",
+    "GeneratePipeline": "nexusgen.pipelines",
+    "EditPipeline": "nexusgen.pipelines",
+    "ChatPipeline": "nexusgen.pipelines",
     "NexusGenARModel": "nexusgen.models.autoregressive",
     "ARConfig": "nexusgen.models.autoregressive",
 }
