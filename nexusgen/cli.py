@@ -81,7 +81,8 @@ def _inference_commands(sub) -> None:
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.set_defaults(handler=_call("nexusgen.pipelines.commands:embed"))
 
-    p = sub.add_parser("demo", help="understand, generate and edit ShapesWorld examples with the bundled model")
+    p = sub.add_parser("demo",
+                       help="understand, generate and edit ShapesWorld examples with the bundled model")
     _add_model_args(p)
     p.add_argument("--out", default="demo_out", help="output folder for the contact sheet and images")
     p.add_argument("--seed", type=int, default=0)

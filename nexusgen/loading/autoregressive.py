@@ -35,6 +35,7 @@ from nexusgen.processing.processor import build_image_processor
 from nexusgen.processing.tokenizers import (
     build_byte_tokenizer,
     build_qwen25_tokenizer,
+    build_tokenizer,
     check_special_token_ids,
     load_tokenizer,
 )
@@ -276,14 +277,17 @@ def build_autoregressive(config: ARConfig | str, tokenizer=None, seed: int | Non
 
     Args:
         config: an ARConfig or a preset name ("tiny", "mid", "nexus-gen-v2").
-        tokenizer: default: the byte-level tokenizer for small vocabularies, the real Qwen2.5 one otherwise.
+        tokenizer: default: `config.tokenizer` by name, else the byte-level tokenizer for small vocabularies
+            and the real Qwen2.5 one otherwise.
         seed: torch seed for the initialisation.
 
     Returns:
         (NexusGenARModel, tokenizer, image processor).
     """
     config = ARConfig.from_preset(config) if isinstance(config, str) else config
-    if tokenizer is None:
+    if tokenizer is None and config.tokenizer is not None:
+        tokenizer = build_tokenizer(config.tokenizer)
+    elif tokenizer is None:
         small = config.qwen_config.text_config.vocab_size < 1024
         tokenizer = build_byte_tokenizer() if small else build_qwen25_tokenizer()
     check_special_token_ids(tokenizer, config.qwen_config)

