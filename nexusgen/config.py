@@ -264,10 +264,11 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(ar="tiny", decoder="tiny", vae="tiny", reference_image_px=None, dtype="float32",
                  sampling=dict(num_steps=4, guidance_scale=1.0, edit_guidance_scale=1.0, shift=3.0,
                                height=64, width=64, negative="none")),
-    # The bundled ShapesWorld model. Provisional: tiny-sized parts at 64-px images; the lead tunes it with
-    # the training recipe. "null" negative branch = decoders trained with conditioning dropout; the
-    # guidance scale stays 1 until such decoders exist.
-    "shapes-mini": dict(ar="tiny", decoder="tiny", vae="tiny", reference_image_px=None, dtype="float32",
+    # The bundled ShapesWorld model (its part presets): 64-px images, 128-px editing references (8x8
+    # tokens, as prepare-embeds). "null" negative branch = decoders trained with conditioning dropout;
+    # provisional sampling values (guidance 1 until such decoders exist): the lead tunes them.
+    "shapes-mini": dict(ar="shapes-mini", decoder="shapes-mini", vae="shapes-mini", reference_image_px=(128, 128),
+                        dtype="float32",
                         sampling=dict(num_steps=20, guidance_scale=1.0, edit_guidance_scale=1.0, shift=3.0,
                                       height=64, width=64, negative="null")),
     # The official model (SPEC 1.3, 4.2): 81 output tokens, 504-px editing reference, T5 negative branch.
