@@ -23,9 +23,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from nexusgen.processing.contact_sheet import contact_sheet
 from nexusgen.worlds.shapes import EditItem, GenerateItem, UnderstandItem
 
-from .contact_sheet import contact_sheet
 from .harness import DEFAULT_BATCH_SIZE, git_sha, json_safe, load_model, save_image, write_json, write_jsonl
 from .oracle import OracleModel
 from .tasks import editing, generation, understanding

@@ -8,11 +8,11 @@ reference rendering; source, edit, target) and returns the answers as text lines
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
 
+from nexusgen.processing.contact_sheet import contact_sheet
 from nexusgen.worlds.shapes import make_edit, make_generation, make_understanding, render_scene
 
 # One example per type, in this order (ShapesWorld task types).
@@ -39,9 +39,6 @@ def run_demo(model, out_dir: str | Path, seed: int = 0) -> list[str]:
     """
     from nexusgen.pipelines.commands import save_image_atomic
 
-    # The contact-sheet layout is the eval package's (reused as is). `demo` is a command-line feature,
-    # but cli.py routes it here, below eval in the layer order; the import is deferred to call time.
-    contact_sheet = importlib.import_module("nexusgen.eval.contact_sheet").contact_sheet
     understand, generate, edit = _items(seed)
     size = model.image_size
     scenes = [render_scene(it.scene, size) for it in understand]

@@ -1,4 +1,7 @@
-"""A contact sheet of failures: each tile shows the images of one failed item and why it failed."""
+"""A contact sheet: a grid of tiles, each with a few images and lines of text under them.
+
+Used by `nexusgen eval` (the worst failures) and `nexusgen demo` (what the model did).
+"""
 
 from __future__ import annotations
 
