@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from nexusgen.recipes import nexus_gen_v2, tiny
+from nexusgen.recipes import nexus_gen_v2, shapes_mini, tiny
 from nexusgen.train.config import TrainConfig
 
 RECIPES: dict[str, Callable[[], TrainConfig]] = {
@@ -20,11 +20,20 @@ RECIPES: dict[str, Callable[[], TrainConfig]] = {
     "nexus-gen-v2-ar": nexus_gen_v2.nexus_gen_v2_ar,
     "nexus-gen-v2-gen_decoder": nexus_gen_v2.nexus_gen_v2_gen_decoder,
     "nexus-gen-v2-edit_decoder": nexus_gen_v2.nexus_gen_v2_edit_decoder,
+    **{f"shapes-mini-{stage}": make for stage, make in shapes_mini.STAGES.items()},
 }
+
+PIPELINES: dict[str, dict[str, Callable[[], TrainConfig]]] = {
+    "shapes-mini": shapes_mini.STAGES,
+    "tiny": {"vae": tiny.tiny_vae, "vlm": tiny.tiny_vlm, "ar": tiny.tiny_ar,
+             "gen_decoder": tiny.tiny_gen_decoder, "edit_decoder": tiny.tiny_edit_decoder},
+}
+"""Multi-stage recipes (train/pipeline.py): stage name -> recipe, in training order."""
 
 
 def get_recipe(name: str) -> TrainConfig:
     """The config of recipe `name`; ValueError naming the known recipes otherwise."""
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+        known = ", ".join(sorted([*RECIPES, *PIPELINES]))
+        raise ValueError(f"unknown recipe {name!r}; known: {known}")
     return RECIPES[name]()

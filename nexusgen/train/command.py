@@ -19,12 +19,18 @@ def resolve_config(recipe: str, overrides: list[str], *, skip_bad: bool = False)
 
 def train_command(args: argparse.Namespace) -> int:
     """CLI handler: resolve the config, train, tear the process group down. Returns the exit code."""
+    from nexusgen.recipes import PIPELINES
     from nexusgen.train import parallel
     from nexusgen.train.loop import train
 
-    config = resolve_config(args.recipe, args.overrides, skip_bad=args.skip_bad)
+    overrides = [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])]
     try:
-        summary = train(config, args.out, resume=args.resume)
+        if args.recipe in PIPELINES:
+            from nexusgen.train.pipeline import run_pipeline
+
+            summary = run_pipeline(PIPELINES[args.recipe], args.out, overrides, resume=args.resume)
+        else:
+            summary = train(resolve_config(args.recipe, overrides), args.out, resume=args.resume)
     finally:
         parallel.destroy_distributed()
     parallel.print0(f"done: {summary}")

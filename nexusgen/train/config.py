@@ -121,12 +121,20 @@ class DataConfig:
     """Side of generated / decoder-target images."""
     tasks: list[str] = field(default_factory=lambda: ["understand", "generate", "edit"])
     """Generated sample kinds for AR-style stages."""
+    world: Literal["synthetic", "shapes"] = "synthetic"
+    """Generator behind `source="generated"` message samples: coloured rectangles (fast smoke runs) or
+    ShapesWorld (the miniature model's training data; `world_options` are its SampleConfig fields)."""
+    world_options: dict[str, Any] = field(default_factory=dict)
+    """ShapesWorld `SampleConfig` fields (prompt_style, zh_fraction, ...); image_size and tasks come from
+    image_size_px and tasks."""
     skip_bad: bool = False
     """Skip (and count) invalid records instead of stopping."""
 
     def __post_init__(self):
         if self.source not in ("generated", "jsonl", "embeds"):
             raise ValueError(f"data.source must be generated|jsonl|embeds, got {self.source!r}")
+        if self.world not in ("synthetic", "shapes"):
+            raise ValueError(f"data.world must be synthetic|shapes, got {self.world!r}")
         if self.weights and len(self.weights) != len(self.paths):
             raise ValueError(f"data.weights has {len(self.weights)} entries for {len(self.paths)} paths")
 
@@ -149,11 +157,16 @@ class StageConfig:
     """Weights of the stage's loss terms (e.g. {"token": 3.0, "image": 3.0}); missing = stage default."""
     ema_decay: float = 0.0
     """EMA of the trainable weights (used for the DiT); 0 disables it. The export uses the EMA weights."""
+    cond_dropout_prob: float = 0.0
+    """Decoder stages: probability of zeroing a sample's image embeddings, which trains the null branch
+    that classifier-free guidance without T5 needs (flow.loss.drop_condition)."""
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
         if self.name not in STAGES:
             raise ValueError(f"stage.name must be one of {STAGES}, got {self.name!r}")
+        if not 0.0 <= self.cond_dropout_prob < 1.0:
+            raise ValueError(f"stage.cond_dropout_prob must be in [0, 1), got {self.cond_dropout_prob}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"stage.ema_decay must be in [0, 1), got {self.ema_decay}")
 

@@ -85,9 +85,14 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def print0(*args, **kwargs) -> None:
     """print() on rank 0 only (to stderr by default, stdout stays for JSON results)."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         kwargs.setdefault("file", sys.stderr)
         print(*args, **kwargs)
 

@@ -15,7 +15,7 @@ import torch
 from nexusgen.train.config import TrainConfig
 from nexusgen.train.parallel import DistInfo
 from nexusgen.train.stages import parts
-from nexusgen.train.stages.common import SampleStream, Stage, set_trainable
+from nexusgen.train.stages.common import SampleStream, Stage, generated_messages, set_trainable
 
 DEFAULT_LOSS_WEIGHTS = {"token": 1.0, "image": 1.0}
 # Module-name prefixes (under the training module's `model.`) of the trainable parts.
@@ -45,9 +45,7 @@ def message_sources(config: TrainConfig) -> list:
 
         return [MessageDataset(p, skip_bad=d.skip_bad) for p in d.paths]
     if d.source == "generated":
-        from nexusgen.data.synthetic import SyntheticSource
-
-        return [SyntheticSource(d.num_samples, config.seed, image_size=d.image_size_px, tasks=d.tasks)]
+        return generated_messages(config)
     raise ValueError(f"stage {config.stage.name} reads generated or jsonl data, not {d.source!r}")
 
 

@@ -123,3 +123,17 @@ def set_trainable(module: torch.nn.Module, prefixes: Sequence[str]) -> list[str]
         if name in names:
             param.requires_grad_(True)
     return sorted(set(names))
+
+
+def generated_messages(config) -> list:
+    """In-memory message-format samples of `data.tasks` for `source="generated"`: ShapesWorld or the
+    synthetic rectangles, per `data.world`."""
+    d = config.data
+    if d.world == "shapes":
+        from nexusgen.data.synthetic import ShapesSource
+
+        return [ShapesSource(d.num_samples, config.seed, image_size=d.image_size_px, tasks=tuple(d.tasks),
+                             **d.world_options)]
+    from nexusgen.data.synthetic import SyntheticSource
+
+    return [SyntheticSource(d.num_samples, config.seed, image_size=d.image_size_px, tasks=d.tasks)]

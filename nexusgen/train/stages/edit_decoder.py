@@ -21,7 +21,6 @@ from nexusgen.train.parallel import DistInfo
 from nexusgen.train.stages import parts
 from nexusgen.train.stages.common import SampleStream, Stage
 from nexusgen.train.stages.gen_decoder import (
-    DEFAULT_COND_DROPOUT,
     DEFAULT_LOSS_WEIGHTS,
     DecoderTrainModule,
     _dit_blocks,
@@ -111,7 +110,7 @@ def build(config: TrainConfig, info: DistInfo) -> Stage:
     if config.stage.gradient_checkpointing:
         decoder.transformer.enable_gradient_checkpointing()
     module = EditDecoderTrainModule(decoder, vae, encoder, seed=config.seed, loss_weight=weights["flow"],
-                                    cond_dropout_prob=DEFAULT_COND_DROPOUT).to(info.device)
+                                    cond_dropout_prob=config.stage.cond_dropout_prob).to(info.device)
     for helper in module.helpers:
         if helper is not None:
             helper.to(info.device)

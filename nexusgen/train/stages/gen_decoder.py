@@ -20,10 +20,9 @@ import torch
 from nexusgen.train.config import TrainConfig
 from nexusgen.train.parallel import DistInfo
 from nexusgen.train.stages import parts
-from nexusgen.train.stages.common import SampleStream, Stage
+from nexusgen.train.stages.common import SampleStream, Stage, generated_messages
 
 DEFAULT_LOSS_WEIGHTS = {"flow": 1.0}
-DEFAULT_COND_DROPOUT = 0.0
 
 
 def micro_batch_generator(seed: int, positions: torch.Tensor) -> torch.Generator:
@@ -115,9 +114,7 @@ def decoder_sources(config: TrainConfig, kind: str) -> list:
         from nexusgen.data.messages import MessageDataset
 
         return [MessageDataset(p, skip_bad=d.skip_bad) for p in d.paths]
-    from nexusgen.data.synthetic import SyntheticSource
-
-    return [SyntheticSource(d.num_samples, config.seed, image_size=d.image_size_px, tasks=d.tasks)]
+    return generated_messages(config)
 
 
 def build(config: TrainConfig, info: DistInfo) -> Stage:
@@ -133,7 +130,7 @@ def build(config: TrainConfig, info: DistInfo) -> Stage:
     if config.stage.gradient_checkpointing:
         decoder.transformer.enable_gradient_checkpointing()
     module = DecoderTrainModule(decoder, vae, encoder, seed=config.seed, loss_weight=weights["flow"],
-                                cond_dropout_prob=DEFAULT_COND_DROPOUT).to(info.device)
+                                cond_dropout_prob=config.stage.cond_dropout_prob).to(info.device)
     for helper in module.helpers:
         if helper is not None:
             helper.to(info.device)

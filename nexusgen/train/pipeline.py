@@ -1,0 +1,74 @@
+"""Multi-stage recipes: several stages trained in order, each from the previous stage's export.
+
+`nexusgen train shapes-mini --out RUN` trains every stage of the pipeline into `RUN/<stage>/` (a normal
+run directory each) and copies the last stage's complete model folder to `RUN/final/`. Overrides name a
+stage to target it (`--set vae.max_steps=100`) or apply to every stage (`--set lr=1e-4`). With
+`--resume`, stages whose run already reached `max_steps` are skipped and the interrupted one continues.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from nexusgen.train import checkpoint, parallel
+from nexusgen.train.config import TrainConfig, apply_overrides
+
+
+def split_overrides(overrides: list[str], stage_names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """(overrides for every stage, {stage: its own overrides with the stage prefix removed})."""
+    common, per_stage = [], {name: [] for name in stage_names}
+    for assignment in overrides:
+        head, _, rest = assignment.partition(".")
+        if head in per_stage and rest:
+            per_stage[head].append(rest)
+        else:
+            common.append(assignment)
+    return common, per_stage
+
+
+def stage_configs(stages: dict[str, Callable[[], TrainConfig]], overrides: list[str]) -> dict[str, TrainConfig]:
+    """Every stage's resolved config (ValueError for an override that names no field of some stage)."""
+    common, per_stage = split_overrides(overrides, list(stages))
+    return {name: apply_overrides(make(), common + per_stage[name]) for name, make in stages.items()}
+
+
+def is_finished(run_dir: Path, config: TrainConfig) -> bool:
+    """A stage's run reached its max_steps and exported its folder."""
+    latest = checkpoint.latest_checkpoint(run_dir)
+    done_step = int(latest.name.rsplit("_", 1)[-1]) if latest is not None else -1
+    return (run_dir / "final").is_dir() and done_step >= config.max_steps
+
+
+def run_pipeline(stages: dict[str, Callable[[], TrainConfig]], out, overrides: list[str], *,
+                 resume: bool = False) -> dict:
+    """Train the stages in order; returns {stage: summary} (skipped stages: "already finished")."""
+    from nexusgen.train.loop import train
+
+    out = Path(out)
+    configs = stage_configs(stages, overrides)  # every override is checked before any training
+    summaries, previous = {}, None
+    for name, config in configs.items():
+        if previous is not None and config.stage.parent is None:
+            config.stage.parent = str(previous)
+        run_dir = out / name
+        if resume and is_finished(run_dir, config):
+            parallel.print0(f"stage {name}: already finished in {run_dir}, skipped")
+            summaries[name] = "already finished"
+        else:
+            parallel.print0(f"stage {name}: training into {run_dir}")
+            summaries[name] = train(config, run_dir, resume=resume)
+        previous = run_dir
+    if parallel.is_main_process():
+        _copy_final(previous / "final", out / "final")
+    parallel.barrier()
+    return summaries
+
+
+def _copy_final(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)

@@ -1,0 +1,54 @@
+"""Multi-stage recipes: overrides per stage, stage chaining through exported folders, resume skips."""
+
+import json
+
+import pytest
+
+from nexusgen.cli import main
+from nexusgen.recipes import PIPELINES, RECIPES, get_recipe
+from nexusgen.train.pipeline import split_overrides, stage_configs
+
+
+def test_split_overrides_by_stage_prefix():
+    common, per_stage = split_overrides(["lr=0.1", "vae.max_steps=3", "stage.ema_decay=0.5", "ar.seed=4"],
+                                        ["vae", "ar"])
+    assert common == ["lr=0.1", "stage.ema_decay=0.5"]  # "stage" is a field, not a stage name
+    assert per_stage == {"vae": ["max_steps=3"], "ar": ["seed=4"]}
+
+
+def test_stage_configs_apply_common_and_stage_overrides():
+    configs = stage_configs(PIPELINES["tiny"], ["lr=0.01", "vlm.max_steps=7"])
+    assert all(c.lr == 0.01 for c in configs.values())
+    assert configs["vlm"].max_steps == 7 and configs["ar"].max_steps != 7
+    with pytest.raises(ValueError):
+        stage_configs(PIPELINES["tiny"], ["vae.no_such_field=1"])
+
+
+def test_tiny_pipeline_chains_stages_into_one_complete_folder_and_resume_skips(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "tiny", "--out", str(run), "--set", "max_steps=2", "--set", "save_every=2",
+            "--set", "progress=false"]
+    assert main(args) == 0
+    for stage in PIPELINES["tiny"]:
+        assert (run / stage / "final").is_dir()
+    # each stage started from the previous stage's export
+    assert json.loads((run / "ar" / "config.json").read_text())["stage"]["parent"] == str(run / "vlm")
+    for part in ("vae", "autoregressive", "generation_decoder", "editing_decoder"):
+        assert (run / "final" / part).is_dir(), part
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    assert capsys.readouterr().err.count(", skipped") == len(PIPELINES["tiny"])
+
+
+def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
+    for stage in PIPELINES["shapes-mini"]:
+        config = get_recipe(f"shapes-mini-{stage}")
+        assert config.stage.preset == "shapes-mini" and config.data.world == "shapes"
+    assert set(PIPELINES["shapes-mini"]) == {"vae", "vlm", "ar", "gen_decoder", "edit_decoder"}
+    assert "shapes-mini-ar" in RECIPES
+    run = tmp_path / "vlm"
+    assert main(["train", "shapes-mini-vlm", "--out", str(run), "--set", "max_steps=1", "--set", "batch_size=2",
+                 "--set", "progress=false", "--set", "save_every=0"]) == 0
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["step"] == 1 and record["loss"] > 0
+    assert (run / "final" / "autoregressive").is_dir()
