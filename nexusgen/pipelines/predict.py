@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from nexusgen.pipelines.inputs import image_request_inputs, to_device
-from nexusgen.processing.images import resize_fixed
 
 
 @torch.no_grad()
@@ -46,13 +45,8 @@ def reference_embeds(ar_model, processor, config, runtime,
     Returns:
         per image, ((M, D) embeddings on the device, (rows, cols) token grid).
     """
-    if config.reference_image_px is not None:
-        prepared = [resize_fixed(im, config.reference_image_px) for im in images]
-        out = processor.image_processor(images=prepared, do_resize=False, return_tensors="pt")
-        pixels, grids = out["pixel_values"], out["image_grid_thw"].long()
-    else:
-        out = processor.process_images(images, [False] * len(images))
-        pixels, grids = out["pixel_values"], out["image_grid_thw"]
+    out = processor.process_references(images, config.reference_image_px)
+    pixels, grids = out["pixel_values"], out["image_grid_thw"]
     model = runtime.activate(ar_model)
     embeds = model.encode_images(pixels.to(runtime.device, runtime.dtype), grids.to(runtime.device))
     merge = processor.merge_size

@@ -92,6 +92,20 @@ class ImageOnlyProcessor:
         out = self.image_processor(images=prepared, do_resize=False, return_tensors="pt")
         return {"pixel_values": out["pixel_values"].float(), "image_grid_thw": out["image_grid_thw"].long()}
 
+    def process_references(self, images: list[Image.Image],
+                           size_hw: tuple[int, int] | None) -> dict[str, torch.Tensor]:
+        """Source images as the editing decoder's reference, like `process_images`.
+
+        At `size_hw` (the fixed-slot rule: centre-crop + resize) when given, else at the bounded input
+        size the AR model sees. Training and inference both call this, so the reference grid a decoder
+        learns on is the one it is used with.
+        """
+        if size_hw is None:
+            return self.process_images(images, [False] * len(images))
+        prepared = [resize_fixed(im, tuple(size_hw)) for im in images]
+        out = self.image_processor(images=prepared, do_resize=False, return_tensors="pt")
+        return {"pixel_values": out["pixel_values"].float(), "image_grid_thw": out["image_grid_thw"].long()}
+
     # -- conversations ------------------------------------------------------------------------------
     def encode(self, messages: list[dict], images: list[Image.Image] | None = None, *,
                add_generation_prompt: bool = False, assistant_prefix: str = "") -> EncodedSample:

@@ -69,8 +69,10 @@ def shapes_mini_gen_decoder() -> TrainConfig:
 
 def shapes_mini_edit_decoder() -> TrainConfig:
     """Phase 3: edited image from the AR model's predicted target + the source's embeddings."""
-    return _config(StageConfig(name="edit_decoder", preset=PRESET, cond_dropout_prob=0.1, ema_decay=0.999),
-                   max_steps=4000, lr=5e-4, batch_size=32, tasks=("edit",))
+    config = _config(StageConfig(name="edit_decoder", preset=PRESET, cond_dropout_prob=0.1, ema_decay=0.999),
+                     max_steps=4000, lr=5e-4, batch_size=32, tasks=("edit",))
+    config.data.reference_image_px = 2 * IMAGE_PX  # = PRESETS["shapes-mini"]["reference_image_px"]
+    return config
 
 
 STAGES = {

@@ -121,6 +121,10 @@ class DataConfig:
     """Side of generated / decoder-target images."""
     tasks: list[str] = field(default_factory=lambda: ["understand", "generate", "edit"])
     """Generated sample kinds for AR-style stages."""
+    reference_image_px: int = 0
+    """edit_decoder: side of the square the source image is resized to before the AR model encodes it
+    as the reference; must equal the model's `reference_image_px` (nexusgen.json). 0: the bounded
+    input size."""
     world: Literal["synthetic", "shapes"] = "synthetic"
     """Generator behind `source="generated"` message samples: coloured rectangles (fast smoke runs) or
     ShapesWorld (the miniature model's training data; `world_options` are its SampleConfig fields)."""

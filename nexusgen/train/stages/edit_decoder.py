@@ -47,9 +47,16 @@ class EditDecoderTrainModule(DecoderTrainModule):
             return batch[f"{prefix}_embeds"]
         encoder = self.helpers[1]
         if prefix == "target":  # the AR model's own prediction on the sample's text, as upstream prepares it
-            inputs = batch["ar_inputs"]
-            return encoder.predict_image_embeds(inputs["input_ids"], inputs["attention_mask"],
-                                                inputs["pixel_values"], inputs["image_grid_thw"])
+            groups = []
+            for rows, inputs in batch["ar_inputs"]:  # one group per answer prefix (EN / ZH)
+                groups.append((rows, encoder.predict_image_embeds(
+                    inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
+                    inputs["image_grid_thw"])))
+            first = groups[0][1]
+            out = first.new_empty((sum(len(r) for r, _ in groups), *first.shape[1:]))   # (B, N, D)
+            for rows, embeds in groups:
+                out[rows] = embeds
+            return out
         per_image = encoder.encode_images(batch["source_pixel_values"], batch["source_grid_thw"])
         return torch.stack(list(per_image))                                   # (B, M, D)
 
@@ -60,25 +67,33 @@ class EditDecoderTrainModule(DecoderTrainModule):
                 "target_grid": square_grid(target_tokens)}
 
 
-def edit_prompt_inputs(samples: list[dict], processor) -> dict:
+def edit_prompt_inputs(samples: list[dict], processor) -> list[tuple[torch.Tensor, dict]]:
     """The AR inputs that end each edit sample at its target's `<|vision_start|>`: user turn(s) plus
-    the assistant text up to the `<image>` (left-padded, for `predict_image_embeds`)."""
+    the assistant text up to the `<image>` (left-padded, for `predict_image_embeds`).
+
+    Returns:
+        [(batch rows, inputs)], one entry per distinct answer prefix ("Here is the image: <image>", the
+        Chinese one, ...): `chat_inputs` takes one prefix per call.
+    """
     from nexusgen.processing.templates import IMAGE_PLACEHOLDER
 
-    conversations, images, prefixes = [], [], set()
-    for sample in samples:
-        *turns, answer = sample["messages"]
+    groups: dict[str, list[int]] = {}
+    for row, sample in enumerate(samples):
+        answer = sample["messages"][-1]
         if answer["role"] != "assistant" or IMAGE_PLACEHOLDER not in answer["content"]:
             raise ValueError(f"edit sample {sample.get('id')}: the last turn must be an assistant image")
-        prefixes.add(answer["content"].split(IMAGE_PLACEHOLDER)[0] + IMAGE_PLACEHOLDER)
-        conversations.append(turns)
-        images.append(sample["images"][:-1])
-    if len(prefixes) != 1:  # chat_inputs forces one answer prefix per batch
-        raise ValueError(f"edit samples of one batch must share the answer prefix, got {sorted(prefixes)}")
-    return processor.chat_inputs(conversations, images, assistant_prefix=prefixes.pop())
+        groups.setdefault(answer["content"].split(IMAGE_PLACEHOLDER)[0] + IMAGE_PLACEHOLDER, []).append(row)
+    return [(torch.tensor(rows), processor.chat_inputs([samples[r]["messages"][:-1] for r in rows],
+                                                       [samples[r]["images"][:-1] for r in rows],
+                                                       assistant_prefix=prefix))
+            for prefix, rows in groups.items()]
 
 
-def make_collate(size: int, processor, ar_config):
+def make_collate(size: int, processor, ar_config, reference_px: int = 0):
+    """Batches of target pixels plus precomputed embeddings, or the AR inputs to compute them; sources
+    are encoded at `reference_px` square (0: the bounded input size), as the pipelines do."""
+    reference_hw = (reference_px, reference_px) if reference_px else None
+
     def collate(samples: list[dict]) -> dict:
         targets = [target_image(s) for s in samples]
         batch = {"target_pixels": pil_to_unit(targets, size),
@@ -88,7 +103,7 @@ def make_collate(size: int, processor, ar_config):
             batch["source_embeds"] = torch.stack([s["source_embeds"].float() for s in samples])
             return batch
         sources = [s["source_image"] if "source_image" in s else s["images"][0] for s in samples]
-        vision = processor.process_images(sources, [False] * len(sources))
+        vision = processor.process_references(sources, reference_hw)
         batch["source_pixel_values"] = vision["pixel_values"]
         batch["source_grid_thw"] = vision["image_grid_thw"]
         batch["ar_inputs"] = edit_prompt_inputs(samples, processor)
@@ -121,7 +136,7 @@ def build(config: TrainConfig, info: DistInfo) -> Stage:
 
     stream = SampleStream(sources, config.data.weights, seed=config.seed)
     ar_config = encoder.config if encoder is not None else None
-    collate = make_collate(config.data.image_size_px, processor, ar_config)
+    collate = make_collate(config.data.image_size_px, processor, ar_config, config.data.reference_image_px)
     return Stage(module=module, stream=stream, collate=collate, export=export,
                  shard_units=_dit_blocks(decoder),
                  count=lambda b: {"samples": len(b["position"]), "images": len(b["position"])})

@@ -1,0 +1,35 @@
+"""The edit_decoder stage's inputs: mixed EN/ZH answer prefixes in one batch, and the reference size."""
+
+import torch
+
+from nexusgen.data.synthetic import ShapesSource
+from nexusgen.loading.autoregressive import build_autoregressive
+from nexusgen.processing.processor import ImageOnlyProcessor
+from nexusgen.train.stages.edit_decoder import EditDecoderTrainModule, make_collate
+
+
+def _edit_samples(n):
+    source = ShapesSource(200, seed=3, tasks=("edit",), zh_fraction=0.5)
+    samples = [dict(source[i], position=i) for i in range(n)]
+    prefixes = {s["messages"][-1]["content"] for s in samples}
+    assert len(prefixes) == 2, "need both languages in the batch"
+    return samples
+
+
+def test_mixed_language_batch_equals_per_sample_predictions_and_reference_is_resized():
+    torch.manual_seed(0)
+    model, tokenizer, image_processor = build_autoregressive("tiny")
+    model.eval()
+    processor = ImageOnlyProcessor(tokenizer, image_processor, model.config)
+    samples = _edit_samples(6)
+    module = EditDecoderTrainModule(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), model, seed=0,
+                                    loss_weight=1.0, cond_dropout_prob=0.0)
+    collate = make_collate(32, processor, model.config, reference_px=128)
+    batch = collate(samples)
+    # 128-px references: 16x16 patches of 8 px -> an 8x8 token grid for every source
+    assert batch["source_grid_thw"].tolist() == [[1, 16, 16]] * 6
+    targets = module._embed(batch, "target")
+    singles = torch.cat([module._embed(collate([s]), "target") for s in samples])
+    assert targets.shape == (6, model.config.num_output_tokens, model.config.hidden_size)
+    assert torch.allclose(targets, singles, atol=1e-5)
+    assert module.condition_kwargs(batch)["reference_grid"] == (8, 8)
