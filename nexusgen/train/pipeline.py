@@ -61,14 +61,22 @@ def run_pipeline(stages: dict[str, Callable[[], TrainConfig]], out, overrides: l
             summaries[name] = train(config, run_dir, resume=resume)
         previous = run_dir
     if parallel.is_main_process():
-        _copy_final(previous / "final", out / "final")
+        _copy_final(previous / "final", out / "final", configs[name].stage.preset)
     parallel.barrier()
     return summaries
 
 
-def _copy_final(source: Path, target: Path) -> None:
+def _copy_final(source: Path, target: Path, preset: str) -> None:
+    """RUN/final = the last stage's complete folder, plus the model-level config (nexusgen.json) of the
+    pipeline's preset, so sampling defaults and grids are recorded rather than inferred."""
+    from nexusgen.config import PRESETS, NexusGenConfig
+    from nexusgen.loading.decoders import write_json
+    from nexusgen.loading.folder import CONFIG_FILE
+
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
+    if preset in PRESETS:
+        write_json({**NexusGenConfig.from_preset(preset).to_json_dict(), "dtype": "float32"}, tmp / CONFIG_FILE)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)

@@ -35,6 +35,11 @@ def test_tiny_pipeline_chains_stages_into_one_complete_folder_and_resume_skips(t
     assert json.loads((run / "ar" / "config.json").read_text())["stage"]["parent"] == str(run / "vlm")
     for part in ("vae", "autoregressive", "generation_decoder", "editing_decoder"):
         assert (run / "final" / part).is_dir(), part
+    from nexusgen.api import NexusGen  # the export is a complete model folder with its nexusgen.json
+
+    assert (run / "final" / "nexusgen.json").is_file()
+    model = NexusGen.from_pretrained(str(run / "final"))
+    assert model.predict_image_embeds("a red circle").shape == (1, 16, 64)
     capsys.readouterr()
     assert main([*args, "--resume"]) == 0
     assert capsys.readouterr().err.count(", skipped") == len(PIPELINES["tiny"])
