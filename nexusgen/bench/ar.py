@@ -1,6 +1,8 @@
 """`nexusgen bench ar`: speed of image-embedding prediction by the autoregressive model. Prints JSON.
 
-For the `tiny` and `mid` presets (random weights; `mid` has the real token geometry, N = 81):
+For the `tiny`, `mid` and `mid-qwen` presets (random weights; `mid` and `mid-qwen` have the real token
+geometry, N = 81; `mid` tokenizes bytes, so its canonical prompt is ~190 tokens, `mid-qwen` has the real
+Qwen2.5 vocabulary and ids, so its prompt is ~47 tokens as for the real model):
 
 * latency of predicting one image's N embeddings from a canonical generation prompt: the one-pass
   formulation (`predict_image_embeds`) vs the official sequential loop (one image token per step with a
@@ -8,18 +10,32 @@ For the `tiny` and `mid` presets (random weights; `mid` has the real token geome
 * throughput of the one-pass prediction at batch 1, 4 and 16 (images/s, median), and batch 16 / batch 1.
 
 Expected on a 2-core CPU: one-pass >= 20x faster than sequential at N = 81; batch 16 >= 6x the
-throughput of batch 1. Both only hold while a batch-1 forward is overhead-bound; to tell, the report
-gives the FLOPs of one batch-1 one-pass call (counted by `FlopCounterMode`) and the fraction of this
-machine's fp32 matmul peak (measured in the same run) that it reaches. `--quick` runs the tiny preset
-with few repeats (a smoke test).
+throughput of batch 1 (judged on `mid-qwen`, the realistic prompt length; `expectations.judged_on`).
+Batching can only multiply throughput while a batch-1 forward is overhead-bound: the report gives the
+FLOPs of each one-pass call (matmuls by `FlopCounterMode`, plus the causal attention that it does not
+count on CPU), this machine's fp32 matmul peak (measured in the same run), the fraction of it that batch 1
+reaches, and `batch16_over_batch1_bound` = peak / batch-1 FLOP rate: no batching can beat that ratio.
+
+Threads: the report gives `threads` (torch.get_num_threads(); set OMP_NUM_THREADS=1 for one). On a shared
+machine, busy-waiting OpenMP threads turn a 10 ms forward into ~500 ms as soon as another process holds a
+core, so this module sets OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise (effective only
+when torch is not imported yet, as under `nexusgen bench ar`; `omp_wait_policy` reports it).
+`--quick` runs the tiny preset with few repeats (a smoke test).
 """
 
 from __future__ import annotations
 
-import statistics
-import time
+import os
+import sys
 
-import torch
+if "torch" not in sys.modules:  # libgomp reads its settings once, when torch loads it
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY") or "unset (active spinning)"
+
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
 
 PROMPTS = [
     "a red circle left of a blue square", "three green triangles",
@@ -27,6 +43,7 @@ PROMPTS = [
     "two squares", "an orange hexagon in the middle of a white background", "a blue circle",
     "four red dots in a row", "a large green square below a small red triangle",
 ]
+JUDGED_PRESET = "mid-qwen"
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -51,10 +68,22 @@ def matmul_peak_flops(device: torch.device, n: int = 1024, repeats: int = 5) -> 
     return 2 * n**3 / min(_median_seconds(product, 1) for _ in range(repeats))
 
 
+def _causal_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of the CPU flash attention (absent from FlopCounterMode's registry): QK^T and PV over the
+    causal (query, key) pairs only -- the least work any kernel must do, so the FLOP rate is not inflated.
+    """
+    batch, heads, q_len, head_dim = query_shape
+    k_len = key_shape[-2]
+    # query i (of q_len, the last rows of a k_len sequence) sees keys 0 .. k_len - q_len + i
+    pairs = sum(min(k_len, k_len - q_len + i + 1) for i in range(q_len))
+    return 4 * batch * heads * head_dim * pairs
+
+
 def _count_flops(fn, *args) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _causal_attention_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn(*args)
     return counter.get_total_flops()
 
@@ -82,12 +111,17 @@ def bench_preset(name: str, *, repeats: int, sequential_repeats: int, batch_size
                 torch.cuda.synchronize()
         return _median_seconds(call, n)
 
+    throughput, batch_gflop = {}, {}
     with torch.inference_mode():
         single = inputs(1)
         one_pass = timed(model.predict_image_embeds, *single, n=repeats)
         sequential = timed(model.predict_image_embeds_sequential, *single, n=sequential_repeats)
-        throughput = {f"batch_{b}": b / timed(model.predict_image_embeds, *inputs(b), n=repeats)
-                      for b in batch_sizes}
+        for b in batch_sizes:
+            batch = inputs(b)
+            seconds = timed(model.predict_image_embeds, *batch, n=repeats)
+            throughput[f"batch_{b}"] = b / seconds
+            flops = _count_flops(model.predict_image_embeds, *batch)
+            batch_gflop[f"batch_{b}"] = {"gflop": flops / 1e9, "gflop_per_s": flops / seconds / 1e9}
         flops = _count_flops(model.predict_image_embeds, *single)
     result = {
         "params": sum(p.numel() for p in model.parameters()),
@@ -98,6 +132,7 @@ def bench_preset(name: str, *, repeats: int, sequential_repeats: int, batch_size
         "throughput_images_per_s": throughput,
         "one_pass_gflop": flops / 1e9,
         "one_pass_gflop_per_s": flops / one_pass / 1e9,
+        "batch_flops": batch_gflop,
     }
     if "batch_1" in throughput and "batch_16" in throughput:
         result["batch16_over_batch1"] = throughput["batch_16"] / throughput["batch_1"]
@@ -108,20 +143,26 @@ def run(args) -> dict:
     """Entry point of `nexusgen bench ar [--quick]`; returns the JSON-ready report."""
     quick = bool(getattr(args, "quick", False))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    presets = ("tiny",) if quick else ("tiny", "mid")
+    presets = ("tiny",) if quick else ("tiny", "mid", JUDGED_PRESET)
     settings = dict(repeats=2, sequential_repeats=1, batch_sizes=(1, 4)) if quick else \
         dict(repeats=7, sequential_repeats=3, batch_sizes=(1, 4, 16))
-    report = {"device": str(device), "threads": torch.get_num_threads(), "quick": quick,
-              "statistic": "median", "presets": {}}
+    report = {"device": str(device), "threads": torch.get_num_threads(), "omp_wait_policy": _OMP_WAIT_POLICY,
+              "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+              "quick": quick, "statistic": "median", "presets": {}}
     peak = matmul_peak_flops(device)
     report["matmul_peak_gflop_per_s"] = peak / 1e9
     for name in presets:
         report["presets"][name] = result = bench_preset(name, device=device, **settings)
         result["one_pass_fraction_of_peak"] = result["one_pass_gflop_per_s"] * 1e9 / peak
-    mid = report["presets"].get("mid")
-    if mid is not None:
+        # Throughput ratio if a big batch ran at the matmul peak: the most any batching can give.
+        result["batch16_over_batch1_bound"] = peak / (result["one_pass_gflop_per_s"] * 1e9)
+    judged = report["presets"].get(JUDGED_PRESET)
+    if judged is not None:
         report["expectations"] = {
-            "one_pass_at_least_20x_faster_than_sequential_at_N81": mid["latency_ms"]["speedup"] >= 20,
-            "batch16_at_least_6x_throughput_of_batch1": mid["batch16_over_batch1"] >= 6,
+            "judged_on": JUDGED_PRESET,
+            "one_pass_at_least_20x_faster_than_sequential_at_N81": judged["latency_ms"]["speedup"] >= 20,
+            "batch16_at_least_6x_throughput_of_batch1": judged["batch16_over_batch1"] >= 6,
+            "batch16_6x_physically_possible": judged["batch16_over_batch1_bound"] >= 6,
         }
+    report["load_average_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return report
