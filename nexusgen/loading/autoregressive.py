@@ -23,13 +23,12 @@ import json
 import math
 import os
 import re
-import shutil
-import uuid
 import warnings
 from pathlib import Path
 
 import torch
 
+from nexusgen.loading.files import atomic_folder, read_json_object
 from nexusgen.models.autoregressive import ARConfig, NexusGenARModel
 from nexusgen.processing.processor import build_image_processor
 from nexusgen.processing.tokenizers import (
@@ -159,7 +158,7 @@ def read_ar_config(folder: Path, keys: dict | None = None) -> ARConfig:
         ValueError: missing or invalid config.json, wrong model_type, or a prefill table whose row count
             is not a square number (the output grid cannot be inferred).
     """
-    raw = _read_json(folder / CONFIG_FILE)
+    raw = read_json_object(folder / CONFIG_FILE)
     if raw.get("model_type") != "qwen2_5_vl":
         raise ValueError(f"{folder / CONFIG_FILE}: key 'model_type' is {raw.get('model_type')!r}, expected "
                          "'qwen2_5_vl' (not a Qwen2.5-VL / Nexus-Gen checkpoint)")
@@ -168,7 +167,7 @@ def read_ar_config(folder: Path, keys: dict | None = None) -> ARConfig:
     qwen = {k: v for k, v in raw.items() if k not in ignored}
     try:
         if (folder / AR_CONFIG_FILE).is_file():
-            fields = _read_json(folder / AR_CONFIG_FILE)
+            fields = read_json_object(folder / AR_CONFIG_FILE)
             if fields.pop("format_version", None) != FORMAT_VERSION:
                 raise ValueError(f"{folder / AR_CONFIG_FILE}: key 'format_version' must be {FORMAT_VERSION}")
             return ARConfig.from_dict({**fields, "qwen": qwen})
@@ -233,7 +232,7 @@ def _load_image_processor(folder: Path, config: ARConfig):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     path = folder / PREPROCESSOR_FILE
-    _read_json(path)  # a clear error for a missing or corrupt file
+    read_json_object(path)  # a clear error for a missing or corrupt file
     processor = Qwen2VLImageProcessorPil.from_pretrained(str(folder), local_files_only=True)
     vision = config.qwen_config.vision_config
     for key, want in (("patch_size", vision.patch_size), ("merge_size", vision.spatial_merge_size),
@@ -254,10 +253,7 @@ def save_autoregressive(folder: str | os.PathLike, model: NexusGenARModel, token
     """
     from huggingface_hub import save_torch_state_dict
 
-    folder = Path(folder)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(folder) as tmp:
         model.vlm.config.save_pretrained(str(tmp))
         fields = {k: v for k, v in model.config.to_dict().items() if k != "qwen"}
         (tmp / AR_CONFIG_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **fields}, indent=2,
@@ -266,10 +262,6 @@ def save_autoregressive(folder: str | os.PathLike, model: NexusGenARModel, token
         save_torch_state_dict(state, str(tmp), max_shard_size="5GB")
         tokenizer.save_pretrained(str(tmp))
         image_processor.save_pretrained(str(tmp))
-        _replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def build_autoregressive(config: ARConfig | str, tokenizer=None, seed: int | None = None):
@@ -303,29 +295,6 @@ def image_processor_for(config: ARConfig):
     return build_image_processor(patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
                                  temporal_patch_size=vision.temporal_patch_size,
                                  min_pixels=config.min_input_pixels, max_pixels=config.max_input_pixels)
-
-
-def _replace_dir(tmp: Path, folder: Path) -> None:
-    """Rename `tmp` to `folder`; an existing folder is moved aside first and removed afterwards."""
-    old = None
-    if folder.exists():
-        old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: invalid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
 
 
 def _resolve_dtype(dtype, device: torch.device) -> torch.dtype:

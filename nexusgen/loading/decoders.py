@@ -16,19 +16,16 @@ failed save never leaves a half-written part. Problems with a folder raise Value
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from nexusgen.loading.files import atomic_folder, save_tensors, write_json  # noqa: F401 (re-exported)
 from nexusgen.models.decoder import DecoderConfig, EditingDecoder, GenerationDecoder
 
 GENERATION_DIR = "generation_decoder"
@@ -40,48 +37,6 @@ MERGER_FILE = "merger.safetensors"
 POOLED_FILE = "pooled.safetensors"
 TRANSFORMER_DIR = "transformer"
 POOLED_KEY = "pooled_embeds"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Atomic writing
-# ---------------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `folder`, on error it is removed."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        yield temporary
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    old = None
-    if folder.exists():
-        old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-        os.replace(folder, old)
-    os.replace(temporary, folder)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Write a safetensors file atomically (temporary name, then rename); tensors are made contiguous."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary),
-              metadata={"format": "pt"})
-    os.replace(temporary, path)
-
-
-def write_json(data: dict, path: str | os.PathLike) -> None:
-    """Write JSON atomically."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -220,13 +220,9 @@ def read_folder_config(folder: Path, **part_configs) -> NexusGenConfig:
     """The folder's NexusGenConfig: `nexusgen.json` checked against the parts, or inferred (warning)."""
     path = folder / CONFIG_FILE
     if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: invalid JSON ({err})") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object")
-        return NexusGenConfig.from_json_dict(data, source=str(path), **part_configs)
+        from nexusgen.loading.files import read_json_object
+
+        return NexusGenConfig.from_json_dict(read_json_object(path), source=str(path), **part_configs)
     converted = (folder / CONVERSION_FILE).is_file()
     preset = PRESETS["nexus-gen-v2" if converted else "shapes-mini"]
     sampling = SamplingConfig(**preset["sampling"])
