@@ -131,6 +131,8 @@ def _tooling_commands(sub) -> None:
     q.add_argument("--seed", type=int, default=1000)
     q.add_argument("--score-only", action="store_true", help="rescore saved artifacts without the model")
     q.add_argument("--decoder", default="editing", choices=["editing", "generation"])
+    q.add_argument("--prompt-style", default="short", choices=["short", "detailed"],
+                   help="generation prompts: GenEval-like short ones, or detailed ones that pin the scene down")
     q.set_defaults(handler=_call("nexusgen.eval.shapes:eval_command"))
     q = ev.add_parser("geneval-export", help="write GenEval's folder layout for a prompts file")
     q.add_argument("--prompts", required=True, help="GenEval metadata JSONL (one prompt object a line)")

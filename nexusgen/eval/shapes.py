@@ -154,5 +154,6 @@ def eval_command(args) -> dict:
     """Handler of `nexusgen eval shapes` (see nexusgen/cli.py)."""
     if args.score_only:
         return score(args.out)
-    config = ShapesEvalConfig(num=args.num, seed=args.seed, decoder=args.decoder)
+    config = ShapesEvalConfig(num=args.num, seed=args.seed, decoder=args.decoder,
+                              prompt_style=getattr(args, "prompt_style", "short"))
     return evaluate(load_model(args.model), args.out, config)

@@ -82,9 +82,10 @@ def test_blank_baseline_scores_low(tmp_path):
 
 def test_cli_end_to_end_with_the_oracle(tmp_path, capsys):
     assert main(["eval", "shapes", "--out", str(tmp_path), "--model", "oracle", "--num", "10",
-                 "--seed", "3", "--decoder", "generation"]) == 0
+                 "--seed", "3", "--decoder", "generation", "--prompt-style", "detailed"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["editing"]["decoder"] == "generation" and printed["generation"]["overall"] == 1.0
+    assert printed["generation"]["prompt_style"] == "detailed" and printed["generation"]["scene_match"] == 1.0
     assert main(["eval", "shapes", "--out", str(tmp_path / "empty"), "--score-only"]) == 2  # clear error
 
 
