@@ -1,1 +1,50 @@
-"""Benchmarks: `nexusgen bench ar|decoder|e2e|train`, each a `run(args) -> dict` printed as JSON."""
+"""Benchmarks: `nexusgen bench ar|decoder|e2e|train`, each a `run(args) -> dict` printed as JSON.
+
+The timing helpers every benchmark shares live here: medians of repeated calls (these machines are
+noisy) and the measured matmul peak that achieved FLOP/s are compared with.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def synchronize(device: torch.device | str | None = None) -> None:
+    """Wait for queued GPU work (no-op on CPU), so wall-clock times cover the work itself."""
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device | str | None = None) -> float:
+    """Median wall time of `fn()` over `repeats` calls, after one warm-up call (allocator, threads, kernels)."""
+    fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def matmul_peak(device: torch.device, sizes=(1024,), repeats: int = 3, dtype: torch.dtype | None = None) -> dict:
+    """Best FLOP/s of an n x n @ n x n matmul over `sizes` and `repeats` (default dtype: fp32 on CPU, bf16
+    on GPU): the roofline achieved FLOP/s are reported against.
+
+    Returns:
+        {"flops_per_s", "n", "dtype", "threads"}
+    """
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    best, best_n = 0.0, None
+    for n in sizes:
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        rate = 2 * n**3 / min(median_seconds(lambda a=a, b=b: torch.matmul(a, b), 1, device) for _ in range(repeats))
+        if rate > best:
+            best, best_n = rate, n
+    return {"flops_per_s": best, "n": best_n, "dtype": str(dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads()}

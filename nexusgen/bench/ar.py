@@ -18,24 +18,21 @@ reaches, and `batch16_over_batch1_bound` = peak / batch-1 FLOP rate: no batching
 
 Threads: the report gives `threads` (torch.get_num_threads(); set OMP_NUM_THREADS=1 for one). On a shared
 machine, busy-waiting OpenMP threads turn a 10 ms forward into ~500 ms as soon as another process holds a
-core, so this module sets OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise (effective only
-when torch is not imported yet, as under `nexusgen bench ar`; `omp_wait_policy` reports it).
+core, so the `nexusgen` command sets OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise
+(`omp_wait_policy` in the output reports it).
 `--quick` runs the tiny preset with few repeats (a smoke test).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
-if "torch" not in sys.modules:  # libgomp reads its settings once, when torch loads it
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+
+from nexusgen.bench import matmul_peak, median_seconds
+
+# Reported with the results; nexusgen/cli.py sets PASSIVE before torch loads (libgomp reads it once).
 _OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY") or "unset (active spinning)"
-
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
 
 PROMPTS = [
     "a red circle left of a blue square", "three green triangles",
@@ -46,26 +43,9 @@ PROMPTS = [
 JUDGED_PRESET = "mid-qwen"
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: allocator, thread pool, lazy initialisation
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def matmul_peak_flops(device: torch.device, n: int = 1024, repeats: int = 5) -> float:
     """Best FLOP/s of an n x n matmul (fp32 on CPU, bf16 on GPU): the roofline of the dense layers."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-
-    def product():
-        torch.matmul(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return 2 * n**3 / min(_median_seconds(product, 1) for _ in range(repeats))
+    return matmul_peak(device, sizes=(n,), repeats=repeats)["flops_per_s"]
 
 
 def _causal_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -109,7 +89,7 @@ def bench_preset(name: str, *, repeats: int, sequential_repeats: int, batch_size
             fn(*args)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-        return _median_seconds(call, n)
+        return median_seconds(call, n)
 
     throughput, batch_gflop = {}, {}
     with torch.inference_mode():

@@ -16,11 +16,9 @@ fp32 on CPU, bf16 on GPU. `--quick` runs `tiny` only with few repeats (a smoke t
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
+from nexusgen.bench import matmul_peak, median_seconds
 from nexusgen.models.decoder import (
     DECODER_PRESETS,
     VAE_PRESETS,
@@ -35,27 +33,13 @@ SIZES = {"tiny": 64, "mid": 256, "nexus-gen-v2": 512}
 TARGET_GRID, REFERENCE_GRID = (9, 9), (18, 18)  # upstream's generation and editing-reference grids
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _median_ms(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up: allocator, kernels, lazy initialisation
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
+    return 1000 * median_seconds(fn, repeats, device)
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 1024) -> float:
     """Best FLOP/s of an n x n matmul in `dtype`: the roofline of the dense layers."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / min(_median_ms(lambda: a @ b, 3, device) for _ in range(3)) * 1000
+    return matmul_peak(device, sizes=(n,), repeats=3, dtype=dtype)["flops_per_s"]
 
 
 def _count_flops(fn) -> int:

@@ -14,26 +14,15 @@ call), medians over repeats:
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
 from PIL import Image
 
+from nexusgen.bench import median_seconds
+
 PROMPT = "a red circle left of a blue square"
 QUESTION = "How many shapes are there?"
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: allocator, thread pool, lazy initialisation
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 class _NoEndOfTurn:
@@ -58,7 +47,7 @@ def understanding_speed(model, repeats: int, max_new_tokens: int) -> dict:
     """New tokens per second of `understand` (one image, greedy, KV cache)."""
     image = Image.new("RGB", (model.image_size, model.image_size), (250, 250, 250))
     with _NoEndOfTurn(model):
-        seconds = _median_seconds(lambda: model.understand(image, QUESTION, max_new_tokens=max_new_tokens),
+        seconds = median_seconds(lambda: model.understand(image, QUESTION, max_new_tokens=max_new_tokens),
                                   repeats)
     return {"understand_new_tokens": max_new_tokens, "understand_seconds_median": seconds,
             "understand_tokens_per_s": max_new_tokens / seconds}
@@ -66,9 +55,9 @@ def understanding_speed(model, repeats: int, max_new_tokens: int) -> dict:
 
 def generation_speed(model, repeats: int, batch: int) -> dict:
     """Warm single-image latency and batch-vs-single throughput of `generate`."""
-    single = _median_seconds(lambda: model.generate(PROMPT, seed=0), repeats)
+    single = median_seconds(lambda: model.generate(PROMPT, seed=0), repeats)
     prompts = [PROMPT] * batch
-    batched = _median_seconds(lambda: model.generate(prompts, seed=0), max(1, repeats // 2))
+    batched = median_seconds(lambda: model.generate(prompts, seed=0), max(1, repeats // 2))
     return {"generate_latency_s_median": single, "generate_batch": batch,
             "generate_batch_seconds_median": batched, "images_per_s_batch1": 1 / single,
             f"images_per_s_batch{batch}": batch / batched, "batch_speedup": (batch / batched) * single}

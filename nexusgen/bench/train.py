@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from nexusgen.bench import matmul_peak, synchronize
 from nexusgen.train.config import STAGES, TrainConfig, apply_overrides
 
 # The mid-size runs: larger models and batches that stress matmuls the way real training does.
@@ -28,21 +29,7 @@ MID_OVERRIDES = {
 
 def measure_matmul_peak(device: torch.device, sizes=(1024, 2048), repeats: int = 5) -> dict:
     """Best FLOP/s of an n x n @ n x n matmul (fp32 on CPU, bf16 on GPU) over sizes and repeats."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    best, best_n = 0.0, None
-    for n in sizes:
-        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-        torch.matmul(a, b)  # warm-up (threads, allocator)
-        for _ in range(repeats):
-            _sync(device)
-            started = time.perf_counter()
-            torch.matmul(a, b)
-            _sync(device)
-            rate = 2 * n ** 3 / (time.perf_counter() - started)
-            if rate > best:
-                best, best_n = rate, n
-    return {"flops_per_s": best, "n": best_n, "dtype": str(dtype).removeprefix("torch."),
-            "threads": torch.get_num_threads()}
+    return matmul_peak(device, sizes=sizes, repeats=repeats)
 
 
 def bench_stage(config: TrainConfig, *, steps: int, warmup: int = 2) -> dict:
@@ -71,11 +58,11 @@ def bench_stage(config: TrainConfig, *, steps: int, warmup: int = 2) -> dict:
     for batch in batches:
         for name, value in (parts.stage.count(batch) if parts.stage.count else {}).items():
             counts[name] = counts.get(name, 0) + value
-    _sync(info.device)
+    synchronize(info.device)
     started = time.perf_counter()
     for _ in range(steps):
         one_step()
-    _sync(info.device)
+    synchronize(info.device)
     seconds = (time.perf_counter() - started) / steps
     params = sum(p.numel() for p in parts.stage.module.parameters())
     trainable = sum(p.numel() for p in parts.stage.module.parameters() if p.requires_grad)
@@ -107,11 +94,6 @@ def run(args: argparse.Namespace) -> dict:
             results[key] = result
     return {"benchmark": "train", "device": str(device), "quick": quick, "peak": peak, "stages": results,
             "goal": "ar/mid fraction_of_peak >= 0.30"}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _null():
