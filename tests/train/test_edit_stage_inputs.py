@@ -24,7 +24,7 @@ def test_mixed_language_batch_equals_per_sample_predictions_and_reference_is_res
     samples = _edit_samples(6)
     module = EditDecoderTrainModule(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), model, seed=0,
                                     loss_weight=1.0, cond_dropout_prob=0.0)
-    collate = make_collate(32, processor, model.config, reference_px=128)
+    collate = make_collate(32, processor, reference_px=128)
     batch = collate(samples)
     # 128-px references: 16x16 patches of 8 px -> an 8x8 token grid for every source
     assert batch["source_grid_thw"].tolist() == [[1, 16, 16]] * 6

@@ -12,20 +12,15 @@ only see prefill vectors, so this equals upstream's teacher-forced preparation).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 
 from nexusgen.train.config import TrainConfig
 from nexusgen.train.parallel import DistInfo
-from nexusgen.train.stages import parts
-from nexusgen.train.stages.common import SampleStream, Stage
+from nexusgen.train.stages.common import Stage
 from nexusgen.train.stages.gen_decoder import (
-    DEFAULT_LOSS_WEIGHTS,
     DecoderTrainModule,
-    _dit_blocks,
-    _export_helpers,
-    decoder_sources,
+    build_decoder_stage,
     pil_to_unit,
     target_image,
 )
@@ -89,7 +84,7 @@ def edit_prompt_inputs(samples: list[dict], processor) -> list[tuple[torch.Tenso
             for prefix, rows in groups.items()]
 
 
-def make_collate(size: int, processor, ar_config, reference_px: int = 0):
+def make_collate(size: int, processor, reference_px: int = 0):
     """Batches of target pixels plus precomputed embeddings, or the AR inputs to compute them; sources
     are encoded at `reference_px` square (0: the bounded input size), as the pipelines do."""
     reference_hw = (reference_px, reference_px) if reference_px else None
@@ -113,30 +108,6 @@ def make_collate(size: int, processor, ar_config, reference_px: int = 0):
 
 
 def build(config: TrainConfig, info: DistInfo) -> Stage:
-    weights = {**DEFAULT_LOSS_WEIGHTS, **config.stage.loss_weights}
-    if set(weights) != set(DEFAULT_LOSS_WEIGHTS):
-        raise ValueError(f"edit_decoder loss terms are {sorted(DEFAULT_LOSS_WEIGHTS)}, got {sorted(weights)}")
-    sources = decoder_sources(config, "editing")  # before the models: fail fast on a data error
-    decoder = parts.build_decoder(config, "editing")
-    vae = parts.build_vae(config)
-    encoder, processor = None, None
-    if config.data.source != "embeds":
-        encoder, processor = parts.build_autoregressive(config, for_training=False)
-    if config.stage.gradient_checkpointing:
-        decoder.transformer.enable_gradient_checkpointing()
-    module = EditDecoderTrainModule(decoder, vae, encoder, seed=config.seed, loss_weight=weights["flow"],
-                                    cond_dropout_prob=config.stage.cond_dropout_prob).to(info.device)
-    for helper in module.helpers:
-        if helper is not None:
-            helper.to(info.device)
-
-    def export(trained: EditDecoderTrainModule, out_dir) -> None:
-        parts.save_decoder(trained.decoder, "editing", Path(out_dir))
-        _export_helpers(config, trained, Path(out_dir), "editing_decoder", processor)
-
-    stream = SampleStream(sources, config.data.weights, seed=config.seed)
-    ar_config = encoder.config if encoder is not None else None
-    collate = make_collate(config.data.image_size_px, processor, ar_config, config.data.reference_image_px)
-    return Stage(module=module, stream=stream, collate=collate, export=export,
-                 shard_units=_dit_blocks(decoder),
-                 count=lambda b: {"samples": len(b["position"]), "images": len(b["position"])})
+    return build_decoder_stage(
+        config, info, "editing", EditDecoderTrainModule,
+        lambda processor: make_collate(config.data.image_size_px, processor, config.data.reference_image_px))

@@ -117,32 +117,44 @@ def decoder_sources(config: TrainConfig, kind: str) -> list:
     return generated_messages(config)
 
 
-def build(config: TrainConfig, info: DistInfo) -> Stage:
+def build_decoder_stage(config: TrainConfig, info: DistInfo, kind: str, module_cls, make_stage_collate) -> Stage:
+    """The gen_decoder / edit_decoder stage (kind "generation" / "editing"): decoder trainable; VAE and
+    (unless embeddings are precomputed) the AR model frozen helpers.
+
+    Args:
+        module_cls: `DecoderTrainModule` or its editing subclass.
+        make_stage_collate: (processor or None) -> collate function.
+    """
     weights = {**DEFAULT_LOSS_WEIGHTS, **config.stage.loss_weights}
     if set(weights) != set(DEFAULT_LOSS_WEIGHTS):
-        raise ValueError(f"gen_decoder loss terms are {sorted(DEFAULT_LOSS_WEIGHTS)}, got {sorted(weights)}")
-    sources = decoder_sources(config, "generation")  # before the models: fail fast on a data error
-    decoder = parts.build_decoder(config, "generation")
+        raise ValueError(f"{config.stage.name} loss terms are {sorted(DEFAULT_LOSS_WEIGHTS)}, got {sorted(weights)}")
+    sources = decoder_sources(config, kind)  # before the models: fail fast on a data error
+    decoder = parts.build_decoder(config, kind)
     vae = parts.build_vae(config)
     encoder, processor = None, None
     if config.data.source != "embeds":  # embeddings on the fly from the frozen AR model
         encoder, processor = parts.build_autoregressive(config, for_training=False)
     if config.stage.gradient_checkpointing:
         decoder.transformer.enable_gradient_checkpointing()
-    module = DecoderTrainModule(decoder, vae, encoder, seed=config.seed, loss_weight=weights["flow"],
-                                cond_dropout_prob=config.stage.cond_dropout_prob).to(info.device)
+    module = module_cls(decoder, vae, encoder, seed=config.seed, loss_weight=weights["flow"],
+                        cond_dropout_prob=config.stage.cond_dropout_prob).to(info.device)
     for helper in module.helpers:
         if helper is not None:
             helper.to(info.device)
 
     def export(trained: DecoderTrainModule, out_dir) -> None:
-        parts.save_decoder(trained.decoder, "generation", Path(out_dir))
-        _export_helpers(config, trained, Path(out_dir), "generation_decoder", processor)
+        parts.save_decoder(trained.decoder, kind, Path(out_dir))
+        _export_helpers(config, trained, Path(out_dir), f"{kind}_decoder", processor)
 
     stream = SampleStream(sources, config.data.weights, seed=config.seed)
-    return Stage(module=module, stream=stream, collate=make_collate(config.data.image_size_px, processor),
-                 export=export, shard_units=_dit_blocks(decoder),
+    return Stage(module=module, stream=stream, collate=make_stage_collate(processor), export=export,
+                 shard_units=_dit_blocks(decoder),
                  count=lambda b: {"samples": len(b["position"]), "images": len(b["position"])})
+
+
+def build(config: TrainConfig, info: DistInfo) -> Stage:
+    return build_decoder_stage(config, info, "generation", DecoderTrainModule,
+                               lambda processor: make_collate(config.data.image_size_px, processor))
 
 
 def _dit_blocks(decoder) -> list[torch.nn.Module]:
