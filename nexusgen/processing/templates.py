@@ -41,6 +41,9 @@ CANONICAL_ANSWER_PREFIXES = {
 }
 
 IMAGE_SPAN = VISION_START + IMAGE_PAD + VISION_END
+# Tokens the processor gives structure to (image spans): in message text they would desynchronise the
+# image-token count from the images (an IndexError in tokenization), so they are refused there.
+RESERVED_TOKENS = (VISION_START, IMAGE_PAD, VISION_END)
 
 
 def template_key(task: str, language: str) -> str:
@@ -108,7 +111,7 @@ def render_chat(messages: list[dict], *, system_prompt: str | None = DEFAULT_SYS
         RenderedChat.
 
     Raises:
-        ValueError: unknown role or non-string content.
+        ValueError: unknown role, non-string content, or content holding a reserved image token.
     """
     parts: list[str] = []
     spans: list[tuple[int, int]] = []
@@ -130,6 +133,10 @@ def render_chat(messages: list[dict], *, system_prompt: str | None = DEFAULT_SYS
             raise ValueError(f"message {i}: unknown role {role!r}")
         if not isinstance(content, str):
             raise ValueError(f"message {i}: content must be a string, got {type(content).__name__}")
+        reserved = [t for t in RESERVED_TOKENS if t in content]
+        if reserved:
+            raise ValueError(f"message {i}: the text holds the reserved token {reserved[0]}; mark images "
+                             f"with {IMAGE_PLACEHOLDER}")
         roles += [role] * content.count(IMAGE_PLACEHOLDER)
         add(f"{IM_START}{role}\n")
         add(content.replace(IMAGE_PLACEHOLDER, IMAGE_SPAN), trainable=role == "assistant")

@@ -77,6 +77,16 @@ def test_render_chat_marks_assistant_text_trainable():
         render_chat([{"role": "robot", "content": "x"}])
 
 
+@pytest.mark.parametrize("token", ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>"])
+def test_reserved_image_tokens_in_text_are_a_value_error(processor, token):
+    # a literal <|image_pad|> in a prompt used to desynchronise the image count (IndexError)
+    with pytest.raises(ValueError, match="reserved token"):
+        processor.image_prompt_inputs(f"a {token} b")
+    with pytest.raises(ValueError, match="reserved token"):
+        processor.chat_inputs([[{"role": "user", "content": f"<image> what is {token}?"}]],
+                              [[Image.new("RGB", (48, 48))]])
+
+
 def test_resize_fixed_crops_instead_of_stretching():
     image = Image.new("RGB", (200, 100), "white")
     image.paste((255, 0, 0), (0, 0, 50, 100))  # left quarter red: cropped away by a centre crop
