@@ -17,6 +17,10 @@ from nexusgen.flow.sampler import generate_images
 from nexusgen.pipelines.inputs import as_batch, check_positive, check_prompts, check_seed, to_pil
 from nexusgen.pipelines.predict import negative_kwargs, predict_embeds
 
+MAX_OUTPUT_PIXELS = 2048 * 2048
+"""Largest output image (height x width) a call may ask for: FLUX works up to about 2 MP, and a far
+larger request only exhausts memory (the attention over (H/16)(W/16) latent tokens grows quadratically)."""
+
 
 @dataclass
 class GenerateOutput:
@@ -49,8 +53,11 @@ def image_settings(config, *, height, width, num_steps, guidance_scale, seed,
     default_scale = sampling.edit_guidance_scale if edit else sampling.guidance_scale
     guidance_scale = default_scale if guidance_scale is None else guidance_scale
     check_positive("guidance_scale", guidance_scale, float)
-    return ImageSettings(height=check_positive("height", height) or sampling.height,
-                         width=check_positive("width", width) or sampling.width,
+    height = check_positive("height", height) or sampling.height
+    width = check_positive("width", width) or sampling.width
+    if height * width > MAX_OUTPUT_PIXELS:
+        raise ValueError(f"output size {height}x{width} is more than the limit of {MAX_OUTPUT_PIXELS} pixels")
+    return ImageSettings(height=height, width=width,
                          num_steps=check_positive("num_steps", num_steps) or sampling.num_steps,
                          guidance_scale=float(guidance_scale), seed=check_seed(seed))
 

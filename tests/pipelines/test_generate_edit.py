@@ -10,6 +10,7 @@ import torch
 
 from nexusgen.flow.sampler import edit_images, generate_images
 from nexusgen.pipelines import EditPipeline, GeneratePipeline
+from nexusgen.pipelines.generate import image_settings
 from nexusgen.pipelines.inputs import detect_language, image_request_inputs
 from nexusgen.pipelines.predict import reference_embeds
 from nexusgen.processing.images import resize_fixed
@@ -153,6 +154,16 @@ def test_guidance_needs_a_negative_branch(tiny, pictures):
 def test_bad_inputs_raise_value_errors(tiny, pictures, call, message):
     with pytest.raises(ValueError, match=message):
         call(tiny, pictures[0])
+
+
+def test_oversized_output_is_refused_before_any_work(tiny):
+    # checked on the settings, so the test cannot run out of memory if the check is missing
+    for edit in (False, True):
+        with pytest.raises(ValueError, match="more than the limit"):
+            image_settings(tiny.config, height=100_000, width=100_000, num_steps=None, guidance_scale=None,
+                           seed=0, edit=edit)
+    ok = image_settings(tiny.config, height=2048, width=2048, num_steps=None, guidance_scale=None, seed=0)
+    assert (ok.height, ok.width) == (2048, 2048)
 
 
 def test_progress_bar_only_when_asked(tiny, capsys):
