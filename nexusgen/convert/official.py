@@ -399,7 +399,10 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
     if not path.is_file():
         raise ValueError(f"missing {path}")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path}: unreadable safetensors file ({err})") from err
 
 
 def link_autoregressive(official_dir: Path, out_folder: Path) -> list[str]:

@@ -154,6 +154,15 @@ def test_converting_nothing_is_an_error_and_the_cli_says_so(tmp_path, capsys):
     assert "nothing to convert" in capsys.readouterr().err
 
 
+def test_corrupt_clip_and_vae_files_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "text_encoder").mkdir()
+    (tmp_path / "text_encoder/model.safetensors").write_bytes(b"garbage")
+    (tmp_path / "ae.safetensors").write_bytes(b"garbage")
+    assert main(["convert", str(tmp_path), str(tmp_path / "out")]) == 2  # was a SafetensorError traceback
+    err = capsys.readouterr().err
+    assert "pooled vector: FAILED" in err and "vae: FAILED" in err and "Traceback" not in err
+
+
 def test_autoregressive_files_are_linked_and_load(tmp_path):
     from nexusgen.loading.autoregressive import build_autoregressive, load_autoregressive, save_autoregressive
 
