@@ -22,7 +22,8 @@ DEFAULT_MODEL = "shapes-mini"
 
 # Exceptions that mean "the user's input is wrong": one line, exit 2. Anything else is a bug and keeps
 # its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
 
 
 def _call(target: str):

@@ -166,12 +166,17 @@ def _bad_cases(images, tmp_path):
                                "no negative branch"),
         "missing bundle": (["generate", "--prompt", "q", "--out", out],
                            "bundled model 'shapes-mini' is missing"),
+        "output under a file": (["generate", "--model", "tiny", "--prompt", "q", "--out",
+                                 str(images["square"] / "x.png")], "File exists"),
+        "eval into a file": (["eval", "shapes", "--model", "oracle", "--num", "1", "--out",
+                              str(images["square"])], "File exists"),
     }
 
 
 @pytest.mark.parametrize("case", ["corrupt image", "too many pixels", "missing image", "empty prompt",
                                   "unknown model", "not a model", "bad extension", "bad steps",
-                                  "no negative branch", "missing bundle"])
+                                  "no negative branch", "missing bundle", "output under a file",
+                                  "eval into a file"])
 def test_bad_input_is_one_line_and_exit_2(images, tmp_path, capsys, case):
     argv, message = _bad_cases(images, tmp_path)[case]
     code, out, err = _run(argv, capsys)
