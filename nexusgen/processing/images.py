@@ -18,6 +18,7 @@ these functions are the only place where an image's size changes.
 from __future__ import annotations
 
 import os
+import warnings
 
 from PIL import Image
 
@@ -46,7 +47,10 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_DECODED_PIXELS) ->
         ValueError: unreadable / corrupt file, or too many pixels (checked before decoding).
     """
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():  # PIL's own bomb warning (> 89 MP): our limit below is lower
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ValueError(f"{path}: {width}x{height} pixels is more than the limit of {max_pixels}")

@@ -18,6 +18,7 @@ from nexusgen.processing import (
     to_rgb,
     user_text,
 )
+from nexusgen.processing.images import load_image
 from nexusgen.processing.processor import build_image_processor
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -85,6 +86,30 @@ def test_reserved_image_tokens_in_text_are_a_value_error(processor, token):
     with pytest.raises(ValueError, match="reserved token"):
         processor.chat_inputs([[{"role": "user", "content": f"<image> what is {token}?"}]],
                               [[Image.new("RGB", (48, 48))]])
+
+
+def _png_header(path, width, height):
+    """A PNG whose header claims width x height (nothing decodable after it): opening reads only this."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def test_load_image_refuses_too_many_pixels_with_one_error_and_no_warning(tmp_path):
+    import warnings
+
+    path = _png_header(tmp_path / "bomb.png", 10_000, 9_000)  # 90 MP: above PIL's 89 MP warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="more than the limit"):
+            load_image(path)
+    assert caught == []  # the CLI prints every warning: a bomb warning made the error three lines
 
 
 def test_resize_fixed_crops_instead_of_stretching():
