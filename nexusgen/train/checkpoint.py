@@ -200,7 +200,7 @@ def load_checkpoint(path, *, model, optimizer, scheduler, info: parallel.DistInf
     and (global) data position but cannot restore per-rank RNG streams: they are reseeded.
 
     Raises:
-        ValueError: `path` is not a complete checkpoint.
+        ValueError: `path` is not a complete checkpoint, or one of another model (recipe / config).
     """
     path = Path(path)
     if not (path / COMPLETE).is_file():
@@ -208,7 +208,12 @@ def load_checkpoint(path, *, model, optimizer, scheduler, info: parallel.DistInf
     trainer = json.loads((path / "trainer.json").read_text())
     model_state = load_file(str(path / "model.safetensors"))
     optim_state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
-    parallel.load_full_state_dicts(model, optimizer, model_state, optim_state)
+    try:
+        parallel.load_full_state_dicts(model, optimizer, model_state, optim_state)
+    except (RuntimeError, KeyError) as err:  # another stage or model size: missing/unexpected/mis-shaped
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"{path} does not match this run's model (another recipe or config?): "
+                         f"{detail[:300]}") from err
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     if ema is not None and (path / "ema.safetensors").is_file():
         ema.load_state_dict(load_file(str(path / "ema.safetensors")))

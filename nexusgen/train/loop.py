@@ -45,7 +45,6 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False) -> dict:
     if latest is not None and not resume:
         raise ValueError(f"{run_dir} already holds checkpoints; pass --resume or choose another --out")
     micro_batch = config.micro_batch_size(info.world_size)  # validates the batch split early
-    _prepare_run_dir(config, run_dir, info)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     _set_determinism(config.deterministic)
 
@@ -59,6 +58,7 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False) -> dict:
             latest, model=model, optimizer=optimizer, scheduler=scheduler, info=info, ema=ema)
         stage.stream.load_state_dict(data_state)
         parallel.print0(f"resumed from {latest} at step {start_step}")
+    _prepare_run_dir(config, run_dir, info)  # after the checkpoint loaded: a failed resume changes nothing
     logger = MetricsLogger(run_dir / "metrics.jsonl", enabled=info.is_main,
                            resume_step=start_step if resume else None)
     progress = Progress(config.max_steps, start_step, enabled=info.is_main and config.progress)

@@ -62,6 +62,19 @@ def test_fresh_run_refuses_a_dir_with_checkpoints(tmp_path):
         train(get_recipe("tiny-vae"), tmp_path)
 
 
+def test_resuming_another_recipes_checkpoint_is_a_clear_error(tmp_path, capsys):
+    from nexusgen.cli import main
+
+    train(apply_overrides(get_recipe("tiny-vae"), ["max_steps=1", "save_every=1", "progress=false"]), tmp_path)
+    capsys.readouterr()
+    config_json = (tmp_path / "config.json").read_text()
+    argv = ["train", "tiny-ar", "--out", str(tmp_path), "--set", "max_steps=2", "--resume"]
+    assert main(argv) == 2  # was a RuntimeError traceback from load_state_dict
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not match this run's model" in err
+    assert (tmp_path / "config.json").read_text() == config_json  # the run's record is untouched
+
+
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     config = apply_overrides(get_recipe("tiny-vae"), OVERRIDES)
     straight = tmp_path / "straight"
