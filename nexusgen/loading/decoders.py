@@ -95,7 +95,10 @@ def _load_transformer(folder: Path, config: DecoderConfig,
     path = folder / TRANSFORMER_DIR
     if not (path / "config.json").is_file():
         raise ValueError(f"missing diffusers transformer folder {path}")
-    stored = FluxTransformer2DModel.load_config(path)
+    try:
+        stored = FluxTransformer2DModel.load_config(path)
+    except OSError as err:  # diffusers reports invalid JSON as an OSError
+        raise ValueError(f"cannot load the transformer in {path}: {err}") from err
     expected = json.loads(json.dumps(config.transformer_kwargs()))  # tuples -> lists, as stored
     mismatched = {k: (stored.get(k), v) for k, v in expected.items() if stored.get(k) != v}
     if mismatched:

@@ -88,6 +88,9 @@ def test_missing_and_broken_files_are_value_errors(saved, tmp_path):
         load_generation_decoder(folder)
     with pytest.raises(ValueError, match="config.json is missing"):
         load_generation_decoder(tmp_path / "nowhere")
+    (folder / "transformer" / "config.json").write_text('{"_class_name": "Flux')  # truncated JSON
+    with pytest.raises(ValueError, match="cannot load the transformer"):  # was an OSError traceback
+        load_generation_decoder(folder)
     with pytest.raises(ValueError, match="missing VAE folder"):
         load_vae(tmp_path / "nowhere")
 
