@@ -37,13 +37,14 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False) -> dict:
         resume: continue from the newest complete checkpoint in RUN_DIR (from scratch if none).
 
     Raises:
-        ValueError: RUN_DIR already holds checkpoints and `resume` is False, or a bad config.
+        ValueError: RUN_DIR already holds checkpoints or a final/ export and `resume` is False, or a bad config.
     """
     info = parallel.init_distributed(config.dist, config.device)
     run_dir = Path(run_dir)
     latest = checkpoint.latest_checkpoint(run_dir)
-    if latest is not None and not resume:
-        raise ValueError(f"{run_dir} already holds checkpoints; pass --resume or choose another --out")
+    if not resume and (latest is not None or (run_dir / "final").exists()):
+        # a finished run saved without checkpoints (save_every=0) is a result too: never overwrite silently
+        raise ValueError(f"{run_dir} already holds a run; pass --resume or choose another --out")
     micro_batch = config.micro_batch_size(info.world_size)  # validates the batch split early
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     _set_determinism(config.deterministic)

@@ -57,3 +57,15 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert record["step"] == 1 and record["loss"] > 0
     assert (run / "final" / "autoregressive").is_dir()
+
+
+def test_a_finished_run_without_checkpoints_is_not_overwritten(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "tiny-vae", "--out", str(run), "--set", "max_steps=2", "--set", "save_every=0",
+            "--set", "progress=false"]
+    assert main(args) == 0 and (run / "final").is_dir()
+    before = (run / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_text() == before
