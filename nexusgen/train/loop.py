@@ -12,6 +12,7 @@ is 100x slower than fp32 on our AVX2 CPUs); losses are reduced in fp32.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from nexusgen.train import checkpoint, parallel
-from nexusgen.train.config import TrainConfig, save_config
+from nexusgen.train.config import TrainConfig, config_to_dict, save_config
 from nexusgen.train.ema import EMA
 from nexusgen.train.metrics import MetricsLogger, Progress
 from nexusgen.train.optim import build_optimizer, build_scheduler
@@ -45,6 +46,8 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False) -> dict:
     if not resume and (latest is not None or (run_dir / "final").exists()):
         # a finished run saved without checkpoints (save_every=0) is a result too: never overwrite silently
         raise ValueError(f"{run_dir} already holds a run; pass --resume or choose another --out")
+    if resume and latest is not None:
+        check_resumable(config, run_dir / "config.json")
     micro_batch = config.micro_batch_size(info.world_size)  # validates the batch split early
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     _set_determinism(config.deterministic)
@@ -244,6 +247,36 @@ def _set_determinism(deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by cuBLAS in this mode
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+RESUME_MAY_CHANGE = ("max_steps", "save_every", "log_every", "eval_every", "progress", "checkpoint.keep_last",
+                     "data.skip_bad")
+"""Config fields a `--resume` may change. Anything else (data, model, optimiser, seed, batch) would
+silently make the resumed run a different run from the one its checkpoints came from."""
+
+
+def check_resumable(config: TrainConfig, stored_path: Path) -> None:
+    """ValueError naming the fields where `config` differs from the run's stored config.json."""
+    if not stored_path.is_file():
+        return
+    stored = _flatten(json.loads(stored_path.read_text(encoding="utf-8")))
+    current = _flatten(json.loads(json.dumps(config_to_dict(config))))
+    changed = sorted(k for k in stored.keys() | current.keys()
+                     if stored.get(k) != current.get(k) and not k.startswith(RESUME_MAY_CHANGE))
+    if changed:
+        details = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
+        raise ValueError(f"--resume with a different config than {stored_path} ({details}); only "
+                         f"{', '.join(RESUME_MAY_CHANGE)} may change: resume with the run's own settings")
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in ("model", "loss_weights", "world_options"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _prepare_run_dir(config: TrainConfig, run_dir: Path, info: parallel.DistInfo) -> None:

@@ -69,3 +69,18 @@ def test_a_finished_run_without_checkpoints_is_not_overwritten(tmp_path, capsys)
     assert main(args) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_resume_refuses_a_changed_config_but_may_extend_the_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "tiny-vae", "--out", str(run), "--set", "max_steps=2", "--set", "save_every=2",
+            "--set", "progress=false"]
+    assert main(args) == 0
+    stored = (run / "config.json").read_text()
+    capsys.readouterr()
+    assert main([*args, "--set", "lr=0.5", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "lr: 0.001 -> 0.5" in err and len(err.strip().splitlines()) == 1
+    assert (run / "config.json").read_text() == stored  # a refused resume changes nothing
+    assert main([*args, "--set", "max_steps=3", "--resume"]) == 0
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3

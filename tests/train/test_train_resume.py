@@ -71,8 +71,14 @@ def test_resuming_another_recipes_checkpoint_is_a_clear_error(tmp_path, capsys):
     argv = ["train", "tiny-ar", "--out", str(tmp_path), "--set", "max_steps=2", "--resume"]
     assert main(argv) == 2  # was a RuntimeError traceback from load_state_dict
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "does not match this run's model" in err
+    # the stored config.json catches it first (stage.name differs) ...
+    assert len(err.splitlines()) == 1 and "different config" in err and "stage.name" in err
     assert (tmp_path / "config.json").read_text() == config_json  # the run's record is untouched
+    # ... and without it, the checkpoint itself does not fit the model
+    (tmp_path / "config.json").unlink()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not match this run's model" in err
 
 
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
