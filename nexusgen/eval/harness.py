@@ -15,6 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from nexusgen.loading.files import atomic_write_text
+
 from .oracle import BlankModel, OracleModel
 
 # Names that select the reference models instead of loading a checkpoint.
@@ -57,11 +59,7 @@ def _tmp(path: Path) -> Path:
 
 
 def write_text(path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def write_json(path, data) -> None:

@@ -45,12 +45,22 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> N
     os.replace(temporary, path)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) through a temporary sibling file, fsync, then os.replace: readers see the old
+    file or the new one, never a part. The parent folder is created if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
 def write_json(data: dict, path: str | os.PathLike) -> None:
     """Write JSON atomically."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_json_object(path: str | os.PathLike) -> dict:

@@ -48,17 +48,6 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path, text: str) -> None:
-    """Write `text` to `path` through a temporary file, fsync, then os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def atomic_directory(path):
     """Yield a temporary sibling directory; on success fsync its files and rename it to `path`.

@@ -255,7 +255,7 @@ def config_from_dict(cls, data: dict):
 
 
 def save_config(config: TrainConfig, path) -> None:
-    from nexusgen.train.checkpoint import atomic_write_text  # one atomic-write helper for the package
+    from nexusgen.loading.files import atomic_write_text  # one atomic-write helper for the package
 
     atomic_write_text(path, json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from nexusgen.loading.files import atomic_write_text
 from nexusgen.train import checkpoint, parallel
 from nexusgen.train.config import TrainConfig, config_to_dict, save_config
 from nexusgen.train.ema import EMA
@@ -283,7 +284,7 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, info: parallel.DistInfo
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.json")
-        checkpoint.atomic_write_text(run_dir / "git_sha", git_sha() + "\n")
+        atomic_write_text(run_dir / "git_sha", git_sha() + "\n")
     parallel.barrier()
 
 

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from nexusgen.train.checkpoint import atomic_write_text
+from nexusgen.loading.files import atomic_write_text
 
 
 class MetricsLogger:

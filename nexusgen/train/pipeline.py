@@ -70,7 +70,7 @@ def _copy_final(source: Path, target: Path, preset: str) -> None:
     """RUN/final = the last stage's complete folder, plus the model-level config (nexusgen.json) of the
     pipeline's preset, so sampling defaults and grids are recorded rather than inferred."""
     from nexusgen.config import PRESETS, NexusGenConfig
-    from nexusgen.loading.decoders import write_json
+    from nexusgen.loading.files import write_json
     from nexusgen.loading.folder import CONFIG_FILE
 
     tmp = target.with_name(f".{target.name}.tmp")
