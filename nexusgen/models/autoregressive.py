@@ -284,7 +284,7 @@ class NexusGenARModel(nn.Module):
         return self.training_loss(batch, **kwargs)
 
     def training_loss(self, batch: dict, token_weight: float = 1.0, image_weight: float = 1.0,
-                      feed_targets: bool = False) -> dict:
+                      feed_targets: bool = False, image_embeds: list[torch.Tensor] | None = None) -> dict:
         """Teacher-forced loss  w_tok * CE + w_img * (0.5 * MSE + 0.5 * (1 - cos))  (SPEC 3.1).
 
         Target images are encoded by the ViT without gradient (regression targets); their positions
@@ -299,6 +299,8 @@ class NexusGenARModel(nn.Module):
             token_weight: w_tok.
             image_weight: w_img.
             feed_targets: feed ground-truth target embeddings instead of the prefill table.
+            image_embeds: `encode_images(pixel_values, image_grid_thw)` if the caller already has it (a
+                loss on the ViT tokens themselves, as in stage `vlm`); computed here otherwise.
 
         Returns:
             dict of scalar tensors: `loss` (differentiable), `ce`, `image_loss`, `image_mse` and
@@ -306,7 +308,7 @@ class NexusGenARModel(nn.Module):
         """
         input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         grids = batch.get("image_grid_thw")
-        inputs_embeds, targets = self._training_inputs(batch, feed_targets)
+        inputs_embeds, targets = self._training_inputs(batch, feed_targets, image_embeds)
         positions = self.compute_positions(input_ids, mask, grids)
         hidden, _ = self.language_model(inputs_embeds, mask, positions)  # (B, L, D)
         hidden, next_labels = hidden[:, :-1], labels[:, 1:]  # h[t] predicts token t + 1
@@ -336,7 +338,8 @@ class NexusGenARModel(nn.Module):
         return {"loss": loss, "ce": ce.detach(), "image_loss": image_loss.detach(),
                 "image_mse": mse.detach(), "image_cos": cos.detach()}
 
-    def _training_inputs(self, batch: dict, feed_targets: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _training_inputs(self, batch: dict, feed_targets: bool,
+                         per_image: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Input embeddings with images spliced in, and the (T, D) regression targets."""
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
         grids = batch.get("image_grid_thw")
@@ -345,7 +348,8 @@ class NexusGenARModel(nn.Module):
         if grids is None or grids.numel() == 0:
             return inputs_embeds, inputs_embeds.new_zeros(0, dim)
         is_target = batch["image_is_target"].to(torch.bool)
-        per_image = self.encode_images(batch["pixel_values"], grids)
+        if per_image is None:
+            per_image = self.encode_images(batch["pixel_values"], grids)
         counts = torch.tensor(self.image_token_counts(grids), device=is_target.device)
         target_grid = torch.tensor(self.config.output_grid_thw, device=grids.device)
         if is_target.any() and not (grids[is_target] == target_grid).all():

@@ -4,7 +4,8 @@
 starting from the previous stage's exported folder:
 
     vae          AutoencoderKL /4 (16x16x16 latents) on rendered scenes
-    vlm          the from-scratch Qwen2.5-VL learns to see: understanding + captions, CE only, ViT trainable
+    vlm          the from-scratch Qwen2.5-VL learns to see: understanding + captions, CE + per-token pixel
+                 reconstruction (train/stages/vlm.py says why), ViT trainable
     ar           Nexus-Gen phase 1: ViT frozen; text + image-embedding regression on all three tasks
     gen_decoder  phase 2: adapter + DiT from ground-truth ViT embeddings (10% conditioning dropout, so
                  guidance needs no T5)
@@ -51,7 +52,7 @@ def shapes_mini_vae() -> TrainConfig:
 
 def shapes_mini_vlm() -> TrainConfig:
     """Understanding pre-training from scratch (the role of Qwen2.5-VL's own pre-training)."""
-    return _config(StageConfig(name="vlm", preset=PRESET), max_steps=4000, lr=1e-3, batch_size=32,
+    return _config(StageConfig(name="vlm", preset=PRESET), max_steps=5000, lr=1e-3, batch_size=32,
                    tasks=("understand",))
 
 

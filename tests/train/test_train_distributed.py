@@ -42,6 +42,7 @@ def _launch(run_dir, strategy: str, world_size: int = 2):
 @pytest.mark.distributed
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_gloo_processes_match_one_process(tmp_path, strategy):
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         config = apply_overrides(get_recipe("tiny-vae"), OVERRIDES)
@@ -49,7 +50,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, strategy):
         _launch(double, strategy)
         train(config, single)
     finally:
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(threads)
     one, two = read_metrics(single / "metrics.jsonl"), read_metrics(double / "metrics.jsonl")
     assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(1, 7))
     for a, b in zip(one, two):

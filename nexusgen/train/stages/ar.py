@@ -26,10 +26,10 @@ AR_TRAINABLE = ("model.vlm.model.language_model", "model.vlm.lm_head", "model.vi
 class ARTrainModule(torch.nn.Module):
     """forward(batch) -> {"loss", "ce", "image_loss", "image_mse", "image_cos"}."""
 
-    def __init__(self, model, token_weight: float, image_weight: float):
+    def __init__(self, model, weights: dict[str, float]):
         super().__init__()
         self.model = model
-        self.token_weight, self.image_weight = token_weight, image_weight
+        self.token_weight, self.image_weight = weights["token"], weights["image"]
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         return self.model.training_loss(batch, token_weight=self.token_weight, image_weight=self.image_weight)
@@ -64,17 +64,18 @@ def count(batch: dict) -> dict[str, int]:
     return {"samples": int(batch["input_ids"].shape[0]), "tokens": int(batch["attention_mask"].sum())}
 
 
-def build_ar_stage(config: TrainConfig, info: DistInfo, *, trainable, default_weights: dict) -> Stage:
-    """Shared by `ar` and `vlm`: the AR model (parent or preset), its trainable parts and loss weights."""
+def build_ar_stage(config: TrainConfig, info: DistInfo, *, trainable, default_weights: dict,
+                   module_class=ARTrainModule) -> Stage:
+    """Shared by `ar` and `vlm`: the AR model (parent or preset), its trainable parts and loss weights;
+    `module_class(model, weights)` is the training module."""
     weights = {**default_weights, **config.stage.loss_weights}
-    if set(weights) != set(DEFAULT_LOSS_WEIGHTS):
-        raise ValueError(f"{config.stage.name} loss terms are {sorted(DEFAULT_LOSS_WEIGHTS)}, "
-                         f"got {sorted(weights)}")
+    if set(weights) != set(default_weights):
+        raise ValueError(f"{config.stage.name} loss terms are {sorted(default_weights)}, got {sorted(weights)}")
     sources = message_sources(config)  # before the model: a data error must not wait for a 7B build
     model, processor = parts.build_autoregressive(config, for_training=True)
     if config.stage.gradient_checkpointing:
         model.vlm.gradient_checkpointing_enable()
-    module = ARTrainModule(model, weights["token"], weights["image"]).to(info.device)
+    module = module_class(model, weights).to(info.device)
     set_trainable(module, trainable)
     vlm = model.vlm.model
 
