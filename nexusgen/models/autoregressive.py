@@ -41,6 +41,7 @@ from nexusgen.models.ar_presets import (  # noqa: F401 (re-exported: the presets
 from nexusgen.processing.templates import CANONICAL_ANSWER_PREFIXES, DEFAULT_SYSTEM_PROMPT
 
 IGNORE_INDEX = -100
+IMAGE_FEEDS = ("prefill", "predicted")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -63,6 +64,10 @@ class ARConfig:
         answer_prefixes: canonical assistant answers before `<image>`, keys "generate_en", "edit_zh", ...
         tokenizer: the tokenizer a *fresh* model of this config is built with (a name in
             `processing.tokenizers.TOKENIZER_BUILDERS`; None: bytes for small vocabularies, else Qwen2.5).
+        image_feed: what the LLM reads at an answer image's token positions: "prefill" (Nexus-Gen's
+            prefilled autoregression: the learnt table, one pass) or "predicted" (standard AR, the paper's
+            ablation baseline: ground-truth embeddings in training, its own predictions fed back one
+            token at a time at inference).
             A saved model folder always carries its own tokenizer files.
     """
 
@@ -75,8 +80,11 @@ class ARConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     answer_prefixes: dict[str, str] = field(default_factory=lambda: dict(CANONICAL_ANSWER_PREFIXES))
     tokenizer: str | None = None
+    image_feed: str = "prefill"
 
     def __post_init__(self):
+        if self.image_feed not in IMAGE_FEEDS:
+            raise ValueError(f"image_feed must be one of {IMAGE_FEEDS}, got {self.image_feed!r}")
         if not isinstance(self.qwen, dict):
             raise ValueError(f"ARConfig.qwen must be a dict of Qwen2_5_VLConfig fields: {type(self.qwen)}")
         self.output_image_px = tuple(int(x) for x in self.output_image_px)
@@ -284,7 +292,7 @@ class NexusGenARModel(nn.Module):
         return self.training_loss(batch, **kwargs)
 
     def training_loss(self, batch: dict, token_weight: float = 1.0, image_weight: float = 1.0,
-                      feed_targets: bool = False, image_embeds: list[torch.Tensor] | None = None) -> dict:
+                      feed_targets: bool | None = None, image_embeds: list[torch.Tensor] | None = None) -> dict:
         """Teacher-forced loss  w_tok * CE + w_img * (0.5 * MSE + 0.5 * (1 - cos))  (SPEC 3.1).
 
         Target images are encoded by the ViT without gradient (regression targets); their positions
@@ -298,7 +306,8 @@ class NexusGenARModel(nn.Module):
                 pixel_values (P, patch_dim), image_grid_thw (I, 3), image_is_target (I,).
             token_weight: w_tok.
             image_weight: w_img.
-            feed_targets: feed ground-truth target embeddings instead of the prefill table.
+            feed_targets: feed ground-truth target embeddings instead of the prefill table; default: as
+                `config.image_feed` says (True for a standard-AR model).
             image_embeds: `encode_images(pixel_values, image_grid_thw)` if the caller already has it (a
                 loss on the ViT tokens themselves, as in stage `vlm`); computed here otherwise.
 
@@ -308,6 +317,8 @@ class NexusGenARModel(nn.Module):
         """
         input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         grids = batch.get("image_grid_thw")
+        if feed_targets is None:
+            feed_targets = self.config.image_feed == "predicted"
         inputs_embeds, targets = self._training_inputs(batch, feed_targets, image_embeds)
         positions = self.compute_positions(input_ids, mask, grids)
         hidden, _ = self.language_model(inputs_embeds, mask, positions)  # (B, L, D)
@@ -389,6 +400,11 @@ class NexusGenARModel(nn.Module):
         Raises:
             ValueError: a prompt does not end in `<|vision_start|>`, or images do not match the text.
         """
+        if self.config.image_feed == "predicted":  # a standard-AR model (ablation): N sequential steps
+            from nexusgen.models.ar_generation import predict_image_embeds_sequential
+
+            return predict_image_embeds_sequential(self, input_ids, attention_mask, pixel_values, image_grid_thw,
+                                                   feed="predicted")
         ids, mask, grids, base_embeds = self.prepare_image_prompts(input_ids, attention_mask, pixel_values,
                                                                     image_grid_thw)
         n = self.num_output_tokens

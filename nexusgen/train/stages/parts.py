@@ -76,7 +76,8 @@ def build_autoregressive(config: TrainConfig, *, for_training: bool):
     """(model, processor): the parent's `autoregressive/` (fp32, master weights), else a fresh model of
     `ARConfig.from_preset(stage.preset)` with the tokenizer that matches the preset's token ids.
 
-    `for_training` applies the top-level fields of stage.model to the preset (AR stages only).
+    `for_training` applies the top-level fields of stage.model to the preset (AR stages only), or to a
+    parent's config where they leave the weights' shapes alone (e.g. `image_feed` for the ablation).
     """
     from nexusgen.loading import autoregressive as ar_loading
     from nexusgen.models.autoregressive import ARConfig
@@ -87,11 +88,28 @@ def build_autoregressive(config: TrainConfig, *, for_training: bool):
         model, tokenizer, image_processor = ar_loading.load_autoregressive(folder, device="cpu",
                                                                            dtype=torch.float32)
         model.train()
+        if for_training and config.stage.model:
+            model.config = _override_loaded(model.config, config.stage.model, folder)
     else:
         overrides = config.stage.model if for_training else {}
         ar_config = ARConfig.from_preset(config.stage.preset, **overrides)
         model, tokenizer, image_processor = ar_loading.build_autoregressive(ar_config)
     return model, ImageOnlyProcessor(tokenizer, image_processor, model.config)
+
+
+# ARConfig fields that shape the weights: a loaded parent's cannot change.
+_WEIGHT_SHAPING = ("qwen", "num_output_tokens", "output_image_px", "use_prefill_table", "tokenizer")
+
+
+def _override_loaded(ar_config, overrides: dict, folder: Path):
+    fixed = sorted(set(overrides) & set(_WEIGHT_SHAPING))
+    if fixed:
+        raise ValueError(f"stage.model fields {fixed} would change the weights of the parent {folder}; "
+                         "train from a preset (stage.parent=null) to change them")
+    try:
+        return dataclasses.replace(ar_config, **overrides)
+    except TypeError as err:
+        raise ValueError(f"stage.model: {err}") from None
 
 
 def save_autoregressive(model, processor, out_dir: Path) -> None:
