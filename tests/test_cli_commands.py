@@ -1,6 +1,7 @@
 """Every inference subcommand and option runs (tiny random model, or a tiny model folder); outputs equal the
 Python API's and are written atomically; bad input gives one line on stderr and exit code 2."""
 
+import math
 import subprocess
 import sys
 
@@ -140,6 +141,10 @@ def test_bench_e2e_quick(capsys):
     assert code == 0 and report["model"] == "tiny" and report["generate_batch"] == 4
     assert report["understand_new_tokens"] == 8 and report["understand_tokens_per_s"] > 0
     assert report["images_per_s_batch4"] > 0 and report["generate_latency_s_median"] > 0
+    rate = report["generate_gflop_per_image"] / report["generate_latency_s_median"]
+    assert report["generate_gflop_per_image"] > 0
+    assert math.isclose(report["batch1_gflop_per_s"], rate)
+    assert math.isclose(report["batch_speedup_bound"], 1 / report["batch1_fraction_of_peak"])
 
 
 def _bad_cases(images, tmp_path):

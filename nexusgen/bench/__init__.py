@@ -48,3 +48,30 @@ def matmul_peak(device: torch.device, sizes=(1024,), repeats: int = 3, dtype: to
             best, best_n = rate, n
     return {"flops_per_s": best, "n": best_n, "dtype": str(dtype).removeprefix("torch."),
             "threads": torch.get_num_threads()}
+
+
+def attention_flops(query_shape, key_shape, value_shape, dropout_p: float = 0.0, is_causal: bool = False,
+                    *args, attn_mask=None, out_shape=None, **kwargs) -> int:
+    """FLOPs of the CPU flash attention (absent from FlopCounterMode's registry): QK^T and PV.
+
+    A causal or masked call (the LLM's) counts only the causal (query, key) pairs -- the least work any
+    kernel must do, so a FLOP rate is never inflated; an unmasked call (the DiT's) counts every pair.
+    """
+    batch, heads, q_len, head_dim = query_shape
+    k_len = key_shape[-2]
+    if is_causal or attn_mask is not None:
+        # query i (of q_len, the last rows of a k_len sequence) sees keys 0 .. k_len - q_len + i
+        pairs = sum(min(k_len, k_len - q_len + i + 1) for i in range(q_len))
+    else:
+        pairs = q_len * k_len
+    return 4 * batch * heads * head_dim * pairs
+
+
+def count_flops(fn: Callable[..., object], *args) -> int:
+    """FLOPs of `fn(*args)` by torch's FlopCounterMode, with `attention_flops` for the CPU attention."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn(*args)
+    return counter.get_total_flops()

@@ -29,7 +29,7 @@ import os
 
 import torch
 
-from nexusgen.bench import matmul_peak, median_seconds
+from nexusgen.bench import count_flops, matmul_peak, median_seconds
 
 # Reported with the results; nexusgen/cli.py sets PASSIVE before torch loads (libgomp reads it once).
 _OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY") or "unset (active spinning)"
@@ -46,26 +46,6 @@ JUDGED_PRESET = "mid-qwen"
 def matmul_peak_flops(device: torch.device, n: int = 1024, repeats: int = 5) -> float:
     """Best FLOP/s of an n x n matmul (fp32 on CPU, bf16 on GPU): the roofline of the dense layers."""
     return matmul_peak(device, sizes=(n,), repeats=repeats)["flops_per_s"]
-
-
-def _causal_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    """FLOPs of the CPU flash attention (absent from FlopCounterMode's registry): QK^T and PV over the
-    causal (query, key) pairs only -- the least work any kernel must do, so the FLOP rate is not inflated.
-    """
-    batch, heads, q_len, head_dim = query_shape
-    k_len = key_shape[-2]
-    # query i (of q_len, the last rows of a k_len sequence) sees keys 0 .. k_len - q_len + i
-    pairs = sum(min(k_len, k_len - q_len + i + 1) for i in range(q_len))
-    return 4 * batch * heads * head_dim * pairs
-
-
-def _count_flops(fn, *args) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _causal_attention_flops}
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        fn(*args)
-    return counter.get_total_flops()
 
 
 def bench_preset(name: str, *, repeats: int, sequential_repeats: int, batch_sizes: tuple[int, ...],
@@ -100,9 +80,9 @@ def bench_preset(name: str, *, repeats: int, sequential_repeats: int, batch_size
             batch = inputs(b)
             seconds = timed(model.predict_image_embeds, *batch, n=repeats)
             throughput[f"batch_{b}"] = b / seconds
-            flops = _count_flops(model.predict_image_embeds, *batch)
+            flops = count_flops(model.predict_image_embeds, *batch)
             batch_gflop[f"batch_{b}"] = {"gflop": flops / 1e9, "gflop_per_s": flops / seconds / 1e9}
-        flops = _count_flops(model.predict_image_embeds, *single)
+        flops = count_flops(model.predict_image_embeds, *single)
     result = {
         "params": sum(p.numel() for p in model.parameters()),
         "num_output_tokens": model.num_output_tokens,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from nexusgen.bench import matmul_peak, median_seconds
+from nexusgen.bench import count_flops, matmul_peak, median_seconds
 from nexusgen.models.decoder import (
     DECODER_PRESETS,
     VAE_PRESETS,
@@ -40,14 +40,6 @@ def _median_ms(fn, repeats: int, device: torch.device) -> float:
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 1024) -> float:
     """Best FLOP/s of an n x n matmul in `dtype`: the roofline of the dense layers."""
     return matmul_peak(device, sizes=(n,), repeats=3, dtype=dtype)["flops_per_s"]
-
-
-def _count_flops(fn) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def _build(preset: str, device: torch.device, dtype: torch.dtype, editing: bool):
@@ -82,7 +74,7 @@ def _step_times(preset: str, device: torch.device, dtype: torch.dtype, repeats: 
         result["dit_step_ms_cfg_off"] = _median_ms(lambda: decoder.velocity(x, t, condition), repeats, device)
         result["dit_step_ms_cfg_on"] = _median_ms(
             lambda: decoder.velocity(torch.cat([x, x]), torch.cat([t, t]), both), repeats, device)
-        flops = _count_flops(lambda: decoder.velocity(x, t, condition))
+        flops = count_flops(lambda: decoder.velocity(x, t, condition))
     result["dit_step_gflop"] = flops / 1e9
     result["dit_step_tflops_achieved"] = flops / result["dit_step_ms_cfg_off"] / 1e9
     return result

@@ -7,7 +7,10 @@ call), medians over repeats:
 * throughput of `generate` at batch 16 vs batch 1 (images/s) and their ratio: the pipeline runs one AR
   forward and one decoder batch for the whole batch;
 * `understand` decoding speed with the KV cache: new tokens per second for one question about one image,
-  greedy, with the end-of-turn token banned so every call generates exactly `max_new_tokens` tokens.
+  greedy, with the end-of-turn token banned so every call generates exactly `max_new_tokens` tokens;
+* the roofline of batching: FLOPs of one `generate` (counted), the FLOP rate batch 1 reaches against this
+  machine's matmul peak (measured in the same run), and `batch_speedup_bound` = peak / batch-1 rate: no
+  batching can multiply throughput by more, because a batch cannot run faster than the peak.
 
 `--quick` uses fewer repeats and a smaller batch (a smoke test).
 """
@@ -19,7 +22,7 @@ import time
 import torch
 from PIL import Image
 
-from nexusgen.bench import median_seconds
+from nexusgen.bench import count_flops, matmul_peak, median_seconds
 
 PROMPT = "a red circle left of a blue square"
 QUESTION = "How many shapes are there?"
@@ -63,6 +66,17 @@ def generation_speed(model, repeats: int, batch: int) -> dict:
             f"images_per_s_batch{batch}": batch / batched, "batch_speedup": (batch / batched) * single}
 
 
+def batching_roofline(model, report: dict) -> dict:
+    """Counted FLOPs per image, achieved FLOP rates, and the most throughput batching could add."""
+    flops = count_flops(lambda: model.generate(PROMPT, seed=0))
+    peak = matmul_peak(model.runtime.device, sizes=(512, 1024))["flops_per_s"]
+    batch1_rate = flops / report["generate_latency_s_median"]
+    batched_rate = flops * report[f"images_per_s_batch{report['generate_batch']}"]
+    return {"generate_gflop_per_image": flops / 1e9, "matmul_peak_gflop_per_s": peak / 1e9,
+            "batch1_gflop_per_s": batch1_rate / 1e9, "batch1_fraction_of_peak": batch1_rate / peak,
+            "batched_gflop_per_s": batched_rate / 1e9, "batch_speedup_bound": peak / batch1_rate}
+
+
 def run(args) -> dict:
     """Handler of `nexusgen bench e2e` (see nexusgen/cli.py)."""
     from nexusgen.api import NexusGen
@@ -79,5 +93,6 @@ def run(args) -> dict:
               "num_steps": sampling.num_steps, "guidance_scale": sampling.guidance_scale,
               "num_output_tokens": model.config.num_output_tokens}
     report.update(generation_speed(model, repeats, batch))
+    report.update(batching_roofline(model, report))
     report.update(understanding_speed(model, repeats, tokens))
     return report

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from nexusgen.bench import ar
+from nexusgen.bench import ar, attention_flops, count_flops
 
 
 def test_quick_report_keys_and_values():
@@ -33,9 +33,10 @@ def test_quick_report_keys_and_values():
 def test_flop_count_includes_causal_attention():
     q = torch.randn(2, 4, 10, 16)
     k = v = torch.randn(2, 4, 10, 16)
-    counted = ar._count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
-    assert counted == 4 * 2 * 4 * 16 * (10 * 11 // 2)
-    assert ar._causal_attention_flops((1, 1, 1, 8), (1, 1, 5, 8), None) == 4 * 8 * 5  # one query, 5 keys
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    assert count_flops(lambda: sdpa(q, k, v, is_causal=True)) == 4 * 2 * 4 * 16 * (10 * 11 // 2)
+    assert count_flops(lambda: sdpa(q, k, v)) == 4 * 2 * 4 * 16 * 10 * 10  # unmasked (the DiT): every pair
+    assert attention_flops((1, 1, 1, 8), (1, 1, 5, 8), None, 0.0, True) == 4 * 8 * 5  # one query, 5 keys
 
 
 def test_mid_qwen_preset_matches_the_qwen_tokenizer():
