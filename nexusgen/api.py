@@ -7,6 +7,8 @@
     ng.edit(image, "make the circle green", decoder="editing")       # -> PIL.Image
     ng.chat([{"role": "user", "content": "Draw a blue square"}])     # -> ChatReply
     ng.predict_image_embeds("a red circle")                          # -> (1, N, D)
+    ng.encode_images(image)                # -> (1, N, D): what a perfect AR model would predict
+    ng.decode(embeds, seed=0)              # -> list of PIL images (the second half of generate)
 
 A single item in gives a single item out; a list in gives a list out (one batched call). Images may be
 PIL images or paths (read with the pixel limit of `nexusgen.processing.images.load_image`). The eval
@@ -176,6 +178,30 @@ class NexusGen:
         task = "edit" if images is not None else "generate"
         embeds = predict_embeds(self.parts.ar_model, self.processor, self.runtime, prompts, task, images)
         return embeds.float().cpu()
+
+    @torch.inference_mode()
+    def encode_images(self, image: ImageLike | list[ImageLike]) -> torch.Tensor:
+        """Images in the space the AR model predicts: ViT + merger embeddings at the output grid
+        (centre-cropped and resized exactly as training targets are).
+
+        Returns:
+            (B, N, D) float32 CPU tensor; B = 1 for a single image.
+        """
+        images = [_load(im) for im in as_batch(image, "image", (Image.Image, str, os.PathLike))[0]]
+        vision = self.processor.process_images(images, [True] * len(images))
+        model = self.runtime.activate(self.parts.ar_model)
+        embeds = model.encode_images(vision["pixel_values"].to(self.runtime.device, self.runtime.dtype),
+                                     vision["image_grid_thw"].to(self.runtime.device))
+        return torch.stack(embeds).float().cpu()
+
+    def decode(self, image_embeds: torch.Tensor, seed: int = 0, *, height: int | None = None,
+               width: int | None = None, num_steps: int | None = None, guidance_scale: float | None = None,
+               progress: bool | None = None) -> list[Image.Image]:
+        """(B, N, D) image embeddings -> B images with the generation decoder (image b: seed + b); e.g. the
+        output of `predict_image_embeds` or `encode_images` (a reconstruction: the decoder's ceiling)."""
+        pipeline = self._require(self._generate, "generation")
+        return pipeline.decode_images(image_embeds, height=height, width=width, num_steps=num_steps,
+                                      guidance_scale=guidance_scale, seed=seed, progress=progress)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _require(self, part, what: str):

@@ -51,6 +51,35 @@ def test_single_in_single_out_list_in_list_out(memory):
     assert memory.name == "tiny" and memory.image_size == 64
 
 
+def test_generate_is_decode_of_the_predicted_embeddings(memory):
+    prompts = ["a red circle", "two blue squares"]
+    decoded = memory.decode(memory.predict_image_embeds(prompts), seed=3)
+    for a, b in zip(decoded, memory.generate(prompts, seed=3), strict=True):
+        np.testing.assert_array_equal(_array(a), _array(b))
+
+
+def test_encode_images_is_the_training_target_space(memory):
+    from nexusgen.data.collate import collate_ar
+
+    red, blue = Image.new("RGB", (80, 64), (220, 20, 20)), Image.new("RGB", (64, 64), (20, 20, 220))
+    embeds = memory.encode_images([red, blue])
+    assert embeds.shape == (2, 16, 64) and embeds.dtype == torch.float32
+    torch.testing.assert_close(memory.encode_images(red), embeds[:1])
+    ar = memory.parts.ar_model
+    sample = {"messages": [{"role": "user", "content": "draw"}, {"role": "assistant", "content": "<image>"}],
+              "images": [red]}
+    batch = collate_ar([sample], memory.processor.tokenizer, memory.processor.image_processor, ar.config)
+    _, targets = ar._training_inputs(batch, feed_targets=False)  # what the vision head is trained towards
+    torch.testing.assert_close(embeds[0], targets.float())
+
+
+def test_decode_rejects_embeddings_of_the_wrong_shape(memory):
+    with pytest.raises(ValueError, match=r"\(B, 16, 64\)"):
+        memory.decode(torch.zeros(1, 9, 64))
+    with pytest.raises(ValueError, match="float"):
+        memory.decode(torch.zeros(1, 16, 64, dtype=torch.int64))
+
+
 def test_from_pretrained_of_a_saved_folder_equals_the_in_memory_model(memory, folder):
     loaded = NexusGen.from_pretrained(folder, progress=False)
     assert loaded.config.parts == ["autoregressive", "generation_decoder", "editing_decoder", "vae"]

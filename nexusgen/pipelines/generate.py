@@ -109,6 +109,23 @@ class GeneratePipeline:
         images = self.decode(embeds, settings, seeds, negative, progress)  # denoise, decode
         return GenerateOutput(to_pil(images), embeds.float().cpu(), seeds)
 
+    @torch.inference_mode()
+    def decode_images(self, image_embeds: torch.Tensor, *, height: int | None = None, width: int | None = None,
+                      num_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
+                      progress: bool | None = None) -> list[Image.Image]:
+        """Validated (B, N, D) embeddings -> B images, with the settings and seeds of `__call__`."""
+        expected = (self.config.num_output_tokens, self.ar_model.config.qwen_config.text_config.hidden_size)
+        if not isinstance(image_embeds, torch.Tensor) or image_embeds.ndim != 3 or \
+                tuple(image_embeds.shape[1:]) != expected or not image_embeds.is_floating_point():
+            shape = tuple(image_embeds.shape) if isinstance(image_embeds, torch.Tensor) else type(image_embeds)
+            raise ValueError(f"image_embeds must be a float (B, {expected[0]}, {expected[1]}) tensor, got {shape}")
+        settings = image_settings(self.config, height=height, width=width, num_steps=num_steps,
+                                  guidance_scale=guidance_scale, seed=seed)
+        negative = negative_kwargs(self.config, self.negative, settings.guidance_scale)
+        seeds = [settings.seed + b for b in range(image_embeds.shape[0])]
+        embeds = image_embeds.to(self.runtime.device, self.runtime.dtype)
+        return to_pil(self.decode(embeds, settings, seeds, negative, progress))
+
     def decode(self, embeds: torch.Tensor, settings: ImageSettings, seeds: list[int], negative: dict,
                progress: bool | None = None) -> torch.Tensor:
         """(B, N, D) embeddings -> (B, 3, H, W) images in [0, 1] with the generation decoder."""
