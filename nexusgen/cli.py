@@ -132,6 +132,11 @@ def _tooling_commands(sub) -> None:
     q.add_argument("--seed", type=int, default=1000)
     q.add_argument("--score-only", action="store_true", help="rescore saved artifacts without the model")
     q.add_argument("--decoder", default="editing", choices=["editing", "generation"])
+    q.add_argument("--tasks", default="understanding,generation,editing",
+                   help="comma-separated subset of understanding,generation,editing")
+    q.add_argument("--embeds", default="predicted", choices=["predicted", "ground-truth"],
+                   help="generation from the AR model's predictions, or from the embeddings of each item's own "
+                        "scene (the decoder's ceiling)")
     q.add_argument("--prompt-style", default="short", choices=["short", "detailed"],
                    help="generation prompts: GenEval-like short ones, or detailed ones that pin the scene down")
     q.set_defaults(handler=_call("nexusgen.eval.shapes:eval_command"))

@@ -1,4 +1,5 @@
-"""Reference "models" for the ShapesWorld harness: the ground-truth oracle and a blank baseline.
+"""Reference "models" for the ShapesWorld harness: the ground-truth oracle, a blank baseline, and a real
+model generating from ground-truth embeddings (the decoder's ceiling).
 
 Both follow the duck-typed interface the harness expects of `nexusgen.api.NexusGen` (lists in, lists
 out): `understand(images, prompts, max_new_tokens=...)`, `generate(prompts, seed=...)`,
@@ -64,6 +65,39 @@ class OracleModel:
         _check_batch(images, prompts)
         targets = [self._edits.get((image_digest(im), p)) for im, p in zip(images, prompts)]
         return [render_scene(t, self.image_size) if t is not None else self._blank() for t in targets]
+
+
+class GroundTruthEmbedsModel:
+    """A model whose `generate` decodes the embeddings of each item's own scene (rendered, then
+    `NexusGen.encode_images`) instead of the AR model's prediction, with the same generation decoder.
+
+    The generation decoder alone, on the inputs it was trained on: the ceiling that predicted embeddings
+    are measured against (DESIGN.md: decoder on ground-truth vs on predicted embeddings). Understanding
+    and editing are the wrapped model's own. Items are registered in order and must be asked for in
+    that order (two items may share a short prompt but not a scene).
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.name = f"{model.name} (ground-truth embeddings)"
+        self.image_size = model.image_size
+        self._queue: list[tuple[str, object]] = []
+
+    def register(self, understanding=(), generation=(), editing=()) -> None:
+        self._queue = [(item.prompt, item.scene) for item in generation]
+
+    def generate(self, prompts, seed: int = 0) -> list[Image.Image]:
+        taken, self._queue = self._queue[:len(prompts)], self._queue[len(prompts):]
+        if [prompt for prompt, _ in taken] != list(prompts):
+            raise ValueError("GroundTruthEmbedsModel.generate: prompts differ from the registered items' order")
+        targets = [render_scene(scene, self.image_size) for _, scene in taken]
+        return self.model.decode(self.model.encode_images(targets), seed=seed)
+
+    def understand(self, images, prompts, max_new_tokens: int = 128) -> list[str]:
+        return self.model.understand(images, prompts, max_new_tokens=max_new_tokens)
+
+    def edit(self, images, prompts, decoder: str = "editing", seed: int = 0) -> list[Image.Image]:
+        return self.model.edit(images, prompts, decoder=decoder, seed=seed)
 
 
 class BlankModel:

@@ -118,3 +118,40 @@ def test_a_model_returning_the_wrong_number_of_outputs_is_an_error(tmp_path):
 
     with pytest.raises(ValueError, match="returned"):
         evaluate(Broken(), tmp_path, ShapesEvalConfig(num=4, tasks=("generation",)))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from nexusgen.api import NexusGen
+    from nexusgen.loading.folder import build_random_model
+
+    return NexusGen(build_random_model("tiny", seed=0), name="tiny", progress=False)
+
+
+def test_ground_truth_embeds_decode_each_items_own_scene(tiny_model):
+    import numpy as np
+
+    from nexusgen.eval.oracle import GroundTruthEmbedsModel
+
+    items = build_items(ShapesEvalConfig(num=3, seed=5, tasks=("generation",)))["generation"]
+    model = GroundTruthEmbedsModel(tiny_model)
+    model.register(generation=items)
+    got = model.generate([it.prompt for it in items], seed=4)
+    scenes = [render_scene(it.scene, tiny_model.image_size) for it in items]
+    want = tiny_model.decode(tiny_model.encode_images(scenes), seed=4)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, want, strict=True))
+    model.register(generation=items)
+    with pytest.raises(ValueError, match="order"):
+        model.generate([items[1].prompt])
+
+
+def test_cli_tasks_and_ground_truth_embeds(tmp_path, capsys, tiny_model, monkeypatch):
+    import nexusgen.eval.shapes as shapes
+
+    monkeypatch.setattr(shapes, "load_model", lambda name: tiny_model)
+    assert main(["eval", "shapes", "--out", str(tmp_path), "--model", "tiny", "--num", "4",
+                 "--tasks", "generation", "--embeds", "ground-truth"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert "generation" in printed and "understanding" not in printed and "editing" not in printed
+    assert printed["model"] == "tiny (ground-truth embeddings)" and printed["generation"]["n"] > 0
+    assert main(["eval", "shapes", "--out", str(tmp_path), "--tasks", "drawing"]) == 2  # one clear line
