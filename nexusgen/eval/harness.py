@@ -8,14 +8,13 @@ run never leaves a half-written artifact that a later `--score-only` would trust
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from PIL import Image
 
-from nexusgen.loading.files import atomic_write_text
+from nexusgen.loading.files import atomic_save_image, atomic_write_text
 
 from .oracle import BlankModel, OracleModel
 
@@ -54,10 +53,6 @@ def check_outputs(outputs, expected: int, kind: type, what: str) -> list:
     return outputs
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def write_text(path, text: str) -> None:
     atomic_write_text(path, text)
 
@@ -77,11 +72,7 @@ def read_jsonl(path) -> list[dict]:
 
 def save_image(image: Image.Image, path) -> None:
     """Save a PNG atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_save_image(image, path, "PNG")
 
 
 def load_image(path) -> Image.Image:

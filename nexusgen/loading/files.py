@@ -58,6 +58,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     os.replace(temporary, path)
 
 
+def atomic_save_image(image, path: str | os.PathLike, image_format: str = "PNG") -> Path:
+    """Save a PIL image through a temporary sibling file, then os.replace (never a half-written image)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        image.save(temporary, format=image_format)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
 def write_json(data: dict, path: str | os.PathLike) -> None:
     """Write JSON atomically."""
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")

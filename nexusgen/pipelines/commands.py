@@ -19,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from nexusgen.loading.files import atomic_save_image
 from nexusgen.pipelines.inputs import check_prompts
 from nexusgen.processing.images import load_image
 
@@ -77,13 +78,7 @@ def output_path(path: str, suffixes: dict | tuple) -> Path:
 def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
     """Write an image (format from the extension) to a temporary name, then rename it into place."""
     out = output_path(str(path), IMAGE_FORMATS)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        image.save(tmp, format=IMAGE_FORMATS[out.suffix.lower()])
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic_save_image(image, out, IMAGE_FORMATS[out.suffix.lower()])
 
 
 def image_options(args) -> dict:
