@@ -290,7 +290,11 @@ def _parse_value(text: str, hint, current):
         return _parse_value(text, type(current), None) if isinstance(current, (bool, int, float)) \
             else json.loads(text)
     if origin in (list, tuple, dict):  # containers are given as JSON: --set data.paths='["a.jsonl"]'
-        value = json.loads(text)
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            example = '{"key": 1.0}' if origin is dict else '["a", "b"]'
+            raise ValueError(f"value {text!r} is not JSON; a {origin.__name__} is written like '{example}'") from None
         if not isinstance(value, dict if origin is dict else list):
             raise ValueError(f"value {text!r} is not a JSON {origin.__name__}")
         return tuple(value) if origin is tuple else value

@@ -48,6 +48,7 @@ def test_overrides_are_parsed_by_field_type():
     ("dist.strategy=zero3", "not one of"),
     ("max_steps", "key=value"),
     ("batch_size=0", "batch_size must be >= 1"),
+    ("data.tasks=xyz", "not JSON; a list is written like"),
 ])
 def test_bad_override_is_a_clear_error(assignment, message):
     with pytest.raises(ValueError, match=message):
