@@ -131,7 +131,10 @@ def test_a_folder_without_nexusgen_json_loads_with_inferred_settings(folder, tmp
     assert parts.config.sampling.height == 64 and parts.config.sampling.negative == "null"
 
 
-def test_resolve_errors_name_the_problem(tmp_path):
+def test_resolve_errors_name_the_problem(tmp_path, monkeypatch):
+    import nexusgen.loading.folder as folder_module
+
+    monkeypatch.setitem(folder_module.BUNDLED, "shapes-mini", tmp_path / "absent")  # as in a checkout without it
     with pytest.raises(ValueError, match="bundled model 'shapes-mini' is missing.*nexusgen train"):
         resolve_model("shapes-mini")
     with pytest.raises(ValueError, match="unknown model 'no/such/model'"):

@@ -182,7 +182,10 @@ def _bad_cases(images, tmp_path):
                                   "unknown model", "not a model", "bad extension", "bad steps",
                                   "no negative branch", "missing bundle", "output under a file",
                                   "eval into a file"])
-def test_bad_input_is_one_line_and_exit_2(images, tmp_path, capsys, case):
+def test_bad_input_is_one_line_and_exit_2(images, tmp_path, capsys, case, monkeypatch):
+    import nexusgen.loading.folder as folder_module
+
+    monkeypatch.setitem(folder_module.BUNDLED, "shapes-mini", tmp_path / "absent")  # for "missing bundle"
     argv, message = _bad_cases(images, tmp_path)[case]
     code, out, err = _run(argv, capsys)
     assert code == 2 and out == ""
