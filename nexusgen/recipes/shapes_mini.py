@@ -9,7 +9,8 @@ starting from the previous stage's exported folder:
     ar           Nexus-Gen phase 1: ViT frozen; text + image-embedding regression on all three tasks
     gen_decoder  phase 2: adapter + DiT from ground-truth ViT embeddings (10% conditioning dropout, so
                  guidance needs no T5)
-    edit_decoder phase 3: merger + DiT from (predicted target, reference) embeddings
+    edit_decoder phase 3: merger + DiT from (predicted target, reference) embeddings; DiT initialised
+                 from gen_decoder's
 
 `--set vae.max_steps=100` overrides one stage, `--set lr=1e-4` all of them; `--resume` skips finished
 stages and continues the interrupted one. Step counts are sized for hours, not days, of CPU time.
@@ -69,9 +70,10 @@ def shapes_mini_gen_decoder() -> TrainConfig:
 
 
 def shapes_mini_edit_decoder() -> TrainConfig:
-    """Phase 3: edited image from the AR model's predicted target + the source's embeddings."""
+    """Phase 3: edited image from the AR model's predicted target + the source's embeddings; the DiT starts
+    from the generation decoder's (as both official decoders start from FLUX.1-dev), so fewer steps."""
     config = _config(StageConfig(name="edit_decoder", preset=PRESET, cond_dropout_prob=0.1, ema_decay=0.999),
-                     max_steps=4000, lr=5e-4, batch_size=32, tasks=("edit",))
+                     max_steps=2500, lr=5e-4, batch_size=32, tasks=("edit",))
     config.data.reference_image_px = 2 * IMAGE_PX  # = PRESETS["shapes-mini"]["reference_image_px"]
     return config
 

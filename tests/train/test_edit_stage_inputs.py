@@ -33,3 +33,21 @@ def test_mixed_language_batch_equals_per_sample_predictions_and_reference_is_res
     assert targets.shape == (6, model.config.num_output_tokens, model.config.hidden_size)
     assert torch.allclose(targets, singles, atol=1e-5)
     assert module.condition_kwargs(batch)["reference_grid"] == (8, 8)
+
+
+def test_a_fresh_editing_decoder_starts_from_the_parents_generation_dit(tmp_path):
+    from nexusgen.loading.decoders import load_generation_decoder
+    from nexusgen.recipes import get_recipe
+    from nexusgen.train.config import apply_overrides
+    from nexusgen.train.loop import train
+    from nexusgen.train.stages.parts import build_decoder
+
+    train(apply_overrides(get_recipe("tiny-gen_decoder"), ["max_steps=2", "save_every=0", "progress=false"]),
+          tmp_path / "gen")
+    generation = load_generation_decoder(tmp_path / "gen/final/generation_decoder")
+    config = apply_overrides(get_recipe("tiny-edit_decoder"), [f"stage.parent={tmp_path / 'gen'}"])
+    editing = build_decoder(config, "editing")
+    want, got = generation.transformer.state_dict(), editing.transformer.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    from_preset = build_decoder(apply_overrides(get_recipe("tiny-edit_decoder"), ["stage.parent=null"]), "editing")
+    assert not torch.equal(from_preset.transformer.state_dict()["proj_out.weight"], want["proj_out.weight"])

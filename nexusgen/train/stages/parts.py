@@ -62,7 +62,24 @@ def build_decoder(config: TrainConfig, kind: str):
     if config.stage.preset not in DECODER_PRESETS:
         raise ValueError(f"unknown decoder preset {config.stage.preset!r}; known: {sorted(DECODER_PRESETS)}")
     preset = DECODER_PRESETS[config.stage.preset]
-    return cls(dataclasses.replace(preset, **config.stage.model) if config.stage.model else preset)
+    decoder_config = dataclasses.replace(preset, **config.stage.model) if config.stage.model else preset
+    return cls(decoder_config, transformer=_generation_dit(config, decoder_config) if kind == "editing" else None)
+
+
+def _generation_dit(config: TrainConfig, decoder_config):
+    """A fresh editing decoder starts from the parent's trained generation DiT when it has one of the same
+    shape -- the role FLUX.1-dev plays for both official decoders: it can already draw, and only the
+    merger and the use of the reference are new. None (random DiT) otherwise."""
+    folder = parent_part(config, "generation_decoder")
+    if folder is None:
+        return None
+    from nexusgen.loading.decoders import load_generation_decoder
+
+    generation = load_generation_decoder(folder)
+    if generation.config.transformer_kwargs() != decoder_config.transformer_kwargs():
+        return None
+    print(f"editing decoder: DiT initialised from the generation decoder in {folder}", flush=True)
+    return generation.transformer
 
 
 def save_decoder(decoder, kind: str, out_dir: Path) -> None:
