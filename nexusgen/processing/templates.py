@@ -160,12 +160,18 @@ def image_request_messages(prompt: str, task: str = "generate", language: str = 
 def decode_with_image_markers(tokenizer, token_ids, vision_start_id: int, vision_end_id: int) -> str:
     """Decode generated ids, replacing each `<|vision_start|> ... <|vision_end|>` span by `<image>`.
 
-    Special tokens (`<|im_end|>`, pads) are dropped; an unclosed span at the end also becomes `<image>`.
+    Special tokens (`<|im_end|>`, pads) are dropped; an unclosed span at the end also becomes `<image>`. A
+    literal `<image>` that the model spells out in ordinary text tokens is dropped too: the marker must
+    stand only for real images, or the reply could not be sent back as the next turn's history.
     """
+
+    def text(tokens: list[int]) -> str:
+        return tokenizer.decode(tokens, skip_special_tokens=True).replace(IMAGE_PLACEHOLDER, "")
+
     pieces, current, inside = [], [], False
     for token in (int(t) for t in token_ids):
         if token == vision_start_id:
-            pieces.append(tokenizer.decode(current, skip_special_tokens=True))
+            pieces.append(text(current))
             current, inside = [], True
         elif token == vision_end_id and inside:
             pieces.append(IMAGE_PLACEHOLDER)
@@ -174,5 +180,5 @@ def decode_with_image_markers(tokenizer, token_ids, vision_start_id: int, vision
             current.append(token)
     if inside:
         pieces.append(IMAGE_PLACEHOLDER)
-    pieces.append(tokenizer.decode(current, skip_special_tokens=True))
+    pieces.append(text(current))
     return "".join(pieces)

@@ -169,3 +169,16 @@ def test_real_qwen25_vocabulary_special_ids():
         check_special_token_ids(tok, ARConfig.from_preset("tiny").qwen_config)
     batch_ids = tok("<|vision_start|><|image_pad|><|vision_end|>", add_special_tokens=False)["input_ids"]
     assert torch.tensor(batch_ids).tolist() == [151652, 151655, 151653]
+
+
+def test_image_markers_stand_only_for_real_images():
+    from nexusgen.processing import decode_with_image_markers
+
+    tokenizer = build_byte_tokenizer()
+    ids = special_token_ids(tokenizer)
+    start, end, pad = ids["vision_start"], ids["vision_end"], ids["image_pad"]
+    literal = tokenizer.encode("see <image> here ", add_special_tokens=False)  # spelled out as text
+    real = [start, pad, pad, end]
+    decoded = decode_with_image_markers(tokenizer, literal + real + tokenizer.encode(" done"), start, end)
+    assert decoded == "see  here <image> done"
+    assert decode_with_image_markers(tokenizer, real[:2], start, end) == "<image>"  # unclosed span
