@@ -177,7 +177,7 @@ def evaluate(stage: Stage, model, config: TrainConfig, info: parallel.DistInfo) 
             fixed = SampleStream(stage.stream.sampler.sources, seed=config.seed + 1)
             samples = fixed.next_step(config.batch_size, info.rank, info.world_size, 1)[0]
             stage._eval_batch = _to_device(stage.collate(samples), info.device)
-        with _autocast_context(config.precision, info.device):
+        with torch.no_grad(), _autocast_context(config.precision, info.device):
             values = {k: float(v) for k, v in model(stage._eval_batch).items()}
     return {f"eval/{k}": v for k, v in parallel.all_reduce_mean(values, info).items()}
 

@@ -95,3 +95,22 @@ def test_vlm_run_lowers_the_pixel_loss_and_exports_without_the_head(tmp_path):
 
     with safe_open(str(tmp_path / "final/autoregressive/model.safetensors"), "pt") as f:
         assert not any("pixel_head" in key for key in f.keys())
+
+
+def test_evaluation_reports_the_loss_with_images_rolled(tiny):
+    model, tokenizer, image_processor = tiny
+    module = VLMTrainModule(model, DEFAULT_LOSS_WEIGHTS)
+    batch = _batch(tiny)  # a red and a blue image
+    assert "ce_images_rolled" not in module(batch)  # training forward: no extra pass
+    with torch.no_grad():
+        out = module(batch)
+    rolled = dict(batch, pixel_values=torch.cat(list(batch["pixel_values"].chunk(2))[::-1]))
+    expected = model.training_loss(rolled, image_weight=0.0)["ce"]
+    torch.testing.assert_close(out["ce_images_rolled"], expected)
+    assert not torch.allclose(out["ce_images_rolled"], out["ce"])
+    same = collate_ar([{"messages": [{"role": "user", "content": "<image>\nWhat color?"},
+                                     {"role": "assistant", "content": c}], "images": [Image.new("RGB", (64, 64))]}
+                       for c in ("a", "b")], tokenizer, image_processor, model.config)
+    with torch.no_grad():
+        out = module(same)
+    torch.testing.assert_close(out["ce_images_rolled"], out["ce"])  # identical images: rolling changes nothing

@@ -24,7 +24,8 @@ AR_TRAINABLE = ("model.vlm.model.language_model", "model.vlm.lm_head", "model.vi
 
 
 class ARTrainModule(torch.nn.Module):
-    """forward(batch) -> {"loss", "ce", "image_loss", "image_mse", "image_cos"}."""
+    """forward(batch) -> {"loss", "ce", "image_loss", "image_mse", "image_cos"}, plus "ce_images_rolled"
+    when gradients are off (the loop's evaluation; see `rolled_image_ce`)."""
 
     def __init__(self, model, weights: dict[str, float]):
         super().__init__()
@@ -32,7 +33,40 @@ class ARTrainModule(torch.nn.Module):
         self.token_weight, self.image_weight = weights["token"], weights["image"]
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        return self.model.training_loss(batch, token_weight=self.token_weight, image_weight=self.image_weight)
+        out = self.model.training_loss(batch, token_weight=self.token_weight, image_weight=self.image_weight)
+        return self.with_diagnostics(out, batch)
+
+    def with_diagnostics(self, out: dict, batch: dict) -> dict:
+        if not torch.is_grad_enabled():
+            rolled = rolled_image_ce(self.model, batch)
+            if rolled is not None:
+                out["ce_images_rolled"] = rolled
+        return out
+
+
+def rolled_image_ce(model, batch: dict) -> torch.Tensor | None:
+    """CE with every input image moved to the next sample that has an input image of the same grid.
+
+    Does the model look? `ce_images_rolled - ce` is ~0 for a model that ignores its input images (what a
+    from-scratch run showed before stage vlm had its pixel loss) and grows as answers come to depend on
+    them. None if no two input images share a grid.
+    """
+    grids = batch.get("image_grid_thw")
+    if grids is None or grids.numel() == 0:
+        return None
+    chunks = list(torch.split(batch["pixel_values"], grids.prod(-1).tolist()))
+    inputs = [i for i in range(len(chunks)) if not batch["image_is_target"][i]]
+    moved = False
+    for grid in {tuple(grids[i].tolist()) for i in inputs}:
+        same = [i for i in inputs if tuple(grids[i].tolist()) == grid]
+        if len(same) > 1:
+            originals = [chunks[i] for i in same]
+            for k, i in enumerate(same):
+                chunks[i] = originals[k - 1]
+            moved = True
+    if not moved:
+        return None
+    return model.training_loss({**batch, "pixel_values": torch.cat(chunks)}, image_weight=0.0)["ce"]
 
 
 def message_sources(config: TrainConfig) -> list:
