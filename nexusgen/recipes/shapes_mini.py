@@ -41,6 +41,7 @@ def _config(stage: StageConfig, *, max_steps: int, lr: float, batch_size: int, t
             warmup_steps: int = 200, betas=(0.9, 0.999)) -> TrainConfig:
     return TrainConfig(
         stage=stage, max_steps=max_steps, batch_size=batch_size, lr=lr, seed=0, save_every=250, log_every=10,
+        eval_every=250,
         optim=OptimConfig(grad_clip=1.0, weight_decay=0.01, betas=betas),
         schedule=ScheduleConfig(kind="cosine", warmup_steps=warmup_steps, min_lr_ratio=0.05),
         checkpoint=CheckpointConfig(keep_last=2),
