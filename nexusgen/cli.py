@@ -134,6 +134,7 @@ def _tooling_commands(sub) -> None:
     q.add_argument("--decoder", default="editing", choices=["editing", "generation"])
     q.add_argument("--tasks", default="understanding,generation,editing",
                    help="comma-separated subset of understanding,generation,editing")
+    q.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
     q.add_argument("--embeds", default="predicted", choices=["predicted", "ground-truth"],
                    help="generation from the AR model's predictions, or from the embeddings of each item's own "
                         "scene (the decoder's ceiling)")

@@ -98,12 +98,18 @@ def generate_artifacts(model, out_dir, config: ShapesEvalConfig) -> dict[str, li
     write_json(out_dir / EVAL_SET, {
         "format_version": FORMAT_VERSION, "config": dataclasses.asdict(config), "model": str(model.name),
         "git_sha": git_sha(),
-        "image_size": image_size,
+        "image_size": image_size, "num_steps": _num_steps(model),
         "items": {task: [it.to_dict() for it in its] for task, its in items.items()}})
     for task, task_items in items.items():
         TASKS[task][0].run(model, task_items, out_dir, image_size=image_size, batch_size=config.batch_size,
                            max_new_tokens=config.max_new_tokens, seed=config.seed, decoder=config.decoder)
     return items
+
+
+def _num_steps(model) -> int | None:
+    """The denoising steps a real model (or one a reference model wraps) samples with; None otherwise."""
+    config = getattr(model, "config", None) or getattr(getattr(model, "model", None), "config", None)
+    return getattr(getattr(config, "sampling", None), "num_steps", None)
 
 
 def load_eval_set(out_dir) -> tuple[dict, dict[str, list]]:
@@ -135,7 +141,8 @@ def score(out_dir) -> dict:
         tiles += module.failure_tiles(task_items, task_records, out_dir, config["worst"])
     results.update({"model": meta["model"], "seed": config["seed"], "git_sha": git_sha(),
                     "generated_git_sha": meta.get("git_sha", "unknown"),
-                    "image_size": meta["image_size"], "num": config["num"], "note": NOTE})
+                    "image_size": meta["image_size"], "num_steps": meta.get("num_steps"), "num": config["num"],
+                    "note": NOTE})
     results = json_safe(results)
     write_jsonl(out_dir / "samples.jsonl", json_safe(records))
     save_image(contact_sheet(tiles, title=f"{meta['model']}: worst failures"), out_dir / "failures.png")
@@ -158,6 +165,10 @@ def eval_command(args) -> dict:
     config = ShapesEvalConfig(num=args.num, seed=args.seed, decoder=args.decoder,
                               prompt_style=getattr(args, "prompt_style", "short"), tasks=tasks)
     model = load_model(args.model)
+    if getattr(args, "steps", None) is not None:  # the quality side of the speed/quality trade-off
+        if args.steps < 1 or not hasattr(model, "config"):
+            raise ValueError(f"--steps must be >= 1 and applies to a real model, got {args.steps} for {args.model}")
+        model.config.sampling.num_steps = args.steps
     if getattr(args, "embeds", "predicted") == "ground-truth":
         model = GroundTruthEmbedsModel(model)
     return evaluate(model, args.out, config)

@@ -154,4 +154,9 @@ def test_cli_tasks_and_ground_truth_embeds(tmp_path, capsys, tiny_model, monkeyp
     printed = json.loads(capsys.readouterr().out)
     assert "generation" in printed and "understanding" not in printed and "editing" not in printed
     assert printed["model"] == "tiny (ground-truth embeddings)" and printed["generation"]["n"] > 0
+    assert printed["num_steps"] == tiny_model.config.sampling.num_steps
+    monkeypatch.setattr(tiny_model.config.sampling, "num_steps", tiny_model.config.sampling.num_steps)  # restored
+    assert main(["eval", "shapes", "--out", str(tmp_path / "s3"), "--model", "tiny", "--num", "2",
+                 "--tasks", "generation", "--steps", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_steps"] == 3
     assert main(["eval", "shapes", "--out", str(tmp_path), "--tasks", "drawing"]) == 2  # one clear line
