@@ -57,7 +57,7 @@ def shapes_mini_vae() -> TrainConfig:
 
 def shapes_mini_vlm() -> TrainConfig:
     """Understanding pre-training from scratch (the role of Qwen2.5-VL's own pre-training)."""
-    return _config(StageConfig(name="vlm", preset=PRESET), max_steps=5000, lr=1e-3, batch_size=32,
+    return _config(StageConfig(name="vlm", preset=PRESET), max_steps=8000, lr=1e-3, batch_size=32,
                    tasks=("understand",), warmup_steps=100, betas=LM_BETAS)
 
 
