@@ -75,7 +75,7 @@ def test_loss_is_ce_plus_weighted_pixel_term_and_the_pixel_term_trains_the_vit(t
     torch.testing.assert_close(out["ce"], ce)
     torch.testing.assert_close(out["loss"].detach(), ce + 2.5 * out["pixel_mse"])
     model.zero_grad(set_to_none=True)
-    only_pixels = VLMTrainModule(model, {"token": 0.0, "image": 0.0, "pixels": 1.0})
+    only_pixels = VLMTrainModule(model, {"token": 0.0, "image": 0.0, "pixels": 1.0, "semantic": 0.0})
     only_pixels(batch)["loss"].backward()
     patch_embed = model.vlm.model.visual.patch_embed.proj.weight
     assert patch_embed.grad is not None and patch_embed.grad.abs().sum() > 0
@@ -114,3 +114,27 @@ def test_evaluation_reports_the_loss_with_images_rolled(tiny):
     with torch.no_grad():
         out = module(same)
     torch.testing.assert_close(out["ce_images_rolled"], out["ce"])  # identical images: rolling changes nothing
+
+
+def test_semantic_term_classifies_each_tokens_cell(tiny):
+    import torch.nn.functional as F
+
+    from nexusgen.data.synthetic import ShapesSource
+    from nexusgen.processing.processor import ImageOnlyProcessor
+    from nexusgen.train.stages.vlm import make_vlm_collate
+
+    model, tokenizer, image_processor = tiny
+    source = ShapesSource(4, seed=1, image_size=64, tasks=("understand",))
+    collate = make_vlm_collate(ImageOnlyProcessor(tokenizer, image_processor, model.config))
+    batch = collate([dict(source[i], position=i) for i in range(2)])
+    labels = batch["token_labels"]
+    assert labels.shape == (32, 2) and (labels >= 0).all()
+    module = VLMTrainModule(model, {**DEFAULT_LOSS_WEIGHTS, "semantic": 0.5})
+    out = module(batch)
+    tokens = torch.cat(model.encode_images(batch["pixel_values"], batch["image_grid_thw"]))
+    want = F.cross_entropy(module.shape_head(tokens), labels[:, 0]) + F.cross_entropy(module.color_head(tokens),
+                                                                                      labels[:, 1])
+    torch.testing.assert_close(out["semantic_ce"], want.detach())
+    torch.testing.assert_close(out["loss"].detach(), out["ce"] + out["pixel_mse"] + 0.5 * want.detach())
+    unlabelled = module(_batch(tiny))  # no scene graphs: the term is zero, the heads stay in the graph
+    assert unlabelled["semantic_ce"] == 0

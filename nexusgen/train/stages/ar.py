@@ -99,9 +99,9 @@ def count(batch: dict) -> dict[str, int]:
 
 
 def build_ar_stage(config: TrainConfig, info: DistInfo, *, trainable, default_weights: dict,
-                   module_class=ARTrainModule) -> Stage:
+                   module_class=ARTrainModule, make_stage_collate=make_collate) -> Stage:
     """Shared by `ar` and `vlm`: the AR model (parent or preset), its trainable parts and loss weights;
-    `module_class(model, weights)` is the training module."""
+    `module_class(model, weights)` is the training module, `make_stage_collate(processor)` the collate."""
     weights = {**default_weights, **config.stage.loss_weights}
     if set(weights) != set(default_weights):
         raise ValueError(f"{config.stage.name} loss terms are {sorted(default_weights)}, got {sorted(weights)}")
@@ -118,7 +118,7 @@ def build_ar_stage(config: TrainConfig, info: DistInfo, *, trainable, default_we
         parts.copy_untouched_parts(config, Path(out_dir), {"autoregressive"})
 
     stream = SampleStream(sources, config.data.weights, seed=config.seed)
-    return Stage(module=module, stream=stream, collate=make_collate(processor), export=export, count=count,
+    return Stage(module=module, stream=stream, collate=make_stage_collate(processor), export=export, count=count,
                  shard_units=[*vlm.language_model.layers, *vlm.visual.blocks])
 
 

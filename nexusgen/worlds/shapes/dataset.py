@@ -4,7 +4,7 @@ A record is exactly what the official `llm_dataset.jsonl` holds, plus a `meta` d
 
     {"id": ..., "source": "shapesworld/<task>/<type>", "images": ["images/....png", ...],
      "messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}],
-     "meta": {"task", "type", "lang", "compositional", "style"?}}
+     "meta": {"task", "type", "lang", "compositional", "style"?, "scenes": [scene graph per image]}}
 
 with the wrapper texts of SPEC section 4.1 (generation: "Generate an image according to the following
 description: {prompt}" -> "Here is an image based on the description: <image>"; editing: "<image>
@@ -129,7 +129,7 @@ def make_sample(index: int, *, seed: int = 0, config: SampleConfig | None = None
                                   compositional=compositional, exclude=HELD_OUT_COMBOS)
         return Sample(sample_id, task, item.qtype, lang, [render_scene(item.scene, size)],
                       _messages(UND_USER.format(question=item.question), item.answer),
-                      {**meta, "type": item.qtype})
+                      {**meta, "type": item.qtype, "scenes": [item.scene.to_dict()]})
     if task == "generate":
         style = config.prompt_style
         if style == "mixed":
@@ -142,13 +142,13 @@ def make_sample(index: int, *, seed: int = 0, config: SampleConfig | None = None
                                exclude=HELD_OUT_COMBOS)
         return Sample(sample_id, task, category, lang, [render_scene(item.scene, size)],
                       _messages(GEN_USER[lang].format(prompt=item.prompt), GEN_ASSISTANT[lang]),
-                      {**meta, "type": category, "style": style})
+                      {**meta, "type": category, "style": style, "scenes": [item.scene.to_dict()]})
     item = make_edit(rng, EDIT_TYPES[int(rng.integers(len(EDIT_TYPES)))], lang, compositional=compositional,
                      exclude=HELD_OUT_COMBOS)
     images = [render_scene(item.source, size), render_scene(item.target, size)]
     return Sample(sample_id, task, item.etype, lang, images,
                   _messages(EDIT_USER.format(instruction=item.instruction), EDIT_ASSISTANT[lang]),
-                  {**meta, "type": item.etype})
+                  {**meta, "type": item.etype, "scenes": [item.source.to_dict(), item.target.to_dict()]})
 
 
 def iter_samples(*, seed: int = 0, config: SampleConfig | None = None, start: int = 0,

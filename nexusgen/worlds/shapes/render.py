@@ -96,3 +96,36 @@ def object_mask(scene: Scene, index: int, size: int) -> np.ndarray:
     obj = scene.objects[index]
     return shape_coverage(obj.shape, obj.x * size, obj.y * size, obj.half * size, size, size,
                           supersample=SUPERSAMPLE)
+
+
+def cell_labels(scene: Scene, rows: int, cols: int, *, cell_px: int = 16,
+                min_fraction: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """What each cell of a rows x cols grid over the image shows: the shape and colour of the object
+    covering most of it, for per-token supervision of a vision encoder (one cell = one LLM image token).
+
+    Args:
+        scene: the scene graph.
+        rows, cols: the token grid over the (square or not) image.
+        cell_px: resolution of the coverage computation, in pixels per cell side.
+        min_fraction: least fraction of a cell an object must cover to name it.
+
+    Returns:
+        (shape_index, color_index), int64 arrays of rows * cols in raster order: indices into `SHAPES`
+        and `COLORS` (insertion order), or -1 where no object covers enough of the cell.
+    """
+    height, width = rows * cell_px, cols * cell_px
+    coverage = np.zeros((len(scene.objects), rows, cols), dtype=np.float32)
+    for k, obj in enumerate(scene.objects):
+        mask = shape_coverage(obj.shape, obj.x * width, obj.y * height, obj.half * min(width, height),
+                              width, height, supersample=2)
+        coverage[k] = mask.reshape(rows, cell_px, cols, cell_px).mean(axis=(1, 3))
+    shapes = np.full(rows * cols, -1, dtype=np.int64)
+    colors = np.full(rows * cols, -1, dtype=np.int64)
+    if len(scene.objects):
+        best = coverage.reshape(len(scene.objects), -1).argmax(axis=0)
+        covered = coverage.reshape(len(scene.objects), -1).max(axis=0) >= min_fraction
+        color_names = list(COLORS)
+        for cell in np.flatnonzero(covered):
+            obj = scene.objects[best[cell]]
+            shapes[cell], colors[cell] = SHAPES.index(obj.shape), color_names.index(obj.color)
+    return shapes, colors
