@@ -135,6 +135,10 @@ def _tooling_commands(sub) -> None:
     q.add_argument("--tasks", default="understanding,generation,editing",
                    help="comma-separated subset of understanding,generation,editing")
     q.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
+    q.add_argument("--guidance", type=float, default=None,
+                   help="generation guidance scale (default: the model's own; needs a negative branch)")
+    q.add_argument("--edit-guidance", type=float, default=None,
+                   help="editing-decoder guidance scale (default: the model's own)")
     q.add_argument("--embeds", default="predicted", choices=["predicted", "ground-truth"],
                    help="generation from the AR model's predictions, or from the embeddings of each item's own "
                         "scene (the decoder's ceiling)")

@@ -98,7 +98,7 @@ def generate_artifacts(model, out_dir, config: ShapesEvalConfig) -> dict[str, li
     write_json(out_dir / EVAL_SET, {
         "format_version": FORMAT_VERSION, "config": dataclasses.asdict(config), "model": str(model.name),
         "git_sha": git_sha(),
-        "image_size": image_size, "num_steps": _num_steps(model),
+        "image_size": image_size, **_sampling_record(model),
         "items": {task: [it.to_dict() for it in its] for task, its in items.items()}})
     for task, task_items in items.items():
         TASKS[task][0].run(model, task_items, out_dir, image_size=image_size, batch_size=config.batch_size,
@@ -106,10 +106,14 @@ def generate_artifacts(model, out_dir, config: ShapesEvalConfig) -> dict[str, li
     return items
 
 
-def _num_steps(model) -> int | None:
-    """The denoising steps a real model (or one a reference model wraps) samples with; None otherwise."""
+SAMPLING_FIELDS = ("num_steps", "guidance_scale", "edit_guidance_scale")
+
+
+def _sampling_record(model) -> dict:
+    """The sampling settings a real model (or one a reference model wraps) uses; None for reference models."""
     config = getattr(model, "config", None) or getattr(getattr(model, "model", None), "config", None)
-    return getattr(getattr(config, "sampling", None), "num_steps", None)
+    sampling = getattr(config, "sampling", None)
+    return {name: getattr(sampling, name, None) for name in SAMPLING_FIELDS}
 
 
 def load_eval_set(out_dir) -> tuple[dict, dict[str, list]]:
@@ -141,7 +145,8 @@ def score(out_dir) -> dict:
         tiles += module.failure_tiles(task_items, task_records, out_dir, config["worst"])
     results.update({"model": meta["model"], "seed": config["seed"], "git_sha": git_sha(),
                     "generated_git_sha": meta.get("git_sha", "unknown"),
-                    "image_size": meta["image_size"], "num_steps": meta.get("num_steps"), "num": config["num"],
+                    "image_size": meta["image_size"], **{name: meta.get(name) for name in SAMPLING_FIELDS},
+                    "num": config["num"],
                     "note": NOTE})
     results = json_safe(results)
     write_jsonl(out_dir / "samples.jsonl", json_safe(records))
@@ -157,6 +162,19 @@ def evaluate(model, out_dir, config: ShapesEvalConfig | None = None) -> dict:
     return score(out_dir)
 
 
+def _override_sampling(model, args) -> None:
+    """--steps / --guidance / --edit-guidance: the sampling side of the speed/quality trade-off."""
+    requested = {"num_steps": getattr(args, "steps", None), "guidance_scale": getattr(args, "guidance", None),
+                 "edit_guidance_scale": getattr(args, "edit_guidance", None)}
+    requested = {name: value for name, value in requested.items() if value is not None}
+    if not requested:
+        return
+    if not hasattr(model, "config"):
+        raise ValueError(f"--steps / --guidance apply to a real model, not {args.model}")
+    sampling = dataclasses.replace(model.config.sampling, **requested)  # ValueError: steps < 1, ...
+    model.config.sampling = sampling
+
+
 def eval_command(args) -> dict:
     """Handler of `nexusgen eval shapes` (see nexusgen/cli.py)."""
     if args.score_only:
@@ -165,10 +183,7 @@ def eval_command(args) -> dict:
     config = ShapesEvalConfig(num=args.num, seed=args.seed, decoder=args.decoder,
                               prompt_style=getattr(args, "prompt_style", "short"), tasks=tasks)
     model = load_model(args.model)
-    if getattr(args, "steps", None) is not None:  # the quality side of the speed/quality trade-off
-        if args.steps < 1 or not hasattr(model, "config"):
-            raise ValueError(f"--steps must be >= 1 and applies to a real model, got {args.steps} for {args.model}")
-        model.config.sampling.num_steps = args.steps
+    _override_sampling(model, args)
     if getattr(args, "embeds", "predicted") == "ground-truth":
         model = GroundTruthEmbedsModel(model)
     return evaluate(model, args.out, config)
