@@ -1,13 +1,16 @@
 """Bundle a trained shapes-mini run as the package's default model, stored in fp16.
 
-    python scripts/bundle_shapes_mini.py RUN/final [--out nexusgen/assets/models/shapes-mini]
+    python scripts/bundle_shapes_mini.py RUN/final [--out nexusgen/assets/models/shapes-mini] \
+        [--num-steps N] [--guidance G] [--edit-guidance G]
 
 RUN/final is what `nexusgen train shapes-mini --out RUN` leaves (a complete model folder). The weights
 are stored in fp16 (halves the repository size; they load back as fp32 on CPU, and fp16 keeps 11 bits of
-mantissa, far below the model's own error); the sampling defaults travel with the folder.
+mantissa, far below the model's own error); the sampling defaults travel with the folder, set here from
+the `nexusgen eval shapes --steps/--guidance` sweep (README, "Measured results").
 """
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -25,11 +28,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="a trained model folder, e.g. RUN/final")
     parser.add_argument("--out", type=Path, default=BUNDLED["shapes-mini"])
+    parser.add_argument("--num-steps", type=int, help="default denoising steps")
+    parser.add_argument("--guidance", type=float, dest="guidance_scale", help="default generation guidance")
+    parser.add_argument("--edit-guidance", type=float, dest="edit_guidance_scale", help="default editing guidance")
     args = parser.parse_args()
     parts = load_model_folder(args.source, device="cpu", dtype=torch.float16)
+    chosen = {k: getattr(args, k) for k in ("num_steps", "guidance_scale", "edit_guidance_scale")}
+    parts.config.sampling = dataclasses.replace(parts.config.sampling,
+                                                **{k: v for k, v in chosen.items() if v is not None})
     save_model_folder(args.out, parts)
     size = folder_bytes(args.out)
-    print(f"{args.out}: {size / 2**20:.1f} MiB")
+    print(f"{args.out}: {size / 2**20:.1f} MiB, sampling {parts.config.sampling}")
     if size > LIMIT_BYTES:
         raise SystemExit(f"{size / 2**20:.1f} MiB is over the {LIMIT_BYTES / 2**20:.0f} MiB limit")
 
