@@ -8,6 +8,7 @@ from nexusgen.worlds.shapes import (
     EDIT_TYPES,
     GEN_CATEGORIES,
     HELD_OUT_COMBOS,
+    SHAPES,
     UND_TYPES,
     detect,
     make_edit,
@@ -17,7 +18,7 @@ from nexusgen.worlds.shapes import (
 )
 from nexusgen.worlds.shapes.language import RELATION_WORDS, SHAPE_WORDS, caption
 from nexusgen.worlds.shapes.scene import relation_holds
-from nexusgen.worlds.shapes.tasks import EditItem, GenerateItem, UnderstandItem
+from nexusgen.worlds.shapes.tasks import EditItem, GenerateItem, UnderstandItem, default_colors
 
 
 def _rngs(n, offset=0):
@@ -80,15 +81,49 @@ def test_caption_is_canonical_and_complete():
 
 
 @pytest.mark.parametrize("category", GEN_CATEGORIES)
-@pytest.mark.parametrize("style", ["short", "detailed"])
-def test_generation_scene_satisfies_its_spec(category, style):
+@pytest.mark.parametrize("style, layout", [("short", "random"), ("short", "canonical"), ("detailed", "random")])
+def test_generation_scene_satisfies_its_spec(category, style, layout):
     from nexusgen.eval.metrics import geneval_correct  # the scorer is the judge of "satisfies"
 
     for rng in _rngs(8, offset=100):
-        item = make_generation(rng, category, "en", style)
+        item = make_generation(rng, category, "en", style, layout=layout)
         ok, why = geneval_correct(detect(render_scene(item.scene, 64)), item.spec)
         assert ok, (item.prompt, why)
         assert not item.scene.has_combo(HELD_OUT_COMBOS)
+
+
+def _scenes_by_prompt(category, layout, n=300):
+    """[the distinct scenes drawn with one prompt, for each prompt drawn more than once]"""
+    by_prompt = {}
+    for rng in _rngs(n, offset=500):
+        item = make_generation(rng, category, "en", "short", layout=layout)
+        by_prompt.setdefault(item.prompt, []).append(item.scene)
+    return [set(scenes) for scenes in by_prompt.values() if len(scenes) > 1]
+
+
+@pytest.mark.parametrize("category", GEN_CATEGORIES)
+def test_canonical_short_prompts_name_one_image(category):
+    groups = _scenes_by_prompt(category, "canonical")
+    assert len(groups) >= 5  # prompts repeat, so the check below has teeth ...
+    assert all(len(scenes) == 1 for scenes in groups)
+    for obj in next(iter(groups[0])).objects:
+        assert (obj.size, obj.x, obj.y) == ("medium", (obj.col + 0.5) / 3, (obj.row + 0.5) / 3)
+
+
+@pytest.mark.parametrize("category", ["single_object", "counting", "position"])
+def test_random_short_prompts_vary_their_image(category):
+    assert any(len(scenes) > 1 for scenes in _scenes_by_prompt(category, "random"))  # ... as it would here
+
+
+def test_canonical_default_colours_differ_and_avoid_held_out_pairs():
+    for shape in SHAPES:
+        colors = default_colors(shape)
+        assert len(colors) >= 4 and len(set(colors)) == len(colors)  # up to 4 same-shape objects (counting)
+        assert not any((c, shape) in HELD_OUT_COMBOS for c in colors)
+    item = make_generation(np.random.default_rng(3), "colors", "en", "short", layout="canonical")
+    assert item.scene.objects[0].color in item.prompt  # named colours are kept
+    with pytest.raises(ValueError, match="unknown layout"):
+        make_generation(np.random.default_rng(3), "colors", "en", "short", layout="grid")
 
 
 def test_short_prompts_name_what_the_category_needs():

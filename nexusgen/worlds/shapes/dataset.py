@@ -30,7 +30,15 @@ from PIL import Image
 
 from .render import DEFAULT_SIZE, render_scene
 from .scene import HELD_OUT_COMBOS
-from .tasks import EDIT_TYPES, TRAIN_GEN_CATEGORIES, UND_TYPES, make_edit, make_generation, make_understanding
+from .tasks import (
+    EDIT_TYPES,
+    LAYOUTS,
+    TRAIN_GEN_CATEGORIES,
+    UND_TYPES,
+    make_edit,
+    make_generation,
+    make_understanding,
+)
 
 TASKS = ("understand", "generate", "edit")
 SPLITS = ("train", "test")
@@ -68,6 +76,9 @@ class SampleConfig:
     """Generation prompts: "short" (GenEval-like), "detailed" (pins the scene down) or "mixed"."""
     detailed_fraction: float = 0.5
     """With "mixed": the fraction of detailed generation prompts."""
+    short_layout: str = "random"
+    """Scenes of short generation prompts: "random" or "canonical" (the world's defaults for what the
+    prompt leaves open, so that a prompt names one image; `tasks.canonical_scene`)."""
     zh_fraction: float = 0.3
     """Fraction of samples in Chinese."""
     compositional_fraction: float = 0.0
@@ -81,6 +92,8 @@ class SampleConfig:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
         if self.prompt_style not in ("short", "detailed", "mixed"):
             raise ValueError(f"prompt_style must be short, detailed or mixed, got {self.prompt_style!r}")
+        if self.short_layout not in LAYOUTS:
+            raise ValueError(f"short_layout must be one of {LAYOUTS}, got {self.short_layout!r}")
         if self.image_size < 16:
             raise ValueError(f"image_size must be >= 16, got {self.image_size}")
         if self.split == "train" and self.compositional_fraction > 0:
@@ -139,7 +152,7 @@ def make_sample(index: int, *, seed: int = 0, config: SampleConfig | None = None
             categories = ["colors", "color_attr"]
         category = categories[int(rng.integers(len(categories)))]
         item = make_generation(rng, category, lang, style, compositional=compositional,
-                               exclude=HELD_OUT_COMBOS)
+                               exclude=HELD_OUT_COMBOS, layout=config.short_layout)
         return Sample(sample_id, task, category, lang, [render_scene(item.scene, size)],
                       _messages(GEN_USER[lang].format(prompt=item.prompt), GEN_ASSISTANT[lang]),
                       {**meta, "type": category, "style": style, "scenes": [item.scene.to_dict()]})

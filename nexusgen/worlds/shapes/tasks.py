@@ -9,7 +9,9 @@ Every builder takes a `numpy.random.Generator` and returns a small dataclass tha
   color_attr. `spec` is GenEval's metadata ({"include": [...], "exclude": [...]}) with shapes as
   classes; `scene` is one scene that satisfies the prompt (the oracle draws it). Prompt styles:
   "short" (GenEval-like: only what the category needs) and "detailed" (every object's size, colour,
-  shape and place, which pins the scene down for a model that regresses the conditional mean).
+  shape and place, which pins the scene down for a model that regresses the conditional mean). With
+  `layout="canonical"` a short prompt's scene leaves nothing to chance either: what the prompt does not
+  say (places, sizes, unnamed colours) takes the world's defaults (`canonical_scene`).
 - Editing (`EDIT_TYPES`): recolour, remove, add, move, resize, with source and target scenes and the
   indices of the objects that changed (their boxes are the edited region).
 """
@@ -46,6 +48,7 @@ GEN_CATEGORIES = ("single_object", "two_object", "counting", "colors", "position
 TRAIN_GEN_CATEGORIES = (*GEN_CATEGORIES, "scene")
 EDIT_TYPES = ("recolour", "remove", "add", "move", "resize")
 PROMPT_STYLES = ("short", "detailed")
+LAYOUTS = ("random", "canonical")
 # Categories whose short prompt names a colour, so it can name a held-out (colour, shape) pair.
 COLORED_CATEGORIES = ("colors", "color_attr")
 
@@ -346,9 +349,50 @@ def _short_prompt(rng, category: str, scene: Scene, extra: dict, lang: str) -> s
     return _choice(rng, templates).format(**words)
 
 
+# The defaults of a short prompt's scene under layout "canonical". Nexus-Gen regresses the image's
+# embeddings (MSE), so a prompt whose scenes vary is taught the mean of their embeddings, which decodes
+# to a washed-out blur; with defaults, every short training prompt names exactly one image.
+CANONICAL_SIZE = "medium"
+CANONICAL_CELLS = {1: ((1, 1),), 2: ((1, 0), (1, 2)), 3: ((1, 0), (1, 1), (1, 2)),
+                   4: ((0, 0), (0, 2), (2, 0), (2, 2))}
+# Cells of (a, b) for "a <relation> b".
+RELATION_CELLS = {"left": ((1, 0), (1, 2)), "right": ((1, 2), (1, 0)),
+                  "above": ((0, 1), (2, 1)), "below": ((2, 1), (0, 1))}
+
+
+def default_colors(shape: str) -> list[str]:
+    """The colours an unnamed `shape` takes in a canonical scene, in order (the k-th object of that shape
+    takes the k-th): the palette rotated by the shape's index, so different shapes differ, without the
+    held-out pairs."""
+    names = list(COLORS)
+    start = SHAPES.index(shape)
+    return [c for c in names[start:] + names[:start] if (c, shape) not in HELD_OUT_COMBOS]
+
+
+def canonical_scene(category: str, scene: Scene, extra: dict) -> Scene:
+    """`scene` with what a short `category` prompt leaves open set to the defaults: cells by object count
+    (or by the relation), medium size, centred in the cell, and unless the category names colours, the
+    shapes' default colours. The prompt's facts (shapes, named colours, count, relation) are kept."""
+    if category not in GEN_CATEGORIES:
+        raise ValueError(f"category {category!r} has no short prompt; expected one of {GEN_CATEGORIES}")
+    cells = RELATION_CELLS[extra["relation"]] if category == "position" else CANONICAL_CELLS[len(scene)]
+    seen: dict[str, int] = {}
+    objects = []
+    for obj, (row, col) in zip(scene.objects, cells):
+        color = obj.color
+        if category not in COLORED_CATEGORIES:
+            color = default_colors(obj.shape)[seen.get(obj.shape, 0)]
+            seen[obj.shape] = seen.get(obj.shape, 0) + 1
+        objects.append(dataclasses.replace(obj, color=color, size=CANONICAL_SIZE, row=row, col=col,
+                                           x=(col + 0.5) / GRID, y=(row + 0.5) / GRID))
+    return Scene(tuple(objects))
+
+
 def make_generation(rng: np.random.Generator, category: str, lang: str = "en", style: str = "short", *,
-                    compositional: bool = False, exclude: frozenset = HELD_OUT_COMBOS) -> GenerateItem:
-    """A GenEval-style generation prompt with its spec and one scene that satisfies it."""
+                    compositional: bool = False, exclude: frozenset = HELD_OUT_COMBOS,
+                    layout: str = "random") -> GenerateItem:
+    """A GenEval-style generation prompt with its spec and one scene that satisfies it; with
+    `layout="canonical"`, a short prompt's scene is `canonical_scene` (detailed prompts pin theirs down)."""
     if category not in TRAIN_GEN_CATEGORIES:
         raise ValueError(f"unknown generation category {category!r}; expected one of {TRAIN_GEN_CATEGORIES}")
     if style not in PROMPT_STYLES:
@@ -357,8 +401,12 @@ def make_generation(rng: np.random.Generator, category: str, lang: str = "en", s
         raise ValueError("category 'scene' has only a detailed prompt")
     if compositional and style == "short" and category not in COLORED_CATEGORIES:
         raise ValueError(f"a short {category!r} prompt names no colour, so it cannot be compositional")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     _check_lang(lang)
     scene, extra = _generation_scene(rng, category, compositional, exclude)
+    if style == "short" and layout == "canonical":
+        scene = canonical_scene(category, scene, extra)
     if style == "short":
         prompt = _short_prompt(rng, category, scene, extra, lang)
     else:
