@@ -109,6 +109,8 @@ def _tooling_commands(sub) -> None:
                    help="override a config field by dotted path (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) invalid data records")
+    p.add_argument("--start-at", metavar="STAGE", help="multi-stage recipes: begin at STAGE, from the folder "
+                   "given by --set STAGE.stage.parent=FOLDER")
     p.set_defaults(handler=_call("nexusgen.train.command:train_command"))
 
     p = sub.add_parser("prepare-embeds", help="precompute decoder-training embeddings (resumable)")

@@ -1,4 +1,4 @@
-"""`nexusgen train RECIPE --out RUN_DIR [--set key=value ...] [--resume] [--skip-bad]`."""
+"""`nexusgen train RECIPE --out RUN_DIR [--set key=value ...] [--resume] [--skip-bad] [--start-at STAGE]`."""
 
 from __future__ import annotations
 
@@ -28,8 +28,12 @@ def train_command(args: argparse.Namespace) -> int:
         if args.recipe in PIPELINES:
             from nexusgen.train.pipeline import run_pipeline
 
-            summary = run_pipeline(PIPELINES[args.recipe], args.out, overrides, resume=args.resume)
+            summary = run_pipeline(PIPELINES[args.recipe], args.out, overrides, resume=args.resume,
+                                   start_at=args.start_at)
         else:
+            if args.start_at is not None:
+                raise ValueError(f"--start-at is for multi-stage recipes ({', '.join(PIPELINES)}), "
+                                 f"not {args.recipe!r}")
             summary = train(resolve_config(args.recipe, overrides), args.out, resume=args.resume)
     finally:
         parallel.destroy_distributed()

@@ -4,6 +4,8 @@
 run directory each) and copies the last stage's complete model folder to `RUN/final/`. Overrides name a
 stage to target it (`--set vae.max_steps=100`) or apply to every stage (`--set lr=1e-4`). With
 `--resume`, stages whose run already reached `max_steps` are skipped and the interrupted one continues.
+`--start-at ar --set ar.stage.parent=FOLDER` starts the pipeline at a later stage from a model folder
+(e.g. one committed by an earlier session: CPU recipes take longer than one machine lives).
 """
 
 from __future__ import annotations
@@ -42,12 +44,15 @@ def is_finished(run_dir: Path, config: TrainConfig) -> bool:
 
 
 def run_pipeline(stages: dict[str, Callable[[], TrainConfig]], out, overrides: list[str], *,
-                 resume: bool = False) -> dict:
-    """Train the stages in order; returns {stage: summary} (skipped stages: "already finished")."""
+                 resume: bool = False, start_at: str | None = None) -> dict:
+    """Train the stages in order (from `start_at`, whose stage.parent must then be set); returns
+    {stage: summary} (skipped stages: "already finished")."""
     from nexusgen.train.loop import train
 
     out = Path(out)
     configs = stage_configs(stages, overrides)  # every override is checked before any training
+    if start_at is not None:
+        configs = _from_stage(configs, start_at)
     summaries, previous = {}, None
     for name, config in configs.items():
         if previous is not None and config.stage.parent is None:
@@ -64,6 +69,17 @@ def run_pipeline(stages: dict[str, Callable[[], TrainConfig]], out, overrides: l
         _copy_final(previous / "final", out / "final", configs[name].stage.preset)
     parallel.barrier()
     return summaries
+
+
+def _from_stage(configs: dict[str, TrainConfig], start_at: str) -> dict[str, TrainConfig]:
+    if start_at not in configs:
+        raise ValueError(f"--start-at {start_at!r} is not a stage of this recipe; stages: {', '.join(configs)}")
+    names = list(configs)
+    kept = {name: configs[name] for name in names[names.index(start_at):]}
+    if kept[start_at].stage.parent is None:
+        raise ValueError(f"--start-at {start_at} needs the folder it starts from: "
+                         f"--set {start_at}.stage.parent=FOLDER")
+    return kept
 
 
 def _copy_final(source: Path, target: Path, preset: str) -> None:

@@ -84,3 +84,29 @@ def test_resume_refuses_a_changed_config_but_may_extend_the_run(tmp_path, capsys
     assert (run / "config.json").read_text() == stored  # a refused resume changes nothing
     assert main([*args, "--set", "max_steps=3", "--resume"]) == 0
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+
+
+def test_start_at_continues_from_a_stored_folder_and_needs_one(tmp_path, capsys):
+    first = tmp_path / "first"
+    base = ["--set", "max_steps=1", "--set", "save_every=0", "--set", "progress=false"]
+    assert main(["train", "tiny", "--out", str(first), *base]) == 0
+    stored = first / "vlm" / "final"  # what an earlier session committed: vae/ + autoregressive/
+    later = tmp_path / "later"
+    assert main(["train", "tiny", "--out", str(later), "--start-at", "ar", "--set", f"ar.stage.parent={stored}",
+                 *base]) == 0
+    assert not (later / "vae").exists() and not (later / "vlm").exists()  # earlier stages not retrained
+    assert json.loads((later / "ar" / "config.json").read_text())["stage"]["parent"] == str(stored)
+    assert (later / "final" / "editing_decoder").is_dir() and (later / "final" / "vae").is_dir()
+    capsys.readouterr()
+    assert main(["train", "tiny", "--out", str(tmp_path / "x"), "--start-at", "ar", *base]) == 2
+    assert "--set ar.stage.parent=FOLDER" in capsys.readouterr().err
+    assert main(["train", "tiny", "--out", str(tmp_path / "y"), "--start-at", "nope", *base]) == 2
+    assert "not a stage of this recipe" in capsys.readouterr().err
+    assert main(["train", "tiny-ar", "--out", str(tmp_path / "z"), "--start-at", "ar", *base]) == 2
+    assert "multi-stage recipes" in capsys.readouterr().err
+
+
+def test_shapes_mini_generation_prompts_name_one_image():
+    """The recipe draws short generation prompts with canonical scenes (tasks.canonical_scene)."""
+    for stage in ("ar", "gen_decoder"):
+        assert get_recipe(f"shapes-mini-{stage}").data.world_options["short_layout"] == "canonical"
