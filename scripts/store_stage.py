@@ -15,6 +15,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from nexusgen.train.checkpoint import atomic_directory
+
 
 def store(source: Path, target: Path) -> None:
     """Copy `source` to `target`, every safetensors file with its float tensors cast to fp16."""
@@ -36,13 +38,10 @@ def main() -> None:
     parser.add_argument("target", type=Path, help="where to store it (replaced)")
     parser.add_argument("--add", type=Path, action="append", default=[], help="a part folder to add")
     args = parser.parse_args()
-    tmp = args.target.with_name(f".{args.target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    store(args.source, tmp)
-    for part in args.add:
-        store(part, tmp / part.name)
-    shutil.rmtree(args.target, ignore_errors=True)
-    tmp.rename(args.target)
+    with atomic_directory(args.target) as tmp:  # replaces the target only once all is written
+        store(args.source, tmp)
+        for part in args.add:
+            store(part, tmp / part.name)
     size = sum(p.stat().st_size for p in args.target.rglob("*") if p.is_file())
     print(f"{args.target}: {size / 2**20:.1f} MiB")
 

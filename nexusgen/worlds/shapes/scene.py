@@ -172,12 +172,18 @@ def jitter_limit(size: str) -> float:
     return max(0.0, 0.5 / GRID - SIZES[size] - CELL_MARGIN)
 
 
+def cell_centre(cell: tuple[int, int]) -> tuple[float, float]:
+    """The centre (x, y) of grid cell (row, col), in normalised coordinates."""
+    row, col = cell
+    return (col + 0.5) / GRID, (row + 0.5) / GRID
+
+
 def place_in_cell(rng: np.random.Generator, cell: tuple[int, int], size: str) -> tuple[float, float]:
     """A jittered centre (x, y) for an object of `size` in `cell`."""
     limit = jitter_limit(size)
     dx, dy = rng.uniform(-limit, limit, size=2) if limit > 0 else (0.0, 0.0)
-    row, col = cell
-    return (float((col + 0.5) / GRID + dx), float((row + 0.5) / GRID + dy))
+    cx, cy = cell_centre(cell)
+    return (float(cx + dx), float(cy + dy))
 
 
 def allowed_combos(exclude: frozenset[tuple[str, str]] = frozenset()) -> list[tuple[str, str]]:

@@ -34,6 +34,7 @@ from .scene import (
     SIZE_ORDER,
     Scene,
     allowed_combos,
+    cell_centre,
     jitter_limit,
     place_in_cell,
     relation_holds,
@@ -362,8 +363,8 @@ RELATION_CELLS = {"left": ((1, 0), (1, 2)), "right": ((1, 2), (1, 0)),
 
 def default_colors(shape: str) -> list[str]:
     """The colours an unnamed `shape` takes in a canonical scene, in order (the k-th object of that shape
-    takes the k-th): the palette rotated by the shape's index, so different shapes differ, without the
-    held-out pairs."""
+    takes the k-th): the palette rotated by the shape's index, so that shapes start on different colours
+    (the held-out pairs are skipped, so diamond and cross share blue)."""
     names = list(COLORS)
     start = SHAPES.index(shape)
     return [c for c in names[start:] + names[:start] if (c, shape) not in HELD_OUT_COMBOS]
@@ -381,10 +382,10 @@ def canonical_scene(category: str, scene: Scene, extra: dict) -> Scene:
     for obj, (row, col) in zip(scene.objects, cells):
         color = obj.color
         if category not in COLORED_CATEGORIES:
-            color = default_colors(obj.shape)[seen.get(obj.shape, 0)]
-            seen[obj.shape] = seen.get(obj.shape, 0) + 1
-        objects.append(dataclasses.replace(obj, color=color, size=CANONICAL_SIZE, row=row, col=col,
-                                           x=(col + 0.5) / GRID, y=(row + 0.5) / GRID))
+            k = seen[obj.shape] = seen.get(obj.shape, -1) + 1
+            color = default_colors(obj.shape)[k]
+        x, y = cell_centre((row, col))
+        objects.append(dataclasses.replace(obj, color=color, size=CANONICAL_SIZE, row=row, col=col, x=x, y=y))
     return Scene(tuple(objects))
 
 
@@ -405,9 +406,9 @@ def make_generation(rng: np.random.Generator, category: str, lang: str = "en", s
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     _check_lang(lang)
     scene, extra = _generation_scene(rng, category, compositional, exclude)
-    if style == "short" and layout == "canonical":
-        scene = canonical_scene(category, scene, extra)
     if style == "short":
+        if layout == "canonical":
+            scene = canonical_scene(category, scene, extra)
         prompt = _short_prompt(rng, category, scene, extra, lang)
     else:
         prompt = L.caption(scene, lang, rng)
@@ -489,7 +490,7 @@ def _resize(rng, scene: Scene, lang: str, exclude) -> tuple[str, Scene, int]:
             q = _fill(rng, ["把{r}的大小改为{z}。", "把{r}改成{z}的。"], r=r, z=z)
     # Keep the centre, pulled back inside the cell if the larger box would cross its border.
     limit = jitter_limit(new)
-    cx, cy = (obj.col + 0.5) / GRID, (obj.row + 0.5) / GRID
+    cx, cy = cell_centre(obj.cell)
     x = float(np.clip(obj.x, cx - limit, cx + limit))
     y = float(np.clip(obj.y, cy - limit, cy + limit))
     return q, scene.replace(i, size=new, x=x, y=y), i
