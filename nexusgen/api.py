@@ -194,14 +194,22 @@ class NexusGen:
                                      vision["image_grid_thw"].to(self.runtime.device))
         return torch.stack(embeds).float().cpu()
 
-    def decode(self, image_embeds: torch.Tensor, seed: int = 0, *, height: int | None = None,
-               width: int | None = None, num_steps: int | None = None, guidance_scale: float | None = None,
-               progress: bool | None = None) -> list[Image.Image]:
-        """(B, N, D) image embeddings -> B images with the generation decoder (image b: seed + b); e.g. the
-        output of `predict_image_embeds` or `encode_images` (a reconstruction: the decoder's ceiling)."""
-        pipeline = self._require(self._generate, "generation")
-        return pipeline.decode_images(image_embeds, height=height, width=width, num_steps=num_steps,
-                                      guidance_scale=guidance_scale, seed=seed, progress=progress)
+    def decode(self, image_embeds: torch.Tensor, seed: int = 0, *, source: ImageLike | list[ImageLike] | None = None,
+               height: int | None = None, width: int | None = None, num_steps: int | None = None,
+               guidance_scale: float | None = None, progress: bool | None = None) -> list[Image.Image]:
+        """(B, N, D) image embeddings -> B images (image b: seed + b); e.g. the output of `predict_image_embeds`
+        or `encode_images` (a reconstruction: the decoder's ceiling).
+
+        Without `source`, the generation decoder. With B source images, the editing decoder conditioned on
+        [embeddings ; each source's reference embeddings], as `edit` does with the AR model's prediction."""
+        if source is None:
+            pipeline = self._require(self._generate, "generation")
+            return pipeline.decode_images(image_embeds, height=height, width=width, num_steps=num_steps,
+                                          guidance_scale=guidance_scale, seed=seed, progress=progress)
+        self._require(self.parts.editing_decoder, "editing")
+        images = [_load(im) for im in as_batch(source, "source", (Image.Image, str, os.PathLike))[0]]
+        return self._edit.decode_edits(image_embeds, images, height=height, width=width, num_steps=num_steps,
+                                       guidance_scale=guidance_scale, seed=seed, progress=progress)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _require(self, part, what: str):

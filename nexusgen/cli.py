@@ -142,8 +142,8 @@ def _tooling_commands(sub) -> None:
     q.add_argument("--edit-guidance", type=float, default=None,
                    help="editing-decoder guidance scale (default: the model's own)")
     q.add_argument("--embeds", default="predicted", choices=["predicted", "ground-truth"],
-                   help="generation from the AR model's predictions, or from the embeddings of each item's own "
-                        "scene (the decoder's ceiling)")
+                   help="generation and editing from the AR model's predictions, or from the embeddings of each "
+                        "item's true image (the decoders' ceiling)")
     q.add_argument("--prompt-style", default="short", choices=["short", "detailed"],
                    help="generation prompts: GenEval-like short ones, or detailed ones that pin the scene down")
     q.set_defaults(handler=_call("nexusgen.eval.shapes:eval_command"))

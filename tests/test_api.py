@@ -58,6 +58,19 @@ def test_generate_is_decode_of_the_predicted_embeddings(memory):
         np.testing.assert_array_equal(_array(a), _array(b))
 
 
+def test_edit_is_decode_of_the_predicted_embeddings_with_the_source(memory):
+    sources = [Image.new("RGB", (64, 64), (10, 200, 30)), Image.new("RGB", (72, 64), (200, 20, 30))]
+    prompts = ["make it red", "remove the square"]
+    embeds = memory.predict_image_embeds(prompts, image=sources)
+    decoded = memory.decode(embeds, seed=5, source=sources)
+    for a, b in zip(decoded, memory.edit(sources, prompts, seed=5), strict=True):
+        np.testing.assert_array_equal(_array(a), _array(b))
+    other = memory.decode(embeds, seed=5, source=sources[::-1])  # the source matters: not the gen decoder
+    assert not np.array_equal(_array(other[0]), _array(decoded[0]))
+    with pytest.raises(ValueError, match=r"\(2, 16, 64\)"):
+        memory.decode(embeds[:1], source=sources)
+
+
 def test_encode_images_is_the_training_target_space(memory):
     from nexusgen.data.collate import collate_ar
 

@@ -68,36 +68,45 @@ class OracleModel:
 
 
 class GroundTruthEmbedsModel:
-    """A model whose `generate` decodes the embeddings of each item's own scene (rendered, then
-    `NexusGen.encode_images`) instead of the AR model's prediction, with the same generation decoder.
+    """A model that decodes the embeddings of each item's true result (its scene rendered, then
+    `NexusGen.encode_images`) instead of the AR model's prediction, with the same decoders.
 
-    The generation decoder alone, on the inputs it was trained on: the ceiling that predicted embeddings
-    are measured against (DESIGN.md: decoder on ground-truth vs on predicted embeddings). Understanding
-    and editing are the wrapped model's own. Items are registered in order and must be asked for in
-    that order (two items may share a short prompt but not a scene).
+    The decoders alone, on the inputs they were trained on: the ceiling that predicted embeddings are
+    measured against (DESIGN.md: decoder on ground-truth vs on predicted embeddings). `generate` decodes
+    the item's scene with the generation decoder; `edit` decodes the true target with the editing decoder
+    (conditioned on the source, as in `NexusGen.edit`) or the generation decoder. Understanding is the
+    wrapped model's own. Items are registered in order and must be asked for in that order (two items may
+    share a short prompt but not a scene).
     """
 
     def __init__(self, model):
         self.model = model
         self.name = f"{model.name} (ground-truth embeddings)"
         self.image_size = model.image_size
-        self._queue: list[tuple[str, object]] = []
+        self._queues: dict[str, list[tuple[str, object]]] = {"generate": [], "edit": []}
 
     def register(self, understanding=(), generation=(), editing=()) -> None:
-        self._queue = [(item.prompt, item.scene) for item in generation]
+        self._queues = {"generate": [(item.prompt, item.scene) for item in generation],
+                        "edit": [(item.instruction, item.target) for item in editing]}
+
+    def _targets(self, task: str, prompts) -> list[Image.Image]:
+        queue = self._queues[task]
+        taken, self._queues[task] = queue[:len(prompts)], queue[len(prompts):]
+        if [prompt for prompt, _ in taken] != list(prompts):
+            raise ValueError(f"GroundTruthEmbedsModel.{task}: prompts differ from the registered items' order")
+        return [render_scene(scene, self.image_size) for _, scene in taken]
 
     def generate(self, prompts, seed: int = 0) -> list[Image.Image]:
-        taken, self._queue = self._queue[:len(prompts)], self._queue[len(prompts):]
-        if [prompt for prompt, _ in taken] != list(prompts):
-            raise ValueError("GroundTruthEmbedsModel.generate: prompts differ from the registered items' order")
-        targets = [render_scene(scene, self.image_size) for _, scene in taken]
-        return self.model.decode(self.model.encode_images(targets), seed=seed)
+        embeds = self.model.encode_images(self._targets("generate", prompts))
+        return self.model.decode(embeds, seed=seed)
 
     def understand(self, images, prompts, max_new_tokens: int = 128) -> list[str]:
         return self.model.understand(images, prompts, max_new_tokens=max_new_tokens)
 
     def edit(self, images, prompts, decoder: str = "editing", seed: int = 0) -> list[Image.Image]:
-        return self.model.edit(images, prompts, decoder=decoder, seed=seed)
+        embeds = self.model.encode_images(self._targets("edit", prompts))
+        source = list(images) if decoder == "editing" else None
+        return self.model.decode(embeds, seed=seed, source=source)
 
 
 class BlankModel:

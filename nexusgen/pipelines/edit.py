@@ -23,7 +23,7 @@ from PIL import Image
 
 from nexusgen.flow.sampler import edit_images
 from nexusgen.pipelines.generate import GeneratePipeline, ImageSettings, image_settings
-from nexusgen.pipelines.inputs import as_batch, check_image, check_prompts, to_pil
+from nexusgen.pipelines.inputs import as_batch, check_embeds, check_image, check_prompts, to_pil
 from nexusgen.pipelines.predict import negative_kwargs, predict_embeds, reference_embeds
 
 DECODERS = ("editing", "generation")
@@ -90,6 +90,20 @@ class EditPipeline:
         else:
             pixels = self._edit(embeds, images, settings, seeds, progress)
         return EditOutput(to_pil(pixels), embeds.float().cpu(), seeds, decoder)
+
+    @torch.inference_mode()
+    def decode_edits(self, image_embeds: torch.Tensor, image: list[Image.Image], *, height: int | None = None,
+                     width: int | None = None, num_steps: int | None = None, guidance_scale: float | None = None,
+                     seed: int = 0, progress: bool | None = None) -> list[Image.Image]:
+        """Given (B, N, D) target embeddings (e.g. `encode_images` of the true edit: the editing decoder's
+        ceiling) and B source images -> B images with the editing decoder, settings and seeds as `__call__`."""
+        images, _, settings = self._validate(image, ["-"] * len(image), "editing", height=height, width=width,
+                                             num_steps=num_steps, guidance_scale=guidance_scale, seed=seed)
+        check_embeds(image_embeds, len(images), self.config.num_output_tokens,
+                     self.ar_model.config.qwen_config.text_config.hidden_size)
+        seeds = [settings.seed + b for b in range(len(images))]
+        embeds = image_embeds.to(self.runtime.device, self.runtime.dtype)
+        return to_pil(self._edit(embeds, images, settings, seeds, progress))
 
     def _validate(self, image, prompt, decoder, **settings) -> tuple[list, list[str], ImageSettings]:
         if decoder not in DECODERS:

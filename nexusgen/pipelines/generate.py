@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from nexusgen.flow.sampler import generate_images
-from nexusgen.pipelines.inputs import as_batch, check_positive, check_prompts, check_seed, to_pil
+from nexusgen.pipelines.inputs import as_batch, check_embeds, check_positive, check_prompts, check_seed, to_pil
 from nexusgen.pipelines.predict import negative_kwargs, predict_embeds
 
 MAX_OUTPUT_PIXELS = 2048 * 2048
@@ -114,11 +114,8 @@ class GeneratePipeline:
                       num_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
                       progress: bool | None = None) -> list[Image.Image]:
         """Validated (B, N, D) embeddings -> B images, with the settings and seeds of `__call__`."""
-        expected = (self.config.num_output_tokens, self.ar_model.config.qwen_config.text_config.hidden_size)
-        if not isinstance(image_embeds, torch.Tensor) or image_embeds.ndim != 3 or \
-                tuple(image_embeds.shape[1:]) != expected or not image_embeds.is_floating_point():
-            shape = tuple(image_embeds.shape) if isinstance(image_embeds, torch.Tensor) else type(image_embeds)
-            raise ValueError(f"image_embeds must be a float (B, {expected[0]}, {expected[1]}) tensor, got {shape}")
+        check_embeds(image_embeds, None, self.config.num_output_tokens,
+                     self.ar_model.config.qwen_config.text_config.hidden_size)
         settings = image_settings(self.config, height=height, width=width, num_steps=num_steps,
                                   guidance_scale=guidance_scale, seed=seed)
         negative = negative_kwargs(self.config, self.negative, settings.guidance_scale)

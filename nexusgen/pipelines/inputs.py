@@ -74,6 +74,16 @@ def check_positive(name: str, value: Any, kind: type = int) -> Any:
     return value
 
 
+def check_embeds(image_embeds: Any, batch: int | None, num_tokens: int, hidden_size: int) -> None:
+    """ValueError unless `image_embeds` is a float (batch, num_tokens, hidden_size) tensor (any batch if None)."""
+    expected = (batch if batch is not None else "B", num_tokens, hidden_size)
+    ok = isinstance(image_embeds, torch.Tensor) and image_embeds.ndim == 3 and image_embeds.is_floating_point() \
+        and tuple(image_embeds.shape[1:]) == expected[1:] and batch in (None, image_embeds.shape[0])
+    if not ok:
+        shape = tuple(image_embeds.shape) if isinstance(image_embeds, torch.Tensor) else type(image_embeds).__name__
+        raise ValueError(f"image_embeds must be a float ({', '.join(map(str, expected))}) tensor, got {shape}")
+
+
 def check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")

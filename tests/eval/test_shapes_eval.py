@@ -145,6 +145,26 @@ def test_ground_truth_embeds_decode_each_items_own_scene(tiny_model):
         model.generate([items[1].prompt])
 
 
+def test_ground_truth_embeds_edit_decodes_each_items_true_target_with_its_source(tiny_model):
+    import numpy as np
+
+    from nexusgen.eval.oracle import GroundTruthEmbedsModel
+
+    items = build_items(ShapesEvalConfig(num=6, seed=5, tasks=("editing",)))["editing"][:2]
+    model = GroundTruthEmbedsModel(tiny_model)
+    model.register(editing=items)
+    size = tiny_model.image_size
+    sources = [render_scene(it.source, size) for it in items]
+    got = model.edit(sources, [it.instruction for it in items], seed=4)
+    targets = tiny_model.encode_images([render_scene(it.target, size) for it in items])
+    want = tiny_model.decode(targets, seed=4, source=sources)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, want, strict=True))
+    model.register(editing=items)
+    generation = model.edit(sources, [it.instruction for it in items], decoder="generation", seed=4)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(generation, tiny_model.decode(targets, seed=4), strict=True))
+
+
 def test_cli_tasks_and_ground_truth_embeds(tmp_path, capsys, tiny_model, monkeypatch):
     import nexusgen.eval.shapes as shapes
 
