@@ -153,9 +153,9 @@ def generate_interleaved(model, input_ids: torch.Tensor, attention_mask: torch.T
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if model.config.image_feed != "prefill":
+    if model.config.image_feed != "prefill" and max_images != 0:  # text-only answers need no image feed
         raise ValueError("interleaved chat needs a prefilled-AR model (image_feed='prefill'); this one is a "
-                         "standard-AR ablation model: use generate / edit (predict_image_embeds)")
+                         "standard-AR ablation model: use understand, generate or edit")
     state = _GenerationState(model, input_ids, attention_mask, pixel_values, image_grid_thw)
     sampler = _Sampler(model, do_sample, temperature, top_k, top_p, generator)
     chunks: list[_Chunk | None] = [state.chunk(b, int(state.last_ids[b])) for b in range(state.batch)]

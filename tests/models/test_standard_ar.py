@@ -55,6 +55,19 @@ def test_chat_refuses_a_standard_ar_model(standard):
         model.generate_interleaved(chat["input_ids"], chat["attention_mask"], max_new_tokens=2)
 
 
+def test_a_standard_ar_model_answers_in_text_as_its_prefilled_twin(standard):
+    """Understanding (max_images=0) never reads an image feed, so the ablation model is scored on it too."""
+    model, tokenizer, image_processor = standard
+    twin = build_autoregressive("tiny", seed=0)[0].eval()
+    chat = ImageOnlyProcessor(tokenizer, image_processor, model.config).chat_inputs(
+        [[{"role": "user", "content": "<image>What is this?"}]], [[Image.new("RGB", (64, 64), "red")]])
+    args = (chat["input_ids"], chat["attention_mask"], chat["pixel_values"], chat["image_grid_thw"])
+    got = model.generate_interleaved(*args, max_new_tokens=4, max_images=0)
+    want = twin.generate_interleaved(*args, max_new_tokens=4, max_images=0)
+    assert len(got.sequences[0]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(got.sequences, want.sequences, strict=True))
+
+
 def test_the_feed_is_saved_and_set_on_a_parent(standard, tmp_path):
     model, tokenizer, image_processor = standard
     save_autoregressive(tmp_path / "autoregressive", model, tokenizer, image_processor)
