@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from nexusgen.loading.folder import BUNDLED, load_model_folder, save_model_folder
+from nexusgen.config import NexusGenConfig
+from nexusgen.loading.folder import BUNDLED, CONFIG_FILE, load_model_folder, save_model_folder
 
 LIMIT_BYTES = 60 * 1024 * 1024  # the bound for a committed model
 
@@ -28,11 +29,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="a trained model folder, e.g. RUN/final")
     parser.add_argument("--out", type=Path, default=BUNDLED["shapes-mini"])
+    parser.add_argument("--preset", default="shapes-mini", help="model-level settings of a training export")
     parser.add_argument("--num-steps", type=int, help="default denoising steps")
     parser.add_argument("--guidance", type=float, dest="guidance_scale", help="default generation guidance")
     parser.add_argument("--edit-guidance", type=float, dest="edit_guidance_scale", help="default editing guidance")
     args = parser.parse_args()
     parts = load_model_folder(args.source, device="cpu", dtype=torch.float16)
+    if not (args.source / CONFIG_FILE).exists():  # a training export: the preset's model-level settings,
+        # else the editing reference falls back to the input size, not the grid the decoder was trained at
+        preset = NexusGenConfig.from_preset(args.preset)
+        parts.config = dataclasses.replace(parts.config, reference_image_px=preset.reference_image_px)
     chosen = {k: getattr(args, k) for k in ("num_steps", "guidance_scale", "edit_guidance_scale")}
     parts.config.sampling = dataclasses.replace(parts.config.sampling,
                                                 **{k: v for k, v in chosen.items() if v is not None})
