@@ -57,7 +57,8 @@ def write_text(path, text: str) -> None:
     atomic_write_text(path, text)
 
 
-def write_json(path, data) -> None:
+def write_json(data, path) -> None:
+    """Atomic, strict JSON (no NaN), CJK kept readable; (data, path) as `nexusgen.loading.files.write_json`."""
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 

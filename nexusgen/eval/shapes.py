@@ -95,11 +95,11 @@ def generate_artifacts(model, out_dir, config: ShapesEvalConfig) -> dict[str, li
     image_size = int(model.image_size)
     if hasattr(model, "register"):  # reference models that must know the items (oracle, ground truth)
         model.register(**{k: v for k, v in items.items()})
-    write_json(out_dir / EVAL_SET, {
+    write_json({
         "format_version": FORMAT_VERSION, "config": dataclasses.asdict(config), "model": str(model.name),
         "git_sha": git_sha(),
         "image_size": image_size, **_sampling_record(model),
-        "items": {task: [it.to_dict() for it in its] for task, its in items.items()}})
+        "items": {task: [it.to_dict() for it in its] for task, its in items.items()}}, out_dir / EVAL_SET)
     for task, task_items in items.items():
         TASKS[task][0].run(model, task_items, out_dir, image_size=image_size, batch_size=config.batch_size,
                            max_new_tokens=config.max_new_tokens, seed=config.seed, decoder=config.decoder)
@@ -151,7 +151,7 @@ def score(out_dir) -> dict:
     results = json_safe(results)
     write_jsonl(out_dir / "samples.jsonl", json_safe(records))
     save_image(contact_sheet(tiles, title=f"{meta['model']}: worst failures"), out_dir / "failures.png")
-    write_json(out_dir / "results.json", results)
+    write_json(results, out_dir / "results.json")
     return results
 
 
