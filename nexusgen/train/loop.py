@@ -28,6 +28,7 @@ from nexusgen.train.ema import EMA
 from nexusgen.train.metrics import MetricsLogger, Progress
 from nexusgen.train.optim import build_optimizer, build_scheduler
 from nexusgen.train.stages import Stage, build_stage
+from nexusgen.train.stages.parts import write_preset_config
 
 
 def train(config: TrainConfig, run_dir, *, resume: bool = False) -> dict:
@@ -204,6 +205,7 @@ def export_final(stage: Stage, model, ema, config: TrainConfig, info: parallel.D
             merge_lora(module)
         with checkpoint.atomic_directory(out_dir) as tmp:
             stage.export(module, tmp)
+            write_preset_config(Path(tmp), config.stage.preset, overwrite=False)
     parallel.barrier()
 
 

@@ -85,14 +85,11 @@ def _from_stage(configs: dict[str, TrainConfig], start_at: str) -> dict[str, Tra
 def _copy_final(source: Path, target: Path, preset: str) -> None:
     """RUN/final = the last stage's complete folder, plus the model-level config (nexusgen.json) of the
     pipeline's preset, so sampling defaults and grids are recorded rather than inferred."""
-    from nexusgen.config import PRESETS, NexusGenConfig
-    from nexusgen.loading.files import write_json
-    from nexusgen.loading.folder import CONFIG_FILE
+    from nexusgen.train.stages.parts import write_preset_config
 
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
-    if preset in PRESETS:
-        write_json({**NexusGenConfig.from_preset(preset).to_json_dict(), "dtype": "float32"}, tmp / CONFIG_FILE)
+    write_preset_config(tmp, preset, overwrite=True)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)

@@ -1,6 +1,7 @@
 """Multi-stage recipes: overrides per stage, stage chaining through exported folders, resume skips."""
 
 import json
+import warnings
 
 import pytest
 
@@ -57,6 +58,28 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert record["step"] == 1 and record["loss"] > 0
     assert (run / "final" / "autoregressive").is_dir()
+    # a single stage's export records the preset's model-level settings for the parts it holds, so it
+    # loads as trained (editing reference on the 128-px grid) instead of with inferred settings
+    written = json.loads((run / "final" / "nexusgen.json").read_text())
+    assert written["parts"] == ["autoregressive"] and written["reference_image_px"] == [128, 128]
+    from nexusgen.loading.autoregressive import read_ar_config
+    from nexusgen.loading.folder import read_folder_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an inferred config warns
+        config = read_folder_config(run / "final", ar=read_ar_config(run / "final" / "autoregressive"))
+    assert config.reference_grid == (8, 8) and config.sampling.height == 64
+
+
+def test_export_keeps_the_config_it_has_and_skips_folders_without_an_ar_model(tmp_path):
+    from nexusgen.train.stages.parts import write_preset_config
+
+    assert not write_preset_config(tmp_path, "shapes-mini", overwrite=True)  # no autoregressive/
+    (tmp_path / "autoregressive").mkdir()
+    assert not write_preset_config(tmp_path, "no-such-preset", overwrite=True)
+    (tmp_path / "nexusgen.json").write_text("{}")
+    assert not write_preset_config(tmp_path, "shapes-mini", overwrite=False)
+    assert (tmp_path / "nexusgen.json").read_text() == "{}"
 
 
 def test_a_finished_run_without_checkpoints_is_not_overwritten(tmp_path, capsys):

@@ -145,6 +145,42 @@ def copy_untouched_parts(config: TrainConfig, out_dir: Path, trained: set[str]) 
         copy_parts(folder, out_dir, exclude=trained)
 
 
+def write_preset_config(folder: Path, preset: str, *, overwrite: bool) -> bool:
+    """Write the model-level config (nexusgen.json) into an exported folder that holds an AR model:
+    the sampling defaults and editing reference of model preset `preset`, fitted to the exported AR
+    model (its output size and token grid, which `stage.model` may have changed) and listing the parts
+    present. The loader would otherwise infer them, and it takes the editing reference from the input
+    size, not the grid the editing decoder was trained at. The weights are fp32 master weights.
+
+    Returns:
+        True if written; False for an unknown preset, a folder without `autoregressive/`, or (unless
+        `overwrite`) one that already has its config (copied from the parent, e.g. tuned sampling).
+    """
+    from nexusgen.config import PART_NAMES, PRESETS, NexusGenConfig, SamplingConfig
+    from nexusgen.loading.autoregressive import read_ar_config
+    from nexusgen.loading.files import write_json
+    from nexusgen.loading.folder import CONFIG_FILE, NEGATIVE_FILE
+
+    folder = Path(folder)
+    if preset not in PRESETS or not (folder / "autoregressive").is_dir():
+        return False
+    if (folder / CONFIG_FILE).exists() and not overwrite:
+        return False
+    ar = read_ar_config(folder / "autoregressive")
+    sampling = SamplingConfig(**PRESETS[preset]["sampling"])
+    sampling.height, sampling.width = ar.output_image_px
+    if sampling.negative == "t5" and not (folder / NEGATIVE_FILE).is_file():  # no stored T5 negative: no CFG
+        sampling.negative, sampling.guidance_scale, sampling.edit_guidance_scale = "none", 1.0, 1.0
+    try:
+        config = NexusGenConfig(ar=ar, sampling=sampling, reference_image_px=PRESETS[preset]["reference_image_px"])
+    except ValueError:  # the preset's reference is off the exported model's token grid: follow the input
+        config = NexusGenConfig(ar=ar, sampling=sampling)
+    data = config.to_json_dict()
+    data["parts"] = [part for part in PART_NAMES if (folder / part).is_dir()]
+    write_json(data, folder / CONFIG_FILE)
+    return True
+
+
 def frozen(module: torch.nn.Module) -> torch.nn.Module:
     """Freeze and set eval mode (a part that only provides inputs or targets)."""
     module.requires_grad_(False)
