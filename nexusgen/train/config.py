@@ -165,8 +165,13 @@ class StageConfig:
     """Decoder stages: probability of zeroing a sample's image embeddings, which trains the null branch
     that classifier-free guidance without T5 needs (flow.loss.drop_condition)."""
     gradient_checkpointing: bool = False
+    ce_reduction: str = "token"
+    """AR stages: "token" = CE averaged over every answer token of a batch (upstream); "sample" = over
+    each sample's answer tokens, then over samples, so a one-word answer weighs as much as a caption."""
 
     def __post_init__(self):
+        if self.ce_reduction not in ("token", "sample"):
+            raise ValueError(f"stage.ce_reduction must be 'token' or 'sample', got {self.ce_reduction!r}")
         if self.name not in STAGES:
             raise ValueError(f"stage.name must be one of {STAGES}, got {self.name!r}")
         if not 0.0 <= self.cond_dropout_prob < 1.0:

@@ -49,6 +49,7 @@ def test_overrides_are_parsed_by_field_type():
     ("max_steps", "key=value"),
     ("batch_size=0", "batch_size must be >= 1"),
     ("data.tasks=xyz", "not JSON; a list is written like"),
+    ("stage.ce_reduction=mean", "must be .token. or .sample."),
 ])
 def test_bad_override_is_a_clear_error(assignment, message):
     with pytest.raises(ValueError, match=message):

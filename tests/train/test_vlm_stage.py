@@ -138,3 +138,31 @@ def test_semantic_term_classifies_each_tokens_cell(tiny):
     torch.testing.assert_close(out["loss"].detach(), out["ce"] + out["pixel_mse"] + 0.5 * want.detach())
     unlabelled = module(_batch(tiny))  # no scene graphs: the term is zero, the heads stay in the graph
     assert unlabelled["semantic_ce"] == 0
+
+
+def test_sample_mean_weighs_every_sample_equally():
+    from nexusgen.models.autoregressive import sample_mean
+
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])
+    owner = torch.tensor([0, 0, 0, 0, 2])  # sample 0 has four tokens, sample 1 none, sample 2 one
+    torch.testing.assert_close(sample_mean(values, owner, 3), torch.tensor((2.5 + 10.0) / 2))
+
+
+def test_per_sample_ce_is_the_mean_of_each_answers_own_ce(tiny):
+    model, tokenizer, image_processor = tiny
+    images = [Image.new("RGB", (64, 64), c) for c in ("red", "blue")]
+    answers = ("yes", "a large blue circle at the top and a small red square on the left")
+    samples = [{"messages": [{"role": "user", "content": "<image>\nDescribe."},
+                             {"role": "assistant", "content": a}], "images": [im]}
+               for a, im in zip(answers, images)]
+    batch = collate_ar(samples, tokenizer, image_processor, model.config)
+    with torch.no_grad():
+        token = model.training_loss(batch, image_weight=0.0)["ce"]
+        sample = model.training_loss(batch, image_weight=0.0, ce_reduction="sample")["ce"]
+        alone = [model.training_loss(collate_ar([s], tokenizer, image_processor, model.config),
+                                     image_weight=0.0)["ce"] for s in samples]
+    torch.testing.assert_close(sample, (alone[0] + alone[1]) / 2, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(sample, token)  # the long answer dominates the token mean
+    module = VLMTrainModule(model, DEFAULT_LOSS_WEIGHTS, ce_reduction="sample")
+    with torch.no_grad():
+        torch.testing.assert_close(module(batch)["ce"], sample)

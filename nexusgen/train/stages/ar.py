@@ -27,13 +27,15 @@ class ARTrainModule(torch.nn.Module):
     """forward(batch) -> {"loss", "ce", "image_loss", "image_mse", "image_cos"}, plus "ce_images_rolled"
     when gradients are off (the loop's evaluation; see `rolled_image_ce`)."""
 
-    def __init__(self, model, weights: dict[str, float]):
+    def __init__(self, model, weights: dict[str, float], ce_reduction: str = "token"):
         super().__init__()
         self.model = model
         self.token_weight, self.image_weight = weights["token"], weights["image"]
+        self.ce_reduction = ce_reduction
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        out = self.model.training_loss(batch, token_weight=self.token_weight, image_weight=self.image_weight)
+        out = self.model.training_loss(batch, token_weight=self.token_weight, image_weight=self.image_weight,
+                                       ce_reduction=self.ce_reduction)
         return self.with_diagnostics(out, batch)
 
     def with_diagnostics(self, out: dict, batch: dict) -> dict:
@@ -101,7 +103,8 @@ def count(batch: dict) -> dict[str, int]:
 def build_ar_stage(config: TrainConfig, info: DistInfo, *, trainable, default_weights: dict,
                    module_class=ARTrainModule, make_stage_collate=make_collate) -> Stage:
     """Shared by `ar` and `vlm`: the AR model (parent or preset), its trainable parts and loss weights;
-    `module_class(model, weights)` is the training module, `make_stage_collate(processor)` the collate."""
+    `module_class(model, weights, ce_reduction=...)` is the training module, `make_stage_collate(processor)`
+    the collate."""
     weights = {**default_weights, **config.stage.loss_weights}
     if set(weights) != set(default_weights):
         raise ValueError(f"{config.stage.name} loss terms are {sorted(default_weights)}, got {sorted(weights)}")
@@ -109,7 +112,7 @@ def build_ar_stage(config: TrainConfig, info: DistInfo, *, trainable, default_we
     model, processor = parts.build_autoregressive(config, for_training=True)
     if config.stage.gradient_checkpointing:
         model.vlm.gradient_checkpointing_enable()
-    module = module_class(model, weights).to(info.device)
+    module = module_class(model, weights, ce_reduction=config.stage.ce_reduction).to(info.device)
     set_trainable(module, trainable)
     vlm = model.vlm.model
 

@@ -49,8 +49,8 @@ def token_pixels(pixel_values: torch.Tensor, vision_config) -> torch.Tensor:
 class VLMTrainModule(ARTrainModule):
     """forward(batch) -> ARTrainModule's terms + "pixel_mse" and "semantic_ce"."""
 
-    def __init__(self, model, weights: dict[str, float]):
-        super().__init__(model, weights)
+    def __init__(self, model, weights: dict[str, float], ce_reduction: str = "token"):
+        super().__init__(model, weights, ce_reduction)
         self.pixel_weight = weights["pixels"]
         vision = model.vlm.config.vision_config
         patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2
@@ -67,7 +67,7 @@ class VLMTrainModule(ARTrainModule):
         else:
             per_image = self.model.encode_images(batch["pixel_values"], grids)
             out = self.model.training_loss(batch, token_weight=self.token_weight, image_weight=self.image_weight,
-                                           image_embeds=per_image)
+                                           image_embeds=per_image, ce_reduction=self.ce_reduction)
             tokens = torch.cat(per_image)
         pixel_mse = self._pixel_mse(tokens, batch)
         semantic = self._semantic_ce(tokens, batch.get("token_labels"))
