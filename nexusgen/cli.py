@@ -113,6 +113,12 @@ def _tooling_commands(sub) -> None:
                    "given by --set STAGE.stage.parent=FOLDER")
     p.set_defaults(handler=_call("nexusgen.train.command:train_command"))
 
+    p = sub.add_parser("export-checkpoint", help="write a training run's checkpoint as a model folder")
+    p.add_argument("run_dir", help="the run directory (--out of nexusgen train)")
+    p.add_argument("--out", required=True, help="the model folder to write (must not exist)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    p.set_defaults(handler=_call("nexusgen.train.command:export_checkpoint_command"))
+
     p = sub.add_parser("prepare-embeds", help="precompute decoder-training embeddings (resumable)")
     p.add_argument("--data", required=True, help="message-format JSONL")
     p.add_argument("--model", default=DEFAULT_MODEL)

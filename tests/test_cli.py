@@ -8,7 +8,14 @@ import pytest
 from nexusgen.cli import build_parser, main
 
 SUBCOMMANDS = ["understand", "generate", "edit", "chat", "embed", "demo", "convert", "train",
-               "prepare-embeds", "eval", "bench"]
+               "export-checkpoint", "prepare-embeds", "eval", "bench"]
+
+
+def test_the_list_covers_every_subcommand():
+    import argparse
+
+    actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert sorted(actions[0].choices) == sorted(SUBCOMMANDS)
 
 
 def test_python_m_help():

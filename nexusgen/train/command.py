@@ -1,4 +1,5 @@
-"""`nexusgen train RECIPE --out RUN_DIR [--set key=value ...] [--resume] [--skip-bad] [--start-at STAGE]`."""
+"""`nexusgen train RECIPE --out RUN_DIR [--set key=value ...] [--resume] [--skip-bad] [--start-at STAGE]` and
+`nexusgen export-checkpoint RUN_DIR --out FOLDER [--step N]`."""
 
 from __future__ import annotations
 
@@ -38,4 +39,12 @@ def train_command(args: argparse.Namespace) -> int:
     finally:
         parallel.destroy_distributed()
     parallel.print0(f"done: {summary}")
+    return 0
+
+
+def export_checkpoint_command(args: argparse.Namespace) -> int:
+    """CLI handler: a run's checkpoint as a model folder."""
+    from nexusgen.train.loop import export_checkpoint
+
+    export_checkpoint(args.run_dir, args.out, step=args.step)
     return 0

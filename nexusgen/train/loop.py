@@ -209,6 +209,36 @@ def export_final(stage: Stage, model, ema, config: TrainConfig, info: parallel.D
     parallel.barrier()
 
 
+def export_checkpoint(run_dir, out_dir, step: int | None = None) -> Path:
+    """Write a run's checkpoint (the newest, or the one at `step`) as a model folder, as the run's final
+    export would be (EMA weights where the stage keeps them; nexusgen.json): to evaluate a run while it
+    trains, or an earlier step than its end. On CPU, in this process.
+
+    Raises:
+        ValueError: no config.json in `run_dir`, no such checkpoint, or `out_dir` exists.
+    """
+    from nexusgen.train.config import load_config
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not (run_dir / "config.json").is_file():
+        raise ValueError(f"{run_dir} is not a training run (no config.json)")
+    found = dict(checkpoint.list_checkpoints(run_dir))
+    if not found or (step is not None and step not in found):
+        have = ", ".join(map(str, sorted(found))) or "none"
+        raise ValueError(f"{run_dir}: no checkpoint{'' if step is None else f' at step {step}'} (steps: {have})")
+    if out_dir.exists():
+        raise ValueError(f"{out_dir} exists; choose a new --out")
+    config = load_config(run_dir / "config.json")
+    info = parallel.DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    parts = build_training(config, info)
+    done, _ = checkpoint.load_checkpoint(found[step if step is not None else max(found)], model=parts.model,
+                                         optimizer=parts.optimizer, scheduler=parts.scheduler, info=info,
+                                         ema=parts.ema)
+    export_final(parts.stage, parts.model, parts.ema, config, info, out_dir)
+    parallel.print0(f"exported step {done} of {run_dir} to {out_dir}")
+    return out_dir
+
+
 def _fresh_module(config: TrainConfig) -> torch.nn.Module:
     single = parallel.DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     module = build_stage(config, single).module
