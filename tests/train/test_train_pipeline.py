@@ -50,7 +50,9 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     for stage in PIPELINES["shapes-mini"]:
         config = get_recipe(f"shapes-mini-{stage}")
         assert config.stage.preset == "shapes-mini" and config.data.world == "shapes"
-    assert set(PIPELINES["shapes-mini"]) == {"vae", "vlm", "ar", "gen_decoder", "edit_decoder"}
+    assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "gen_decoder", "edit_decoder"]
+    answers = get_recipe("shapes-mini-vlm_answers")
+    assert answers.stage.name == "vlm" and answers.stage.ce_reduction == "sample"
     assert "shapes-mini-ar" in RECIPES
     run = tmp_path / "vlm"
     assert main(["train", "shapes-mini-vlm", "--out", str(run), "--set", "max_steps=1", "--set", "batch_size=2",
