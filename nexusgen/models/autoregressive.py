@@ -487,8 +487,8 @@ def sample_mean(values: torch.Tensor, sample_index: torch.Tensor, num_samples: i
     """Mean over samples of each sample's mean value; samples without values are left out.
 
     With token-mean CE a one-word answer ("yes") weighs 1/30 of a 30-token caption, and on shapes-mini
-    the yes/no questions (binding, relation) stayed at chance -- the model answered "no" to 90% of
-    them -- while captions were learned. Per-sample means give every answer the same weight.
+    the yes/no questions (binding, relation) stayed at chance -- the model answered "no" to over 90%
+    of them -- while captions were learned. Per-sample means give every answer the same weight.
 
     Args:
         values: (T,) one value per token.

@@ -66,7 +66,7 @@ def shapes_mini_vlm() -> TrainConfig:
 
 def shapes_mini_vlm_answers() -> TrainConfig:
     """Stage vlm again, on the LLM alone, with CE averaged per answer: with the token mean the model
-    answered "no" to ~95% of yes/no questions (chance) while it captioned; this took understanding from
+    answered "no" to over 90% of yes/no questions (chance) while it captioned; this took understanding from
     0.71 to 0.79. The ViT stays as stage vlm left it (its embeddings are what the decoders learn from)."""
     config = _config(StageConfig(name="vlm", preset=PRESET, ce_reduction="sample",
                                  trainable=["model.vlm.model.language_model", "model.vlm.lm_head"],
