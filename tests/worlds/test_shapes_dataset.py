@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nexusgen.worlds.shapes import HELD_OUT_COMBOS, detect, make_sample, write_dataset
-from nexusgen.worlds.shapes.dataset import SampleConfig, iter_samples, stream_rng
+from nexusgen.worlds.shapes.dataset import UND_TYPES, SampleConfig, iter_samples, stream_rng
 
 OFFICIAL = (Path(__file__).resolve().parents[2].parent
             / "shared/reference/official-examples/assets/example_datasets")
@@ -97,11 +97,30 @@ def test_train_split_never_shows_held_out_pairs():
     assert all(shown)
 
 
+def test_und_types_weight_the_question_mix_and_leave_the_default_stream_alone():
+    only = SampleConfig(image_size=32, tasks=("understand",), und_types=["relation"])  # a JSON list is fine
+    assert only.und_types == ("relation",)
+    assert {make_sample(i, config=only).type for i in range(12)} == {"relation"}
+    weighted = SampleConfig(image_size=32, tasks=("understand",), und_types=("count", "count", "count", "caption"))
+    kinds = [make_sample(i, config=weighted).type for i in range(200)]
+    assert set(kinds) == {"count", "caption"} and 0.6 < kinds.count("count") / len(kinds) < 0.9
+    # The default draws exactly as before the field existed (the streams of trained models stay valid).
+    default = SampleConfig(image_size=32, tasks=("understand",))
+    explicit = SampleConfig(image_size=32, tasks=("understand",), und_types=UND_TYPES)
+    assert [make_sample(i, config=default).messages for i in range(20)] == \
+        [make_sample(i, config=explicit).messages for i in range(20)]
+    # Golden: the question types of the first 16 samples, recorded before `und_types` was added.
+    assert "".join(make_sample(i, config=default).type[:2] for i in range(16)) == "coshcabibicabicococococococoshsh"
+
+
 def test_bad_configs_are_rejected():
     with pytest.raises(ValueError, match="held-out"):
         SampleConfig(split="train", compositional_fraction=0.1)
     with pytest.raises(ValueError, match="tasks"):
         SampleConfig(tasks=("draw",))
+    for bad in ((), ("riddle",)):
+        with pytest.raises(ValueError, match="und_types"):
+            SampleConfig(und_types=bad)
     with pytest.raises(ValueError):
         write_dataset("/tmp/never", -1)
 

@@ -70,6 +70,8 @@ class SampleConfig:
     """Side of every image, in pixels."""
     tasks: tuple[str, ...] = TASKS
     """Tasks, cycled by sample index (so any window of samples is balanced)."""
+    und_types: tuple[str, ...] = UND_TYPES
+    """Question types of understanding samples, drawn uniformly: repeat a type to weight it up."""
     split: str = "train"
     """"train" (held-out pairs never appear) or "test"."""
     prompt_style: str = "mixed"
@@ -90,6 +92,10 @@ class SampleConfig:
         bad = [t for t in self.tasks if t not in TASKS]
         if bad or not self.tasks:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
+        self.und_types = tuple(self.und_types)  # JSON configs bring lists
+        bad = [t for t in self.und_types if t not in UND_TYPES]
+        if bad or not self.und_types:
+            raise ValueError(f"und_types must be a non-empty subset of {UND_TYPES}, got {self.und_types}")
         if self.prompt_style not in ("short", "detailed", "mixed"):
             raise ValueError(f"prompt_style must be short, detailed or mixed, got {self.prompt_style!r}")
         if self.short_layout not in LAYOUTS:
@@ -138,7 +144,7 @@ def make_sample(index: int, *, seed: int = 0, config: SampleConfig | None = None
     sample_id = f"shapes_{config.split}_{seed}_{index:08d}"
     meta = {"task": task, "lang": lang, "compositional": compositional}
     if task == "understand":
-        item = make_understanding(rng, UND_TYPES[int(rng.integers(len(UND_TYPES)))], lang,
+        item = make_understanding(rng, config.und_types[int(rng.integers(len(config.und_types)))], lang,
                                   compositional=compositional, exclude=HELD_OUT_COMBOS)
         return Sample(sample_id, task, item.qtype, lang, [render_scene(item.scene, size)],
                       _messages(UND_USER.format(question=item.question), item.answer),
