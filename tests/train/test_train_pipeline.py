@@ -1,6 +1,7 @@
 """Multi-stage recipes: overrides per stage, stage chaining through exported folders, resume skips."""
 
 import json
+import re
 import warnings
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from nexusgen.cli import main
 from nexusgen.recipes import PIPELINES, RECIPES, get_recipe
 from nexusgen.train.pipeline import split_overrides, stage_configs
+from nexusgen.train.stages.common import generated_messages
 
 
 def test_split_overrides_by_stage_prefix():
@@ -50,9 +52,16 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     for stage in PIPELINES["shapes-mini"]:
         config = get_recipe(f"shapes-mini-{stage}")
         assert config.stage.preset == "shapes-mini" and config.data.world == "shapes"
-    assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "gen_decoder", "edit_decoder"]
+    assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "ar_reasoning", "gen_decoder",
+                                              "edit_decoder"]
     answers = get_recipe("shapes-mini-vlm_answers")
     assert answers.stage.name == "vlm" and answers.stage.ce_reduction == "sample"
+    reasoning = get_recipe("shapes-mini-ar_reasoning")
+    assert reasoning.stage.name == "ar" and set(reasoning.data.tasks) == {"understand", "generate", "edit"}
+    source = generated_messages(reasoning)[0]
+    said = [source[i] for i in range(64) if source[i]["source"].endswith("/relation")]
+    assert len(said) > 5  # a third of the questions; each answered with its reasoning
+    assert all(re.search(r"\S+ so (yes|no)\.$|\S+所以[是否]。$", r["messages"][1]["content"]) for r in said)
     assert "shapes-mini-ar" in RECIPES
     run = tmp_path / "vlm"
     assert main(["train", "shapes-mini-vlm", "--out", str(run), "--set", "max_steps=1", "--set", "batch_size=2",

@@ -113,6 +113,20 @@ def test_und_types_weight_the_question_mix_and_leave_the_default_stream_alone():
     assert "".join(make_sample(i, config=default).type[:2] for i in range(16)) == "coshcabibicabicococococococoshsh"
 
 
+def test_reasoned_answers_replace_only_the_answers_that_have_reasoning():
+    fields = dict(image_size=32, tasks=("understand",), und_types=("relation", "count"))
+    plain = [make_sample(i, config=SampleConfig(**fields)) for i in range(16)]
+    reasoned = [make_sample(i, config=SampleConfig(**fields, reasoned_answers=True)) for i in range(16)]
+    assert {p.type for p in plain} == {"relation", "count"}
+    for p, r in zip(plain, reasoned):
+        assert p.messages[0] == r.messages[0] and p.type == r.type  # same question, same stream
+        answer, said = p.messages[1]["content"], r.messages[1]["content"]
+        if p.type == "relation":
+            assert answer in ("yes", "no", "是", "否") and said != answer and said.rstrip(".。").endswith(answer)
+        else:
+            assert said == answer
+
+
 def test_bad_configs_are_rejected():
     with pytest.raises(ValueError, match="held-out"):
         SampleConfig(split="train", compositional_fraction=0.1)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from nexusgen.eval.metrics import answer_matches
 from nexusgen.worlds.shapes import (
     COLORS,
     EDIT_TYPES,
@@ -16,7 +17,7 @@ from nexusgen.worlds.shapes import (
     make_understanding,
     render_scene,
 )
-from nexusgen.worlds.shapes.language import RELATION_WORDS, SHAPE_WORDS, caption
+from nexusgen.worlds.shapes.language import RELATION_WORDS, SHAPE_WORDS, caption, place_phrase, reference
 from nexusgen.worlds.shapes.scene import relation_holds
 from nexusgen.worlds.shapes.tasks import EditItem, GenerateItem, UnderstandItem, default_colors
 
@@ -69,6 +70,47 @@ def test_relation_answer_agrees_with_grid():
         between = item.question[named[0][0]:named[1][0]]
         rel = next(v for k, v in sorted(words.items(), key=lambda kv: -len(kv[0])) if f" {k} " in between)
         assert (item.answer == "yes") == relation_holds(first, second, rel)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_relation_reasoning_lists_places_restates_a_and_b_and_ends_with_the_answer(lang):
+    """Every object's place in reading order; then A's and B's places (which decide the relation); and
+    exactly one yes/no word, so the scorer reads it as the short answer and as nothing else."""
+    opposite = {"yes": "no", "no": "yes", "是": "否", "否": "是"}
+    stop, joiner = (". ", " is ") if lang == "en" else ("。", "在")
+    rng = np.random.default_rng(7)
+    for _ in range(150):
+        item = make_understanding(rng, "relation", lang)
+        listing, conclusion = item.reasoning.lower().rsplit(stop.strip(), 2)[:2]
+        stated = [f"{reference(o, lang)}{joiner}{place_phrase(o.cell, lang)}".lower()
+                  for o in item.scene.sorted().objects]
+        assert [listing.find(x) for x in stated] == sorted(listing.find(x) for x in stated), item.reasoning
+        assert min(listing.find(x) for x in stated) >= 0, item.reasoning
+        a, b = _question_objects(item) if lang == "en" else _stated_objects(item, conclusion, joiner)
+        said_a = f"{reference(a, lang)}{joiner}{place_phrase(a.cell, lang)}".lower()
+        said_b = f"{reference(b, lang)}{joiner}{place_phrase(b.cell, lang)}".lower()
+        assert said_a in conclusion and conclusion.index(said_a) < conclusion.index(said_b), item.reasoning
+        assert item.reasoning.rstrip("。.").endswith(item.answer), item.reasoning
+        assert answer_matches(item.reasoning, item.answer, "relation"), item.reasoning
+        assert not answer_matches(item.reasoning, opposite[item.answer], "relation"), item.reasoning
+    for qtype in ("count", "caption"):
+        assert make_understanding(rng, qtype, lang).reasoning == ""
+
+
+def _question_objects(item):
+    """(A, B) of an English relation question, in the order the question names them."""
+    named = sorted((_mention(o, item.question), i) for i, o in enumerate(item.scene.objects)
+                   if _mention(o, item.question) is not None)
+    assert len(named) == 2, item.question
+    return tuple(item.scene.objects[i] for _, i in named)
+
+
+def _stated_objects(item, conclusion, joiner):
+    """(A, B) as the conclusion names them (Chinese questions use varied word forms)."""
+    found = sorted((conclusion.find(f"{reference(o, item.lang)}{joiner}"), i) for i, o in enumerate(item.scene.objects)
+                   if f"{reference(o, item.lang)}{joiner}" in conclusion)
+    assert len(found) == 2, item.reasoning
+    return tuple(item.scene.objects[i] for _, i in found)
 
 
 def test_caption_is_canonical_and_complete():
@@ -165,6 +207,8 @@ def test_items_round_trip_and_languages():
     for qtype in UND_TYPES:
         item = make_understanding(rng, qtype, "zh")
         assert UnderstandItem.from_dict(item.to_dict()) == item
+        old = {k: v for k, v in item.to_dict().items() if k != "reasoning"}  # saved before the field existed
+        assert UnderstandItem.from_dict(old).reasoning == ""
         assert any("\u4e00" <= ch <= "\u9fff" for ch in item.question)
     gen = make_generation(rng, "position", "zh", "short")
     assert GenerateItem.from_dict(gen.to_dict()) == gen

@@ -62,6 +62,10 @@ class UnderstandItem:
     question: str
     answer: str
     compositional: bool = False
+    reasoning: str = ""
+    """The answer with the steps that lead to it (relations: where each object is, then yes/no); empty
+    for types answered directly. Training may use it (`SampleConfig.reasoned_answers`); scoring reads
+    the yes/no it ends with."""
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "scene": self.scene.to_dict()}
@@ -197,7 +201,29 @@ def _relation_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]
                     "zh": ["{A}在{B}的{r}吗？", "{A}是否位于{B}的{r}？"]}[lang], **words)
     if lang == "en":
         q = q[0].upper() + q[1:]
-    return q, L.YES_NO[lang][truth]
+    return q, L.YES_NO[lang][truth], relation_reasoning(scene, a, b, truth, lang)
+
+
+def relation_reasoning(scene: Scene, a, b, truth: bool, lang: str) -> str:
+    """Every object's place in reading order, then A's and B's again and the answer: "The red circle is in
+    the top left and the blue square is on the right. The red circle is in the top left and the blue
+    square is on the right, so no." Each step is one the model can take: listing reads the image in
+    order (as captions do), restating copies from its own text, the answer compares two places. Naming
+    A and B and their places outright was not learnt in 1,000 steps: finding an object by its
+    description and reading off its place is the relation question again. Canonical words only (no
+    rng, so the sample stream is the same with or without reasoning); the answer is the only yes/no word.
+    """
+    def said(o) -> tuple[str, str]:
+        return L.reference(o, lang), L.place_phrase(o.cell, lang)
+
+    if lang == "en":
+        listing = L.join_list([f"{ref} is {place}" for ref, place in map(said, scene.sorted().objects)], lang)
+        (ref_a, place_a), (ref_b, place_b) = said(a), said(b)
+        conclusion = f"{ref_a} is {place_a} and {ref_b} is {place_b}, so {L.YES_NO[lang][truth]}."
+        return f"{listing[0].upper()}{listing[1:]}. {conclusion[0].upper()}{conclusion[1:]}"
+    listing = "，".join(f"{ref}在{place}" for ref, place in map(said, scene.sorted().objects))
+    (ref_a, place_a), (ref_b, place_b) = said(a), said(b)
+    return f"{listing}。{ref_a}在{place_a}，{ref_b}在{place_b}，所以{L.YES_NO[lang][truth]}。"
 
 
 def _binding_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]:
@@ -240,8 +266,8 @@ def make_understanding(rng: np.random.Generator, qtype: str, lang: str = "en", *
         raise ValueError(f"unknown question type {qtype!r}; expected one of {UND_TYPES}")
     _check_lang(lang)
     scene = _scene(rng, compositional, exclude, min_objects=2 if qtype == "relation" else 1)
-    question, answer = _QUESTIONS[qtype](rng, scene, lang, exclude)
-    return UnderstandItem(qtype, lang, scene, question, answer, compositional)
+    question, answer, *reasoning = _QUESTIONS[qtype](rng, scene, lang, exclude)
+    return UnderstandItem(qtype, lang, scene, question, answer, compositional, *reasoning)
 
 
 def _check_lang(lang: str) -> None:
