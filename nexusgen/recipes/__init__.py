@@ -20,7 +20,7 @@ RECIPES: dict[str, Callable[[], TrainConfig]] = {
     "nexus-gen-v2-ar": nexus_gen_v2.nexus_gen_v2_ar,
     "nexus-gen-v2-gen_decoder": nexus_gen_v2.nexus_gen_v2_gen_decoder,
     "nexus-gen-v2-edit_decoder": nexus_gen_v2.nexus_gen_v2_edit_decoder,
-    **{f"shapes-mini-{stage}": make for stage, make in shapes_mini.STAGES.items()},
+    **{f"shapes-mini-{stage}": make for stage, make in {**shapes_mini.STAGES, **shapes_mini.EXPERIMENTS}.items()},
 }
 
 PIPELINES: dict[str, dict[str, Callable[[], TrainConfig]]] = {

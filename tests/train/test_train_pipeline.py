@@ -52,11 +52,13 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     for stage in PIPELINES["shapes-mini"]:
         config = get_recipe(f"shapes-mini-{stage}")
         assert config.stage.preset == "shapes-mini" and config.data.world == "shapes"
-    assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "ar_reasoning", "gen_decoder",
+    assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "ar_more", "gen_decoder",
                                               "edit_decoder"]
+    more = get_recipe("shapes-mini-ar_more")
+    assert more.stage.name == "ar" and "reasoned_answers" not in more.data.world_options
     answers = get_recipe("shapes-mini-vlm_answers")
     assert answers.stage.name == "vlm" and answers.stage.ce_reduction == "sample"
-    reasoning = get_recipe("shapes-mini-ar_reasoning")
+    reasoning = get_recipe("shapes-mini-ar_reasoning")  # an experiment: a recipe, not a pipeline stage
     assert reasoning.stage.name == "ar" and set(reasoning.data.tasks) == {"understand", "generate", "edit"}
     source = generated_messages(reasoning)[0]
     said = [source[i] for i in range(64) if source[i]["source"].endswith("/relation")]
