@@ -186,7 +186,7 @@ def _shape_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]:
     return q, L.shape_word(obj.shape, lang)
 
 
-def _relation_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]:
+def _relation_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str, str]:
     i, j = rng.choice(len(scene), size=2, replace=False)
     a, b = scene.objects[int(i)], scene.objects[int(j)]
     truth = bool(rng.random() < 0.5)
@@ -207,11 +207,12 @@ def _relation_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]
 def relation_reasoning(scene: Scene, a, b, truth: bool, lang: str) -> str:
     """Every object's place in reading order, then A's and B's again and the answer: "The red circle is in
     the top left and the blue square is on the right. The red circle is in the top left and the blue
-    square is on the right, so no." Each step is one the model can take: listing reads the image in
-    order (as captions do), restating copies from its own text, the answer compares two places. Naming
-    A and B and their places outright was not learnt in 1,000 steps: finding an object by its
-    description and reading off its place is the relation question again. Canonical words only (no
-    rng, so the sample stream is the same with or without reasoning); the answer is the only yes/no word.
+    square is on the right, so no." Each step is meant to be one the model can take: listing reads the
+    image in order (as captions do), restating copies from its own text, the answer compares two places.
+    (Naming A and B and their places outright asks the model to find an object by its description and
+    read off its place, which is the relation question again.) The 4.9 M shapes-mini learnt the form of
+    both, not the content (training/shapes-mini/README.md). Canonical words only (no rng, so the sample
+    stream is the same with or without reasoning); the answer is the only yes/no word.
     """
     def said(o) -> tuple[str, str]:
         return L.reference(o, lang), L.place_phrase(o.cell, lang)
