@@ -92,11 +92,9 @@ def shapes_mini_ar() -> TrainConfig:
 
 def shapes_mini_ar_more() -> TrainConfig:
     """Stage ar continued: the LR warmed up again to 3e-4 and decayed over 2,000 more steps, same data."""
-    config = _config(StageConfig(name="ar", preset=PRESET, loss_weights={"token": 1.0, "image": 2.0},
-                                 ce_reduction="sample"),
-                     max_steps=2000, lr=3e-4, batch_size=32, warmup_steps=100,
-                     tasks=("understand", "understand", "generate", "edit"), betas=LM_BETAS)
-    config.seed = 5
+    config = shapes_mini_ar()
+    config.max_steps, config.lr, config.seed = 2000, 3e-4, 5
+    config.schedule.warmup_steps = 100
     return config
 
 
