@@ -217,14 +217,14 @@ def relation_reasoning(scene: Scene, a, b, truth: bool, lang: str) -> str:
     def said(o) -> tuple[str, str]:
         return L.reference(o, lang), L.place_phrase(o.cell, lang)
 
+    (ref_a, place_a), (ref_b, place_b) = said(a), said(b)
+    answer = L.YES_NO[lang][truth]
     if lang == "en":
         listing = L.join_list([f"{ref} is {place}" for ref, place in map(said, scene.sorted().objects)], lang)
-        (ref_a, place_a), (ref_b, place_b) = said(a), said(b)
-        conclusion = f"{ref_a} is {place_a} and {ref_b} is {place_b}, so {L.YES_NO[lang][truth]}."
+        conclusion = f"{ref_a} is {place_a} and {ref_b} is {place_b}, so {answer}."
         return f"{listing[0].upper()}{listing[1:]}. {conclusion[0].upper()}{conclusion[1:]}"
     listing = "，".join(f"{ref}在{place}" for ref, place in map(said, scene.sorted().objects))
-    (ref_a, place_a), (ref_b, place_b) = said(a), said(b)
-    return f"{listing}。{ref_a}在{place_a}，{ref_b}在{place_b}，所以{L.YES_NO[lang][truth]}。"
+    return f"{listing}。{ref_a}在{place_a}，{ref_b}在{place_b}，所以{answer}。"
 
 
 def _binding_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]:
