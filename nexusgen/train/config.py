@@ -164,6 +164,10 @@ class StageConfig:
     cond_dropout_prob: float = 0.0
     """Decoder stages: probability of zeroing a sample's image embeddings, which trains the null branch
     that classifier-free guidance without T5 needs (flow.loss.drop_condition)."""
+    reference_dropout_prob: float = 0.0
+    """edit_decoder: probability of zeroing a sample's reference (source-image) embeddings, so the decoder
+    must sometimes draw the whole edited image from the target embeddings (0 = upstream). Without it the
+    decoder learns to copy the source and read little of the target."""
     gradient_checkpointing: bool = False
     ce_reduction: str = "token"
     """AR stages: "token" = CE averaged over every answer token of a batch (upstream); "sample" = over
@@ -176,6 +180,10 @@ class StageConfig:
             raise ValueError(f"stage.name must be one of {STAGES}, got {self.name!r}")
         if not 0.0 <= self.cond_dropout_prob < 1.0:
             raise ValueError(f"stage.cond_dropout_prob must be in [0, 1), got {self.cond_dropout_prob}")
+        if not 0.0 <= self.reference_dropout_prob < 1.0:
+            raise ValueError(f"stage.reference_dropout_prob must be in [0, 1), got {self.reference_dropout_prob}")
+        if self.reference_dropout_prob and self.name != "edit_decoder":
+            raise ValueError(f"stage.reference_dropout_prob is for stage edit_decoder, not {self.name!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"stage.ema_decay must be in [0, 1), got {self.ema_decay}")
 

@@ -51,3 +51,41 @@ def test_a_fresh_editing_decoder_starts_from_the_parents_generation_dit(tmp_path
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     from_preset = build_decoder(apply_overrides(get_recipe("tiny-edit_decoder"), ["stage.parent=null"]), "editing")
     assert not torch.equal(from_preset.transformer.state_dict()["proj_out.weight"], want["proj_out.weight"])
+
+
+def _dropout_module(prob):
+    return EditDecoderTrainModule(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), None, seed=0, loss_weight=1.0,
+                                  cond_dropout_prob=0.0, reference_dropout_prob=prob)
+
+
+def test_reference_dropout_zeroes_whole_samples_reproducibly():
+    source = torch.randn(64, 16, 8) + 3.0  # no row is zero by chance
+    batch = {"source_embeds": source, "target_embeds": torch.randn(64, 4, 8), "position": torch.tensor([96])}
+    reference = _dropout_module(0.5).condition_kwargs(batch)["reference_embeds"]
+    dropped = (reference == 0).flatten(1).all(1)
+    kept = torch.isclose(reference, source).flatten(1).all(1)
+    assert bool((dropped ^ kept).all()), "each sample's reference is either kept whole or zeroed whole"
+    assert 16 < int(dropped.sum()) < 48
+    again = _dropout_module(0.5).condition_kwargs(batch)["reference_embeds"]
+    assert torch.equal(again, reference)  # same seed and stream position: same samples dropped
+    moved = _dropout_module(0.5).condition_kwargs({**batch, "position": torch.tensor([160])})
+    assert not torch.equal(moved["reference_embeds"], reference)
+    assert torch.equal(_dropout_module(0.0).condition_kwargs(batch)["reference_embeds"], source)
+
+
+def test_reference_dropout_is_validated_and_reaches_the_edit_stage_module():
+    import pytest
+
+    from nexusgen.recipes import get_recipe
+    from nexusgen.train.config import apply_overrides
+    from nexusgen.train.parallel import DistInfo
+    from nexusgen.train.stages import edit_decoder
+
+    for bad in (["stage.reference_dropout_prob=1.0"], ["stage.reference_dropout_prob=-0.1"]):
+        with pytest.raises(ValueError, match="reference_dropout_prob"):
+            apply_overrides(get_recipe("tiny-edit_decoder"), bad)
+    with pytest.raises(ValueError, match="for stage edit_decoder"):
+        apply_overrides(get_recipe("tiny-gen_decoder"), ["stage.reference_dropout_prob=0.3"])
+    config = apply_overrides(get_recipe("tiny-edit_decoder"), ["stage.reference_dropout_prob=0.3"])
+    single = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    assert edit_decoder.build(config, single).module.reference_dropout_prob == 0.3
