@@ -10,6 +10,8 @@
 - `geneval_correct`: GenEval's per-image rule (`evaluate` in geneval/evaluation/evaluate_images.py) on
   detector output, with shapes as classes; `relative_position` is GenEval's, threshold 0.1.
 - `geneval_overall`: GenEval's aggregation, the mean of the per-category means.
+- `edit_embedding_gain`: how much of an edit the AR model's predicted embeddings carry, before any
+  decoder draws them.
 """
 
 from __future__ import annotations
@@ -233,6 +235,34 @@ def scene_matches(detections, scene) -> tuple[bool, str]:
     missing = [w for w in want if w not in got]
     extra = [g for g in got if g not in want]
     return False, f"missing {missing}; unexpected {extra}"
+
+
+def edit_embedding_gain(predicted, source, target, changed_fraction: float = 0.1) -> np.ndarray:
+    """Per edit, the share of the error of "copy the source" that the prediction removes on the tokens
+    the edit changes: 1 - SSE(predicted, target) / SSE(source, target) over those tokens. 1 = the target's
+    embeddings, 0 = no closer than the source's, < 0 = further away. Splits an editing failure into the
+    AR model's part (this) and the decoder's (`--embeds ground-truth`).
+
+    Args:
+        predicted, source, target: (B, N, D) embeddings of the edited output grid (predicted, and the
+            encoder's for the source and the true result, both at the output size).
+        changed_fraction: a token counts as changed when its squared distance from source to target is
+            above this fraction of the largest one in its image (the rest are background and untouched
+            objects, which copying gets right).
+
+    Returns:
+        (B,) float64; NaN where source and target embeddings are identical.
+    """
+    predicted, source, target = (np.asarray(a, dtype=np.float64) for a in (predicted, source, target))
+    if not predicted.shape == source.shape == target.shape or predicted.ndim != 3:
+        raise ValueError(f"need three (B, N, D) arrays of one shape, got {predicted.shape}, {source.shape}, "
+                         f"{target.shape}")
+    copy_error = ((source - target) ** 2).sum(-1)                                  # (B, N)
+    error = ((predicted - target) ** 2).sum(-1)
+    changed = copy_error > changed_fraction * copy_error.max(axis=1, keepdims=True)
+    copy_total = (copy_error * changed).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(copy_total > 0, 1.0 - (error * changed).sum(1) / copy_total, np.nan)
 
 
 def mean(values) -> float:

@@ -201,3 +201,23 @@ def test_cli_guidance_reaches_the_sampler(tmp_path, capsys, tiny_model, monkeypa
         assert (printed["guidance_scale"], printed["edit_guidance_scale"]) == (float(scale), 1.5)
         images[scale] = sorted(p.read_bytes() for p in out.rglob("*.png") if p.name != "failures.png")
     assert images["1"] and len(images["1"]) == len(images["4"]) and images["1"] != images["4"]
+
+
+def test_editing_reports_the_ar_predictions_embedding_gain(tmp_path, tiny_model, oracle_run):
+    import numpy as np
+
+    from nexusgen.eval.metrics import edit_embedding_gain
+
+    config = ShapesEvalConfig(num=6, seed=5, tasks=("editing",))
+    section = evaluate(tiny_model, tmp_path, config)["editing"]
+    items = build_items(config)["editing"]
+    size = tiny_model.image_size
+    main_items = [it for it in items if not it.compositional]
+    sources = [render_scene(it.source, size) for it in main_items]
+    want = edit_embedding_gain(tiny_model.predict_image_embeds([it.instruction for it in main_items], sources),
+                               tiny_model.encode_images(sources),
+                               tiny_model.encode_images([render_scene(it.target, size) for it in main_items]))
+    assert section["embedding_gain"] == pytest.approx(float(np.nanmean(want)), abs=1e-6)
+    assert set(section["embedding_gain_by_type"]) <= {"recolour", "remove", "add", "move", "resize"}
+    assert score(tmp_path)["editing"]["embedding_gain"] == section["embedding_gain"]  # from the saved file
+    assert "embedding_gain" not in oracle_run[1]["editing"]  # a reference model predicts no embeddings

@@ -117,3 +117,25 @@ def test_reconstruction_metrics():
     assert same["semantic_accuracy"] == 1.0 and same["psnr"] > 20 and same["n"] == 1
     blank = reconstruction_metrics(orig, [Image.new("RGB", (64, 64), (240, 240, 240))], detector=detect)
     assert blank["semantic_accuracy"] == 0.0 and blank["psnr"] < same["psnr"] and blank["ssim"] < same["ssim"]
+
+
+def test_edit_embedding_gain_by_hand():
+    from nexusgen.eval.metrics import edit_embedding_gain
+
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(1, 4, 3))
+    target = source.copy()
+    target[0, 2] += [3.0, 0.0, 4.0]  # one changed token, squared distance 25
+    target[0, 0] += [0.1, 0.0, 0.0]  # 0.01 < 0.1 * 25: not counted as changed
+    halfway = source + (target - source) / 2
+    predicted = np.concatenate([target, source, halfway])
+    gain = edit_embedding_gain(predicted, np.repeat(source, 3, 0), np.repeat(target, 3, 0))
+    assert np.allclose(gain, [1.0, 0.0, 0.75])  # halfway leaves a quarter of the squared error
+    away = source - (target - source)  # twice as far from the target as the source is
+    assert np.allclose(edit_embedding_gain(away, source, target), [-3.0])
+    wrong_elsewhere = target.copy()
+    wrong_elsewhere[0, 0] += 10.0  # errors on unchanged tokens do not count
+    assert np.allclose(edit_embedding_gain(wrong_elsewhere, source, target), [1.0])
+    assert np.isnan(edit_embedding_gain(source, source, source)).all()
+    with pytest.raises(ValueError, match="one shape"):
+        edit_embedding_gain(source[:, :3], source, target)

@@ -1,8 +1,11 @@
 """ShapesWorld editing: success = the parsed output is exactly the target scene; preservation = PSNR
-and SSIM against the source outside the edited region (the changed objects' boxes, dilated)."""
+and SSIM against the source outside the edited region (the changed objects' boxes, dilated). For a model
+that predicts embeddings (`NexusGen`), also `embedding_gain`: how much of each edit its AR prediction
+carries before a decoder draws it (`metrics.edit_embedding_gain`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +14,15 @@ from PIL import Image
 from nexusgen.worlds.shapes import EDIT_TYPES, EditItem, detect, make_edit, render_scene
 from nexusgen.worlds.shapes.language import caption
 
-from ..harness import batched, check_outputs, load_image, save_image
-from ..metrics import mean, psnr, scene_matches, ssim
+from ..harness import batched, check_outputs, json_safe, load_image, save_image, write_json
+from ..metrics import edit_embedding_gain, mean, psnr, scene_matches, ssim
 from .common import eval_rng, plan, split_means
 
 TASK = "editing"
 # Margin around changed objects' boxes (fraction of the image side) that counts as edited: covers the
 # anti-aliased rim and a decoder's local smearing.
 REGION_MARGIN = 0.04
+GAIN_FILE = "embedding_gain.json"
 
 
 def build(num: int, seed: int, *, compositional_fraction: float, zh_fraction: float) -> list[EditItem]:
@@ -53,6 +57,22 @@ def run(model, items: list[EditItem], out_dir: Path, *, image_size: int, batch_s
                              decoder=decoder, seed=seed + start)
         for k, image in enumerate(check_outputs(outputs, len(batch), Image.Image, "edit")):
             save_image(image.convert("RGB"), folder / "output" / f"{start + k:05d}.png")
+    if hasattr(model, "predict_image_embeds") and hasattr(model, "encode_images"):
+        write_json(json_safe(embedding_gains(model, items, sources, image_size, batch_size)), folder / GAIN_FILE)
+
+
+def embedding_gains(model, items: list[EditItem], sources: list[Image.Image], image_size: int,
+                    batch_size: int) -> list[float]:
+    """`edit_embedding_gain` of each item: the AR model's prediction against the encoder's embeddings of
+    the source and of the true result."""
+    gains = []
+    for start, batch in batched(items, batch_size):
+        batch_sources = sources[start:start + len(batch)]
+        predicted = model.predict_image_embeds([it.instruction for it in batch], batch_sources)
+        source = model.encode_images(batch_sources)
+        target = model.encode_images([render_scene(it.target, image_size) for it in batch])
+        gains += edit_embedding_gain(predicted.numpy(), source.numpy(), target.numpy()).tolist()
+    return gains
 
 
 def score_one(item: EditItem, source: Image.Image, output: Image.Image) -> dict:
@@ -90,6 +110,12 @@ def score(items: list[EditItem], out_dir: Path, decoder: str = "editing") -> tup
                "psnr_outside_by_type": split_means(main, "psnr_outside", "type"),
                "by_language": split_means(main, "success", "lang"),
                "compositional": {"success": mean(r["success"] for r in comp), "n": len(comp)}}
+    if (folder / GAIN_FILE).is_file():
+        gains = json.loads((folder / GAIN_FILE).read_text(encoding="utf-8"))
+        for record, gain in zip(records, gains, strict=True):
+            record["embedding_gain"] = gain  # None: source and target embeddings identical
+        section["embedding_gain"] = mean(r["embedding_gain"] for r in main if r["embedding_gain"] is not None)
+        section["embedding_gain_by_type"] = split_means(main, "embedding_gain", "type")
     return records, section
 
 
