@@ -70,10 +70,20 @@ def _load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: 
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _save_diffusers(module, folder: Path) -> None:
+    """diffusers' `save_pretrained`, minus the `_name_or_path` it records: the folder the module was
+    loaded from, a local path that means nothing to whoever loads this one (and churns committed files)."""
+    module.save_pretrained(folder, safe_serialization=True)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.pop("_name_or_path", None)
+    write_json(config, config_path)
+
+
 def _save_common(decoder: GenerationDecoder | EditingDecoder, folder: Path) -> None:
     write_json(decoder.config.to_dict(), folder / CONFIG_FILE)
     save_tensors({POOLED_KEY: decoder.pooled_embeds}, folder / POOLED_FILE)
-    decoder.transformer.save_pretrained(folder / TRANSFORMER_DIR, safe_serialization=True)
+    _save_diffusers(decoder.transformer, folder / TRANSFORMER_DIR)
 
 
 def save_generation_decoder(decoder: GenerationDecoder, folder: str | os.PathLike) -> None:
@@ -166,7 +176,7 @@ def load_editing_decoder(folder: str | os.PathLike, device: torch.device | str |
 def save_vae(vae: AutoencoderKL, folder: str | os.PathLike) -> None:
     """Write a diffusers AutoencoderKL folder atomically."""
     with atomic_folder(folder) as temporary:
-        vae.save_pretrained(temporary, safe_serialization=True)
+        _save_diffusers(vae, temporary)
 
 
 def load_vae(folder: str | os.PathLike, device: torch.device | str | None = None,

@@ -106,3 +106,12 @@ def test_config_disagreeing_with_the_transformer_is_an_error(saved, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="no merger config"):
         load_editing_decoder(folder)
+
+
+def test_a_loaded_part_saved_again_does_not_record_where_it_was_loaded_from(saved, tmp_path):
+    root = saved[0]
+    save_editing_decoder(load_editing_decoder(root / "editing_decoder"), tmp_path / "editing_decoder")
+    save_vae(load_vae(root / "vae"), tmp_path / "vae")
+    for config in (tmp_path / "editing_decoder/transformer/config.json", tmp_path / "vae/config.json"):
+        written = json.loads(config.read_text())
+        assert "_name_or_path" not in written and written["_class_name"]  # diffusers' own fields stay
