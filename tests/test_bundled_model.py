@@ -15,7 +15,7 @@ from nexusgen.pipelines.demo import run_demo
 
 EVAL = ShapesEvalConfig(num=24, seed=4242, worst=2)
 # Measured on these items (19 in-distribution per task) when the model was bundled: understanding 0.79,
-# generation 0.83, editing PSNR outside the edit 28.2 dB (success 0.05: editing does not work yet, README).
+# generation 0.83, editing PSNR outside the edit 28.3 dB (success 0.05: editing does not work yet, README).
 # The blank model scores 0.11, 0.0 and 19.4 dB. Floors sit about a third below the model.
 FLOORS = {("understanding", "accuracy"): 0.53, ("generation", "overall"): 0.56, ("editing", "psnr_outside"): 23.0}
 

@@ -166,8 +166,7 @@ class StageConfig:
     that classifier-free guidance without T5 needs (flow.loss.drop_condition)."""
     reference_dropout_prob: float = 0.0
     """edit_decoder: probability of zeroing a sample's reference (source-image) embeddings, so the decoder
-    must sometimes draw the whole edited image from the target embeddings (0 = upstream). Without it the
-    decoder learns to copy the source and read little of the target."""
+    must sometimes draw the whole edited image from the target embeddings (0 = upstream)."""
     gradient_checkpointing: bool = False
     ce_reduction: str = "token"
     """AR stages: "token" = CE averaged over every answer token of a batch (upstream); "sample" = over

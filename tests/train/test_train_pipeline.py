@@ -52,10 +52,16 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     for stage in PIPELINES["shapes-mini"]:
         config = get_recipe(f"shapes-mini-{stage}")
         assert config.stage.preset == "shapes-mini" and config.data.world == "shapes"
-    assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "ar_more", "gen_decoder",
-                                              "edit_decoder"]
+    assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "ar_more", "ar_edit",
+                                              "gen_decoder", "edit_decoder"]
     more = get_recipe("shapes-mini-ar_more")
     assert more.stage.name == "ar" and "reasoned_answers" not in more.data.world_options
+    edits = get_recipe("shapes-mini-ar_edit")
+    assert edits.stage.name == "ar" and edits.data.tasks.count("edit") * 2 == len(edits.data.tasks)
+    assert edits.stage.loss_weights == more.stage.loss_weights and edits.lr == more.lr
+    assert get_recipe("shapes-mini-edit_decoder").stage.reference_dropout_prob == 0.0
+    dropout = get_recipe("shapes-mini-edit_decoder_reference_dropout")  # an experiment
+    assert dropout.stage.name == "edit_decoder" and dropout.stage.reference_dropout_prob == 0.5
     answers = get_recipe("shapes-mini-vlm_answers")
     assert answers.stage.name == "vlm" and answers.stage.ce_reduction == "sample"
     reasoning = get_recipe("shapes-mini-ar_reasoning")  # an experiment: a recipe, not a pipeline stage
