@@ -25,7 +25,7 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from nexusgen.loading.files import atomic_folder, save_tensors, write_json  # noqa: F401 (re-exported)
+from nexusgen.loading.files import atomic_folder, read_json_object, save_tensors, write_json  # noqa: F401 (re-exported)
 from nexusgen.models.decoder import DecoderConfig, EditingDecoder, GenerationDecoder
 
 GENERATION_DIR = "generation_decoder"
@@ -75,7 +75,7 @@ def _save_diffusers(module, folder: Path) -> None:
     loaded from, a local path that means nothing to whoever loads this one (and churns committed files)."""
     module.save_pretrained(folder, safe_serialization=True)
     config_path = folder / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config = read_json_object(config_path)
     config.pop("_name_or_path", None)
     write_json(config, config_path)
 
