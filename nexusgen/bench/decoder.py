@@ -69,8 +69,8 @@ def _step_times(preset: str, device: torch.device, dtype: torch.dtype, repeats: 
     result = {"image_px": size, "image_tokens": latent[0] * latent[1] // 4,
               "dit_params_m": sum(p.numel() for p in decoder.transformer.parameters()) / 1e6}
     with torch.no_grad():
-        condition = decoder.condition(embeds)
-        both = decoder.condition(torch.cat([embeds, torch.zeros_like(embeds)]))  # CFG: [cond ; null]
+        condition = decoder.condition(embeds, latent_size=latent)
+        both = decoder.condition(torch.cat([embeds, torch.zeros_like(embeds)]), latent_size=latent)  # CFG
         result["dit_step_ms_cfg_off"] = _median_ms(lambda: decoder.velocity(x, t, condition), repeats, device)
         result["dit_step_ms_cfg_on"] = _median_ms(
             lambda: decoder.velocity(torch.cat([x, x]), torch.cat([t, t]), both), repeats, device)

@@ -17,6 +17,7 @@ from nexusgen.models.decoder import (
     decode_latents,
     editing_context_ids,
     encode_images,
+    generation_context_ids,
     image_ids,
     pack_latents,
     unpack_latents,
@@ -68,6 +69,34 @@ def test_generation_condition_and_pooled_vector():
     assert "pooled_embeds" in decoder.state_dict()
     with pytest.raises(ValueError):
         decoder.condition(torch.randn(2, 5, TINY.embed_dim + 1))
+
+
+def test_grid_generation_context_ids_place_tokens_as_editing_targets():
+    # 3x3 tokens on a 12x12 latent (6x6 image tokens): token (r, c) at (0, 2r, 2c), as editing targets
+    ids = generation_context_ids(9, (12, 12))
+    assert ids[5].tolist() == [0.0, 2.0, 4.0]
+    assert torch.equal(ids, editing_context_ids((3, 3), (1, 1), (12, 12))[:9])
+    with pytest.raises(ValueError, match="square"):
+        generation_context_ids(6, (12, 12))
+    with pytest.raises(ValueError, match="latent size"):
+        generation_context_ids(9, None)
+
+
+def test_context_ids_decide_whether_token_order_matters():
+    # Zero ids: the DiT cannot tell context tokens apart by place, so shuffling them leaves the velocity
+    # unchanged; grid ids tie each token to a place, so the same shuffle changes it.
+    torch.manual_seed(0)
+    x, t = torch.randn(1, 16, 4, 4), torch.tensor([0.6])
+    embeds = torch.randn(1, 4, TINY.embed_dim)
+    shuffled = embeds[:, [3, 1, 0, 2]]
+    for ids, moves in (("zero", False), ("grid", True)):
+        torch.manual_seed(1)
+        decoder = GenerationDecoder(DecoderConfig(**{**TINY.to_dict(), "generation_context_ids": ids})).eval()
+        with torch.no_grad():
+            change = (decoder(x, t, embeds) - decoder(x, t, shuffled)).abs().max()
+        assert (change > 1e-4) == moves, (ids, float(change))
+    with pytest.raises(ValueError, match="generation_context_ids"):
+        DecoderConfig(**{**TINY.to_dict(), "generation_context_ids": "spatial"})
 
 
 def test_editing_condition_layout():

@@ -58,12 +58,27 @@ def build_decoder(config: TrainConfig, kind: str):
     if folder is not None:
         from nexusgen.loading import decoders as decoder_loading  # the decoders engineer's loader
 
-        return getattr(decoder_loading, f"load_{kind}_decoder")(folder)
+        decoder = getattr(decoder_loading, f"load_{kind}_decoder")(folder)
+        if config.stage.model:
+            decoder.config = _override_loaded_decoder(decoder.config, config.stage.model, folder)
+        return decoder
     if config.stage.preset not in DECODER_PRESETS:
         raise ValueError(f"unknown decoder preset {config.stage.preset!r}; known: {sorted(DECODER_PRESETS)}")
     preset = DECODER_PRESETS[config.stage.preset]
     decoder_config = dataclasses.replace(preset, **config.stage.model) if config.stage.model else preset
     return cls(decoder_config, transformer=_generation_dit(config, decoder_config) if kind == "editing" else None)
+
+
+# DecoderConfig fields a loaded parent decoder may change: they steer the conditioning, not the weights.
+_DECODER_RUNTIME_FIELDS = ("generation_context_ids", "embedded_guidance")
+
+
+def _override_loaded_decoder(decoder_config, overrides: dict, folder: Path):
+    fixed = sorted(set(overrides) - set(_DECODER_RUNTIME_FIELDS))
+    if fixed:
+        raise ValueError(f"stage.model fields {fixed} would change the weights of the parent {folder}; "
+                         f"a loaded decoder takes only {list(_DECODER_RUNTIME_FIELDS)}")
+    return dataclasses.replace(decoder_config, **overrides)
 
 
 def _generation_dit(config: TrainConfig, decoder_config):
