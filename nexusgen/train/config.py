@@ -161,6 +161,9 @@ class StageConfig:
     """Weights of the stage's loss terms (e.g. {"token": 3.0, "image": 3.0}); missing = stage default."""
     ema_decay: float = 0.0
     """EMA of the trainable weights (used for the DiT); 0 disables it. The export uses the EMA weights."""
+    ema_warmup: bool = True
+    """Ramp the EMA decay up from 0.18 (`train.ema.EMA`), so the starting weights fade out of the average;
+    False = constant decay from the first step."""
     cond_dropout_prob: float = 0.0
     """Decoder stages: probability of zeroing a sample's image embeddings, which trains the null branch
     that classifier-free guidance without T5 needs (flow.loss.drop_condition)."""

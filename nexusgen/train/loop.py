@@ -79,9 +79,9 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False) -> dict:
         record = train_step(model, optimizer, micro_batches, config=config, autocast=autocast)
         record["lr"] = scheduler.get_last_lr()[0]
         scheduler.step()
-        if ema is not None:
-            ema.update()
         done = step + 1
+        if ema is not None:
+            ema.update(done)
         evaluate_now = bool(config.eval_every) and done % config.eval_every == 0
         if done % config.log_every == 0 or done == config.max_steps or evaluate_now:
             record = _log_record(record, stage, micro_batches, info, done, time.perf_counter() - started)
@@ -129,7 +129,8 @@ def build_training(config: TrainConfig, info: parallel.DistInfo) -> TrainingPart
     model = parallel.parallelize(stage.module, config.dist, info, stage.shard_units)
     optimizer = build_optimizer(stage.module, config)
     scheduler = build_scheduler(optimizer, config)
-    ema = EMA(stage.module, config.stage.ema_decay) if config.stage.ema_decay else None
+    ema = (EMA(stage.module, config.stage.ema_decay, warmup=config.stage.ema_warmup) if config.stage.ema_decay
+           else None)
     return TrainingParts(stage, model, optimizer, scheduler, ema)
 
 

@@ -108,6 +108,24 @@ def test_ema_matches_the_closed_form():
     torch.testing.assert_close(layer.weight, start["weight"] * 0.9 ** 5 + (1 - 0.9 ** 5))
 
 
+def test_ema_warmup_ramps_the_decay_and_forgets_the_start():
+    """With warm-up, update n decays by min(decay, (1 + n) / (10 + n)): shadow = w + prod(d_n) (w0 - w)."""
+    layer = torch.nn.Linear(3, 2)
+    ema = EMA(layer, decay=0.9, warmup=True)
+    assert [ema.decay_at(n) for n in (1, 8, 80, 10_000)] == [2 / 11, 9 / 18, 0.9, 0.9]
+    start = {n: t.clone() for n, t in ema.shadow.items()}
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+        layer.bias.fill_(-1.0)
+    for n in range(1, 6):
+        ema.update(n)
+    remaining = math.prod((1 + n) / (10 + n) for n in range(1, 6))  # 0.0238 of w0, vs 0.9^5 = 0.59
+    for name, param in layer.named_parameters():
+        torch.testing.assert_close(ema.shadow[name], param.detach() + remaining * (start[name] - param.detach()))
+    constant = EMA(layer, decay=0.9)
+    assert constant.decay_at(1) == constant.decay_at(10_000) == 0.9
+
+
 def test_lora_trains_only_adapters_and_merges_exactly():
     from nexusgen.train.lora import apply_lora, merge_lora
 
