@@ -117,6 +117,7 @@ def _tooling_commands(sub) -> None:
     p.add_argument("run_dir", help="the run directory (--out of nexusgen train)")
     p.add_argument("--out", required=True, help="the model folder to write (must not exist)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    p.add_argument("--no-ema", action="store_true", help="export the trained weights, not their EMA")
     p.set_defaults(handler=_call("nexusgen.train.command:export_checkpoint_command"))
 
     p = sub.add_parser("prepare-embeds", help="precompute decoder-training embeddings (resumable)")

@@ -46,5 +46,5 @@ def export_checkpoint_command(args: argparse.Namespace) -> int:
     """CLI handler: a run's checkpoint as a model folder."""
     from nexusgen.train.loop import export_checkpoint
 
-    export_checkpoint(args.run_dir, args.out, step=args.step)
+    export_checkpoint(args.run_dir, args.out, step=args.step, ema=not args.no_ema)
     return 0

@@ -210,10 +210,11 @@ def export_final(stage: Stage, model, ema, config: TrainConfig, info: parallel.D
     parallel.barrier()
 
 
-def export_checkpoint(run_dir, out_dir, step: int | None = None) -> Path:
+def export_checkpoint(run_dir, out_dir, step: int | None = None, ema: bool = True) -> Path:
     """Write a run's checkpoint (the newest, or the one at `step`) as a model folder, as the run's final
     export would be (EMA weights where the stage keeps them; nexusgen.json): to evaluate a run while it
-    trains, or an earlier step than its end. On CPU, in this process.
+    trains, or an earlier step than its end. On CPU, in this process. `ema=False` exports the trained
+    weights themselves (an EMA without warm-up can still hold much of a parent's weights).
 
     Raises:
         ValueError: no config.json in `run_dir`, no such checkpoint, or `out_dir` exists.
@@ -235,8 +236,8 @@ def export_checkpoint(run_dir, out_dir, step: int | None = None) -> Path:
     done, _ = checkpoint.load_checkpoint(found[step if step is not None else max(found)], model=parts.model,
                                          optimizer=parts.optimizer, scheduler=parts.scheduler, info=info,
                                          ema=parts.ema)
-    export_final(parts.stage, parts.model, parts.ema, config, info, out_dir)
-    parallel.print0(f"exported step {done} of {run_dir} to {out_dir}")
+    export_final(parts.stage, parts.model, parts.ema if ema else None, config, info, out_dir)
+    parallel.print0(f"exported step {done} of {run_dir} to {out_dir}{'' if ema else ' (trained weights, not EMA)'}")
     return out_dir
 
 

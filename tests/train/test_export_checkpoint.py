@@ -24,6 +24,11 @@ def test_checkpoint_exports_as_the_final_folder_with_ema_weights(tmp_path, capsy
     assert any(not torch.equal(final[k], two[k]) for k in final)  # another step, other weights
     assert (tmp_path / "two" / "vae").is_dir() and (tmp_path / "two" / "autoregressive").is_dir()
     assert (tmp_path / "two" / "nexusgen.json").is_file()  # loads without inferred settings
+    assert main(["export-checkpoint", str(run), "--out", str(tmp_path / "live"), "--no-ema"]) == 0
+    trained = load_file(str(run / "checkpoints/step_000003/model.safetensors"))
+    live = _dit(tmp_path / "live")
+    assert all(torch.equal(live[k], trained[f"decoder.transformer.{k}"]) for k in live)
+    assert any(not torch.equal(live[k], final[k]) for k in final)  # EMA 0.5 differs from the weights
     capsys.readouterr()
 
 
