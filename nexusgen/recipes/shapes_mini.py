@@ -1,6 +1,6 @@
 """The bundled miniature Nexus-Gen, trained from scratch on ShapesWorld (64-px images), on a 2-core CPU.
 
-`nexusgen train shapes-mini --out RUN` runs the seven stages in order, each in `RUN/<stage>/` and each
+`nexusgen train shapes-mini --out RUN` runs the nine stages in order, each in `RUN/<stage>/` and each
 starting from the previous stage's exported folder:
 
     vae          AutoencoderKL /4 (16x16x16 latents) on rendered scenes
@@ -11,7 +11,8 @@ starting from the previous stage's exported folder:
     ar_more      stage ar continued for 2,000 steps, the LR warmed up again
     ar_edit      1,500 more, half the samples edits (the AR model carried too little of each edit)
     gen_decoder  phase 2: adapter + DiT from ground-truth ViT embeddings (10% conditioning dropout, so
-                 guidance needs no T5)
+                 guidance needs no T5); the context tokens carry their grid places as RoPE ids
+    gen_decoder_more  gen_decoder continued for 2,000 steps, the LR warmed up again
     edit_decoder phase 3: merger + DiT from (predicted target, reference) embeddings; DiT initialised
                  from gen_decoder's
 
@@ -129,6 +130,18 @@ def shapes_mini_gen_decoder() -> TrainConfig:
                    max_steps=4000, lr=5e-4, batch_size=32, tasks=("generate",))
 
 
+def shapes_mini_gen_decoder_more() -> TrainConfig:
+    """Stage gen_decoder continued: 2,000 more steps, the LR warmed up again to 3e-4, grid context ids (set
+    explicitly, since a decoder loaded from a parent keeps its own config). The bundled generation decoder
+    is this stage run on a gen_decoder trained with upstream's zero ids: held-out flow loss 0.0126 ->
+    0.0081, exact reconstructions of true scenes 0.25 -> 0.66, generation 0.947 -> 0.975."""
+    config = shapes_mini_gen_decoder()
+    config.max_steps, config.lr, config.seed = 2000, 3e-4, 11
+    config.schedule.warmup_steps = 100
+    config.stage.model = {"generation_context_ids": "grid"}
+    return config
+
+
 def shapes_mini_edit_decoder() -> TrainConfig:
     """Phase 3: edited image from the AR model's predicted target + the source's embeddings; the DiT starts
     from the generation decoder's (as both official decoders start from FLUX.1-dev), so fewer steps. The
@@ -160,6 +173,7 @@ STAGES = {
     "ar_more": shapes_mini_ar_more,
     "ar_edit": shapes_mini_ar_edit,
     "gen_decoder": shapes_mini_gen_decoder,
+    "gen_decoder_more": shapes_mini_gen_decoder_more,
     "edit_decoder": shapes_mini_edit_decoder,
 }
 """The shapes-mini pipeline, in training order."""

@@ -53,7 +53,9 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
         config = get_recipe(f"shapes-mini-{stage}")
         assert config.stage.preset == "shapes-mini" and config.data.world == "shapes"
     assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "ar_more", "ar_edit",
-                                              "gen_decoder", "edit_decoder"]
+                                              "gen_decoder", "gen_decoder_more", "edit_decoder"]
+    decoder_more = get_recipe("shapes-mini-gen_decoder_more")
+    assert decoder_more.stage.name == "gen_decoder" and decoder_more.stage.model["generation_context_ids"] == "grid"
     more = get_recipe("shapes-mini-ar_more")
     assert more.stage.name == "ar" and "reasoned_answers" not in more.data.world_options
     edits = get_recipe("shapes-mini-ar_edit")
