@@ -170,6 +170,10 @@ class StageConfig:
     reference_dropout_prob: float = 0.0
     """edit_decoder: probability of zeroing a sample's reference (source-image) embeddings, so the decoder
     must sometimes draw the whole edited image from the target embeddings (0 = upstream)."""
+    true_target_prob: float = 0.0
+    """edit_decoder: probability of conditioning a sample on the true edited image's embeddings instead of
+    the AR model's prediction of them (0 = upstream), so the decoder learns to follow the target rather
+    than fall back on the source where the prediction is unsure."""
     gradient_checkpointing: bool = False
     ce_reduction: str = "token"
     """AR stages: "token" = CE averaged over every answer token of a batch (upstream); "sample" = over
@@ -186,6 +190,10 @@ class StageConfig:
             raise ValueError(f"stage.reference_dropout_prob must be in [0, 1), got {self.reference_dropout_prob}")
         if self.reference_dropout_prob and self.name != "edit_decoder":
             raise ValueError(f"stage.reference_dropout_prob is for stage edit_decoder, not {self.name!r}")
+        if not 0.0 <= self.true_target_prob <= 1.0:
+            raise ValueError(f"stage.true_target_prob must be in [0, 1], got {self.true_target_prob}")
+        if self.true_target_prob and self.name != "edit_decoder":
+            raise ValueError(f"stage.true_target_prob is for stage edit_decoder, not {self.name!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"stage.ema_decay must be in [0, 1), got {self.ema_decay}")
 

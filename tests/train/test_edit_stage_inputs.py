@@ -89,3 +89,43 @@ def test_reference_dropout_is_validated_and_reaches_the_edit_stage_module():
     config = apply_overrides(get_recipe("tiny-edit_decoder"), ["stage.reference_dropout_prob=0.3"])
     single = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     assert edit_decoder.build(config, single).module.reference_dropout_prob == 0.3
+
+
+def test_true_targets_replace_whole_predictions_reproducibly():
+    torch.manual_seed(0)
+    model, tokenizer, image_processor = build_autoregressive("tiny")
+    model.eval()
+    processor = ImageOnlyProcessor(tokenizer, image_processor, model.config)
+    samples = _edit_samples(16)
+    batch = make_collate(32, processor, reference_px=128, true_targets=True)(samples)
+
+    def targets(prob):
+        module = EditDecoderTrainModule(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), model, seed=0,
+                                        loss_weight=1.0, cond_dropout_prob=0.0, true_target_prob=prob)
+        return module._embed(batch, "target")
+
+    predicted = targets(0.0)
+    true = torch.stack(list(model.encode_images(batch["true_target_pixel_values"], batch["true_target_grid_thw"])))
+    assert torch.equal(targets(1.0), true) and not torch.allclose(true, predicted)
+    mixed = targets(0.5)
+    is_true = (mixed == true).flatten(1).all(1)
+    assert bool((is_true ^ (mixed == predicted).flatten(1).all(1)).all())  # whole samples, one or the other
+    assert 0 < int(is_true.sum()) < 16 and torch.equal(targets(0.5), mixed)  # same seed, same draws
+
+
+def test_true_target_prob_is_validated_and_reaches_the_edit_stage_module():
+    import pytest
+
+    from nexusgen.recipes import get_recipe
+    from nexusgen.train.config import apply_overrides
+    from nexusgen.train.parallel import DistInfo
+    from nexusgen.train.stages import edit_decoder
+
+    with pytest.raises(ValueError, match="true_target_prob"):
+        apply_overrides(get_recipe("tiny-edit_decoder"), ["stage.true_target_prob=1.5"])
+    with pytest.raises(ValueError, match="for stage edit_decoder"):
+        apply_overrides(get_recipe("tiny-gen_decoder"), ["stage.true_target_prob=0.5"])
+    config = apply_overrides(get_recipe("tiny-edit_decoder"), ["stage.true_target_prob=0.5"])
+    stage = edit_decoder.build(config, DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")))
+    assert stage.module.true_target_prob == 0.5
+    assert "true_target_pixel_values" in stage.collate(_edit_samples(2))  # the targets' own vision inputs

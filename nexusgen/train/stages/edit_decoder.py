@@ -33,8 +33,10 @@ from nexusgen.train.stages.gen_decoder import (
     target_image,
 )
 
-# Salt of the reference-dropout draws, so they do not repeat the micro-batch's conditioning-dropout ones.
+# Salts of the reference-dropout and true-target draws, so they do not repeat the micro-batch's
+# conditioning-dropout ones (nor each other).
 _REFERENCE_DROPOUT_SALT = 104_729
+_TRUE_TARGET_SALT = 130_363
 
 
 def square_grid(num_tokens: int) -> tuple[int, int]:
@@ -49,28 +51,43 @@ class EditDecoderTrainModule(DecoderTrainModule):
     reference zeroed for a `reference_dropout_prob` fraction of samples (drawn per micro-batch from the seed
     and the batch's stream position, so a resumed run drops the same samples)."""
 
-    def __init__(self, *args, reference_dropout_prob: float = 0.0, **kwargs):
+    def __init__(self, *args, reference_dropout_prob: float = 0.0, true_target_prob: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.reference_dropout_prob = reference_dropout_prob
+        self.reference_dropout_prob, self.true_target_prob = reference_dropout_prob, true_target_prob
 
     @torch.no_grad()
     def _embed(self, batch: dict, prefix: str) -> torch.Tensor:
         if f"{prefix}_embeds" in batch:
             return batch[f"{prefix}_embeds"]
-        encoder = self.helpers[1]
-        if prefix == "target":  # the AR model's own prediction on the sample's text, as upstream prepares it
-            groups = []
-            for rows, inputs in batch["ar_inputs"]:  # one group per answer prefix (EN / ZH)
-                groups.append((rows, encoder.predict_image_embeds(
-                    inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
-                    inputs["image_grid_thw"])))
-            first = groups[0][1]
-            out = first.new_empty((sum(len(r) for r, _ in groups), *first.shape[1:]))   # (B, N, D)
-            for rows, embeds in groups:
-                out[rows] = embeds
-            return out
-        per_image = encoder.encode_images(batch["source_pixel_values"], batch["source_grid_thw"])
+        if prefix == "target":
+            predicted = self._predicted_targets(batch)
+            return self._mix_true_targets(batch, predicted) if self.true_target_prob else predicted
+        per_image = self.helpers[1].encode_images(batch["source_pixel_values"], batch["source_grid_thw"])
         return torch.stack(list(per_image))                                   # (B, M, D)
+
+    def _predicted_targets(self, batch: dict) -> torch.Tensor:
+        """(B, N, D): the AR model's own prediction on the sample's text, as upstream prepares it."""
+        groups = []
+        for rows, inputs in batch["ar_inputs"]:  # one group per answer prefix (EN / ZH)
+            groups.append((rows, self.helpers[1].predict_image_embeds(
+                inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], inputs["image_grid_thw"])))
+        first = groups[0][1]
+        out = first.new_empty((sum(len(r) for r, _ in groups), *first.shape[1:]))   # (B, N, D)
+        for rows, embeds in groups:
+            out[rows] = embeds
+        return out
+
+    def _mix_true_targets(self, batch: dict, predicted: torch.Tensor) -> torch.Tensor:
+        """(B, N, D): the true edited image's embeddings for a `true_target_prob` share of the samples
+        (drawn per micro-batch from the seed and stream position, as the reference dropout), the
+        prediction for the rest."""
+        if "true_target_pixel_values" not in batch:
+            raise ValueError("stage.true_target_prob needs batches from make_collate(..., true_targets=True)")
+        true = torch.stack(list(self.helpers[1].encode_images(batch["true_target_pixel_values"],
+                                                              batch["true_target_grid_thw"])))  # (B, N, D)
+        generator = micro_batch_generator(self.seed + _TRUE_TARGET_SALT, batch["position"])
+        use_true = torch.rand(true.shape[0], generator=generator) < self.true_target_prob  # (B,)
+        return torch.where(use_true.to(true.device)[:, None, None], true, predicted)
 
     def condition_kwargs(self, batch: dict) -> dict:
         from nexusgen.flow.loss import drop_condition
@@ -106,9 +123,10 @@ def edit_prompt_inputs(samples: list[dict], processor) -> list[tuple[torch.Tenso
             for prefix, rows in groups.items()]
 
 
-def make_collate(size: int, processor, reference_px: int = 0):
+def make_collate(size: int, processor, reference_px: int = 0, true_targets: bool = False):
     """Batches of target pixels plus precomputed embeddings, or the AR inputs to compute them; sources
-    are encoded at `reference_px` square (0: the bounded input size), as the pipelines do."""
+    are encoded at `reference_px` square (0: the bounded input size), as the pipelines do. `true_targets`
+    adds the targets' own AR vision inputs (for `stage.true_target_prob`)."""
     reference_hw = (reference_px, reference_px) if reference_px else None
 
     def collate(samples: list[dict]) -> dict:
@@ -124,14 +142,23 @@ def make_collate(size: int, processor, reference_px: int = 0):
         batch["source_pixel_values"] = vision["pixel_values"]
         batch["source_grid_thw"] = vision["image_grid_thw"]
         batch["ar_inputs"] = edit_prompt_inputs(samples, processor)
+        if true_targets:
+            vision = processor.process_images(targets, [True] * len(targets))
+            batch["true_target_pixel_values"] = vision["pixel_values"]
+            batch["true_target_grid_thw"] = vision["image_grid_thw"]
         return batch
 
     return collate
 
 
 def build(config: TrainConfig, info: DistInfo) -> Stage:
-    module_cls = functools.partial(EditDecoderTrainModule,
-                                   reference_dropout_prob=config.stage.reference_dropout_prob)
+    stage = config.stage
+    if stage.true_target_prob and config.data.source == "embeds":
+        raise ValueError("stage.true_target_prob needs the AR model on the fly (data.source 'generated' or "
+                         "'jsonl'): precomputed editing embeddings hold only the predictions")
+    module_cls = functools.partial(EditDecoderTrainModule, reference_dropout_prob=stage.reference_dropout_prob,
+                                   true_target_prob=stage.true_target_prob)
     return build_decoder_stage(
         config, info, "editing", module_cls,
-        lambda processor: make_collate(config.data.image_size_px, processor, config.data.reference_image_px))
+        lambda processor: make_collate(config.data.image_size_px, processor, config.data.reference_image_px,
+                                       true_targets=bool(stage.true_target_prob)))
