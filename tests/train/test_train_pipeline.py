@@ -52,13 +52,14 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     for stage in PIPELINES["shapes-mini"]:
         config = get_recipe(f"shapes-mini-{stage}")
         assert config.stage.preset == "shapes-mini" and config.data.world == "shapes"
-    assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "ar_more", "ar_edit",
-                                              "gen_decoder", "gen_decoder_more", "edit_decoder"]
+    assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "ar_more", "ar_edit", "ar_edit2",
+                                              "ar_edit3", "gen_decoder", "gen_decoder_more", "edit_decoder"]
     decoder_more = get_recipe("shapes-mini-gen_decoder_more")
     assert decoder_more.stage.name == "gen_decoder" and decoder_more.stage.model["generation_context_ids"] == "grid"
     more = get_recipe("shapes-mini-ar_more")
     assert more.stage.name == "ar" and "reasoned_answers" not in more.data.world_options
     edits = get_recipe("shapes-mini-ar_edit")
+    assert [get_recipe(f"shapes-mini-ar_edit{n}").seed for n in (2, 3)] == [8, 9] and edits.seed == 7
     assert edits.stage.name == "ar" and edits.data.tasks.count("edit") * 2 == len(edits.data.tasks)
     assert edits.stage.loss_weights == more.stage.loss_weights and edits.lr == more.lr
     assert get_recipe("shapes-mini-edit_decoder").stage.reference_dropout_prob == 0.0
