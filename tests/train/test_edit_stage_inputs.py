@@ -16,14 +16,22 @@ def _edit_samples(n):
     return samples
 
 
-def test_mixed_language_batch_equals_per_sample_predictions_and_reference_is_resized():
+def _tiny_ar():
+    """A random tiny AR model (eval mode) and its processor."""
     torch.manual_seed(0)
     model, tokenizer, image_processor = build_autoregressive("tiny")
-    model.eval()
-    processor = ImageOnlyProcessor(tokenizer, image_processor, model.config)
+    return model.eval(), ImageOnlyProcessor(tokenizer, image_processor, model.config)
+
+
+def _module(model, **kwargs):
+    return EditDecoderTrainModule(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), model, seed=0, loss_weight=1.0,
+                                  cond_dropout_prob=0.0, **kwargs)
+
+
+def test_mixed_language_batch_equals_per_sample_predictions_and_reference_is_resized():
+    model, processor = _tiny_ar()
     samples = _edit_samples(6)
-    module = EditDecoderTrainModule(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), model, seed=0,
-                                    loss_weight=1.0, cond_dropout_prob=0.0)
+    module = _module(model)
     collate = make_collate(32, processor, reference_px=128)
     batch = collate(samples)
     # 128-px references: 16x16 patches of 8 px -> an 8x8 token grid for every source
@@ -54,8 +62,7 @@ def test_a_fresh_editing_decoder_starts_from_the_parents_generation_dit(tmp_path
 
 
 def _dropout_module(prob):
-    return EditDecoderTrainModule(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), None, seed=0, loss_weight=1.0,
-                                  cond_dropout_prob=0.0, reference_dropout_prob=prob)
+    return _module(None, reference_dropout_prob=prob)
 
 
 def test_reference_dropout_zeroes_whole_samples_reproducibly():
@@ -92,17 +99,11 @@ def test_reference_dropout_is_validated_and_reaches_the_edit_stage_module():
 
 
 def test_true_targets_replace_whole_predictions_reproducibly():
-    torch.manual_seed(0)
-    model, tokenizer, image_processor = build_autoregressive("tiny")
-    model.eval()
-    processor = ImageOnlyProcessor(tokenizer, image_processor, model.config)
-    samples = _edit_samples(16)
-    batch = make_collate(32, processor, reference_px=128, true_targets=True)(samples)
+    model, processor = _tiny_ar()
+    batch = make_collate(32, processor, reference_px=128, true_targets=True)(_edit_samples(16))
 
     def targets(prob):
-        module = EditDecoderTrainModule(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), model, seed=0,
-                                        loss_weight=1.0, cond_dropout_prob=0.0, true_target_prob=prob)
-        return module._embed(batch, "target")
+        return _module(model, true_target_prob=prob)._embed(batch, "target")
 
     predicted = targets(0.0)
     true = torch.stack(list(model.encode_images(batch["true_target_pixel_values"], batch["true_target_grid_thw"])))
