@@ -13,6 +13,8 @@ decoder must sometimes draw from the target alone. Given the true targets' embed
 editing decoder edits 0.10-0.12 of ShapesWorld edits exactly and the generation decoder, which has only
 the target, 0.25: the editing decoder leans on the source. Half the references dropped did not change
 that at this scale (training/shapes-mini/README.md, recipe `shapes-mini-edit_decoder_reference_dropout`).
+`stage.true_target_prob` (ours, 0 = upstream) conditions some samples on the true edited image's embeddings
+instead of the prediction, the other way to make the decoder follow the target.
 """
 
 from __future__ import annotations
