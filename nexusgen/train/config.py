@@ -184,18 +184,17 @@ class StageConfig:
             raise ValueError(f"stage.ce_reduction must be 'token' or 'sample', got {self.ce_reduction!r}")
         if self.name not in STAGES:
             raise ValueError(f"stage.name must be one of {STAGES}, got {self.name!r}")
-        if not 0.0 <= self.cond_dropout_prob < 1.0:
-            raise ValueError(f"stage.cond_dropout_prob must be in [0, 1), got {self.cond_dropout_prob}")
-        if not 0.0 <= self.reference_dropout_prob < 1.0:
-            raise ValueError(f"stage.reference_dropout_prob must be in [0, 1), got {self.reference_dropout_prob}")
-        if self.reference_dropout_prob and self.name != "edit_decoder":
-            raise ValueError(f"stage.reference_dropout_prob is for stage edit_decoder, not {self.name!r}")
-        if not 0.0 <= self.true_target_prob <= 1.0:
-            raise ValueError(f"stage.true_target_prob must be in [0, 1], got {self.true_target_prob}")
-        if self.true_target_prob and self.name != "edit_decoder":
-            raise ValueError(f"stage.true_target_prob is for stage edit_decoder, not {self.name!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"stage.ema_decay must be in [0, 1), got {self.ema_decay}")
+        for field_name in ("cond_dropout_prob", "reference_dropout_prob", "ema_decay"):
+            self._check_fraction(field_name, one_allowed=False)
+        self._check_fraction("true_target_prob", one_allowed=True)
+        for field_name in ("reference_dropout_prob", "true_target_prob"):
+            if getattr(self, field_name) and self.name != "edit_decoder":
+                raise ValueError(f"stage.{field_name} is for stage edit_decoder, not {self.name!r}")
+
+    def _check_fraction(self, field_name: str, *, one_allowed: bool) -> None:
+        value = getattr(self, field_name)
+        if not (0.0 <= value <= 1.0 if one_allowed else 0.0 <= value < 1.0):
+            raise ValueError(f"stage.{field_name} must be in [0, 1{']' if one_allowed else ')'}, got {value}")
 
 
 @dataclass
