@@ -114,6 +114,14 @@ def test_true_targets_replace_whole_predictions_reproducibly():
     assert 0 < int(is_true.sum()) < 16 and torch.equal(targets(0.5), mixed)  # same seed, same draws
 
 
+def test_all_true_targets_skip_the_ar_prediction(monkeypatch):
+    model, processor = _tiny_ar()
+    batch = make_collate(32, processor, reference_px=128, true_targets=True)(_edit_samples(4))
+    monkeypatch.setattr(model, "predict_image_embeds", lambda *a, **k: pytest.fail("AR ran for p=1"))
+    true = torch.stack(list(model.encode_images(batch["true_target_pixel_values"], batch["true_target_grid_thw"])))
+    assert torch.equal(_module(model, true_target_prob=1.0)._embed(batch, "target"), true)
+
+
 def test_true_target_prob_is_validated_and_reaches_the_edit_stage_module():
     import pytest
 

@@ -62,8 +62,7 @@ class EditDecoderTrainModule(DecoderTrainModule):
         if f"{prefix}_embeds" in batch:
             return batch[f"{prefix}_embeds"]
         if prefix == "target":
-            predicted = self._predicted_targets(batch)
-            return self._mix_true_targets(batch, predicted) if self.true_target_prob else predicted
+            return self._mix_true_targets(batch) if self.true_target_prob else self._predicted_targets(batch)
         per_image = self.helpers[1].encode_images(batch["source_pixel_values"], batch["source_grid_thw"])
         return torch.stack(list(per_image))                                   # (B, M, D)
 
@@ -79,17 +78,19 @@ class EditDecoderTrainModule(DecoderTrainModule):
             out[rows] = embeds
         return out
 
-    def _mix_true_targets(self, batch: dict, predicted: torch.Tensor) -> torch.Tensor:
+    def _mix_true_targets(self, batch: dict) -> torch.Tensor:
         """(B, N, D): the true edited image's embeddings for a `true_target_prob` share of the samples
         (drawn per micro-batch from the seed and stream position, as the reference dropout), the
-        prediction for the rest."""
+        prediction for the rest. The AR model runs only when some sample needs its prediction."""
         if "true_target_pixel_values" not in batch:
             raise ValueError("stage.true_target_prob needs batches from make_collate(..., true_targets=True)")
         true = torch.stack(list(self.helpers[1].encode_images(batch["true_target_pixel_values"],
                                                               batch["true_target_grid_thw"])))  # (B, N, D)
         generator = micro_batch_generator(self.seed + _TRUE_TARGET_SALT, batch["position"])
         use_true = torch.rand(true.shape[0], generator=generator) < self.true_target_prob  # (B,)
-        return torch.where(use_true.to(true.device)[:, None, None], true, predicted)
+        if use_true.all():
+            return true
+        return torch.where(use_true.to(true.device)[:, None, None], true, self._predicted_targets(batch))
 
     def condition_kwargs(self, batch: dict) -> dict:
         from nexusgen.flow.loss import drop_condition
