@@ -1,5 +1,6 @@
 """The edit_decoder stage's inputs: mixed EN/ZH answer prefixes in one batch, and the reference size."""
 
+import pytest
 import torch
 
 from nexusgen.data.synthetic import ShapesSource
@@ -81,7 +82,6 @@ def test_reference_dropout_zeroes_whole_samples_reproducibly():
 
 
 def test_reference_dropout_is_validated_and_reaches_the_edit_stage_module():
-    import pytest
 
     from nexusgen.recipes import get_recipe
     from nexusgen.train.config import apply_overrides
@@ -123,7 +123,6 @@ def test_all_true_targets_skip_the_ar_prediction(monkeypatch):
 
 
 def test_true_target_prob_is_validated_and_reaches_the_edit_stage_module():
-    import pytest
 
     from nexusgen.recipes import get_recipe
     from nexusgen.train.config import apply_overrides

@@ -52,19 +52,23 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     for stage in PIPELINES["shapes-mini"]:
         config = get_recipe(f"shapes-mini-{stage}")
         assert config.stage.preset == "shapes-mini" and config.data.world == "shapes"
-    assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "ar_more", "ar_edit", "ar_edit2",
-                                              "ar_edit3", "gen_decoder", "gen_decoder_more", "edit_decoder"]
+    rounds = [f"ar_edit{n}" for n in range(2, 7)]
+    assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "ar_more", "ar_edit", *rounds,
+                                              "gen_decoder", "gen_decoder_more", "edit_decoder", "edit_decoder_more"]
     decoder_more = get_recipe("shapes-mini-gen_decoder_more")
     assert decoder_more.stage.name == "gen_decoder" and decoder_more.stage.model["generation_context_ids"] == "grid"
     more = get_recipe("shapes-mini-ar_more")
     assert more.stage.name == "ar" and "reasoned_answers" not in more.data.world_options
     edits = get_recipe("shapes-mini-ar_edit")
-    assert [get_recipe(f"shapes-mini-ar_edit{n}").seed for n in (2, 3)] == [8, 9] and edits.seed == 7
+    assert [get_recipe(f"shapes-mini-{name}").seed for name in rounds] == [8, 9, 12, 13, 14] and edits.seed == 7
     assert edits.stage.name == "ar" and edits.data.tasks.count("edit") * 2 == len(edits.data.tasks)
     assert edits.stage.loss_weights == more.stage.loss_weights and edits.lr == more.lr
-    assert get_recipe("shapes-mini-edit_decoder").stage.reference_dropout_prob == 0.0
+    edit_decoder = get_recipe("shapes-mini-edit_decoder")
+    assert edit_decoder.stage.reference_dropout_prob == 0.0 and edit_decoder.stage.true_target_prob == 1.0
+    assert get_recipe("shapes-mini-edit_decoder_predicted_targets").stage.true_target_prob == 0.0  # upstream's
     dropout = get_recipe("shapes-mini-edit_decoder_reference_dropout")  # an experiment
     assert dropout.stage.name == "edit_decoder" and dropout.stage.reference_dropout_prob == 0.5
+    assert dropout.stage.true_target_prob == 0.0
     answers = get_recipe("shapes-mini-vlm_answers")
     assert answers.stage.name == "vlm" and answers.stage.ce_reduction == "sample"
     reasoning = get_recipe("shapes-mini-ar_reasoning")  # an experiment: a recipe, not a pipeline stage
