@@ -82,7 +82,6 @@ def test_reference_dropout_zeroes_whole_samples_reproducibly():
 
 
 def test_reference_dropout_is_validated_and_reaches_the_edit_stage_module():
-
     from nexusgen.recipes import get_recipe
     from nexusgen.train.config import apply_overrides
     from nexusgen.train.parallel import DistInfo
@@ -123,7 +122,6 @@ def test_all_true_targets_skip_the_ar_prediction(monkeypatch):
 
 
 def test_true_target_prob_is_validated_and_reaches_the_edit_stage_module():
-
     from nexusgen.recipes import get_recipe
     from nexusgen.train.config import apply_overrides
     from nexusgen.train.parallel import DistInfo
