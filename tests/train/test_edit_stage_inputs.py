@@ -119,6 +119,9 @@ def test_all_true_targets_skip_the_ar_prediction(monkeypatch):
     monkeypatch.setattr(model, "predict_image_embeds", lambda *a, **k: pytest.fail("AR ran for p=1"))
     true = torch.stack(list(model.encode_images(batch["true_target_pixel_values"], batch["true_target_grid_thw"])))
     assert torch.equal(_module(model, true_target_prob=1.0)._embed(batch, "target"), true)
+    without_prompts = make_collate(32, processor, reference_px=128, true_targets=True, predictions=False)
+    lean = without_prompts(_edit_samples(4))
+    assert "ar_inputs" not in lean and torch.equal(_module(model, true_target_prob=1.0)._embed(lean, "target"), true)
 
 
 def test_true_target_prob_is_validated_and_reaches_the_edit_stage_module():
@@ -134,4 +137,8 @@ def test_true_target_prob_is_validated_and_reaches_the_edit_stage_module():
     config = apply_overrides(get_recipe("tiny-edit_decoder"), ["stage.true_target_prob=0.5"])
     stage = edit_decoder.build(config, DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")))
     assert stage.module.true_target_prob == 0.5
-    assert "true_target_pixel_values" in stage.collate(_edit_samples(2))  # the targets' own vision inputs
+    batch = stage.collate(_edit_samples(2))
+    assert "true_target_pixel_values" in batch and "ar_inputs" in batch  # half the samples still predict
+    config = apply_overrides(get_recipe("tiny-edit_decoder"), ["stage.true_target_prob=1"])
+    stage = edit_decoder.build(config, DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")))
+    assert "ar_inputs" not in stage.collate(_edit_samples(2))  # p=1 never predicts: no AR prompts built

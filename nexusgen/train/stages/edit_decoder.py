@@ -126,10 +126,12 @@ def edit_prompt_inputs(samples: list[dict], processor) -> list[tuple[torch.Tenso
             for prefix, rows in groups.items()]
 
 
-def make_collate(size: int, processor, reference_px: int = 0, true_targets: bool = False):
+def make_collate(size: int, processor, reference_px: int = 0, true_targets: bool = False,
+                 predictions: bool = True):
     """Batches of target pixels plus precomputed embeddings, or the AR inputs to compute them; sources
     are encoded at `reference_px` square (0: the bounded input size), as the pipelines do. `true_targets`
-    adds the targets' own AR vision inputs (for `stage.true_target_prob`)."""
+    adds the targets' own AR vision inputs (for `stage.true_target_prob`); `predictions=False` leaves out
+    the AR prompts, which only the predicted targets need (`true_target_prob=1` never predicts)."""
     reference_hw = (reference_px, reference_px) if reference_px else None
 
     def collate(samples: list[dict]) -> dict:
@@ -144,7 +146,8 @@ def make_collate(size: int, processor, reference_px: int = 0, true_targets: bool
         vision = processor.process_references(sources, reference_hw)
         batch["source_pixel_values"] = vision["pixel_values"]
         batch["source_grid_thw"] = vision["image_grid_thw"]
-        batch["ar_inputs"] = edit_prompt_inputs(samples, processor)
+        if predictions:
+            batch["ar_inputs"] = edit_prompt_inputs(samples, processor)
         if true_targets:
             vision = processor.process_images(targets, [True] * len(targets))
             batch["true_target_pixel_values"] = vision["pixel_values"]
@@ -164,4 +167,5 @@ def build(config: TrainConfig, info: DistInfo) -> Stage:
     return build_decoder_stage(
         config, info, "editing", module_cls,
         lambda processor: make_collate(config.data.image_size_px, processor, config.data.reference_image_px,
-                                       true_targets=bool(stage.true_target_prob)))
+                                       true_targets=bool(stage.true_target_prob),
+                                       predictions=stage.true_target_prob < 1.0))
