@@ -24,7 +24,7 @@ image, P image patches, I images, V vocabulary.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 
 import torch
@@ -215,6 +215,23 @@ class NexusGenARModel(nn.Module):
     @property
     def num_output_tokens(self) -> int:
         return self.config.num_output_tokens
+
+    def set_rope_theta(self, theta: float) -> None:
+        """Re-base the LLM's M-RoPE on `theta`, weights unchanged (also in the config that gets saved).
+
+        Qwen2.5-VL's M-RoPE gives the width axis the lowest frequencies of each head: at theta 1e6 they turn
+        by under 2e-4 rad per token column, so attention cannot tell an image's columns apart
+        (training/shapes-mini/README.md measures what that costs the miniature model)."""
+        if not theta > 0:
+            raise ValueError(f"rope_theta must be positive, got {theta!r}")
+        text = self.vlm.config.text_config
+        text.rope_parameters = {**text.rope_parameters, "rope_theta": float(theta)}
+        language_model = self.vlm.model.language_model
+        device = language_model.rotary_emb.inv_freq.device
+        language_model.rotary_emb = type(language_model.rotary_emb)(config=text).to(device)
+        qwen = copy.deepcopy(self.config.qwen)
+        qwen.setdefault("text_config", {})["rope_parameters"] = dict(text.rope_parameters)
+        self.config = replace(self.config, qwen=qwen)
 
     # -- building blocks ----------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:

@@ -154,7 +154,8 @@ class StageConfig:
     preset: str = "tiny"
     """Model preset used for the parts that the parent does not provide."""
     model: dict[str, Any] = field(default_factory=dict)
-    """Keyword overrides of the trained part's config (e.g. AutoencoderKL kwargs for the vae stage)."""
+    """Keyword overrides of the trained part's config (e.g. AutoencoderKL kwargs for the vae stage); AR
+    stages also take `rope_theta`, which re-bases the LLM's M-RoPE (a parent's too)."""
     trainable: list[str] = field(default_factory=list)
     """Sub-module name prefixes to train; empty = the stage's default. Everything else is frozen."""
     loss_weights: dict[str, float] = field(default_factory=dict)

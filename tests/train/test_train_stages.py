@@ -226,3 +226,23 @@ def test_lora_run_exports_merged_weights_that_load(tmp_path):
     assert torch.linalg.matrix_rank(state[q] - start[q]) <= 4       # ... is low-rank
     visual = [k for k in state if k.startswith("vlm.model.visual.")]
     assert visual and all(torch.equal(state[k], start[k]) for k in visual)  # the ViT stayed frozen
+
+
+def test_ar_stage_rebases_a_parents_rope_theta(tmp_path):
+    """stage.model rope_theta on a loaded parent: the export carries it (with the other overrides), and
+    a field that would reshape the parent's weights is still refused."""
+    _require("ar")
+    from nexusgen.loading.autoregressive import load_autoregressive
+
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    train(apply_overrides(get_recipe("tiny-ar"), ["max_steps=1", "save_every=0", "progress=false"]), parent)
+    train(apply_overrides(get_recipe("tiny-ar"), [
+        "max_steps=1", "save_every=0", "progress=false", f"stage.parent={parent}",
+        'stage.model={"rope_theta": 100, "image_feed": "predicted"}']), child)
+    model = load_autoregressive(child / "final/autoregressive", device="cpu")[0]
+    assert model.config.qwen_config.text_config.rope_parameters["rope_theta"] == 100.0
+    assert model.config.image_feed == "predicted"
+    with pytest.raises(ValueError, match="would change the weights"):
+        train(apply_overrides(get_recipe("tiny-ar"), [
+            "max_steps=1", "save_every=0", "progress=false", f"stage.parent={parent}",
+            'stage.model={"rope_theta": 100, "num_output_tokens": 4}']), tmp_path / "bad")

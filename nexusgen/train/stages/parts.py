@@ -109,23 +109,27 @@ def build_autoregressive(config: TrainConfig, *, for_training: bool):
     `ARConfig.from_preset(stage.preset)` with the tokenizer that matches the preset's token ids.
 
     `for_training` applies the top-level fields of stage.model to the preset (AR stages only), or to a
-    parent's config where they leave the weights' shapes alone (e.g. `image_feed` for the ablation).
+    parent's config where they leave the weights' shapes alone (e.g. `image_feed` for the ablation);
+    `rope_theta` re-bases the LLM's M-RoPE (`NexusGenARModel.set_rope_theta`).
     """
     from nexusgen.loading import autoregressive as ar_loading
     from nexusgen.models.autoregressive import ARConfig
     from nexusgen.processing.processor import ImageOnlyProcessor
 
+    overrides = dict(config.stage.model) if for_training else {}
+    rope_theta = overrides.pop("rope_theta", None)
     folder = parent_part(config, "autoregressive")
     if folder is not None:
         model, tokenizer, image_processor = ar_loading.load_autoregressive(folder, device="cpu",
                                                                            dtype=torch.float32)
         model.train()
-        if for_training and config.stage.model:
-            model.config = _override_loaded(model.config, config.stage.model, folder)
+        if overrides:
+            model.config = _override_loaded(model.config, overrides, folder)
     else:
-        overrides = config.stage.model if for_training else {}
         ar_config = ARConfig.from_preset(config.stage.preset, **overrides)
         model, tokenizer, image_processor = ar_loading.build_autoregressive(ar_config)
+    if rope_theta is not None:
+        model.set_rope_theta(float(rope_theta))
     return model, ImageOnlyProcessor(tokenizer, image_processor, model.config)
 
 
