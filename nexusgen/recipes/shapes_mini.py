@@ -137,6 +137,20 @@ def shapes_mini_ar_reasoning() -> TrainConfig:
     return config
 
 
+def shapes_mini_ar_rope_theta() -> TrainConfig:
+    """An experiment, not a stage of the bundled model: `ar_edit` with the LLM's M-RoPE re-based from theta
+    1e6 to 100. Qwen2.5-VL's M-RoPE gives the width axis each head's lowest frequencies: at 1e6 they turn by
+    at most 1.8e-4 rad per token column, at 100 by 0.056, so attention can tell columns apart (the bundled
+    model's captions put 15% of objects in the wrong column, 4% in the wrong row). From bundle v7, this and
+    1,500 more steps with half the samples understanding left the model still relearning what the new
+    rotations scrambled: understanding 0.73 (captions 0.23), place errors 15% rows, 34% columns
+    (training/shapes-mini/README.md). A fair test trains at theta 100 from stage vlm on."""
+    config = shapes_mini_ar_edit()
+    config.seed = 31
+    config.stage.model = {"rope_theta": 100.0}
+    return config
+
+
 def shapes_mini_gen_decoder() -> TrainConfig:
     """Phase 2: reconstruct the image from its own ViT embeddings. The preset places the 16 context tokens
     on the image grid (`DecoderConfig.generation_context_ids="grid"`): with upstream's all-zero ids the DiT
@@ -219,6 +233,7 @@ STAGES = {
 }
 """The shapes-mini pipeline, in training order."""
 EXPERIMENTS = {"ar_reasoning": shapes_mini_ar_reasoning,
+               "ar_rope_theta": shapes_mini_ar_rope_theta,
                "edit_decoder_predicted_targets": shapes_mini_edit_decoder_predicted_targets,
                "edit_decoder_reference_dropout": shapes_mini_edit_decoder_reference_dropout}
 """Recipes measured but not part of the pipeline (training/shapes-mini/README.md has their results)."""

@@ -69,6 +69,8 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     dropout = get_recipe("shapes-mini-edit_decoder_reference_dropout")  # an experiment
     assert dropout.stage.name == "edit_decoder" and dropout.stage.reference_dropout_prob == 0.5
     assert dropout.stage.true_target_prob == 0.0
+    rope = get_recipe("shapes-mini-ar_rope_theta")  # an experiment
+    assert rope.stage.model == {"rope_theta": 100.0} and rope.data.tasks == edits.data.tasks
     answers = get_recipe("shapes-mini-vlm_answers")
     assert answers.stage.name == "vlm" and answers.stage.ce_reduction == "sample"
     reasoning = get_recipe("shapes-mini-ar_reasoning")  # an experiment: a recipe, not a pipeline stage
