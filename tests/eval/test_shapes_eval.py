@@ -48,6 +48,8 @@ def test_oracle_scores_one(oracle_run):
     assert results["generation"]["compositional"]["overall"] == 1.0
     assert results["editing"]["success"] == 1.0
     assert results["editing"]["psnr_outside"] >= 59.0 and results["editing"]["ssim_outside"] > 0.999
+    captions = results["understanding"]["caption_errors"]
+    assert captions["objects"] > 0 and all(v == 0 for k, v in captions.items() if k != "objects")
     assert results["understanding"]["n"] + results["understanding"]["compositional"]["n"] == 30
     assert json.loads((out / "results.json").read_text()) == results
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -221,3 +223,32 @@ def test_editing_reports_the_ar_predictions_embedding_gain(tmp_path, tiny_model,
     assert set(section["embedding_gain_by_type"]) <= {"recolour", "remove", "add", "move", "resize"}
     assert score(tmp_path)["editing"]["embedding_gain"] == section["embedding_gain"]  # from the saved file
     assert "embedding_gain" not in oracle_run[1]["editing"]  # a reference model predicts no embeddings
+
+
+def test_caption_errors_count_each_attribute(oracle_run, tmp_path):
+    """One object put a column over in one caption: only the column error rate moves, by 1/objects; a
+    caption naming one object too few counts as miscounted."""
+    import dataclasses
+    import shutil
+
+    from nexusgen.worlds.shapes.language import join_list, object_with_place
+
+    out = tmp_path / "run"
+    shutil.copytree(oracle_run[0], out)
+    items = build_items(ShapesEvalConfig(**SMALL))["understanding"]
+    captions = [i for i, item in enumerate(items) if item.qtype == "caption" and not item.compositional]
+    assert len(captions) >= 2
+    answers = out / "understanding" / "answers.jsonl"
+    rows = [json.loads(line) for line in answers.read_text().splitlines()]
+    moved, short = (items[i] for i in captions[:2])
+    objects = list(moved.scene.sorted().objects)
+    objects[0] = dataclasses.replace(objects[0], col=(objects[0].col + 1) % 3)
+    rows[captions[0]]["answer"] = join_list([object_with_place(o, moved.lang) for o in objects], moved.lang)
+    fewer = short.scene.sorted().objects[:-1]
+    rows[captions[1]]["answer"] = join_list([object_with_place(o, short.lang) for o in fewer], short.lang) \
+        if fewer else "yes"
+    answers.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    errors = score(out)["understanding"]["caption_errors"]
+    assert errors["column"] == pytest.approx(1 / errors["objects"])
+    assert errors["row"] == errors["size"] == errors["color"] == errors["shape"] == 0
+    assert errors["wrong_object_count"] == pytest.approx(1 / len(captions))

@@ -16,6 +16,7 @@ from nexusgen.worlds.shapes import (
     make_generation,
     make_understanding,
     render_scene,
+    sample_scene,
 )
 from nexusgen.worlds.shapes.language import RELATION_WORDS, SHAPE_WORDS, caption, place_phrase, reference
 from nexusgen.worlds.shapes.scene import relation_holds
@@ -222,3 +223,21 @@ def test_phrasings_vary():
     questions = {make_understanding(rng, "count", "en").question for rng in _rngs(60)}
     instructions = {make_edit(rng, "remove", "en").instruction.split(" the ")[0] for rng in _rngs(60)}
     assert len(questions) >= 8 and len(instructions) >= 4
+
+
+def test_read_caption_inverts_every_caption():
+    from nexusgen.worlds.shapes import language as L
+
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        scene = sample_scene(rng)
+        truth = [{"size": o.size, "color": o.color, "shape": o.shape, "cell": (o.row, o.col)}
+                 for o in scene.sorted().objects]
+        for lang in ("en", "zh"):
+            assert L.read_caption(L.caption(scene, lang), lang) == truth  # canonical: reading order
+            varied = L.read_caption(L.caption(scene, lang, rng), lang)  # synonyms, shuffled, lead-ins
+            assert sorted(varied, key=lambda o: o["cell"]) == truth
+    assert L.read_caption("yes", "en") is None and L.read_caption("", "zh") is None
+    assert L.read_caption("A small red circle and a blue square at the top.", "en") is None  # no place
+    with pytest.raises(ValueError, match="lang"):
+        L.read_caption("A red circle in the center.", "fr")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nexusgen.worlds.shapes import UND_TYPES, UnderstandItem, make_understanding, render_scene
+from nexusgen.worlds.shapes.language import read_caption
 
 from ..harness import batched, check_outputs, load_image, read_jsonl, save_image, write_jsonl
 from ..metrics import answer_matches, mean
@@ -55,7 +56,31 @@ def score(items: list[UnderstandItem], out_dir: Path) -> tuple[list[dict], dict]
     section = {"accuracy": mean(r["correct"] for r in main), "by_type": split_means(main, "correct", "type"),
                "n": len(main), "by_language": split_means(main, "correct", "lang"),
                "compositional": {"accuracy": mean(r["correct"] for r in comp), "n": len(comp)}}
+    captions = [(item, r) for item, r in zip(items, records) if item.qtype == "caption" and not r["compositional"]]
+    if captions:
+        section["caption_errors"] = caption_errors(captions)
     return records, section
+
+
+def caption_errors(captions: list[tuple[UnderstandItem, dict]]) -> dict:
+    """Where captions go wrong: per described object (captions that name as many objects as the scene
+    holds, compared in reading order), the share with a wrong size, colour, shape, row or column; and the
+    share of captions that name another number of objects or cannot be read."""
+    wrong = dict.fromkeys(("size", "color", "shape", "row", "column"), 0)
+    objects = miscounted = 0
+    for item, record in captions:
+        said, truth = read_caption(record["answer"], item.lang), item.scene.sorted().objects
+        if said is None or len(said) != len(truth):
+            miscounted += 1
+            continue
+        for got, obj in zip(said, truth):
+            objects += 1
+            for name, want, have in (("size", obj.size, got["size"]), ("color", obj.color, got["color"]),
+                                     ("shape", obj.shape, got["shape"]), ("row", obj.row, got["cell"][0]),
+                                     ("column", obj.col, got["cell"][1])):
+                wrong[name] += want != have
+    return {"objects": objects, **{k: (v / objects if objects else None) for k, v in wrong.items()},
+            "wrong_object_count": miscounted / len(captions)}
 
 
 def failure_tiles(items, records, out_dir: Path, limit: int) -> list[tuple[list, list[str]]]:

@@ -12,6 +12,8 @@ normaliser of the evaluation uses it.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .scene import Scene, ShapeObject
@@ -197,3 +199,30 @@ def count_of(n: int, shape: str | None, lang: str, rng=None, *, color: str | Non
         return " ".join([number_word(n, lang, rng), *color_words, noun])
     noun = shape_word(shape, lang, rng) if shape else "图形"
     return number_word(n, lang, rng) + "个" + (color_word(color, lang, rng) if color else "") + noun
+
+
+def _longest(part: str, table: dict, lang: str):
+    """The key of `table[lang]` whose longest surface form occurs in `part` (None if none does)."""
+    found = [(len(word), key) for key, words in table[lang].items() for word in words
+             if (re.search(rf"\b{re.escape(word)}\b", part) if lang == "en" else word in part)]
+    return max(found)[1] if found else None
+
+
+def read_caption(text: str, lang: str) -> list[dict] | None:
+    """Each described object's size, colour, shape and cell, in the caption's order: the inverse of
+    `caption` (any synonym, lead-ins skipped), for scoring captions attribute by attribute. None if a
+    part names a shape without a place or a place without a shape, or nothing is described."""
+    if lang not in LANGS:
+        raise ValueError(f"lang must be one of {LANGS}, got {lang!r}")
+    text = text.strip().rstrip(".。")
+    parts = re.split(r", | and " if lang == "en" else r"，|和", text)
+    objects = []
+    for part in parts:
+        fields = {"size": _longest(part, SIZE_WORDS, lang), "color": _longest(part, COLOR_WORDS, lang),
+                  "shape": _longest(part, SHAPE_WORDS, lang), "cell": _longest(part, PLACE_WORDS, lang)}
+        if fields["shape"] is None and fields["cell"] is None:
+            continue  # a lead-in ("一张图片，")
+        if fields["shape"] is None or fields["cell"] is None:
+            return None
+        objects.append(fields)
+    return objects or None
