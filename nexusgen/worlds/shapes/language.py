@@ -101,6 +101,11 @@ def _build_synonyms() -> dict[str, str]:
 SYNONYMS: dict[str, str] = _build_synonyms()
 
 
+def check_lang(lang: str) -> None:
+    if lang not in LANGS:
+        raise ValueError(f"unknown language {lang!r}; expected one of {LANGS}")
+
+
 def pick(options: list[str], rng: np.random.Generator | None) -> str:
     """The first (canonical) option without an rng, else a uniform draw."""
     return options[0] if rng is None else options[int(rng.integers(len(options)))]
@@ -212,8 +217,7 @@ def read_caption(text: str, lang: str) -> list[dict] | None:
     """Each described object's size, colour, shape and cell, in the caption's order: the inverse of
     `caption` (any synonym, lead-ins skipped), for scoring captions attribute by attribute. None if a
     part names a shape without a place or a place without a shape, or nothing is described."""
-    if lang not in LANGS:
-        raise ValueError(f"lang must be one of {LANGS}, got {lang!r}")
+    check_lang(lang)
     text = text.strip().rstrip(".。")
     parts = re.split(r", | and " if lang == "en" else r"，|和", text)
     objects = []

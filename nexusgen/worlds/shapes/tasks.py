@@ -265,15 +265,10 @@ def make_understanding(rng: np.random.Generator, qtype: str, lang: str = "en", *
     """A scene and one question about it with its exact (canonical) answer."""
     if qtype not in _QUESTIONS:
         raise ValueError(f"unknown question type {qtype!r}; expected one of {UND_TYPES}")
-    _check_lang(lang)
+    L.check_lang(lang)
     scene = _scene(rng, compositional, exclude, min_objects=2 if qtype == "relation" else 1)
     question, answer, *reasoning = _QUESTIONS[qtype](rng, scene, lang, exclude)
     return UnderstandItem(qtype, lang, scene, question, answer, compositional, *reasoning)
-
-
-def _check_lang(lang: str) -> None:
-    if lang not in L.LANGS:
-        raise ValueError(f"unknown language {lang!r}; expected one of {L.LANGS}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -431,7 +426,7 @@ def make_generation(rng: np.random.Generator, category: str, lang: str = "en", s
         raise ValueError(f"a short {category!r} prompt names no colour, so it cannot be compositional")
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
-    _check_lang(lang)
+    L.check_lang(lang)
     scene, extra = _generation_scene(rng, category, compositional, exclude)
     if style == "short":
         if layout == "canonical":
@@ -533,7 +528,7 @@ def make_edit(rng: np.random.Generator, etype: str, lang: str = "en", *, composi
     """A source scene, an instruction and the exact target scene."""
     if etype not in _EDITS:
         raise ValueError(f"unknown edit type {etype!r}; expected one of {EDIT_TYPES}")
-    _check_lang(lang)
+    L.check_lang(lang)
     fn, lo, hi = _EDITS[etype]
     source = _scene(rng, compositional, exclude, min_objects=lo, max_objects=hi)
     instruction, target, index = fn(rng, source, lang, exclude)
