@@ -5,7 +5,8 @@ A folder (ours: `MODEL/autoregressive/`; official: the top level of `Nexus-GenV2
 * `config.json` -- a Qwen2.5-VL config (5.x nested or the official 4.49-style flat layout);
 * `model.safetensors` or `model-*.safetensors` + `model.safetensors.index.json` -- Qwen2.5-VL tensors
   (5.x names `model.language_model.*`, `model.visual.*`, or 4.x names `model.layers.*`, `visual.*`) plus
-  `vision_head.weight` (D, D) and `image_prefill_embeds.weight` (N, D; absent in V1);
+  `vision_head.weight` (D, D) and `image_prefill_embeds.weight` (N, D; absent in V1), and
+  `input_image_positions.proj.weight` (D, 16) in models built with `ARConfig.input_image_positions`;
 * tokenizer files and `preprocessor_config.json`;
 * ours only: `nexusgen_ar.json` -- the ARConfig fields other than the Qwen config (N, output size, ...).
 
@@ -45,7 +46,7 @@ WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 FORMAT_VERSION = 1
-EXTRA_KEYS = ("vision_head.weight", "image_prefill_embeds.weight")
+EXTRA_KEYS = ("vision_head.weight", "image_prefill_embeds.weight", "input_image_positions.proj.weight")
 # V1 has no prefill table to read N from; it generated 9 x 9 = 81 tokens (252 px, `decoder_81_512.bin`).
 V1_OUTPUT_GRID_SIDE = 9
 # transformers 4.x checkpoint names -> 5.x names (what from_pretrained maps on load).

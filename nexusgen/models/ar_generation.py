@@ -197,8 +197,7 @@ class _GenerationState:
         grids = image_grid_thw if image_grid_thw is not None and image_grid_thw.numel() else None
         embeds = model.embed_tokens(ids)
         if grids is not None:
-            image_embeds = torch.cat(model.encode_images(pixel_values, grids))
-            embeds = model.splice_images(ids, embeds, image_embeds, mask)
+            embeds = model.splice_images(ids, embeds, model.embed_input_images(pixel_values, grids), mask)
         positions = model.compute_positions(ids, mask, grids)  # (3, B, L)
         self.last_ids = ids[:, -1]
         self.next_pos = positions[:, :, -1].max(0).values.tolist()  # position of the last prompt token

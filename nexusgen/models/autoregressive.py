@@ -38,6 +38,7 @@ from nexusgen.models.ar_presets import (  # noqa: F401 (re-exported: the presets
     AR_PRESETS,
     _rope,
 )
+from nexusgen.models.image_positions import InputImagePositions
 from nexusgen.processing.templates import CANONICAL_ANSWER_PREFIXES, DEFAULT_SYSTEM_PROMPT
 
 IGNORE_INDEX = -100
@@ -69,6 +70,9 @@ class ARConfig:
             ablation baseline: ground-truth embeddings in training, its own predictions fed back one
             token at a time at inference).
             A saved model folder always carries its own tokenizer files.
+        input_image_positions: add a learnt embedding of each input image token's normalised place to the
+            LLM's inputs (`image_positions.InputImagePositions`; not in Qwen2.5-VL or Nexus-Gen, whose
+            M-RoPE barely tells columns apart). Off for the official models.
     """
 
     qwen: dict
@@ -81,6 +85,7 @@ class ARConfig:
     answer_prefixes: dict[str, str] = field(default_factory=lambda: dict(CANONICAL_ANSWER_PREFIXES))
     tokenizer: str | None = None
     image_feed: str = "prefill"
+    input_image_positions: bool = False
 
     def __post_init__(self):
         if self.image_feed not in IMAGE_FEEDS:
@@ -193,6 +198,9 @@ class NexusGenARModel(nn.Module):
         if config.use_prefill_table:
             self.image_prefill_embeds = nn.Embedding(config.num_output_tokens, dim)
             nn.init.normal_(self.image_prefill_embeds.weight, std=std)
+        self.input_image_positions = None
+        if config.input_image_positions:
+            self.input_image_positions = InputImagePositions(dim, config.merge_size)
 
     # -- token ids (always from the config, never constants) ----------------------------------------
     @property
@@ -233,6 +241,15 @@ class NexusGenARModel(nn.Module):
         qwen.setdefault("text_config", {})["rope_parameters"] = dict(text.rope_parameters)
         self.config = replace(self.config, qwen=qwen)
 
+    def add_input_image_positions(self) -> None:
+        """Give a model (a trained one too) the input-image place embeddings, at zero: outputs unchanged
+        until they are trained (`ARConfig.input_image_positions`)."""
+        if self.input_image_positions is None:
+            weight = self.vision_head.weight
+            self.input_image_positions = InputImagePositions(self.config.hidden_size, self.config.merge_size).to(
+                device=weight.device, dtype=weight.dtype)
+        self.config = replace(self.config, input_image_positions=True)
+
     # -- building blocks ----------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
         """ViT + merger embeddings: the shared space (inputs of the LLM, targets of the vision head).
@@ -249,6 +266,23 @@ class NexusGenARModel(nn.Module):
         dtype = self.vlm.model.visual.dtype
         out = self.vlm.model.get_image_features(pixel_values.to(dtype), image_grid_thw, return_dict=True)
         return list(out.pooler_output)
+
+    def embed_input_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        """What the LLM reads at input image tokens: `encode_images`, concatenated, plus each token's place
+        embedding if the model has them. (T, D), images in order."""
+        return self.with_input_positions(torch.cat(self.encode_images(pixel_values, image_grid_thw)),
+                                         image_grid_thw)
+
+    def with_input_positions(self, image_embeds: torch.Tensor, image_grid_thw: torch.Tensor,
+                             skip: torch.Tensor | None = None) -> torch.Tensor:
+        """(T, D) image token embeddings plus their place embeddings (unchanged without the module);
+        `skip` (T,) bool marks tokens that get none (generated images' targets)."""
+        if self.input_image_positions is None:
+            return image_embeds
+        places = self.input_image_positions(image_grid_thw)
+        if skip is not None:
+            places = places.masked_fill(skip[:, None], 0.0)
+        return image_embeds + places.to(image_embeds.dtype)
 
     def image_token_counts(self, image_grid_thw: torch.Tensor) -> list[int]:
         """LLM tokens per image for (I, 3) patch grids."""
@@ -370,6 +404,8 @@ class NexusGenARModel(nn.Module):
             mse = cos = zero
         image_loss = 0.5 * mse + 0.5 * cos
         loss = token_weight * ce + image_weight * image_loss
+        if self.input_image_positions is not None:  # in the graph even without input images (DDP/FSDP)
+            loss = loss + 0.0 * self.input_image_positions.proj.weight.sum()
         return {"loss": loss, "ce": ce.detach(), "image_loss": image_loss.detach(),
                 "image_mse": mse.detach(), "image_cos": cos.detach()}
 
@@ -397,7 +433,7 @@ class NexusGenARModel(nn.Module):
             fill = targets
         else:
             fill = self.output_image_inputs(int(is_target.sum()))
-        spliced = all_embeds.to(fill.dtype).clone()
+        spliced = self.with_input_positions(all_embeds.to(fill.dtype).clone(), grids, skip=token_is_target)
         spliced[token_is_target] = fill.to(spliced.dtype)
         return self.splice_images(input_ids, inputs_embeds, spliced, mask), targets
 
@@ -455,8 +491,7 @@ class NexusGenARModel(nn.Module):
                              f"{self.vision_start_token_id}); got last tokens {ids[:, -1].tolist()}")
         embeds = self.embed_tokens(ids)
         if image_grid_thw is not None and image_grid_thw.numel():
-            per_image = self.encode_images(pixel_values, image_grid_thw)
-            embeds = self.splice_images(ids, embeds, torch.cat(per_image), mask)
+            embeds = self.splice_images(ids, embeds, self.embed_input_images(pixel_values, image_grid_thw), mask)
         else:
             image_grid_thw = None
         return ids, mask, image_grid_thw, embeds

@@ -155,7 +155,8 @@ class StageConfig:
     """Model preset used for the parts that the parent does not provide."""
     model: dict[str, Any] = field(default_factory=dict)
     """Keyword overrides of the trained part's config (e.g. AutoencoderKL kwargs for the vae stage); AR
-    stages also take `rope_theta`, which re-bases the LLM's M-RoPE (a parent's too)."""
+    stages also take `rope_theta`, which re-bases the LLM's M-RoPE (a parent's too), and
+    `input_image_positions` (true adds zero-initialised input-image place embeddings, to a parent too)."""
     trainable: list[str] = field(default_factory=list)
     """Sub-module name prefixes to train; empty = the stage's default. Everything else is frozen."""
     loss_weights: dict[str, float] = field(default_factory=dict)

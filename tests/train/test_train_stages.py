@@ -246,3 +246,23 @@ def test_ar_stage_rebases_a_parents_rope_theta(tmp_path):
         train(apply_overrides(get_recipe("tiny-ar"), [
             "max_steps=1", "save_every=0", "progress=false", f"stage.parent={parent}",
             'stage.model={"rope_theta": 100, "num_output_tokens": 4}']), tmp_path / "bad")
+
+
+def test_ar_stage_gives_a_parent_input_image_places(tmp_path):
+    """stage.model input_image_positions=true on a loaded parent: the module starts at zero, trains, and
+    the export carries it; false on a parent that has it (dropping trained weights) is refused."""
+    _require("ar")
+    from nexusgen.loading.autoregressive import load_autoregressive
+
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    train(apply_overrides(get_recipe("tiny-ar"), ["max_steps=1", "save_every=0", "progress=false"]), parent)
+    train(apply_overrides(get_recipe("tiny-ar"), [
+        "max_steps=2", "save_every=0", "progress=false", f"stage.parent={parent}",
+        'stage.model={"input_image_positions": true}']), child)
+    model = load_autoregressive(child / "final/autoregressive", device="cpu")[0]
+    assert model.config.input_image_positions
+    assert model.input_image_positions.proj.weight.abs().sum() > 0  # trained away from its zero start
+    with pytest.raises(ValueError, match="drop trained weights"):
+        train(apply_overrides(get_recipe("tiny-ar"), [
+            "max_steps=1", "save_every=0", "progress=false", f"stage.parent={child}",
+            'stage.model={"input_image_positions": false}']), tmp_path / "bad")

@@ -21,6 +21,8 @@ DEFAULT_LOSS_WEIGHTS = {"token": 1.0, "image": 1.0}
 # Module-name prefixes (under the training module's `model.`) of the trainable parts.
 AR_TRAINABLE = ("model.vlm.model.language_model", "model.vlm.lm_head", "model.vision_head",
                 "model.image_prefill_embeds")
+# Trained with them wherever the model has it (`ARConfig.input_image_positions`).
+INPUT_PLACES = "model.input_image_positions"
 
 
 class ARTrainModule(torch.nn.Module):
@@ -113,7 +115,7 @@ def build_ar_stage(config: TrainConfig, info: DistInfo, *, trainable, default_we
     if config.stage.gradient_checkpointing:
         model.vlm.gradient_checkpointing_enable()
     module = module_class(model, weights, ce_reduction=config.stage.ce_reduction).to(info.device)
-    set_trainable(module, trainable)
+    set_trainable(module, [*trainable, INPUT_PLACES] if model.input_image_positions is not None else trainable)
     vlm = model.vlm.model
 
     def export(trained: ARTrainModule, out_dir) -> None:

@@ -110,7 +110,8 @@ def build_autoregressive(config: TrainConfig, *, for_training: bool):
 
     `for_training` applies the top-level fields of stage.model to the preset (AR stages only), or to a
     parent's config where they leave the weights' shapes alone (e.g. `image_feed` for the ablation);
-    `rope_theta` re-bases the LLM's M-RoPE (`NexusGenARModel.set_rope_theta`).
+    `rope_theta` re-bases the LLM's M-RoPE (`NexusGenARModel.set_rope_theta`); `input_image_positions`
+    true gives a parent the input-image place embeddings, at zero (`add_input_image_positions`).
     """
     from nexusgen.loading import autoregressive as ar_loading
     from nexusgen.models.autoregressive import ARConfig
@@ -119,6 +120,7 @@ def build_autoregressive(config: TrainConfig, *, for_training: bool):
     overrides = dict(config.stage.model) if for_training else {}
     rope_theta = overrides.pop("rope_theta", None)
     folder = parent_part(config, "autoregressive")
+    places = overrides.pop("input_image_positions", None) if folder is not None else None
     if folder is not None:
         model, tokenizer, image_processor = ar_loading.load_autoregressive(folder, device="cpu",
                                                                            dtype=torch.float32)
@@ -130,11 +132,23 @@ def build_autoregressive(config: TrainConfig, *, for_training: bool):
         model, tokenizer, image_processor = ar_loading.build_autoregressive(ar_config)
     if rope_theta is not None:
         model.set_rope_theta(float(rope_theta))
+    if places is not None:
+        _set_input_image_positions(model, places, folder)
     return model, ImageOnlyProcessor(tokenizer, image_processor, model.config)
 
 
 # ARConfig fields that shape the weights: a loaded parent's cannot change.
 _WEIGHT_SHAPING = ("qwen", "num_output_tokens", "output_image_px", "use_prefill_table", "tokenizer")
+
+
+def _set_input_image_positions(model, on, folder: Path) -> None:
+    if on is True:
+        model.add_input_image_positions()
+    elif on is not False:
+        raise ValueError(f"stage.model input_image_positions must be true or false, got {on!r}")
+    elif model.input_image_positions is not None:
+        raise ValueError(f"stage.model input_image_positions=false would drop trained weights of the parent "
+                         f"{folder}; train from a preset (stage.parent=null) instead")
 
 
 def _override_loaded(ar_config, overrides: dict, folder: Path):
