@@ -279,10 +279,13 @@ class NexusGenARModel(nn.Module):
         `skip` (T,) bool marks tokens that get none (generated images' targets)."""
         if self.input_image_positions is None:
             return image_embeds
-        places = self.input_image_positions(image_grid_thw)
+        places = self.input_image_positions(image_grid_thw).to(image_embeds.dtype)
         if skip is not None:
             places = places.masked_fill(skip[:, None], 0.0)
-        return image_embeds + places.to(image_embeds.dtype)
+        # In units of each token's own RMS: ViT outputs are large (RMS ~3 per channel in shapes-mini), and a
+        # map that starts at zero and moves by ~lr per step would stay a rounding error next to them.
+        rms = image_embeds.detach().pow(2).mean(-1, keepdim=True).sqrt()
+        return image_embeds + places * rms
 
     def image_token_counts(self, image_grid_thw: torch.Tensor) -> list[int]:
         """LLM tokens per image for (I, 3) patch grids."""

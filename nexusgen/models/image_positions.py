@@ -4,11 +4,12 @@ Qwen2.5-VL's M-RoPE gives the column axis the lowest rotary frequencies of each 
 one column turns a query against a key by under 2e-4 rad, so the LLM can hardly tell an input image's
 columns apart, and its ViT (2-D RoPE, relative only) does not write absolute places into the tokens
 (training/shapes-mini/README.md measures what that costs). `InputImagePositions` adds, to every *input*
-image token, a learnt linear map of Fourier features of the token's normalised (row, column) centre.
-The map starts at zero, so a trained model gains the module without changing any output; normalised
-coordinates give tokens of a 4x4 and an 8x8 grid at the same place the same features, which is what an
-edit needs (output token k finds the source tokens at its place). Generated images need nothing: the
-prefill table already holds one learnt input per output place.
+image token, a learnt linear map of Fourier features of the token's normalised (row, column) centre, in
+units of the token's own RMS (`NexusGenARModel.with_input_positions`). The map starts at zero, so a
+trained model gains the module without changing any output; normalised coordinates give tokens of a 4x4
+and an 8x8 grid at the same place the same features, which is what an edit needs (output token k finds
+the source tokens at its place). Generated images need nothing: the prefill table already holds one
+learnt input per output place.
 """
 
 from __future__ import annotations

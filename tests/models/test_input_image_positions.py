@@ -116,3 +116,21 @@ def test_save_and_load_keep_the_places(pair, tmp_path):
                                                            '"input_image_positions": true'))
     with pytest.raises(ValueError, match="missing tensor 'input_image_positions.proj.weight'"):
         load_autoregressive(plain_folder, device="cpu")
+
+
+def test_places_are_in_units_of_each_tokens_rms(pair):
+    """embeds + proj(features) * RMS(embeds): a ViT token of RMS ~3 and one of RMS ~0.03 get places of the
+    same size relative to themselves."""
+    _, placed, _, _ = pair
+    model = copy.deepcopy(placed)
+    with torch.no_grad():
+        model.input_image_positions.proj.weight.normal_()
+    grids = torch.tensor([[1, 4, 4]])  # 2x2 tokens
+    embeds = torch.randn(4, model.config.hidden_size) * torch.tensor([3.0, 3.0, 0.03, 0.03])[:, None]
+    with torch.no_grad():
+        got = model.with_input_positions(embeds, grids)
+        places = place_features(grids, model.config.merge_size) @ model.input_image_positions.proj.weight.T
+    rms = embeds.pow(2).mean(-1, keepdim=True).sqrt()
+    assert torch.allclose(got, embeds + places * rms, atol=1e-5)
+    relative = (got - embeds).norm(dim=-1) / embeds.norm(dim=-1)
+    assert torch.allclose(relative, places.norm(dim=-1) / math.sqrt(model.config.hidden_size), rtol=1e-4)
