@@ -52,7 +52,7 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     for stage in PIPELINES["shapes-mini"]:
         config = get_recipe(f"shapes-mini-{stage}")
         assert config.stage.preset == "shapes-mini" and config.data.world == "shapes"
-    rounds = [f"ar_edit{n}" for n in range(2, 11)]
+    rounds = [f"ar_edit{n}" for n in range(2, 13)]
     assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "ar_more", "ar_edit", *rounds,
                                               "gen_decoder", "gen_decoder_more", "edit_decoder", "edit_decoder_more"]
     decoder_more = get_recipe("shapes-mini-gen_decoder_more")
@@ -60,7 +60,7 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     more = get_recipe("shapes-mini-ar_more")
     assert more.stage.name == "ar" and "reasoned_answers" not in more.data.world_options
     edits = get_recipe("shapes-mini-ar_edit")
-    assert [get_recipe(f"shapes-mini-{name}").seed for name in rounds] == [8, 9, 12, 13, 14, 16, 17, 18, 19]
+    assert [get_recipe(f"shapes-mini-{name}").seed for name in rounds] == [8, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
     assert edits.seed == 7
     assert edits.stage.name == "ar" and edits.data.tasks.count("edit") * 2 == len(edits.data.tasks)
     assert edits.stage.loss_weights == more.stage.loss_weights and edits.lr == more.lr
@@ -72,6 +72,8 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     assert dropout.stage.true_target_prob == 0.0
     rope = get_recipe("shapes-mini-ar_rope_theta")  # an experiment
     assert rope.stage.model == {"rope_theta": 100.0} and rope.data.tasks == edits.data.tasks
+    places = get_recipe("shapes-mini-ar_input_places")  # an experiment
+    assert places.stage.model == {"input_image_positions": True} and places.data.tasks == edits.data.tasks
     answers = get_recipe("shapes-mini-vlm_answers")
     assert answers.stage.name == "vlm" and answers.stage.ce_reduction == "sample"
     reasoning = get_recipe("shapes-mini-ar_reasoning")  # an experiment: a recipe, not a pipeline stage
