@@ -9,7 +9,8 @@ units of the token's own RMS (`NexusGenARModel.with_input_positions`). The map s
 trained model gains the module without changing any output; normalised coordinates give tokens of a 4x4
 and an 8x8 grid at the same place the same features, which is what an edit needs (output token k finds
 the source tokens at its place). Generated images need nothing: the prefill table already holds one
-learnt input per output place.
+learnt input per output place. On shapes-mini it has not paid off yet: scores within seed noise of the same
+training without it, relations still at chance (training/shapes-mini/README.md, sixth session).
 """
 
 from __future__ import annotations

@@ -228,6 +228,12 @@ def test_lora_run_exports_merged_weights_that_load(tmp_path):
     assert visual and all(torch.equal(state[k], start[k]) for k in visual)  # the ViT stayed frozen
 
 
+def _tiny_ar(out, *overrides: str, steps: int = 1) -> None:
+    """A short tiny-ar run into `out`, with more overrides."""
+    train(apply_overrides(get_recipe("tiny-ar"), [f"max_steps={steps}", "save_every=0", "progress=false",
+                                                  *overrides]), out)
+
+
 def test_ar_stage_rebases_a_parents_rope_theta(tmp_path):
     """stage.model rope_theta on a loaded parent: the export carries it (with the other overrides), and
     a field that would reshape the parent's weights is still refused."""
@@ -235,17 +241,13 @@ def test_ar_stage_rebases_a_parents_rope_theta(tmp_path):
     from nexusgen.loading.autoregressive import load_autoregressive
 
     parent, child = tmp_path / "parent", tmp_path / "child"
-    train(apply_overrides(get_recipe("tiny-ar"), ["max_steps=1", "save_every=0", "progress=false"]), parent)
-    train(apply_overrides(get_recipe("tiny-ar"), [
-        "max_steps=1", "save_every=0", "progress=false", f"stage.parent={parent}",
-        'stage.model={"rope_theta": 100, "image_feed": "predicted"}']), child)
+    _tiny_ar(parent)
+    _tiny_ar(child, f"stage.parent={parent}", 'stage.model={"rope_theta": 100, "image_feed": "predicted"}')
     model = load_autoregressive(child / "final/autoregressive", device="cpu")[0]
     assert model.config.qwen_config.text_config.rope_parameters["rope_theta"] == 100.0
     assert model.config.image_feed == "predicted"
     with pytest.raises(ValueError, match="would change the weights"):
-        train(apply_overrides(get_recipe("tiny-ar"), [
-            "max_steps=1", "save_every=0", "progress=false", f"stage.parent={parent}",
-            'stage.model={"rope_theta": 100, "num_output_tokens": 4}']), tmp_path / "bad")
+        _tiny_ar(tmp_path / "bad", f"stage.parent={parent}", 'stage.model={"rope_theta": 100, "num_output_tokens": 4}')
 
 
 def test_ar_stage_gives_a_parent_input_image_places(tmp_path):
@@ -255,14 +257,10 @@ def test_ar_stage_gives_a_parent_input_image_places(tmp_path):
     from nexusgen.loading.autoregressive import load_autoregressive
 
     parent, child = tmp_path / "parent", tmp_path / "child"
-    train(apply_overrides(get_recipe("tiny-ar"), ["max_steps=1", "save_every=0", "progress=false"]), parent)
-    train(apply_overrides(get_recipe("tiny-ar"), [
-        "max_steps=2", "save_every=0", "progress=false", f"stage.parent={parent}",
-        'stage.model={"input_image_positions": true}']), child)
+    _tiny_ar(parent)
+    _tiny_ar(child, f"stage.parent={parent}", 'stage.model={"input_image_positions": true}', steps=2)
     model = load_autoregressive(child / "final/autoregressive", device="cpu")[0]
     assert model.config.input_image_positions
     assert model.input_image_positions.proj.weight.abs().sum() > 0  # trained away from its zero start
     with pytest.raises(ValueError, match="drop trained weights"):
-        train(apply_overrides(get_recipe("tiny-ar"), [
-            "max_steps=1", "save_every=0", "progress=false", f"stage.parent={child}",
-            'stage.model={"input_image_positions": false}']), tmp_path / "bad")
+        _tiny_ar(tmp_path / "bad", f"stage.parent={child}", 'stage.model={"input_image_positions": false}')
