@@ -200,7 +200,7 @@ class NexusGenARModel(nn.Module):
             nn.init.normal_(self.image_prefill_embeds.weight, std=std)
         self.input_image_positions = None
         if config.input_image_positions:
-            self.input_image_positions = InputImagePositions(dim, config.merge_size)
+            self.add_input_image_positions()
 
     # -- token ids (always from the config, never constants) ----------------------------------------
     @property
@@ -273,15 +273,11 @@ class NexusGenARModel(nn.Module):
         return self.with_input_positions(torch.cat(self.encode_images(pixel_values, image_grid_thw)),
                                          image_grid_thw)
 
-    def with_input_positions(self, image_embeds: torch.Tensor, image_grid_thw: torch.Tensor,
-                             skip: torch.Tensor | None = None) -> torch.Tensor:
-        """(T, D) image token embeddings plus their place embeddings (unchanged without the module);
-        `skip` (T,) bool marks tokens that get none (generated images' targets)."""
+    def with_input_positions(self, image_embeds: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        """(T, D) image token embeddings plus their place embeddings (unchanged without the module)."""
         if self.input_image_positions is None:
             return image_embeds
         places = self.input_image_positions(image_grid_thw).to(image_embeds.dtype)
-        if skip is not None:
-            places = places.masked_fill(skip[:, None], 0.0)
         # In units of each token's own RMS: ViT outputs are large (RMS ~3 per channel in shapes-mini), and a
         # map that starts at zero and moves by ~lr per step would stay a rounding error next to them.
         rms = image_embeds.detach().pow(2).mean(-1, keepdim=True).sqrt()
@@ -436,8 +432,8 @@ class NexusGenARModel(nn.Module):
             fill = targets
         else:
             fill = self.output_image_inputs(int(is_target.sum()))
-        spliced = self.with_input_positions(all_embeds.to(fill.dtype).clone(), grids, skip=token_is_target)
-        spliced[token_is_target] = fill.to(spliced.dtype)
+        spliced = self.with_input_positions(all_embeds.to(fill.dtype).clone(), grids)
+        spliced[token_is_target] = fill.to(spliced.dtype)  # generated images: no places, the prefill table
         return self.splice_images(input_ids, inputs_embeds, spliced, mask), targets
 
     # -- inference ----------------------------------------------------------------------------------
