@@ -34,6 +34,7 @@ from nexusgen.train.config import (
     StageConfig,
     TrainConfig,
 )
+from nexusgen.worlds.shapes import UND_TYPES
 
 IMAGE_PX = 64
 PRESET = "shapes-mini"
@@ -167,6 +168,17 @@ def shapes_mini_ar_input_places() -> TrainConfig:
     return config
 
 
+def shapes_mini_ar_where() -> TrainConfig:
+    """An experiment, not a stage of the bundled model: `ar_edit` (seed 23, as `ar_edit14` of the plain
+    chain) with "where is the red circle?" questions added to the understanding mix (a seventh of them).
+    A relation needs that lookup twice; alone, from bundle v9 with input places, 600 steps of it reached
+    0.54 exact places (chance 0.11), relations still at chance (training/shapes-mini/README.md)."""
+    config = shapes_mini_ar_edit()
+    config.seed = 23
+    config.data.world_options["und_types"] = [*UND_TYPES, "where"]
+    return config
+
+
 def shapes_mini_gen_decoder() -> TrainConfig:
     """Phase 2: reconstruct the image from its own ViT embeddings. The preset places the 16 context tokens
     on the image grid (`DecoderConfig.generation_context_ids="grid"`): with upstream's all-zero ids the DiT
@@ -251,6 +263,7 @@ STAGES = {
 EXPERIMENTS = {"ar_reasoning": shapes_mini_ar_reasoning,
                "ar_rope_theta": shapes_mini_ar_rope_theta,
                "ar_input_places": shapes_mini_ar_input_places,
+               "ar_where": shapes_mini_ar_where,
                "edit_decoder_predicted_targets": shapes_mini_edit_decoder_predicted_targets,
                "edit_decoder_reference_dropout": shapes_mini_edit_decoder_reference_dropout}
 """Recipes measured but not part of the pipeline (training/shapes-mini/README.md has their results)."""

@@ -34,6 +34,7 @@ from .tasks import (
     EDIT_TYPES,
     LAYOUTS,
     TRAIN_GEN_CATEGORIES,
+    TRAIN_UND_TYPES,
     UND_TYPES,
     make_edit,
     make_generation,
@@ -96,9 +97,9 @@ class SampleConfig:
         if bad or not self.tasks:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
         self.und_types = tuple(self.und_types)  # JSON configs bring lists
-        bad = [t for t in self.und_types if t not in UND_TYPES]
+        bad = [t for t in self.und_types if t not in TRAIN_UND_TYPES]
         if bad or not self.und_types:
-            raise ValueError(f"und_types must be a non-empty subset of {UND_TYPES}, got {self.und_types}")
+            raise ValueError(f"und_types must be a non-empty subset of {TRAIN_UND_TYPES}, got {self.und_types}")
         if self.prompt_style not in ("short", "detailed", "mixed"):
             raise ValueError(f"prompt_style must be short, detailed or mixed, got {self.prompt_style!r}")
         if self.short_layout not in LAYOUTS:

@@ -44,6 +44,10 @@ from .scene import (
 )
 
 UND_TYPES = ("count", "color", "shape", "relation", "binding", "caption")
+# Training adds "where" ("Where is the red circle?" -> "in the top left"): a relation question needs that
+# step twice, and an answer of nine places teaches it with a denser signal than one yes/no. Evaluation
+# keeps UND_TYPES, so scores stay comparable across models.
+TRAIN_UND_TYPES = (*UND_TYPES, "where")
 GEN_CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 # Training adds "scene": any 1-4 object scene, always with a detailed prompt (it has no short form).
 TRAIN_GEN_CATEGORIES = (*GEN_CATEGORIES, "scene")
@@ -227,6 +231,15 @@ def relation_reasoning(scene: Scene, a, b, truth: bool, lang: str) -> str:
     return f"{listing}。{ref_a}在{place_a}，{ref_b}在{place_b}，所以{answer}。"
 
 
+def _where_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]:
+    """Content to place, the inverse of "what shape is in the top left?": the answer is the object's
+    canonical place phrase."""
+    obj = _choice(rng, scene.objects)
+    q = _fill(rng, {"en": ["Where is {A}?", "Where is {A} in the image?", "In which part of the picture is {A}?"],
+                    "zh": ["{A}在哪里？", "{A}在图中的什么位置？"]}[lang], A=L.reference(obj, lang, rng))
+    return q[0].upper() + q[1:], L.place_phrase(obj.cell, lang)
+
+
 def _binding_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]:
     truth = bool(rng.random() < 0.5)
     if truth:
@@ -257,14 +270,15 @@ def _caption_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]:
 
 
 _QUESTIONS = {"count": _count_question, "color": _color_question, "shape": _shape_question,
-              "relation": _relation_question, "binding": _binding_question, "caption": _caption_question}
+              "relation": _relation_question, "binding": _binding_question, "caption": _caption_question,
+              "where": _where_question}
 
 
 def make_understanding(rng: np.random.Generator, qtype: str, lang: str = "en", *, compositional: bool = False,
                        exclude: frozenset = HELD_OUT_COMBOS) -> UnderstandItem:
     """A scene and one question about it with its exact (canonical) answer."""
     if qtype not in _QUESTIONS:
-        raise ValueError(f"unknown question type {qtype!r}; expected one of {UND_TYPES}")
+        raise ValueError(f"unknown question type {qtype!r}; expected one of {TRAIN_UND_TYPES}")
     L.check_lang(lang)
     scene = _scene(rng, compositional, exclude, min_objects=2 if qtype == "relation" else 1)
     question, answer, *reasoning = _QUESTIONS[qtype](rng, scene, lang, exclude)
