@@ -99,11 +99,14 @@ def test_from_pretrained_of_a_saved_folder_equals_the_in_memory_model(memory, fo
     prompts = ["a red circle", "两个绿色的三角形"]
     torch.testing.assert_close(loaded.predict_image_embeds(prompts), memory.predict_image_embeds(prompts),
                                atol=0, rtol=0)
+    # Same weights, buffers and inputs; the images may still differ by one level where a pixel sits on a
+    # rounding boundary: CPU kernels can take another vectorised path for differently aligned buffers
+    # (seen on an AMD EPYC host: one pixel of an edit, by 1).
     for a, b in zip(loaded.generate(prompts, seed=2), memory.generate(prompts, seed=2), strict=True):
-        assert np.array_equal(_array(a), _array(b))
+        assert np.abs(_array(a) - _array(b)).max() <= 1
     source = Image.new("RGB", (80, 64), (200, 30, 30))
     edits = [m.edit(source, "make it blue") for m in (loaded, memory)]
-    assert np.array_equal(_array(edits[0]), _array(edits[1]))
+    assert np.abs(_array(edits[0]) - _array(edits[1])).max() <= 1
     answers = [m.understand(source, "what?", max_new_tokens=6) for m in (loaded, memory)]
     assert answers[0] == answers[1]
 

@@ -52,21 +52,26 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     for stage in PIPELINES["shapes-mini"]:
         config = get_recipe(f"shapes-mini-{stage}")
         assert config.stage.preset == "shapes-mini" and config.data.world == "shapes"
-    rounds = [f"ar_edit{n}" for n in range(2, 13)]
+    rounds = [f"ar_edit{n}" for n in range(2, 15)]
     assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "ar_more", "ar_edit", *rounds,
-                                              "gen_decoder", "gen_decoder_more", "edit_decoder", "edit_decoder_more"]
+                                              "gen_decoder", "gen_decoder_more", "edit_decoder", "edit_decoder_more",
+                                              "edit_decoder_more2", "edit_decoder_more3"]
     decoder_more = get_recipe("shapes-mini-gen_decoder_more")
     assert decoder_more.stage.name == "gen_decoder" and decoder_more.stage.model["generation_context_ids"] == "grid"
     more = get_recipe("shapes-mini-ar_more")
     assert more.stage.name == "ar" and "reasoned_answers" not in more.data.world_options
     edits = get_recipe("shapes-mini-ar_edit")
-    assert [get_recipe(f"shapes-mini-{name}").seed for name in rounds] == [8, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
+    seeds = [get_recipe(f"shapes-mini-{name}").seed for name in rounds]
+    assert seeds == [8, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21, 22, 23]
     assert edits.seed == 7
     assert edits.stage.name == "ar" and edits.data.tasks.count("edit") * 2 == len(edits.data.tasks)
     assert edits.stage.loss_weights == more.stage.loss_weights and edits.lr == more.lr
     edit_decoder = get_recipe("shapes-mini-edit_decoder")
     assert edit_decoder.stage.reference_dropout_prob == 0.0 and edit_decoder.stage.true_target_prob == 1.0
     assert get_recipe("shapes-mini-edit_decoder_predicted_targets").stage.true_target_prob == 0.0  # upstream's
+    decoder_rounds = [get_recipe(f"shapes-mini-edit_decoder_more{n}") for n in (2, 3)]
+    assert [c.seed for c in decoder_rounds] == [24, 25]
+    assert all(c.stage == get_recipe("shapes-mini-edit_decoder_more").stage for c in decoder_rounds)
     dropout = get_recipe("shapes-mini-edit_decoder_reference_dropout")  # an experiment
     assert dropout.stage.name == "edit_decoder" and dropout.stage.reference_dropout_prob == 0.5
     assert dropout.stage.true_target_prob == 0.0
@@ -74,6 +79,10 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     assert rope.stage.model == {"rope_theta": 100.0} and rope.data.tasks == edits.data.tasks
     places = get_recipe("shapes-mini-ar_input_places")  # an experiment
     assert places.stage.model == {"input_image_positions": True} and places.data.tasks == edits.data.tasks
+    where = get_recipe("shapes-mini-ar_where")  # an experiment
+    assert where.data.world_options["und_types"][-1] == "where" and where.data.tasks == edits.data.tasks
+    asked = [generated_messages(where)[0][i] for i in range(96)]
+    assert any(r["source"].endswith("/where") for r in asked)
     answers = get_recipe("shapes-mini-vlm_answers")
     assert answers.stage.name == "vlm" and answers.stage.ce_reduction == "sample"
     reasoning = get_recipe("shapes-mini-ar_reasoning")  # an experiment: a recipe, not a pipeline stage
