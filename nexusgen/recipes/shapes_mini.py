@@ -174,8 +174,10 @@ def shapes_mini_ar_input_places() -> TrainConfig:
 def shapes_mini_ar_where() -> TrainConfig:
     """An experiment, not a stage of the bundled model: `ar_edit` (seed 23, as `ar_edit14` of the plain
     chain) with "where is the red circle?" questions added to the understanding mix (a seventh of them).
-    A relation needs that lookup twice; alone, from bundle v9 with input places, 600 steps of it reached
-    0.54 exact places (chance 0.11), relations still at chance (training/shapes-mini/README.md)."""
+    A relation needs that lookup twice; alone, from bundle v9, 600 steps of it reached 0.54 exact places
+    (chance 0.11; 0.50 without input places). In the mix, against `ar_edit14`: where 0.30 exact,
+    understanding 0.83 vs 0.82 (relations 0.55 vs 0.49), editing 0.6625 vs 0.6675, within noise
+    (training/shapes-mini/README.md)."""
     config = shapes_mini_ar_edit()
     config.seed = 23
     config.data.world_options["und_types"] = [*UND_TYPES, "where"]
@@ -231,8 +233,9 @@ def shapes_mini_edit_decoder_more() -> TrainConfig:
 def shapes_mini_edit_decoder_again(seed: int) -> TrainConfig:
     """Stage edit_decoder_more once more, from the last one's export, with another seed: its held-out flow
     loss was still falling within a round (0.0118 -> 0.0092 from step 250 to 500 in the first, 0.0087 ->
-    0.0067 in the second, on each run's own held-out batch), and with bundle v9's AR model the second took
-    editing from 0.63 to 0.6475 (training/shapes-mini/README.md)."""
+    0.0067 in the second, on each run's own held-out batch), and with bundle v9's AR model the second and
+    third took editing from 0.63 to 0.6475 and 0.6875, from true embeddings 0.81 -> 0.855 after both
+    (training/shapes-mini/README.md)."""
     config = shapes_mini_edit_decoder_more()
     config.seed = seed
     return config
