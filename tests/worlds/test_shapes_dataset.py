@@ -101,8 +101,8 @@ def test_und_types_weight_the_question_mix_and_leave_the_default_stream_alone():
     only = SampleConfig(image_size=32, tasks=("understand",), und_types=["relation"])  # a JSON list is fine
     assert only.und_types == ("relation",)
     assert {make_sample(i, config=only).type for i in range(12)} == {"relation"}
-    assert {make_sample(i, config=SampleConfig(tasks=("understand",), und_types=["where"])).type
-            for i in range(4)} == {"where"}  # training-only types are allowed here
+    where = SampleConfig(image_size=32, tasks=("understand",), und_types=["where"])  # a training-only type
+    assert {make_sample(i, config=where).type for i in range(4)} == {"where"}
     with pytest.raises(ValueError, match="und_types"):
         SampleConfig(und_types=["why"])
     weighted = SampleConfig(image_size=32, tasks=("understand",), und_types=("count", "count", "count", "caption"))

@@ -237,7 +237,7 @@ def _where_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]:
     obj = _choice(rng, scene.objects)
     q = _fill(rng, {"en": ["Where is {A}?", "Where is {A} in the image?", "In which part of the picture is {A}?"],
                     "zh": ["{A}在哪里？", "{A}在图中的什么位置？"]}[lang], A=L.reference(obj, lang, rng))
-    return q[0].upper() + q[1:], L.place_phrase(obj.cell, lang)
+    return q, L.place_phrase(obj.cell, lang)
 
 
 def _binding_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]:
