@@ -261,6 +261,12 @@ def shapes_mini_edit_decoder_reference_dropout() -> TrainConfig:
     return config
 
 
+
+def _rounds(name: str, again, seeds) -> dict:
+    """Stages `name2`, `name3`, ...: `again(seed)` for each seed in turn, each from the last one's export."""
+    return {f"{name}{n}": functools.partial(again, seed) for n, seed in enumerate(seeds, start=2)}
+
+
 STAGES = {
     "vae": shapes_mini_vae,
     "vlm": shapes_mini_vlm,
@@ -268,14 +274,12 @@ STAGES = {
     "ar": shapes_mini_ar,
     "ar_more": shapes_mini_ar_more,
     "ar_edit": shapes_mini_ar_edit,
-    **{f"ar_edit{n}": functools.partial(shapes_mini_ar_edit_again, seed)
-       for n, seed in enumerate(AR_EDIT_ROUND_SEEDS, start=2)},
+    **_rounds("ar_edit", shapes_mini_ar_edit_again, AR_EDIT_ROUND_SEEDS),
     "gen_decoder": shapes_mini_gen_decoder,
     "gen_decoder_more": shapes_mini_gen_decoder_more,
     "edit_decoder": shapes_mini_edit_decoder,
     "edit_decoder_more": shapes_mini_edit_decoder_more,
-    **{f"edit_decoder_more{n}": functools.partial(shapes_mini_edit_decoder_again, seed)
-       for n, seed in enumerate(EDIT_DECODER_ROUND_SEEDS, start=2)},
+    **_rounds("edit_decoder_more", shapes_mini_edit_decoder_again, EDIT_DECODER_ROUND_SEEDS),
 }
 """The shapes-mini pipeline, in training order."""
 EXPERIMENTS = {"ar_reasoning": shapes_mini_ar_reasoning,
