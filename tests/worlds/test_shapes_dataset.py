@@ -129,9 +129,17 @@ def test_reasoned_answers_replace_only_the_answers_that_have_reasoning():
             assert answer in ("yes", "no", "是", "否") and said != answer and said.rstrip(".。").endswith(answer)
         else:
             assert said == answer
+    last = [make_sample(i, config=SampleConfig(**fields, reasoned_answers=True, reasoning_steps="last"))
+            for i in range(16)]
+    for p, r, s in zip(plain, reasoned, last):
+        full, short = r.messages[1]["content"], s.messages[1]["content"]
+        assert p.messages[0] == s.messages[0]
+        assert short == full if p.type == "count" else (full.endswith(short) and len(short) < len(full))
 
 
 def test_bad_configs_are_rejected():
+    with pytest.raises(ValueError, match="reasoning_steps"):
+        SampleConfig(reasoning_steps="first")
     with pytest.raises(ValueError, match="held-out"):
         SampleConfig(split="train", compositional_fraction=0.1)
     with pytest.raises(ValueError, match="tasks"):

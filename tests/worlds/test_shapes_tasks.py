@@ -108,6 +108,10 @@ def test_relation_reasoning_lists_places_restates_a_and_b_and_ends_with_the_answ
         assert item.reasoning.rstrip("。.").endswith(item.answer), item.reasoning
         assert answer_matches(item.reasoning, item.answer, "relation"), item.reasoning
         assert not answer_matches(item.reasoning, opposite[item.answer], "relation"), item.reasoning
+        # The last step alone (`reasoning_steps="last"`) is the conclusion, scored the same way.
+        assert item.reasoning.endswith(item.conclusion) and item.conclusion.lower().startswith(said_a)
+        assert answer_matches(item.conclusion, item.answer, "relation"), item.conclusion
+        assert not answer_matches(item.conclusion, opposite[item.answer], "relation"), item.conclusion
     for qtype in ("count", "caption"):
         assert make_understanding(rng, qtype, lang).reasoning == ""
 

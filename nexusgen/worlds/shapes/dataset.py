@@ -76,6 +76,8 @@ class SampleConfig:
     reasoned_answers: bool = False
     """Answer with the item's reasoning where it has one (relations: each object's place, then yes/no):
     a 4-layer LLM stayed at chance on direct yes/no relations after 26k relation-only samples."""
+    reasoning_steps: str = "all"
+    """With `reasoned_answers`: "all" the steps, or "last" (relations: only where A and B are, then yes/no)."""
     split: str = "train"
     """"train" (held-out pairs never appear) or "test"."""
     prompt_style: str = "mixed"
@@ -100,6 +102,8 @@ class SampleConfig:
         bad = [t for t in self.und_types if t not in TRAIN_UND_TYPES]
         if bad or not self.und_types:
             raise ValueError(f"und_types must be a non-empty subset of {TRAIN_UND_TYPES}, got {self.und_types}")
+        if self.reasoning_steps not in ("all", "last"):
+            raise ValueError(f"reasoning_steps must be all or last, got {self.reasoning_steps!r}")
         if self.prompt_style not in ("short", "detailed", "mixed"):
             raise ValueError(f"prompt_style must be short, detailed or mixed, got {self.prompt_style!r}")
         if self.short_layout not in LAYOUTS:
@@ -137,6 +141,13 @@ def _messages(user: str, assistant: str) -> list[dict]:
     return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
 
 
+def _answer(item, config: SampleConfig) -> str:
+    """The training answer: the item's reasoning (all of it, or its last step) where asked for and it has one."""
+    if config.reasoned_answers:
+        return (item.conclusion if config.reasoning_steps == "last" else item.reasoning) or item.answer
+    return item.answer
+
+
 def make_sample(index: int, *, seed: int = 0, config: SampleConfig | None = None) -> Sample:
     """Sample `index` of the stream (split, seed): deterministic, random access."""
     config = config or SampleConfig()
@@ -152,7 +163,7 @@ def make_sample(index: int, *, seed: int = 0, config: SampleConfig | None = None
                                   compositional=compositional, exclude=HELD_OUT_COMBOS)
         return Sample(sample_id, task, item.qtype, lang, [render_scene(item.scene, size)],
                       _messages(UND_USER.format(question=item.question),
-                                (config.reasoned_answers and item.reasoning) or item.answer),
+                                _answer(item, config)),
                       {**meta, "type": item.qtype, "scenes": [item.scene.to_dict()]})
     if task == "generate":
         style = config.prompt_style

@@ -70,6 +70,8 @@ class UnderstandItem:
     """The answer with the steps that lead to it (relations: where each object is, then yes/no); empty
     for types answered directly. Training may use it (`SampleConfig.reasoned_answers`); scoring reads
     the yes/no it ends with."""
+    conclusion: str = ""
+    """The reasoning's last step alone (relations: where A and B are, then yes/no; `relation_conclusion`)."""
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "scene": self.scene.to_dict()}
@@ -205,7 +207,7 @@ def _relation_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str,
                     "zh": ["{A}在{B}的{r}吗？", "{A}是否位于{B}的{r}？"]}[lang], **words)
     if lang == "en":
         q = q[0].upper() + q[1:]
-    return q, L.YES_NO[lang][truth], relation_reasoning(scene, a, b, truth, lang)
+    return q, L.YES_NO[lang][truth], relation_reasoning(scene, a, b, truth, lang), relation_conclusion(a, b, truth, lang)
 
 
 def relation_reasoning(scene: Scene, a, b, truth: bool, lang: str) -> str:
@@ -218,17 +220,23 @@ def relation_reasoning(scene: Scene, a, b, truth: bool, lang: str) -> str:
     both, not the content (training/shapes-mini/README.md). Canonical words only (no rng, so the sample
     stream is the same with or without reasoning); the answer is the only yes/no word.
     """
-    def said(o) -> tuple[str, str]:
-        return L.reference(o, lang), L.place_phrase(o.cell, lang)
+    if lang == "en":
+        listing = L.join_list([f"{L.reference(o, lang)} is {L.place_phrase(o.cell, lang)}"
+                               for o in scene.sorted().objects], lang)
+        return f"{listing[0].upper()}{listing[1:]}. {relation_conclusion(a, b, truth, lang)}"
+    listing = "，".join(f"{L.reference(o, lang)}在{L.place_phrase(o.cell, lang)}" for o in scene.sorted().objects)
+    return f"{listing}。{relation_conclusion(a, b, truth, lang)}"
 
-    (ref_a, place_a), (ref_b, place_b) = said(a), said(b)
+
+def relation_conclusion(a, b, truth: bool, lang: str) -> str:
+    """A's and B's places, then the answer: "The red circle is in the top left and the blue square is on the
+    right, so no." Each place is the answer to a "where" question, so this chains two lookups the model
+    can learn alone (`_where_question`) with a comparison of two place phrases in its own text."""
+    (ref_a, place_a), (ref_b, place_b) = ((L.reference(o, lang), L.place_phrase(o.cell, lang)) for o in (a, b))
     answer = L.YES_NO[lang][truth]
     if lang == "en":
-        listing = L.join_list([f"{ref} is {place}" for ref, place in map(said, scene.sorted().objects)], lang)
-        conclusion = f"{ref_a} is {place_a} and {ref_b} is {place_b}, so {answer}."
-        return f"{listing[0].upper()}{listing[1:]}. {conclusion[0].upper()}{conclusion[1:]}"
-    listing = "，".join(f"{ref}在{place}" for ref, place in map(said, scene.sorted().objects))
-    return f"{listing}。{ref_a}在{place_a}，{ref_b}在{place_b}，所以{answer}。"
+        return f"{ref_a[0].upper()}{ref_a[1:]} is {place_a} and {ref_b} is {place_b}, so {answer}."
+    return f"{ref_a}在{place_a}，{ref_b}在{place_b}，所以{answer}。"
 
 
 def _where_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]:
