@@ -262,7 +262,6 @@ def shapes_mini_edit_decoder_reference_dropout() -> TrainConfig:
     return config
 
 
-
 def _rounds(name: str, again, seeds) -> dict:
     """Stages `name2`, `name3`, ...: `again(seed)` for each seed in turn, each from the last one's export."""
     return {f"{name}{n}": functools.partial(again, seed) for n, seed in enumerate(seeds, start=2)}

@@ -207,11 +207,16 @@ def _relation_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str,
                     "zh": ["{A}在{B}的{r}吗？", "{A}是否位于{B}的{r}？"]}[lang], **words)
     if lang == "en":
         q = q[0].upper() + q[1:]
-    answer = L.YES_NO[lang][truth]
-    return q, answer, relation_reasoning(scene, a, b, truth, lang), relation_conclusion(a, b, truth, lang)
+    conclusion = relation_conclusion(a, b, truth, lang)
+    return q, L.YES_NO[lang][truth], relation_reasoning(scene, conclusion, lang), conclusion
 
 
-def relation_reasoning(scene: Scene, a, b, truth: bool, lang: str) -> str:
+def _said(obj, lang: str) -> tuple[str, str]:
+    """An object's canonical reference and place phrase, as the reasoning states them."""
+    return L.reference(obj, lang), L.place_phrase(obj.cell, lang)
+
+
+def relation_reasoning(scene: Scene, conclusion: str, lang: str) -> str:
     """Every object's place in reading order, then A's and B's again and the answer: "The red circle is in
     the top left and the blue square is on the right. The red circle is in the top left and the blue
     square is on the right, so no." Each step is meant to be one the model can take: listing reads the
@@ -219,14 +224,14 @@ def relation_reasoning(scene: Scene, a, b, truth: bool, lang: str) -> str:
     (Naming A and B and their places outright asks the model to find an object by its description and
     read off its place, which is the relation question again.) The 4.9 M shapes-mini learnt the form of
     both, not the content (training/shapes-mini/README.md). Canonical words only (no rng, so the sample
-    stream is the same with or without reasoning); the answer is the only yes/no word.
+    stream is the same with or without reasoning); the answer is the only yes/no word. `conclusion` is
+    `relation_conclusion`'s last step.
     """
+    said = [_said(o, lang) for o in scene.sorted().objects]
     if lang == "en":
-        listing = L.join_list([f"{L.reference(o, lang)} is {L.place_phrase(o.cell, lang)}"
-                               for o in scene.sorted().objects], lang)
-        return f"{listing[0].upper()}{listing[1:]}. {relation_conclusion(a, b, truth, lang)}"
-    listing = "，".join(f"{L.reference(o, lang)}在{L.place_phrase(o.cell, lang)}" for o in scene.sorted().objects)
-    return f"{listing}。{relation_conclusion(a, b, truth, lang)}"
+        listing = L.join_list([f"{ref} is {place}" for ref, place in said], lang)
+        return f"{listing[0].upper()}{listing[1:]}. {conclusion}"
+    return "，".join(f"{ref}在{place}" for ref, place in said) + f"。{conclusion}"
 
 
 def relation_conclusion(a, b, truth: bool, lang: str) -> str:
@@ -235,7 +240,7 @@ def relation_conclusion(a, b, truth: bool, lang: str) -> str:
     can learn alone (`_where_question`) with a comparison of two place phrases in its own text. Trained on
     this alone (`SampleConfig.reasoning_steps="last"`), shapes-mini learnt neither step in 900 steps
     (training/shapes-mini/README.md)."""
-    (ref_a, place_a), (ref_b, place_b) = ((L.reference(o, lang), L.place_phrase(o.cell, lang)) for o in (a, b))
+    (ref_a, place_a), (ref_b, place_b) = _said(a, lang), _said(b, lang)
     answer = L.YES_NO[lang][truth]
     if lang == "en":
         return f"{ref_a[0].upper()}{ref_a[1:]} is {place_a} and {ref_b} is {place_b}, so {answer}."
