@@ -241,6 +241,35 @@ class NexusGenARModel(nn.Module):
         qwen.setdefault("text_config", {})["rope_parameters"] = dict(text.rope_parameters)
         self.config = replace(self.config, qwen=qwen)
 
+    def add_identity_layers(self, count: int) -> None:
+        """Deepen the LLM by `count` decoder layers that start as the identity (block expansion, as in
+        LLaMA Pro): layer i's copy goes right after it, for `count` layers spread evenly over the stack,
+        with its attention output and MLP down projections zeroed, so the model computes exactly what it
+        did until the new layers are trained (also in the config that gets saved)."""
+        layers = self.vlm.model.language_model.layers
+        old = len(layers)
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= old:
+            raise ValueError(f"add_layers must be in 1..{old} (one copy per existing layer at most), got {count!r}")
+        copied = {int(i) for i in torch.linspace(0, old - 1, count).round().long()}
+        text = self.vlm.config.text_config
+        grown, types = [], []
+        for i, layer in enumerate(layers):
+            grown.append(layer)
+            types.append(text.layer_types[i])
+            if i in copied:
+                grown.append(_identity_copy(layer))
+                types.append(text.layer_types[i])
+        for index, layer in enumerate(grown):  # the KV cache is indexed by layer
+            layer.self_attn.layer_idx = index
+        self.vlm.model.language_model.layers = nn.ModuleList(grown)
+        text.num_hidden_layers, text.layer_types = len(grown), types
+        qwen = copy.deepcopy(self.config.qwen)
+        qwen_text = qwen.setdefault("text_config", {})
+        qwen_text["num_hidden_layers"] = len(grown)
+        if "layer_types" in qwen_text:  # a loaded model's config lists them; a preset's does not
+            qwen_text["layer_types"] = list(types)
+        self.config = replace(self.config, qwen=qwen)
+
     def add_input_image_positions(self) -> None:
         """Give a model (a trained one too) the input-image place embeddings, at zero: outputs unchanged
         until they are trained (`ARConfig.input_image_positions`)."""
@@ -550,3 +579,15 @@ def sample_mean(values: torch.Tensor, sample_index: torch.Tensor, num_samples: i
     counts = torch.bincount(sample_index, minlength=num_samples)
     present = counts > 0
     return (sums[present] / counts[present]).mean()
+
+
+def _identity_copy(layer: nn.Module) -> nn.Module:
+    """A copy of a pre-norm decoder layer whose residual branches write zeros: both sub-blocks end in a
+    bias-free projection (attention o_proj, MLP down_proj), so zeroing those makes the layer the identity
+    while the copied weights before them give the new layer a trained start once the zeros move."""
+    new = copy.deepcopy(layer)
+    for projection in (new.self_attn.o_proj, new.mlp.down_proj):
+        if projection.bias is not None:
+            raise ValueError("add_layers needs bias-free output projections (Qwen2.5-VL's are)")
+        nn.init.zeros_(projection.weight)
+    return new

@@ -264,3 +264,20 @@ def test_ar_stage_gives_a_parent_input_image_places(tmp_path):
     assert model.input_image_positions.proj.weight.abs().sum() > 0  # trained away from its zero start
     with pytest.raises(ValueError, match="drop trained weights"):
         _tiny_ar(tmp_path / "bad", f"stage.parent={child}", 'stage.model={"input_image_positions": false}')
+
+
+def test_ar_stage_deepens_a_parents_llm(tmp_path):
+    """stage.model add_layers on a loaded parent: the export has the deeper LLM, its new layers trained away
+    from their zero start; resuming rebuilds the same depth; from a preset it is refused."""
+    _require("ar")
+    from nexusgen.loading.autoregressive import load_autoregressive
+
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    _tiny_ar(parent)
+    depth = len(load_autoregressive(parent / "final/autoregressive", device="cpu")[0].vlm.model.language_model.layers)
+    _tiny_ar(child, f"stage.parent={parent}", 'stage.model={"add_layers": 1}', steps=2)
+    layers = load_autoregressive(child / "final/autoregressive", device="cpu")[0].vlm.model.language_model.layers
+    assert len(layers) == depth + 1
+    assert layers[1].self_attn.o_proj.weight.abs().sum() > 0  # the copy of layer 0, trained
+    with pytest.raises(ValueError, match="from a preset"):
+        _tiny_ar(tmp_path / "bad", 'stage.model={"add_layers": 1}')

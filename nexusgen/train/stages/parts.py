@@ -111,7 +111,8 @@ def build_autoregressive(config: TrainConfig, *, for_training: bool):
     `for_training` applies the top-level fields of stage.model to the preset (AR stages only), or to a
     parent's config where they leave the weights' shapes alone (e.g. `image_feed` for the ablation);
     `rope_theta` re-bases the LLM's M-RoPE (`NexusGenARModel.set_rope_theta`); `input_image_positions`
-    true gives a parent the input-image place embeddings, at zero (`add_input_image_positions`).
+    true gives a parent the input-image place embeddings, at zero (`add_input_image_positions`);
+    `add_layers` n deepens a parent's LLM by n layers that start as the identity (`add_identity_layers`).
     """
     from nexusgen.loading import autoregressive as ar_loading
     from nexusgen.models.autoregressive import ARConfig
@@ -121,6 +122,10 @@ def build_autoregressive(config: TrainConfig, *, for_training: bool):
     rope_theta = overrides.pop("rope_theta", None)
     folder = parent_part(config, "autoregressive")
     places = overrides.pop("input_image_positions", None) if folder is not None else None
+    add_layers = overrides.pop("add_layers", None)
+    if add_layers is not None and folder is None:
+        raise ValueError("stage.model add_layers deepens a parent's LLM; from a preset set "
+                         "qwen.text_config.num_hidden_layers instead")
     if folder is not None:
         model, tokenizer, image_processor = ar_loading.load_autoregressive(folder, device="cpu",
                                                                            dtype=torch.float32)
@@ -134,6 +139,8 @@ def build_autoregressive(config: TrainConfig, *, for_training: bool):
         model.set_rope_theta(float(rope_theta))
     if places is not None:
         _set_input_image_positions(model, places, folder)
+    if add_layers is not None:
+        model.add_identity_layers(add_layers)
     return model, ImageOnlyProcessor(tokenizer, image_processor, model.config)
 
 
