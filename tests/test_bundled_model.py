@@ -14,9 +14,9 @@ from nexusgen.loading.folder import BUNDLED
 from nexusgen.pipelines.demo import run_demo
 
 EVAL = ShapesEvalConfig(num=24, seed=4242, worst=2)
-# Measured on these items (19 in-distribution per task) when the model was bundled (v12): understanding 0.89,
-# generation 1.00, editing success 0.84 (16 of 19) with PSNR outside the edit 31.1 dB (guidance 2; v11: 0.84,
-# 1.00, 0.89, 30.5 dB). The blank model scores 0.11, 0.0, 0.0 and 19.4 dB. Floors sit a third or more below the model.
+# Measured on these items (19 in-distribution per task) when the model was bundled (v13): understanding 0.84,
+# generation 1.00, editing success 0.79 (15 of 19) with PSNR outside the edit 31.4 dB (guidance 2; v12: 0.89,
+# 1.00, 0.84, 31.1 dB). The blank model scores 0.11, 0.0, 0.0 and 19.4 dB. Floors sit a third or more below the model.
 FLOORS = {("understanding", "accuracy"): 0.53, ("generation", "overall"): 0.56, ("editing", "success"): 0.5,
           ("editing", "psnr_outside"): 23.0}
 

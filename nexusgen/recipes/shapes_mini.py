@@ -1,6 +1,6 @@
 """The bundled miniature Nexus-Gen, trained from scratch on ShapesWorld (64-px images), on a 2-core CPU.
 
-`nexusgen train shapes-mini --out RUN` runs the twenty-eight stages in order, each in `RUN/<stage>/` and each
+`nexusgen train shapes-mini --out RUN` runs the twenty-nine stages in order, each in `RUN/<stage>/` and each
 starting from the previous stage's exported folder:
 
     vae          AutoencoderKL /4 (16x16x16 latents) on rendered scenes
@@ -10,7 +10,7 @@ starting from the previous stage's exported folder:
     ar           Nexus-Gen phase 1: ViT frozen; text + image-embedding regression on all three tasks
     ar_more      stage ar continued for 2,000 steps, the LR warmed up again
     ar_edit      1,500 more, half the samples edits (the AR model carried too little of each edit)
-    ar_edit2..17 ar_edit sixteen times more, each from the last (AR_EDIT_ROUND_SEEDS)
+    ar_edit2..18 ar_edit seventeen times more, each from the last (AR_EDIT_ROUND_SEEDS)
     gen_decoder  phase 2: adapter + DiT from ground-truth ViT embeddings (10% conditioning dropout, so
                  guidance needs no T5); the context tokens carry their grid places as RoPE ids
     gen_decoder_more  gen_decoder continued for 2,000 steps, the LR warmed up again
@@ -50,7 +50,7 @@ LM_BETAS = (0.9, 0.95)
 REASONING_MIX = ("count", "color", "shape", "binding", "relation", "relation", "relation", "caption", "caption")
 # Seeds of stage ar_edit's repeats, ar_edit2, ar_edit3, ...: each round is a run of its own from the last
 # one's export, the LR warmed up again.
-AR_EDIT_ROUND_SEEDS = (8, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26)
+AR_EDIT_ROUND_SEEDS = (8, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27)
 # Seeds of stage edit_decoder_more's repeats, edit_decoder_more2, ...: as AR_EDIT_ROUND_SEEDS.
 EDIT_DECODER_ROUND_SEEDS = (24, 25)
 WORLD = {"prompt_style": "mixed", "detailed_fraction": 0.5, "zh_fraction": 0.3, "short_layout": "canonical"}
@@ -123,12 +123,13 @@ def shapes_mini_ar_edit() -> TrainConfig:
 
 
 def shapes_mini_ar_edit_again(seed: int) -> TrainConfig:
-    """Stage ar_edit once more, from the last one's export, with another seed: each of sixteen rounds took
-    the edit embedding gain up (0.62 -> 0.69 -> 0.73 -> 0.78 -> 0.81 -> 0.84 -> 0.85 -> 0.86 -> 0.86 -> 0.87
-    -> 0.88 -> 0.88 -> 0.89 -> 0.89 -> 0.90 -> 0.90 -> 0.91) and understanding mostly with it (0.73 -> 0.78
-    after five, 0.79-0.805 after seven and eight, 0.8275 after nine, 0.8425 after eleven, 0.82 after
-    thirteen, 0.845 after sixteen; the 400-item score moves by about 0.02 between seeds), while generation
-    held (0.975 -> 1.00). With bundle v11's editing decoder the last three took editing 0.805 -> 0.82 (bundle v12)."""
+    """Stage ar_edit once more, from the last one's export, with another seed: each of seventeen rounds
+    took the edit embedding gain up or kept it (0.62 -> 0.69 -> 0.73 -> 0.78 -> 0.81 -> 0.84 -> 0.85 -> 0.86
+    -> 0.86 -> 0.87 -> 0.88 -> 0.88 -> 0.89 -> 0.89 -> 0.90 -> 0.90 -> 0.91 -> 0.91) and understanding mostly
+    with it (0.73 -> 0.78 after five, 0.79-0.805 after seven and eight, 0.8275 after nine, 0.8425 after
+    eleven, 0.82 after thirteen, 0.845 after sixteen and seventeen; the 400-item score moves by about 0.02
+    between seeds), while generation held (0.975 -> 1.00). With bundle v11's editing decoder the last four
+    took editing 0.805 -> 0.82 (bundle v12) -> 0.8375 (bundle v13)."""
     config = shapes_mini_ar_edit()
     config.seed = seed
     return config

@@ -52,7 +52,7 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     for stage in PIPELINES["shapes-mini"]:
         config = get_recipe(f"shapes-mini-{stage}")
         assert config.stage.preset == "shapes-mini" and config.data.world == "shapes"
-    rounds = [f"ar_edit{n}" for n in range(2, 18)]
+    rounds = [f"ar_edit{n}" for n in range(2, 19)]
     assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "ar_more", "ar_edit", *rounds,
                                               "gen_decoder", "gen_decoder_more", "edit_decoder", "edit_decoder_more",
                                               "edit_decoder_more2", "edit_decoder_more3"]
@@ -62,7 +62,7 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     assert more.stage.name == "ar" and "reasoned_answers" not in more.data.world_options
     edits = get_recipe("shapes-mini-ar_edit")
     seeds = [get_recipe(f"shapes-mini-{name}").seed for name in rounds]
-    assert seeds == [8, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26]
+    assert seeds == [8, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27]
     assert edits.seed == 7
     assert edits.stage.name == "ar" and edits.data.tasks.count("edit") * 2 == len(edits.data.tasks)
     assert edits.stage.loss_weights == more.stage.loss_weights and edits.lr == more.lr

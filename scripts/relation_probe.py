@@ -1,0 +1,86 @@
+"""Where a model's relation answers fail: the two lookups ("where is A?") or the comparison.
+
+    python scripts/relation_probe.py MODEL [--num 200] [--consistency 160]
+
+Prints JSON: exact "where" accuracy (with the row and the column alone) and relation accuracy on `--num`
+test-split items each (70% English), then, on `--consistency` English relation items, how often the model
+finds both objects when asked where each is, how often its yes/no is right on exactly those items, and
+how often it says yes at all (training/shapes-mini/README.md, the relation pilots). Items whose question
+names an object with a synonym the canonical reference does not match are left out of the second part.
+"""
+
+import argparse
+import json
+
+import numpy as np
+
+from nexusgen import NexusGen
+from nexusgen.eval.metrics import answer_matches
+from nexusgen.worlds.shapes import language as L
+from nexusgen.worlds.shapes import make_understanding, render_scene
+
+CELL_OF_PLACE = {w: cell for lang in L.PLACE_WORDS.values() for cell, words in lang.items() for w in words}
+BATCH = 16
+
+
+def _ask(model, scenes, questions, max_new_tokens=80):
+    answers = []
+    for s in range(0, len(questions), BATCH):
+        answers += model.understand([render_scene(sc, 64) for sc in scenes[s:s + BATCH]],
+                                    questions[s:s + BATCH], max_new_tokens=max_new_tokens)
+    return answers
+
+
+def _cell(answer: str):
+    return CELL_OF_PLACE.get(answer.strip().rstrip(".").lower())
+
+
+def where_and_relation(model, num: int) -> dict:
+    out = {}
+    for qtype in ("where", "relation"):
+        items = [make_understanding(np.random.default_rng([777, i]), qtype, "en" if i % 10 < 7 else "zh")
+                 for i in range(num)]
+        answers = _ask(model, [it.scene for it in items], [it.question for it in items])
+        out[qtype] = float(np.mean([answer_matches(a, it.answer, it.qtype) for a, it in zip(answers, items)]))
+        if qtype == "where":  # which axis the wrong answers miss
+            got, want = [_cell(a) for a in answers], [CELL_OF_PLACE[it.answer] for it in items]
+            for axis, name in ((0, "where_row"), (1, "where_col")):
+                out[name] = float(np.mean([g is not None and g[axis] == w[axis] for g, w in zip(got, want)]))
+    return out
+
+
+def _named_pair(item):
+    """(A, B) of a relation question, found by their canonical references in it; None if not both found."""
+    question = item.question.lower()
+    found = sorted((question.find(L.reference(o, "en")), i) for i, o in enumerate(item.scene.objects)
+                   if question.find(L.reference(o, "en")) >= 0)
+    return None if len(found) < 2 else (item.scene.objects[found[0][1]], item.scene.objects[found[-1][1]])
+
+
+def lookup_consistency(model, num: int) -> dict:
+    items = [make_understanding(np.random.default_rng([778, i]), "relation", "en") for i in range(num)]
+    items = [(it, pair) for it in items if (pair := _named_pair(it)) is not None]
+    scenes = [it.scene for it, _ in items]
+    relation = _ask(model, scenes, [it.question for it, _ in items], max_new_tokens=8)
+    where = [_ask(model, scenes, [f"Where is {L.reference(pair[k], 'en')}?" for _, pair in items], 8) for k in (0, 1)]
+    both = np.array([_cell(wa) == tuple(a.cell) and _cell(wb) == tuple(b.cell)
+                     for wa, wb, (_, (a, b)) in zip(*where, items)])
+    right = np.array([answer_matches(r, it.answer, it.qtype) for r, (it, _) in zip(relation, items)])
+    return {"items": len(items), "both_lookups_right": float(both.mean()),
+            "relation_when_both_right": float(right[both].mean()) if both.any() else None,
+            "relation_otherwise": float(right[~both].mean()) if (~both).any() else None,
+            "says_yes": float(np.mean([r.strip().lower().startswith("yes") for r in relation]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="a model folder or name")
+    parser.add_argument("--num", type=int, default=200, help="where and relation items each")
+    parser.add_argument("--consistency", type=int, default=160, help="English relation items to probe")
+    args = parser.parse_args()
+    model = NexusGen.from_pretrained(args.model, progress=False)
+    print(json.dumps({**where_and_relation(model, args.num), **lookup_consistency(model, args.consistency)}))
+
+
+if __name__ == "__main__":
+    main()
