@@ -275,9 +275,13 @@ def test_ar_stage_deepens_a_parents_llm(tmp_path):
     parent, child = tmp_path / "parent", tmp_path / "child"
     _tiny_ar(parent)
     depth = len(load_autoregressive(parent / "final/autoregressive", device="cpu")[0].vlm.model.language_model.layers)
-    _tiny_ar(child, f"stage.parent={parent}", 'stage.model={"add_layers": 1}', steps=2)
+    deeper = [f"stage.parent={parent}", 'stage.model={"add_layers": 1}']
+    _tiny_ar(child, *deeper, steps=2)
     layers = load_autoregressive(child / "final/autoregressive", device="cpu")[0].vlm.model.language_model.layers
     assert len(layers) == depth + 1
     assert layers[1].self_attn.o_proj.weight.abs().sum() > 0  # the copy of layer 0, trained
+    config = apply_overrides(get_recipe("tiny-ar"), ["max_steps=3", "save_every=1", "progress=false", *deeper])
+    train(apply_overrides(config, ["max_steps=2"]), tmp_path / "resumed")
+    assert train(config, tmp_path / "resumed", resume=True)["resumed_from"] == 2  # the checkpoint fits
     with pytest.raises(ValueError, match="from a preset"):
         _tiny_ar(tmp_path / "bad", 'stage.model={"add_layers": 1}')
