@@ -1,16 +1,21 @@
 """Where a model's relation answers fail: the two lookups ("where is A?") or the comparison.
 
-    python scripts/relation_probe.py MODEL [--num 200] [--consistency 160]
+    python scripts/relation_probe.py MODEL [--num 200] [--consistency 160] [--chain 112]
 
 Prints JSON: exact "where" accuracy (with the row and the column alone) and relation accuracy on `--num`
 test-split items each (70% English), then, on `--consistency` English relation items, how often the model
 finds both objects when asked where each is, how often its yes/no is right on exactly those items, and
 how often it says yes at all (training/shapes-mini/README.md, the relation pilots). Items whose question
 names an object with a synonym the canonical reference does not match are left out of the second part.
+With `--chain N`, for a model that answers "A is P and B is Q, so yes." (`reasoning_steps="last"`): on N
+English relation items, the share of answers in that form, how many state both places right, and how many
+end in the yes/no that the places they state imply (the comparison alone, right or wrong places).
 """
 
 import argparse
+import dataclasses
 import json
+import re
 
 import numpy as np
 
@@ -18,6 +23,7 @@ from nexusgen import NexusGen
 from nexusgen.eval.metrics import answer_matches
 from nexusgen.worlds.shapes import language as L
 from nexusgen.worlds.shapes import make_understanding, render_scene
+from nexusgen.worlds.shapes.scene import relation_holds
 
 CELL_OF_PLACE = {w: cell for lang in L.PLACE_WORDS.values() for cell, words in lang.items() for w in words}
 BATCH = 16
@@ -61,7 +67,7 @@ def lookup_consistency(model, num: int) -> dict:
     items = [make_understanding(np.random.default_rng([778, i]), "relation", "en") for i in range(num)]
     items = [(it, pair) for it in items if (pair := _named_pair(it)) is not None]
     scenes = [it.scene for it, _ in items]
-    relation = _ask(model, scenes, [it.question for it, _ in items], max_new_tokens=8)
+    relation = _ask(model, scenes, [it.question for it, _ in items])
     where = [_ask(model, scenes, [f"Where is {L.reference(pair[k], 'en')}?" for _, pair in items], 8) for k in (0, 1)]
     both = np.array([_cell(wa) == tuple(a.cell) and _cell(wb) == tuple(b.cell)
                      for wa, wb, (_, (a, b)) in zip(*where, items)])
@@ -69,7 +75,41 @@ def lookup_consistency(model, num: int) -> dict:
     return {"items": len(items), "both_lookups_right": float(both.mean()),
             "relation_when_both_right": float(right[both].mean()) if both.any() else None,
             "relation_otherwise": float(right[~both].mean()) if (~both).any() else None,
-            "says_yes": float(np.mean([r.strip().lower().startswith("yes") for r in relation]))}
+            "says_yes": float(np.mean([_last_word(r) == "yes" for r in relation]))}
+
+
+def _last_word(answer: str) -> str:
+    """The yes/no of a direct answer ("Yes.") or of a chain ("..., so no.")."""
+    words = answer.strip().rstrip(".").lower().split()
+    return words[-1] if words else ""
+
+
+CHAIN = re.compile(r"(.+?) is (.+?) and (.+?) is (.+?), so (yes|no)\.?$")
+
+
+def _relation_word(question: str) -> str:
+    q = question.lower()
+    return next(rel for rel, words in sorted(L.RELATION_WORDS["en"].items()) for w in words if f" {w} " in q)
+
+
+def chain_consistency(model, num: int) -> dict:
+    items = [make_understanding(np.random.default_rng([778, i]), "relation", "en") for i in range(num)]
+    answers = _ask(model, [it.scene for it in items], [it.question for it in items])
+    parsed = places_right = consistent = 0
+    for it, answer in zip(items, answers):
+        m = CHAIN.match(answer.strip())
+        if not m or m.group(2) not in CELL_OF_PLACE or m.group(4) not in CELL_OF_PLACE:
+            continue
+        parsed += 1
+        said = {L.reference(o, "en"): o for o in it.scene.objects}
+        a, b = said.get(m.group(1).lower()), said.get(m.group(3).lower())
+        (ra, ca), (rb, cb) = CELL_OF_PLACE[m.group(2)], CELL_OF_PLACE[m.group(4)]
+        places_right += a is not None and b is not None and (ra, ca) == tuple(a.cell) and (rb, cb) == tuple(b.cell)
+        anchor = it.scene.objects[0]  # any object, moved to the stated places
+        stated_a, stated_b = dataclasses.replace(anchor, row=ra, col=ca), dataclasses.replace(anchor, row=rb, col=cb)
+        consistent += (m.group(5) == "yes") == relation_holds(stated_a, stated_b, _relation_word(it.question))
+    return {"chain_items": num, "chain_parsed": parsed / num, "chain_both_places_right": places_right,
+            "chain_consistent_with_stated_places": consistent}
 
 
 def main() -> None:
@@ -77,9 +117,11 @@ def main() -> None:
     parser.add_argument("model", help="a model folder or name")
     parser.add_argument("--num", type=int, default=200, help="where and relation items each")
     parser.add_argument("--consistency", type=int, default=160, help="English relation items to probe")
+    parser.add_argument("--chain", type=int, default=0, help="English relation items answered as a chain")
     args = parser.parse_args()
     model = NexusGen.from_pretrained(args.model, progress=False)
-    print(json.dumps({**where_and_relation(model, args.num), **lookup_consistency(model, args.consistency)}))
+    chain = chain_consistency(model, args.chain) if args.chain else {}
+    print(json.dumps({**where_and_relation(model, args.num), **lookup_consistency(model, args.consistency), **chain}))
 
 
 if __name__ == "__main__":
