@@ -58,8 +58,8 @@ def where_and_relation(model, num: int) -> dict:
 def _named_pair(item):
     """(A, B) of a relation question, found by their canonical references in it; None if not both found."""
     question = item.question.lower()
-    found = sorted((question.find(L.reference(o, "en")), i) for i, o in enumerate(item.scene.objects)
-                   if question.find(L.reference(o, "en")) >= 0)
+    starts = [(question.find(L.reference(o, "en")), i) for i, o in enumerate(item.scene.objects)]
+    found = sorted((start, i) for start, i in starts if start >= 0)
     return None if len(found) < 2 else (item.scene.objects[found[0][1]], item.scene.objects[found[-1][1]])
 
 

@@ -237,9 +237,7 @@ class NexusGenARModel(nn.Module):
         language_model = self.vlm.model.language_model
         device = language_model.rotary_emb.inv_freq.device
         language_model.rotary_emb = type(language_model.rotary_emb)(config=text).to(device)
-        qwen = copy.deepcopy(self.config.qwen)
-        qwen.setdefault("text_config", {})["rope_parameters"] = dict(text.rope_parameters)
-        self.config = replace(self.config, qwen=qwen)
+        self._record_text_config(rope_parameters=dict(text.rope_parameters))
 
     def add_identity_layers(self, count: int) -> None:
         """Deepen the LLM by `count` decoder layers that start as the identity (block expansion, as in
@@ -263,11 +261,13 @@ class NexusGenARModel(nn.Module):
             layer.self_attn.layer_idx = index
         self.vlm.model.language_model.layers = nn.ModuleList(grown)
         text.num_hidden_layers, text.layer_types = len(grown), types
+        self._record_text_config(num_hidden_layers=len(grown), layer_types=list(types))
+
+    def _record_text_config(self, **fields) -> None:
+        """Write a change made to the live LLM's config into `config.qwen` too, so that the config this model
+        is rebuilt or described from agrees with its weights."""
         qwen = copy.deepcopy(self.config.qwen)
-        qwen_text = qwen.setdefault("text_config", {})
-        qwen_text["num_hidden_layers"] = len(grown)
-        if "layer_types" in qwen_text:  # a loaded model's config lists them; a preset's does not
-            qwen_text["layer_types"] = list(types)
+        qwen.setdefault("text_config", {}).update(fields)
         self.config = replace(self.config, qwen=qwen)
 
     def add_input_image_positions(self) -> None:
