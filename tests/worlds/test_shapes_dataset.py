@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,13 @@ def test_reasoned_answers_replace_only_the_answers_that_have_reasoning():
         full, short = r.messages[1]["content"], s.messages[1]["content"]
         assert p.messages[0] == s.messages[0]
         assert short == full if p.type == "count" else (full.endswith(short) and len(short) < len(full))
+    ordered = [make_sample(i, config=SampleConfig(**fields, reasoned_answers=True, reasoning_steps="ordered"))
+               for i in range(16)]
+    for p, o in zip(plain, ordered):
+        said = o.messages[1]["content"]
+        assert p.messages[0] == o.messages[0]
+        assert said == p.messages[1]["content"] if p.type == "count" else said.rstrip(".。").endswith(
+            p.messages[1]["content"]) and re.search(r"(column|row|列|行)", said)
 
 
 def test_bad_configs_are_rejected():

@@ -1,5 +1,7 @@
 """ShapesWorld items: answers are true of their scenes, specs hold, edits change exactly what they say."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -114,6 +116,31 @@ def test_relation_reasoning_lists_places_restates_a_and_b_and_ends_with_the_answ
         assert not answer_matches(item.conclusion, opposite[item.answer], "relation"), item.conclusion
     for qtype in ("count", "caption"):
         assert make_understanding(rng, qtype, lang).reasoning == ""
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_relation_comparison_states_two_true_numbers_and_yes_exactly_when_the_first_is_smaller(lang):
+    """`reasoning_steps="ordered"`: both objects with their true row or column (the relation's axis), ordered
+    so that the answer, which `relation_holds` decided, is yes exactly when the first number is smaller."""
+    opposite = {"yes": "no", "no": "yes", "是": "否", "否": "是"}
+    axis_of = {"column": 1, "row": 0, "列": 1, "行": 0}
+    said_axis = r"\b(column|row) \d" if lang == "en" else r"第\d(列|行)"  # ("brown" holds "row")
+    rng = np.random.default_rng(8)
+    for _ in range(150):
+        item = make_understanding(rng, "relation", lang)
+        text = item.comparison
+        found = sorted((text.lower().find(reference(o, lang)), o) for o in item.scene.objects
+                       if reference(o, lang) in text.lower())
+        assert len(found) == 2, text
+        numbers = [int(n) for n in re.findall(r"\d", text)]
+        (axis,) = {axis_of[word] for word in re.findall(said_axis, text)}
+        assert numbers == [o.cell[axis] + 1 for _, o in found], text
+        assert (numbers[0] < numbers[1]) == (item.answer in ("yes", "是")), text
+        if lang == "en":  # the axis is the question's: columns for left/right, rows for above/below
+            assert (axis == 1) == any(w in item.question for w in ("left", "right")), (item.question, text)
+        assert answer_matches(text, item.answer, "relation") and not answer_matches(
+            text, opposite[item.answer], "relation"), text
+    assert make_understanding(rng, "count", lang).comparison == ""
 
 
 def _question_objects(item):

@@ -43,6 +43,9 @@ from .tasks import (
 
 TASKS = ("understand", "generate", "edit")
 SPLITS = ("train", "test")
+# `SampleConfig.reasoning_steps` -> the `UnderstandItem` field a reasoned answer is.
+_REASONING_FIELD = {"all": "reasoning", "last": "conclusion", "ordered": "comparison"}
+REASONING_STEPS = tuple(_REASONING_FIELD)
 # Random-stream domains: train, test and the evaluation harness never share a stream, whatever the seed.
 STREAM_DOMAINS = {"train": 0x5A11, "test": 0x7E57, "eval": 0xE7A1}
 GEN_USER = {"en": "Generate an image according to the following description: {prompt}",
@@ -77,7 +80,8 @@ class SampleConfig:
     """Answer with the item's reasoning where it has one (relations: each object's place, then yes/no):
     a 4-layer LLM stayed at chance on direct yes/no relations after 26k relation-only samples."""
     reasoning_steps: str = "all"
-    """With `reasoned_answers`: "all" the steps, or "last" (relations: only where A and B are, then yes/no)."""
+    """With `reasoned_answers`: "all" the steps, "last" (relations: only where A and B are, then yes/no) or
+    "ordered" (relations: the two numbers to compare, smaller first wins; `tasks.relation_comparison`)."""
     split: str = "train"
     """"train" (held-out pairs never appear) or "test"."""
     prompt_style: str = "mixed"
@@ -102,8 +106,8 @@ class SampleConfig:
         bad = [t for t in self.und_types if t not in TRAIN_UND_TYPES]
         if bad or not self.und_types:
             raise ValueError(f"und_types must be a non-empty subset of {TRAIN_UND_TYPES}, got {self.und_types}")
-        if self.reasoning_steps not in ("all", "last"):
-            raise ValueError(f"reasoning_steps must be all or last, got {self.reasoning_steps!r}")
+        if self.reasoning_steps not in REASONING_STEPS:
+            raise ValueError(f"reasoning_steps must be one of {REASONING_STEPS}, got {self.reasoning_steps!r}")
         if self.prompt_style not in ("short", "detailed", "mixed"):
             raise ValueError(f"prompt_style must be short, detailed or mixed, got {self.prompt_style!r}")
         if self.short_layout not in LAYOUTS:
@@ -144,7 +148,7 @@ def _messages(user: str, assistant: str) -> list[dict]:
 def _answer(item, config: SampleConfig) -> str:
     """The training answer: the item's reasoning (all of it, or its last step) where asked for and it has one."""
     if config.reasoned_answers:
-        return (item.conclusion if config.reasoning_steps == "last" else item.reasoning) or item.answer
+        return getattr(item, _REASONING_FIELD[config.reasoning_steps]) or item.answer
     return item.answer
 
 
