@@ -7,9 +7,10 @@ test-split items each (70% English), then, on `--consistency` English relation i
 finds both objects when asked where each is, how often its yes/no is right on exactly those items, and
 how often it says yes at all (training/shapes-mini/README.md, the relation pilots). Items whose question
 names an object with a synonym the canonical reference does not match are left out of the second part.
-With `--chain N`, for a model that answers "A is P and B is Q, so yes." (`reasoning_steps="last"`): on N
-English relation items, the share of answers in that form, how many state both places right, and how many
-end in the yes/no that the places they state imply (the comparison alone, right or wrong places).
+With `--chain N`, for a model that answers "A is P and B is Q, so yes." (`reasoning_steps="last"`) or "A is
+in column 1 and B is in column 3, so yes." ("ordered"): on N English relation items, the share of answers in
+that form, how many state both places (numbers) right, and how many end in the yes/no that the places they
+state imply (the comparison alone, right or wrong places).
 """
 
 import argparse
@@ -85,6 +86,7 @@ def _last_word(answer: str) -> str:
 
 
 CHAIN = re.compile(r"(.+?) is (.+?) and (.+?) is (.+?), so (yes|no)\.?$")
+ORDERED = re.compile(r"(.+?) is in (column|row) (\d) and (.+?) is in (column|row) (\d), so (yes|no)\.?$")
 
 
 def _relation_word(question: str) -> str:
@@ -97,6 +99,10 @@ def chain_consistency(model, num: int) -> dict:
     answers = _ask(model, [it.scene for it in items], [it.question for it in items])
     parsed = places_right = consistent = 0
     for it, answer in zip(items, answers):
+        if ORDERED.match(answer.strip()):
+            parsed, places_right, consistent = (x + y for x, y in zip((parsed, places_right, consistent),
+                                                                      _ordered_step(it, answer.strip())))
+            continue
         m = CHAIN.match(answer.strip())
         if not m or m.group(2) not in CELL_OF_PLACE or m.group(4) not in CELL_OF_PLACE:
             continue
@@ -112,6 +118,18 @@ def chain_consistency(model, num: int) -> dict:
             "chain_consistent_with_stated_places": consistent}
 
 
+def _ordered_step(item, answer: str) -> tuple[int, int, int]:
+    """(parsed, both numbers right, yes/no consistent with them) of "A is in column 1 and B is in column 3,
+    so yes." (`reasoning_steps="ordered"`: yes exactly when the first number is smaller)."""
+    m = ORDERED.match(answer)
+    said = {L.reference(o, "en"): o for o in item.scene.objects}
+    a, b = said.get(m.group(1).lower()), said.get(m.group(4).lower())
+    axis_a, axis_b = (1 if m.group(k) == "column" else 0 for k in (2, 5))
+    n_a, n_b = int(m.group(3)), int(m.group(6))
+    right = a is not None and b is not None and n_a == a.cell[axis_a] + 1 and n_b == b.cell[axis_b] + 1
+    return 1, int(right), int((m.group(7) == "yes") == (n_a < n_b))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a model folder or name")
@@ -121,7 +139,8 @@ def main() -> None:
     args = parser.parse_args()
     model = NexusGen.from_pretrained(args.model, progress=False)
     chain = chain_consistency(model, args.chain) if args.chain else {}
-    print(json.dumps({**where_and_relation(model, args.num), **lookup_consistency(model, args.consistency), **chain}))
+    lookups = lookup_consistency(model, args.consistency) if args.consistency else {}
+    print(json.dumps({**where_and_relation(model, args.num), **lookups, **chain}))
 
 
 if __name__ == "__main__":
