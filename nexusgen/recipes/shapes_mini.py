@@ -186,6 +186,17 @@ def shapes_mini_ar_where() -> TrainConfig:
     return config
 
 
+def shapes_mini_ar_ordered_relations() -> TrainConfig:
+    """An experiment: a round of `ar_edit` (seed 28) with relations answered as an ordered comparison
+    ("The blue square is in column 1 and the red circle is in column 3, so yes.", `reasoning_steps="ordered"`),
+    twice as many relation questions and "where" questions added. Run from `ar_edit18`
+    (training/shapes-mini/README.md has the scores)."""
+    config = shapes_mini_ar_edit_again(28)
+    config.data.world_options.update(reasoned_answers=True, reasoning_steps="ordered",
+                                     und_types=[*UND_TYPES, "relation", "where"])
+    return config
+
+
 def shapes_mini_gen_decoder() -> TrainConfig:
     """Phase 2: reconstruct the image from its own ViT embeddings. The preset places the 16 context tokens
     on the image grid (`DecoderConfig.generation_context_ids="grid"`): with upstream's all-zero ids the DiT
@@ -287,6 +298,7 @@ EXPERIMENTS = {"ar_reasoning": shapes_mini_ar_reasoning,
                "ar_rope_theta": shapes_mini_ar_rope_theta,
                "ar_input_places": shapes_mini_ar_input_places,
                "ar_where": shapes_mini_ar_where,
+               "ar_ordered_relations": shapes_mini_ar_ordered_relations,
                "edit_decoder_predicted_targets": shapes_mini_edit_decoder_predicted_targets,
                "edit_decoder_reference_dropout": shapes_mini_edit_decoder_reference_dropout}
 """Recipes measured but not part of the pipeline (training/shapes-mini/README.md has their results)."""

@@ -83,6 +83,12 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     assert where.data.world_options["und_types"][-1] == "where" and where.data.tasks == edits.data.tasks
     asked = [generated_messages(where)[0][i] for i in range(96)]
     assert any(r["source"].endswith("/where") for r in asked)
+    ordered = get_recipe("shapes-mini-ar_ordered_relations")  # an experiment
+    assert ordered.data.tasks == edits.data.tasks and ordered.data.world_options["reasoning_steps"] == "ordered"
+    source = generated_messages(ordered)[0]
+    said = [source[i] for i in range(96) if source[i]["source"].endswith("/relation")]
+    assert len(said) > 4 and all(re.search(r"(column|row) \d, so (yes|no)\.$|第\d[列行]，所以[是否]。$",
+                                           r["messages"][1]["content"]) for r in said)
     answers = get_recipe("shapes-mini-vlm_answers")
     assert answers.stage.name == "vlm" and answers.stage.ce_reduction == "sample"
     reasoning = get_recipe("shapes-mini-ar_reasoning")  # an experiment: a recipe, not a pipeline stage
