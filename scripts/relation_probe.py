@@ -2,8 +2,9 @@
 
     python scripts/relation_probe.py MODEL [--num 200] [--consistency 160] [--chain 112]
 
-Prints JSON: exact "where" accuracy (with the row and the column alone) and relation accuracy on `--num`
-test-split items each (70% English), then, on `--consistency` English relation items, how often the model
+Prints JSON: exact "where" accuracy (with the row and the column alone, and how many wrong answers name the
+place of another object of the scene rather than an empty cell) and relation accuracy on `--num` test-split
+items each (70% English), then, on `--consistency` English relation items, how often the model
 finds both objects when asked where each is, how often its yes/no is right on exactly those items, and
 how often it says yes at all (training/shapes-mini/README.md, the relation pilots). Items whose question
 names an object with a synonym the canonical reference does not match are left out of the second part.
@@ -49,10 +50,14 @@ def where_and_relation(model, num: int) -> dict:
                  for i in range(num)]
         answers = _ask(model, [it.scene for it in items], [it.question for it in items])
         out[qtype] = float(np.mean([answer_matches(a, it.answer, it.qtype) for a, it in zip(answers, items)]))
-        if qtype == "where":  # which axis the wrong answers miss
+        if qtype == "where":  # which axis the wrong answers miss, and whose place they name
             got, want = [_cell(a) for a in answers], [CELL_OF_PLACE[it.answer] for it in items]
             for axis, name in ((0, "where_row"), (1, "where_col")):
                 out[name] = float(np.mean([g is not None and g[axis] == w[axis] for g, w in zip(got, want)]))
+            wrong = [(g, it) for g, w, it in zip(got, want, items) if g != w]
+            out["where_wrong"] = len(wrong)
+            out["where_wrong_at_another_object"] = sum(
+                any(tuple(o.cell) == g for o in it.scene.objects) for g, it in wrong)
     return out
 
 
