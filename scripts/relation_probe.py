@@ -102,37 +102,40 @@ def _relation_word(question: str) -> str:
 def chain_consistency(model, num: int) -> dict:
     items = [make_understanding(np.random.default_rng([778, i]), "relation", "en") for i in range(num)]
     answers = _ask(model, [it.scene for it in items], [it.question for it in items])
-    parsed = places_right = consistent = 0
-    for it, answer in zip(items, answers):
-        if ORDERED.match(answer.strip()):
-            parsed, places_right, consistent = (x + y for x, y in zip((parsed, places_right, consistent),
-                                                                      _ordered_step(it, answer.strip())))
-            continue
-        m = CHAIN.match(answer.strip())
-        if not m or m.group(2) not in CELL_OF_PLACE or m.group(4) not in CELL_OF_PLACE:
-            continue
-        parsed += 1
-        said = {L.reference(o, "en"): o for o in it.scene.objects}
-        a, b = said.get(m.group(1).lower()), said.get(m.group(3).lower())
-        (ra, ca), (rb, cb) = CELL_OF_PLACE[m.group(2)], CELL_OF_PLACE[m.group(4)]
-        places_right += a is not None and b is not None and (ra, ca) == tuple(a.cell) and (rb, cb) == tuple(b.cell)
-        anchor = it.scene.objects[0]  # any object, moved to the stated places
-        stated_a, stated_b = dataclasses.replace(anchor, row=ra, col=ca), dataclasses.replace(anchor, row=rb, col=cb)
-        consistent += (m.group(5) == "yes") == relation_holds(stated_a, stated_b, _relation_word(it.question))
-    return {"chain_items": num, "chain_parsed": parsed / num, "chain_both_places_right": places_right,
-            "chain_consistent_with_stated_places": consistent}
+    steps = [_ordered_step(it, a.strip()) or _place_step(it, a.strip()) for it, a in zip(items, answers)]
+    parsed = [step for step in steps if step is not None]
+    return {"chain_items": num, "chain_parsed": len(parsed) / num,
+            "chain_both_places_right": sum(right for right, _ in parsed),
+            "chain_consistent_with_stated_places": sum(consistent for _, consistent in parsed)}
 
 
-def _ordered_step(item, answer: str) -> tuple[int, int, int]:
-    """(parsed, both numbers right, yes/no consistent with them) of "A is in column 1 and B is in column 3,
-    so yes." (`reasoning_steps="ordered"`: yes exactly when the first number is smaller)."""
+def _place_step(item, answer: str) -> tuple[bool, bool] | None:
+    """(both places right, yes/no consistent with them) of "A is in the top left and B is on the right, so
+    no." (`reasoning_steps="last"`); None for an answer not in that form."""
+    m = CHAIN.match(answer)
+    if not m or m.group(2) not in CELL_OF_PLACE or m.group(4) not in CELL_OF_PLACE:
+        return None
+    said = {L.reference(o, "en"): o for o in item.scene.objects}
+    a, b = said.get(m.group(1).lower()), said.get(m.group(3).lower())
+    (ra, ca), (rb, cb) = CELL_OF_PLACE[m.group(2)], CELL_OF_PLACE[m.group(4)]
+    right = a is not None and b is not None and (ra, ca) == tuple(a.cell) and (rb, cb) == tuple(b.cell)
+    anchor = item.scene.objects[0]  # any object, moved to the stated places
+    stated_a, stated_b = dataclasses.replace(anchor, row=ra, col=ca), dataclasses.replace(anchor, row=rb, col=cb)
+    return right, (m.group(5) == "yes") == relation_holds(stated_a, stated_b, _relation_word(item.question))
+
+
+def _ordered_step(item, answer: str) -> tuple[bool, bool] | None:
+    """(both numbers right, yes/no consistent with them) of "A is in column 1 and B is in column 3, so yes."
+    (`reasoning_steps="ordered"`: yes exactly when the first number is smaller); None for another form."""
     m = ORDERED.match(answer)
+    if not m:
+        return None
     said = {L.reference(o, "en"): o for o in item.scene.objects}
     a, b = said.get(m.group(1).lower()), said.get(m.group(4).lower())
     axis_a, axis_b = (1 if m.group(k) == "column" else 0 for k in (2, 5))
     n_a, n_b = int(m.group(3)), int(m.group(6))
     right = a is not None and b is not None and n_a == a.cell[axis_a] + 1 and n_b == b.cell[axis_b] + 1
-    return 1, int(right), int((m.group(7) == "yes") == (n_a < n_b))
+    return right, (m.group(7) == "yes") == (n_a < n_b)
 
 
 def main() -> None:

@@ -53,7 +53,7 @@ def make_item(rng, form: str) -> tuple[str, str, bool]:
         answer = relation_conclusion(a, b, truth, "en")
     else:  # "numbers" is the ordered form with the objects always in the question's order
         ordered = relation if form == "ordered" else ("left" if relation in ("left", "right") else "above")
-        answer = relation_comparison(a, b, ordered, truth, "en")
+        answer = relation_comparison(a, b, ordered, "en")
     return question[0].upper() + question[1:], answer[: answer.rindex(" so") + 3], truth
 
 

@@ -146,7 +146,8 @@ def _messages(user: str, assistant: str) -> list[dict]:
 
 
 def _answer(item, config: SampleConfig) -> str:
-    """The training answer: the item's reasoning (all of it, or its last step) where asked for and it has one."""
+    """The training answer: the item's reasoning (all of it, its last step, or the ordered comparison;
+    `SampleConfig.reasoning_steps`) where asked for and it has one."""
     if config.reasoned_answers:
         return getattr(item, _REASONING_FIELD[config.reasoning_steps]) or item.answer
     return item.answer

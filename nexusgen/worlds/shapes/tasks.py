@@ -212,7 +212,7 @@ def _relation_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str,
         q = q[0].upper() + q[1:]
     conclusion = relation_conclusion(a, b, truth, lang)
     return (q, L.YES_NO[lang][truth], relation_reasoning(scene, conclusion, lang), conclusion,
-            relation_comparison(a, b, rel, truth, lang))
+            relation_comparison(a, b, rel, lang))
 
 
 def _said(obj, lang: str) -> tuple[str, str]:
@@ -251,7 +251,7 @@ def relation_conclusion(a, b, truth: bool, lang: str) -> str:
     return f"{ref_a}在{place_a}，{ref_b}在{place_b}，所以{answer}。"
 
 
-def relation_comparison(a, b, relation: str, truth: bool, lang: str) -> str:
+def relation_comparison(a, b, relation: str, lang: str) -> str:
     """The relation as a comparison of two numbers on its axis, smaller first wins: "Is A right of B?" ->
     "The blue square is in column 1 and the red circle is in column 3, so yes." (B first: A is right of B
     exactly when B's column is smaller). Columns count from the left, rows from the top, from 1.
@@ -266,7 +266,7 @@ def relation_comparison(a, b, relation: str, truth: bool, lang: str) -> str:
     """
     axis = 1 if relation in ("left", "right") else 0
     first, second = (a, b) if relation in ("left", "above") else (b, a)
-    answer = L.YES_NO[lang][truth]
+    answer = L.YES_NO[lang][first.cell[axis] < second.cell[axis]]  # = relation_holds(a, b, relation)
     if lang == "en":
         word = "column" if axis else "row"
         ref = L.reference(first, lang)
