@@ -11,7 +11,8 @@ names an object with a synonym the canonical reference does not match are left o
 With `--chain N`, for a model that answers "A is P and B is Q, so yes." (`reasoning_steps="last"`) or "A is
 in column 1 and B is in column 3, so yes." ("ordered"): on N English relation items, the share of answers in
 that form, how many state both places (numbers) right, and how many end in the yes/no that the places they
-state imply (the comparison alone, right or wrong places).
+state imply (the comparison alone, right or wrong places). For a model that lists every object's number first
+("listed"), also how many listings are entirely right and how many comparisons copy both numbers from them.
 """
 
 import argparse
@@ -31,7 +32,7 @@ CELL_OF_PLACE = {w: cell for lang in L.PLACE_WORDS.values() for cell, words in l
 BATCH = 16
 
 
-def _ask(model, scenes, questions, max_new_tokens=80):
+def _ask(model, scenes, questions, max_new_tokens=128):
     answers = []
     for s in range(0, len(questions), BATCH):
         answers += model.understand([render_scene(sc, 64) for sc in scenes[s:s + BATCH]],
@@ -102,11 +103,38 @@ def _relation_word(question: str) -> str:
 def chain_consistency(model, num: int) -> dict:
     items = [make_understanding(np.random.default_rng([778, i]), "relation", "en") for i in range(num)]
     answers = _ask(model, [it.scene for it in items], [it.question for it in items])
-    steps = [_ordered_step(it, a.strip()) or _place_step(it, a.strip()) for it, a in zip(items, answers)]
+    split = [a.strip().rpartition(". ") for a in answers]  # a listing first ("listed"), else ("", "", answer)
+    steps = [_ordered_step(it, last) or _place_step(it, last) for it, (_, _, last) in zip(items, split)]
     parsed = [step for step in steps if step is not None]
-    return {"chain_items": num, "chain_parsed": len(parsed) / num,
-            "chain_both_places_right": sum(right for right, _ in parsed),
-            "chain_consistent_with_stated_places": sum(consistent for _, consistent in parsed)}
+    out = {"chain_items": num, "chain_parsed": len(parsed) / num,
+           "chain_both_places_right": sum(right for right, _ in parsed),
+           "chain_consistent_with_stated_places": sum(consistent for _, consistent in parsed)}
+    listed = [_listing_step(it, listing, last) for it, (listing, _, last) in zip(items, split) if listing]
+    if listed:
+        listed = [step for step in listed if step is not None]
+        out.update(listing_parsed=len(listed), listing_right=sum(right for right, _ in listed),
+                   copied_from_listing=sum(copied for _, copied in listed))
+    return out
+
+
+LISTED_PART = re.compile(r"(.+?) is in (column|row) (\d)$")
+
+
+def _listing_step(item, listing: str, comparison: str) -> tuple[bool, bool] | None:
+    """(every object listed with its true number on the question's axis, the comparison's two numbers
+    copied from the listing) of "A is in column 1, B is in column 3 and C is in column 2. B is in column 1
+    and A is in column 3, so yes." (`reasoning_steps="listed"`); None if the listing does not parse."""
+    parts = [LISTED_PART.match(part) for part in re.split(r", | and ", listing)]
+    if not all(parts):
+        return None
+    axis = 1 if _relation_word(item.question) in ("left", "right") else 0
+    stated = {(m.group(1).lower(), m.group(2)): int(m.group(3)) for m in parts}
+    word = "column" if axis else "row"
+    right = stated == {(L.reference(o, "en"), word): o.cell[axis] + 1 for o in item.scene.objects}
+    m = ORDERED.match(comparison)
+    copied = m is not None and all(stated.get((m.group(k).lower(), m.group(k + 1))) == int(m.group(k + 2))
+                                   for k in (1, 4))
+    return right, copied
 
 
 def _place_step(item, answer: str) -> tuple[bool, bool] | None:

@@ -197,6 +197,17 @@ def shapes_mini_ar_ordered_relations() -> TrainConfig:
     return config
 
 
+def shapes_mini_ar_listed_relations() -> TrainConfig:
+    """An experiment: a round of `ar_edit` (seed 29) with relations answered by listing every object's number
+    on the relation's axis in reading order, then the ordered comparison (`reasoning_steps="listed"`,
+    `tasks.relation_listing`), and twice as many relation questions. Run from `ar_edit18`
+    (training/shapes-mini/README.md has the scores)."""
+    config = shapes_mini_ar_edit_again(29)
+    config.data.world_options.update(reasoned_answers=True, reasoning_steps="listed",
+                                     und_types=[*UND_TYPES, "relation"])
+    return config
+
+
 def shapes_mini_gen_decoder() -> TrainConfig:
     """Phase 2: reconstruct the image from its own ViT embeddings. The preset places the 16 context tokens
     on the image grid (`DecoderConfig.generation_context_ids="grid"`): with upstream's all-zero ids the DiT
@@ -297,6 +308,7 @@ STAGES = {
 EXPERIMENTS = {"ar_reasoning": shapes_mini_ar_reasoning,
                "ar_rope_theta": shapes_mini_ar_rope_theta,
                "ar_input_places": shapes_mini_ar_input_places,
+               "ar_listed_relations": shapes_mini_ar_listed_relations,
                "ar_where": shapes_mini_ar_where,
                "ar_ordered_relations": shapes_mini_ar_ordered_relations,
                "edit_decoder_predicted_targets": shapes_mini_edit_decoder_predicted_targets,

@@ -89,6 +89,13 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     said = [source[i] for i in range(96) if source[i]["source"].endswith("/relation")]
     assert len(said) > 4 and all(re.search(r"(column|row) \d, so (yes|no)\.$|第\d[列行]，所以[是否]。$",
                                            r["messages"][1]["content"]) for r in said)
+    listed = get_recipe("shapes-mini-ar_listed_relations")  # an experiment
+    assert listed.data.tasks == edits.data.tasks and listed.data.world_options["reasoning_steps"] == "listed"
+    source = generated_messages(listed)[0]
+    said = [source[i] for i in range(96) if source[i]["source"].endswith("/relation")]
+    assert len(said) > 4 and all(re.search(r"(column|row) \d[.。].+(column|row) \d, so (yes|no)\.$|"
+                                           r"第\d[列行]。.+第\d[列行]，所以[是否]。$",
+                                           r["messages"][1]["content"]) for r in said)
     answers = get_recipe("shapes-mini-vlm_answers")
     assert answers.stage.name == "vlm" and answers.stage.ce_reduction == "sample"
     reasoning = get_recipe("shapes-mini-ar_reasoning")  # an experiment: a recipe, not a pipeline stage

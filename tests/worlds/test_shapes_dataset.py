@@ -143,6 +143,12 @@ def test_reasoned_answers_replace_only_the_answers_that_have_reasoning():
         assert p.messages[0] == o.messages[0]
         assert said == p.messages[1]["content"] if p.type == "count" else said.rstrip(".。").endswith(
             p.messages[1]["content"]) and re.search(r"(column|row|列|行)", said)
+    listed = [make_sample(i, config=SampleConfig(**fields, reasoned_answers=True, reasoning_steps="listed"))
+              for i in range(16)]
+    for o, li in zip(ordered, listed):
+        said, short = li.messages[1]["content"], o.messages[1]["content"]
+        assert li.messages[0] == o.messages[0]
+        assert said == short if o.type == "count" else (said.endswith(short) and len(said) > len(short))
 
 
 def test_bad_configs_are_rejected():

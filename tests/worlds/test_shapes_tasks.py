@@ -143,6 +143,31 @@ def test_relation_comparison_states_two_true_numbers_and_yes_exactly_when_the_fi
     assert make_understanding(rng, "count", lang).comparison == ""
 
 
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_relation_listing_states_every_object_on_the_axis_in_reading_order_then_the_comparison(lang):
+    """`reasoning_steps="listed"`: each object of the scene once, in reading order, with its true number on
+    the relation's axis (the comparison's), then exactly the comparison."""
+    stop = ". " if lang == "en" else "。"
+    said_axis = r"\b(column|row) (\d)" if lang == "en" else r"第(\d)(列|行)"
+    rng = np.random.default_rng(9)
+    for _ in range(150):
+        item = make_understanding(rng, "relation", lang)
+        listing, comparison = item.listing.split(stop, 1)
+        assert comparison == item.comparison, item.listing
+        numbers = re.findall(said_axis, listing)
+        words = {w for pair in numbers for w in pair if not w.isdigit()}
+        assert len(words) == 1 and words == {w for pair in re.findall(said_axis, comparison)
+                                             for w in pair if not w.isdigit()}, item.listing
+        axis = 1 if words & {"column", "列"} else 0
+        objects = item.scene.sorted().objects
+        starts = [listing.lower().find(reference(o, lang)) for o in objects]
+        assert min(starts) >= 0 and starts == sorted(starts), item.listing
+        assert [int(next(w for w in pair if w.isdigit())) for pair in numbers] == [o.cell[axis] + 1
+                                                                                   for o in objects]
+        assert answer_matches(item.listing, item.answer, "relation"), item.listing
+    assert make_understanding(rng, "caption", lang).listing == ""
+
+
 def _question_objects(item):
     """(A, B) of an English relation question, in the order the question names them."""
     named = sorted((_mention(o, item.question), i) for i, o in enumerate(item.scene.objects)

@@ -44,7 +44,7 @@ from .tasks import (
 TASKS = ("understand", "generate", "edit")
 SPLITS = ("train", "test")
 # `SampleConfig.reasoning_steps` -> the `UnderstandItem` field a reasoned answer is.
-_REASONING_FIELD = {"all": "reasoning", "last": "conclusion", "ordered": "comparison"}
+_REASONING_FIELD = {"all": "reasoning", "last": "conclusion", "ordered": "comparison", "listed": "listing"}
 REASONING_STEPS = tuple(_REASONING_FIELD)
 # Random-stream domains: train, test and the evaluation harness never share a stream, whatever the seed.
 STREAM_DOMAINS = {"train": 0x5A11, "test": 0x7E57, "eval": 0xE7A1}
@@ -146,8 +146,8 @@ def _messages(user: str, assistant: str) -> list[dict]:
 
 
 def _answer(item, config: SampleConfig) -> str:
-    """The training answer: the item's reasoning (all of it, its last step, or the ordered comparison;
-    `SampleConfig.reasoning_steps`) where asked for and it has one."""
+    """The training answer: the item's reasoning (all of it, its last step, the ordered comparison, or the
+    comparison after a listing; `SampleConfig.reasoning_steps`) where asked for and it has one."""
     if config.reasoned_answers:
         return getattr(item, _REASONING_FIELD[config.reasoning_steps]) or item.answer
     return item.answer

@@ -75,6 +75,9 @@ class UnderstandItem:
     comparison: str = ""
     """Relations: the two numbers to compare, ordered so that the answer is yes exactly when the first is
     smaller, then yes/no (`relation_comparison`)."""
+    listing: str = ""
+    """Relations: every object's number on the relation's axis in reading order, then the comparison
+    (`relation_listing`)."""
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "scene": self.scene.to_dict()}
@@ -211,8 +214,9 @@ def _relation_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str,
     if lang == "en":
         q = q[0].upper() + q[1:]
     conclusion = relation_conclusion(a, b, truth, lang)
-    return (q, L.YES_NO[lang][truth], relation_reasoning(scene, conclusion, lang), conclusion,
-            relation_comparison(a, b, rel, lang))
+    comparison = relation_comparison(a, b, rel, lang)
+    return (q, L.YES_NO[lang][truth], relation_reasoning(scene, conclusion, lang), conclusion, comparison,
+            relation_listing(scene, rel, comparison, lang))
 
 
 def _said(obj, lang: str) -> tuple[str, str]:
@@ -264,17 +268,45 @@ def relation_comparison(a, b, relation: str, lang: str) -> str:
     depends on the two numbers only, each of which tells on its own, and the relation word only picks the
     axis and the order, each a copy (training/shapes-mini/README.md).
     """
-    axis = 1 if relation in ("left", "right") else 0
+    axis = _axis(relation)
     first, second = (a, b) if relation in ("left", "above") else (b, a)
     answer = L.YES_NO[lang][first.cell[axis] < second.cell[axis]]  # = relation_holds(a, b, relation)
     if lang == "en":
-        word = "column" if axis else "row"
-        ref = L.reference(first, lang)
-        return (f"{ref[0].upper()}{ref[1:]} is in {word} {first.cell[axis] + 1} and {L.reference(second, lang)} "
-                f"is in {word} {second.cell[axis] + 1}, so {answer}.")
-    word = "列" if axis else "行"
-    return (f"{L.reference(first, lang)}在第{first.cell[axis] + 1}{word}，{L.reference(second, lang)}在第"
-            f"{second.cell[axis] + 1}{word}，所以{answer}。")
+        said = _on_axis(first, axis, lang)
+        return f"{said[0].upper()}{said[1:]} and {_on_axis(second, axis, lang)}, so {answer}."
+    return f"{_on_axis(first, axis, lang)}，{_on_axis(second, axis, lang)}，所以{answer}。"
+
+
+def relation_listing(scene: Scene, relation: str, comparison: str, lang: str) -> str:
+    """Every object's number on the relation's axis in reading order, then `relation_comparison`: "The red
+    circle is in column 1 and the blue square is in column 3. The blue square is in column 1 and the red
+    circle is in column 3, so no."
+
+    Why this form: finding an object by its description and reading off its place ("where is A?") stayed
+    near 0.5 in every pilot, while captions, which go the other way (each place in reading order, then
+    what is there), put 94% of objects in the right column. The listing is a caption's scan; the
+    comparison then only copies two numbers from the model's own text and compares them.
+    """
+    axis = _axis(relation)
+    said = [_on_axis(o, axis, lang) for o in scene.sorted().objects]
+    if lang == "en":
+        listing = L.join_list(said, lang)
+        return f"{listing[0].upper()}{listing[1:]}. {comparison}"
+    return "，".join(said) + f"。{comparison}"
+
+
+def _axis(relation: str) -> int:
+    """The cell index a relation compares: 1 (column) for left/right, 0 (row) for above/below."""
+    return 1 if relation in ("left", "right") else 0
+
+
+def _on_axis(obj, axis: int, lang: str) -> str:
+    """"the red circle is in column 3" / "红色圆形在第3列": the canonical reference and the object's row or
+    column, counted from 1."""
+    number = obj.cell[axis] + 1
+    if lang == "en":
+        return f"{L.reference(obj, lang)} is in {'column' if axis else 'row'} {number}"
+    return f"{L.reference(obj, lang)}在第{number}{'列' if axis else '行'}"
 
 
 def _where_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]:
