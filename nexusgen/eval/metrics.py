@@ -138,9 +138,21 @@ def _vocab_pattern(vocab: set[str]) -> re.Pattern:
 _PATTERNS = {k: _vocab_pattern(v) for k, v in _CLOSED_VOCAB.items()}
 
 
+# Where a reasoned answer's conclusion starts ("..., so 2." / "……，所以2。"): the steps before it name objects,
+# and Chinese shape words hold number characters (三角形, 十字形).
+_CONCLUSION = re.compile(r"\bso\b|所以")
+
+
+def final_answer(text: str) -> str:
+    """The conclusion of a reasoned answer (the text after its last "so" / "所以"), else the whole text."""
+    return _CONCLUSION.split(str(text))[-1]
+
+
 def answer_matches(prediction: str, expected: str, qtype: str | None = None) -> bool:
-    """Normalised exact match; for closed-vocabulary question types, also a free-form answer that
-    names exactly one vocabulary item (e.g. "There are 3 shapes." for "3", "是的" for "yes")."""
+    """Normalised exact match of the answer's conclusion (`final_answer`); for closed-vocabulary question
+    types, also a free-form answer that names exactly one vocabulary item (e.g. "There are 3 shapes." for
+    "3", "是的" for "yes")."""
+    prediction = final_answer(prediction)
     pred, want = normalise_answer(prediction), normalise_answer(expected)
     if pred == want:
         return True

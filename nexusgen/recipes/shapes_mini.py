@@ -203,7 +203,7 @@ def shapes_mini_ar_listed_relations() -> TrainConfig:
     `tasks.relation_listing`), and twice as many relation questions. Run from `ar_edit18`
     (training/shapes-mini/README.md has the scores)."""
     config = shapes_mini_ar_edit_again(29)
-    config.data.world_options.update(reasoned_answers=True, reasoning_steps="listed",
+    config.data.world_options.update(reasoned_answers=True, reasoning_steps="listed", reasoned_types=["relation"],
                                      und_types=[*UND_TYPES, "relation"])
     return config
 

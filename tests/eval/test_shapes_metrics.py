@@ -61,6 +61,15 @@ def test_answer_normalisation_and_matching():
     cap = "A small red circle in the top left and a large blue square in the center."
     assert answer_matches(cap.lower().rstrip("."), cap, "caption")
     assert not answer_matches("a small red circle in the top left", cap, "caption")
+    # A reasoned answer is scored by its conclusion: the steps before "so" / "所以" name objects, and Chinese
+    # shape words hold number characters (三角形: "three").
+    assert answer_matches("The red square and the blue square, so 2.", "2", "count")
+    assert answer_matches("绿色三角形和红色十字形，所以2。", "2", "count")
+    assert answer_matches("绿色三角形，所以1。", "1", "count")
+    assert not answer_matches("绿色三角形，所以1。", "3", "count")
+    assert answer_matches("None, so 0.", "0", "count") and not answer_matches("None, so 1.", "0", "count")
+    assert answer_matches("The red circle is in column 3 and the blue square is in column 1, so no.", "no",
+                          "relation")
 
 
 def _det(shape, color, box):

@@ -148,12 +148,23 @@ def test_reasoned_answers_replace_only_the_answers_that_have_reasoning():
     for o, li in zip(ordered, listed):
         said, short = li.messages[1]["content"], o.messages[1]["content"]
         assert li.messages[0] == o.messages[0]
-        assert said == short if o.type == "count" else (said.endswith(short) and len(said) > len(short))
+        if o.type == "relation":
+            assert said.endswith(short) and len(said) > len(short)
+        else:  # a colour or shape count lists what it counts first; a total is answered directly
+            assert said == short or re.search(rf"(so |所以){short}[.。]$", said), (said, short)
+    assert any(li.type == "count" and li.messages[1]["content"] != o.messages[1]["content"]
+               for o, li in zip(ordered, listed))
+    only = SampleConfig(**fields, reasoned_answers=True, reasoning_steps="listed", reasoned_types=["relation"])
+    for i, (p, li) in enumerate(zip(plain, listed)):  # reasoned_types: counts direct again, relations listed
+        said = make_sample(i, config=only).messages[1]["content"]
+        assert said == (li if p.type == "relation" else p).messages[1]["content"]
 
 
 def test_bad_configs_are_rejected():
     with pytest.raises(ValueError, match="reasoning_steps"):
         SampleConfig(reasoning_steps="first")
+    with pytest.raises(ValueError, match="reasoned_types"):
+        SampleConfig(reasoned_types=["relations"])
     with pytest.raises(ValueError, match="held-out"):
         SampleConfig(split="train", compositional_fraction=0.1)
     with pytest.raises(ValueError, match="tasks"):

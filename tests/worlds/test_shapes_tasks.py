@@ -168,6 +168,30 @@ def test_relation_listing_states_every_object_on_the_axis_in_reading_order_then_
     assert make_understanding(rng, "caption", lang).listing == ""
 
 
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_count_listing_names_exactly_the_counted_objects_in_reading_order(lang):
+    """`reasoning_steps="listed"` for colour and shape counts: the objects that have the asked colour or shape,
+    each once and in reading order, then their number, which is the answer; totals keep the direct answer."""
+    rng = np.random.default_rng(10)
+    seen = set()
+    for _ in range(300):
+        item = make_understanding(rng, "count", lang)
+        if not item.listing:  # "how many shapes": the total, answered directly
+            assert int(item.answer) == len(item.scene)
+            continue
+        objects = item.scene.sorted().objects
+        named = sorted((item.listing.lower().find(reference(o, lang)), k) for k, o in enumerate(objects)
+                       if reference(o, lang) in item.listing.lower())
+        assert [k for _, k in named] == sorted(k for _, k in named), item.listing
+        counted = [objects[k] for _, k in named]
+        assert len(counted) == int(item.answer), (item.question, item.listing)
+        assert len({o.color for o in counted}) <= 1 or len({o.shape for o in counted}) == 1, item.listing
+        assert answer_matches(item.listing, item.answer, "count"), item.listing
+        assert not answer_matches(item.listing, str(int(item.answer) + 1), "count"), item.listing
+        seen.add(int(item.answer))
+    assert {0, 1, 2} <= seen
+
+
 def _question_objects(item):
     """(A, B) of an English relation question, in the order the question names them."""
     named = sorted((_mention(o, item.question), i) for i, o in enumerate(item.scene.objects)

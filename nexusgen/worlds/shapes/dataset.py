@@ -81,7 +81,11 @@ class SampleConfig:
     a 4-layer LLM stayed at chance on direct yes/no relations after 26k relation-only samples."""
     reasoning_steps: str = "all"
     """With `reasoned_answers`: "all" the steps, "last" (relations: only where A and B are, then yes/no) or
-    "ordered" (relations: the two numbers to compare, smaller first wins; `tasks.relation_comparison`)."""
+    "ordered" (relations: the two numbers to compare, smaller first wins; `tasks.relation_comparison`) or
+    "listed" (relations: every object's number, then "ordered"; colour and shape counts: the counted objects,
+    then their number; `tasks.relation_listing`, `tasks.count_listing`)."""
+    reasoned_types: tuple[str, ...] | None = None
+    """With `reasoned_answers`: the question types answered with reasoning (None: every type that has one)."""
     split: str = "train"
     """"train" (held-out pairs never appear) or "test"."""
     prompt_style: str = "mixed"
@@ -106,6 +110,11 @@ class SampleConfig:
         bad = [t for t in self.und_types if t not in TRAIN_UND_TYPES]
         if bad or not self.und_types:
             raise ValueError(f"und_types must be a non-empty subset of {TRAIN_UND_TYPES}, got {self.und_types}")
+        if self.reasoned_types is not None:
+            self.reasoned_types = tuple(self.reasoned_types)
+            bad = [t for t in self.reasoned_types if t not in TRAIN_UND_TYPES]
+            if bad:
+                raise ValueError(f"reasoned_types must be a subset of {TRAIN_UND_TYPES}, got {self.reasoned_types}")
         if self.reasoning_steps not in REASONING_STEPS:
             raise ValueError(f"reasoning_steps must be one of {REASONING_STEPS}, got {self.reasoning_steps!r}")
         if self.prompt_style not in ("short", "detailed", "mixed"):
@@ -148,7 +157,7 @@ def _messages(user: str, assistant: str) -> list[dict]:
 def _answer(item, config: SampleConfig) -> str:
     """The training answer: the item's reasoning (all of it, its last step, the ordered comparison, or the
     comparison after a listing; `SampleConfig.reasoning_steps`) where asked for and it has one."""
-    if config.reasoned_answers:
+    if config.reasoned_answers and (config.reasoned_types is None or item.qtype in config.reasoned_types):
         return getattr(item, _REASONING_FIELD[config.reasoning_steps]) or item.answer
     return item.answer
 

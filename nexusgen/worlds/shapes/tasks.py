@@ -77,7 +77,7 @@ class UnderstandItem:
     smaller, then yes/no (`relation_comparison`)."""
     listing: str = ""
     """Relations: every object's number on the relation's axis in reading order, then the comparison
-    (`relation_listing`)."""
+    (`relation_listing`). Colour and shape counts: the counted objects, then their number (`count_listing`)."""
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "scene": self.scene.to_dict()}
@@ -155,19 +155,31 @@ def _count_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]:
         # Mostly a colour that is present; sometimes an absent one (answer 0).
         present = sorted({o.color for o in scene.objects})
         color = _choice(rng, present if rng.random() < 0.8 else list(COLORS))
-        n = sum(o.color == color for o in scene.objects)
+        counted = [o for o in scene.sorted().objects if o.color == color]
         c = L.color_word(color, lang, rng)
         q = _fill(rng, {"en": ["How many {c} shapes are there?", "How many {c} objects can you see?",
                                "Count the {c} shapes."],
                         "zh": ["图中有几个{c}的图形？", "图片里有多少个{c}图形？"]}[lang], c=c)
-        return q, str(n)
+        return q, str(len(counted)), "", "", "", count_listing(counted, lang)
     present = sorted({o.shape for o in scene.objects})
     shape = _choice(rng, present if rng.random() < 0.8 else list(SHAPES))
-    n = sum(o.shape == shape for o in scene.objects)
+    counted = [o for o in scene.sorted().objects if o.shape == shape]
     s = L.shape_word(shape, lang, rng, plural=True)
     q = _fill(rng, {"en": ["How many {s} are there?", "How many {s} are in the image?", "Count the {s}."],
                     "zh": ["图中有几个{s}？", "图片里有多少个{s}？"]}[lang], s=s)
-    return q, str(n)
+    return q, str(len(counted)), "", "", "", count_listing(counted, lang)
+
+
+def count_listing(counted: list, lang: str) -> str:
+    """The counted objects in reading order, then their number: "The red circle and the red cross, so 2." /
+    "None, so 0." (`reasoning_steps="listed"`). Colour and shape counts went wrong mostly by one, two
+    counted as one, while totals (the caption's scan) were right: naming each object first makes the count
+    a count of the model's own list."""
+    said = [L.reference(o, lang) for o in counted]
+    if lang == "en":
+        listing = L.join_list(said, lang) if said else "none"
+        return f"{listing[0].upper()}{listing[1:]}, so {len(said)}."
+    return f"{'和'.join(said) if said else '没有'}，所以{len(said)}。"
 
 
 def _color_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]:
