@@ -73,6 +73,9 @@ class ARConfig:
         input_image_positions: add a learnt embedding of each input image token's normalised place to the
             LLM's inputs (`image_positions.InputImagePositions`; not in Qwen2.5-VL or Nexus-Gen, whose
             M-RoPE barely tells columns apart). Off for the official models.
+        question_first: understanding prompts put the question before the image(s) (`{question}\n<image>`),
+            as the model was trained; a causal LLM's image tokens then see what is asked. Off for the
+            official models (image first, as Qwen2.5-VL's examples).
     """
 
     qwen: dict
@@ -86,6 +89,7 @@ class ARConfig:
     tokenizer: str | None = None
     image_feed: str = "prefill"
     input_image_positions: bool = False
+    question_first: bool = False
 
     def __post_init__(self):
         if self.image_feed not in IMAGE_FEEDS:

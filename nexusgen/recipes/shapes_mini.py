@@ -197,6 +197,17 @@ def shapes_mini_ar_ordered_relations() -> TrainConfig:
     return config
 
 
+def shapes_mini_ar_question_first() -> TrainConfig:
+    """An experiment: `ar_ordered_relations` (the same seed) with every understanding question put before its
+    image (`question_first`, in the data and in the model's config for inference). In a causal LLM the
+    image tokens then see the question and can each mark whether they show the object it names, where
+    image-first the answer tokens alone must find it by content (training/shapes-mini/README.md)."""
+    config = shapes_mini_ar_ordered_relations()
+    config.data.world_options.update(question_first=True)
+    config.stage.model = {**config.stage.model, "question_first": True}
+    return config
+
+
 def shapes_mini_ar_listed_relations() -> TrainConfig:
     """An experiment: a round of `ar_edit` (seed 29) with relations answered by listing every object's number
     on the relation's axis in reading order, then the ordered comparison (`reasoning_steps="listed"`,
@@ -311,6 +322,7 @@ EXPERIMENTS = {"ar_reasoning": shapes_mini_ar_reasoning,
                "ar_listed_relations": shapes_mini_ar_listed_relations,
                "ar_where": shapes_mini_ar_where,
                "ar_ordered_relations": shapes_mini_ar_ordered_relations,
+               "ar_question_first": shapes_mini_ar_question_first,
                "edit_decoder_predicted_targets": shapes_mini_edit_decoder_predicted_targets,
                "edit_decoder_reference_dropout": shapes_mini_edit_decoder_reference_dropout}
 """Recipes measured but not part of the pipeline (training/shapes-mini/README.md has their results)."""

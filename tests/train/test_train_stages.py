@@ -266,6 +266,20 @@ def test_ar_stage_gives_a_parent_input_image_places(tmp_path):
         _tiny_ar(tmp_path / "bad", f"stage.parent={child}", 'stage.model={"input_image_positions": false}')
 
 
+def test_ar_stage_asks_as_the_model_will_be_asked(tmp_path):
+    """ShapesWorld questions before the image (`world_options.question_first`) need a model that asks so at
+    inference (`stage.model` question_first, carried by the export); a mismatch is refused before training."""
+    _require("ar")
+    from nexusgen.loading.autoregressive import load_autoregressive
+
+    shapes = ["data.world=shapes", 'data.tasks=["understand"]',
+              'data.world_options={"question_first": true, "und_types": ["where"]}']
+    with pytest.raises(ValueError, match="question_first"):
+        _tiny_ar(tmp_path / "bad", *shapes)
+    _tiny_ar(tmp_path / "ok", *shapes, 'stage.model={"question_first": true}')
+    assert load_autoregressive(tmp_path / "ok/final/autoregressive", device="cpu")[0].config.question_first
+
+
 def test_ar_stage_deepens_a_parents_llm(tmp_path):
     """stage.model add_layers on a loaded parent: the export has the deeper LLM, its new layers trained away
     from their zero start; resuming rebuilds the same depth; from a preset it is refused."""

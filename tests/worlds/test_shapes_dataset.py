@@ -160,6 +160,18 @@ def test_reasoned_answers_replace_only_the_answers_that_have_reasoning():
         assert said == (li if p.type == "relation" else p).messages[1]["content"]
 
 
+def test_question_first_moves_only_the_question():
+    fields = dict(image_size=32, tasks=("understand", "generate"))
+    for i in range(8):
+        plain, first = (make_sample(i, config=SampleConfig(**fields, question_first=q)) for q in (False, True))
+        user, moved = plain.messages[0]["content"], first.messages[0]["content"]
+        if plain.task == "understand":
+            assert user.startswith("<image>\n") and moved == user.removeprefix("<image>\n") + "\n<image>"
+        else:  # generation prompts are not questions about an image
+            assert moved == user
+        assert plain.messages[1:] == first.messages[1:] and plain.meta == first.meta
+
+
 def test_bad_configs_are_rejected():
     with pytest.raises(ValueError, match="reasoning_steps"):
         SampleConfig(reasoning_steps="first")

@@ -112,6 +112,7 @@ def build_ar_stage(config: TrainConfig, info: DistInfo, *, trainable, default_we
         raise ValueError(f"{config.stage.name} loss terms are {sorted(default_weights)}, got {sorted(weights)}")
     sources = message_sources(config)  # before the model: a data error must not wait for a 7B build
     model, processor = parts.build_autoregressive(config, for_training=True)
+    _check_question_order(config, model.config)
     if config.stage.gradient_checkpointing:
         model.vlm.gradient_checkpointing_enable()
     module = module_class(model, weights, ce_reduction=config.stage.ce_reduction).to(info.device)
@@ -125,6 +126,18 @@ def build_ar_stage(config: TrainConfig, info: DistInfo, *, trainable, default_we
     stream = SampleStream(sources, config.data.weights, seed=config.seed)
     return Stage(module=module, stream=stream, collate=make_stage_collate(processor), export=export, count=count,
                  shard_units=[*vlm.language_model.layers, *vlm.visual.blocks])
+
+
+def _check_question_order(config: TrainConfig, ar_config) -> None:
+    """ShapesWorld's understanding samples and the model's inference prompts must put the question on the
+    same side of the image: one is `world_options.question_first`, the other `ARConfig.question_first`."""
+    if config.data.world != "shapes" or config.data.source != "generated":
+        return
+    data = bool(config.data.world_options.get("question_first", False))
+    if data != ar_config.question_first:
+        raise ValueError(f"data.world_options.question_first is {data} but the model's ARConfig.question_first is "
+                         f"{ar_config.question_first}: set stage.model={{\"question_first\": {str(data).lower()}}} "
+                         f"so that inference asks as training did")
 
 
 def build(config: TrainConfig, info: DistInfo) -> Stage:

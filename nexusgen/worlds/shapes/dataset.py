@@ -55,6 +55,7 @@ GEN_ASSISTANT = {"en": "Here is an image based on the description: <image>",
 EDIT_USER = "<image> {instruction}"
 EDIT_ASSISTANT = {"en": "Here is the image: <image>", "zh": "以下为编辑后的图像：<image>"}
 UND_USER = "<image>\n{question}"
+UND_USER_QUESTION_FIRST = "{question}\n<image>"
 
 
 def stream_rng(domain: str, seed: int, index: int) -> np.random.Generator:
@@ -86,6 +87,9 @@ class SampleConfig:
     then their number; `tasks.relation_listing`, `tasks.count_listing`)."""
     reasoned_types: tuple[str, ...] | None = None
     """With `reasoned_answers`: the question types answered with reasoning (None: every type that has one)."""
+    question_first: bool = False
+    """Understanding: the question before the image in the user turn. In a causal LLM image tokens that come
+    after the question can each work out whether they show what it asks for."""
     split: str = "train"
     """"train" (held-out pairs never appear) or "test"."""
     prompt_style: str = "mixed"
@@ -176,8 +180,8 @@ def make_sample(index: int, *, seed: int = 0, config: SampleConfig | None = None
         item = make_understanding(rng, config.und_types[int(rng.integers(len(config.und_types)))], lang,
                                   compositional=compositional, exclude=HELD_OUT_COMBOS)
         return Sample(sample_id, task, item.qtype, lang, [render_scene(item.scene, size)],
-                      _messages(UND_USER.format(question=item.question),
-                                _answer(item, config)),
+                      _messages((UND_USER_QUESTION_FIRST if config.question_first else UND_USER).format(
+                          question=item.question), _answer(item, config)),
                       {**meta, "type": item.qtype, "scenes": [item.scene.to_dict()]})
     if task == "generate":
         style = config.prompt_style
