@@ -2,12 +2,14 @@
 
     python scripts/relation_probe.py MODEL [--num 200] [--consistency 160] [--chain 112]
 
-Prints JSON: exact "where" accuracy (with the row and the column alone, and how many wrong answers name the
-place of another object of the scene rather than an empty cell) and relation accuracy on `--num` test-split
-items each (70% English), then, on `--consistency` English relation items, how often the model
-finds both objects when asked where each is, how often its yes/no is right on exactly those items, and
-how often it says yes at all (training/shapes-mini/README.md, the relation pilots). Items whose question
-names an object with a synonym the canonical reference does not match are left out of the second part.
+Prints JSON: exact "where" accuracy (with the row and the column alone; how many wrong answers name the
+place of another object of the scene rather than an empty cell; the accuracy for an object alone in its
+scene and among several, next to what naming a random one of the scene's objects would get) and relation
+accuracy on `--num` test-split items each (70% English), then, on `--consistency` English relation items,
+how often the model finds both objects when asked where each is, how often its yes/no is right on exactly
+those items, and how often it says yes at all (training/shapes-mini/README.md, the relation pilots).
+Items whose question names an object with a synonym the canonical reference does not match are left out
+of the second part.
 With `--chain N`, for a model that answers "A is P and B is Q, so yes." (`reasoning_steps="last"`) or "A is
 in column 1 and B is in column 3, so yes." ("ordered"): on N English relation items, the share of answers in
 that form, how many state both places (numbers) right, and how many end in the yes/no that the places they
@@ -59,6 +61,12 @@ def where_and_relation(model, num: int) -> dict:
             out["where_wrong"] = len(wrong)
             out["where_wrong_at_another_object"] = sum(
                 any(tuple(o.cell) == g for o in it.scene.objects) for g, it in wrong)
+            # Alone in the scene, or one of several: does the description pick the object, or would any
+            # object's place do as well (the share a random pick of one of the scene's objects gets)?
+            several = [(g == w, 1 / len(it.scene)) for g, w, it in zip(got, want, items) if len(it.scene) > 1]
+            out["where_alone"] = float(np.mean([g == w for g, w, it in zip(got, want, items) if len(it.scene) == 1]))
+            out["where_among_several"] = float(np.mean([right for right, _ in several]))
+            out["where_among_several_any_object"] = float(np.mean([chance for _, chance in several]))
     return out
 
 

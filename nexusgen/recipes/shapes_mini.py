@@ -219,6 +219,16 @@ def shapes_mini_ar_listed_relations() -> TrainConfig:
     return config
 
 
+def shapes_mini_ar_listed_counts() -> TrainConfig:
+    """An experiment: a round of `ar_edit` (seed 28) with colour and shape counts answered after the objects they
+    count ("The red circle and the red cross, so 2.", `tasks.count_listing`; relations answered directly) and
+    twice as many count questions. Run from `ar_edit18` (training/shapes-mini/README.md has the scores)."""
+    config = shapes_mini_ar_edit_again(28)
+    config.data.world_options.update(reasoned_answers=True, reasoning_steps="listed", reasoned_types=["count"],
+                                     und_types=[*UND_TYPES, "count"])
+    return config
+
+
 def shapes_mini_gen_decoder() -> TrainConfig:
     """Phase 2: reconstruct the image from its own ViT embeddings. The preset places the 16 context tokens
     on the image grid (`DecoderConfig.generation_context_ids="grid"`): with upstream's all-zero ids the DiT
@@ -319,6 +329,7 @@ STAGES = {
 EXPERIMENTS = {"ar_reasoning": shapes_mini_ar_reasoning,
                "ar_rope_theta": shapes_mini_ar_rope_theta,
                "ar_input_places": shapes_mini_ar_input_places,
+               "ar_listed_counts": shapes_mini_ar_listed_counts,
                "ar_listed_relations": shapes_mini_ar_listed_relations,
                "ar_where": shapes_mini_ar_where,
                "ar_ordered_relations": shapes_mini_ar_ordered_relations,

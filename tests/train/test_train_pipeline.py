@@ -96,6 +96,13 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     assert len(said) > 4 and all(re.search(r"(column|row) \d[.。].+(column|row) \d, so (yes|no)\.$|"
                                            r"第\d[列行]。.+第\d[列行]，所以[是否]。$",
                                            r["messages"][1]["content"]) for r in said)
+    counts = get_recipe("shapes-mini-ar_listed_counts")  # an experiment
+    assert counts.data.tasks == edits.data.tasks and counts.data.world_options["reasoned_types"] == ["count"]
+    source = generated_messages(counts)[0]
+    said = [source[i]["messages"][1]["content"] for i in range(160) if source[i]["source"].endswith("/count")]
+    assert any(re.search(r"\w, so \d\.$|所以\d。$", a) for a in said) and any(a.isdigit() for a in said)
+    assert not any(source[i]["source"].endswith("/relation") and len(source[i]["messages"][1]["content"]) > 3
+                   for i in range(160))  # relations answered directly
     answers = get_recipe("shapes-mini-vlm_answers")
     assert answers.stage.name == "vlm" and answers.stage.ce_reduction == "sample"
     reasoning = get_recipe("shapes-mini-ar_reasoning")  # an experiment: a recipe, not a pipeline stage
