@@ -13,13 +13,12 @@ import collections
 import json
 
 import numpy as np
+from relation_probe import ask
 
 from nexusgen import NexusGen
 from nexusgen.eval.metrics import answer_matches, final_answer, normalise_answer
 from nexusgen.worlds.shapes import language as L
-from nexusgen.worlds.shapes import make_understanding, render_scene
-
-BATCH = 16
+from nexusgen.worlds.shapes import make_understanding
 
 
 def _kind(question: str, lang: str) -> str:
@@ -39,10 +38,7 @@ def main() -> None:
     model = NexusGen.from_pretrained(args.model)
     items = [make_understanding(np.random.default_rng([779, i]), "count", "en" if i % 10 < 7 else "zh")
              for i in range(args.num)]
-    answers = []
-    for s in range(0, len(items), BATCH):
-        answers += model.understand([render_scene(it.scene, 64) for it in items[s:s + BATCH]],
-                                    [it.question for it in items[s:s + BATCH]], max_new_tokens=128)
+    answers = ask(model, [it.scene for it in items], [it.question for it in items])
     right, misses = collections.defaultdict(list), collections.Counter()
     for item, answer in zip(items, answers):
         ok = answer_matches(answer, item.answer, "count")
@@ -52,7 +48,7 @@ def main() -> None:
             misses[{-1: "one_short", 1: "one_over"}.get(int(said) - int(item.answer), "other")] += 1
     out = {"items": len(items), "accuracy": float(np.mean([ok for oks in right.values() for ok in oks]))}
     out.update({f"{kind}": round(float(np.mean(oks)), 3) for kind, oks in sorted(right.items())})
-    out.update(misses, listed=sum(("so " in a or "所以" in a) for a in answers))
+    out.update(misses, listed=sum(final_answer(a) != a for a in answers))
     print(json.dumps(out))
 
 

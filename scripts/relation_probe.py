@@ -34,7 +34,7 @@ CELL_OF_PLACE = {w: cell for lang in L.PLACE_WORDS.values() for cell, words in l
 BATCH = 16
 
 
-def _ask(model, scenes, questions, max_new_tokens=128):
+def ask(model, scenes, questions, max_new_tokens=128):
     answers = []
     for s in range(0, len(questions), BATCH):
         answers += model.understand([render_scene(sc, 64) for sc in scenes[s:s + BATCH]],
@@ -51,7 +51,7 @@ def where_and_relation(model, num: int) -> dict:
     for qtype in ("where", "relation"):
         items = [make_understanding(np.random.default_rng([777, i]), qtype, "en" if i % 10 < 7 else "zh")
                  for i in range(num)]
-        answers = _ask(model, [it.scene for it in items], [it.question for it in items])
+        answers = ask(model, [it.scene for it in items], [it.question for it in items])
         out[qtype] = float(np.mean([answer_matches(a, it.answer, it.qtype) for a, it in zip(answers, items)]))
         if qtype == "where":  # which axis the wrong answers miss, and whose place they name
             got, want = [_cell(a) for a in answers], [CELL_OF_PLACE[it.answer] for it in items]
@@ -82,8 +82,8 @@ def lookup_consistency(model, num: int) -> dict:
     items = [make_understanding(np.random.default_rng([778, i]), "relation", "en") for i in range(num)]
     items = [(it, pair) for it in items if (pair := _named_pair(it)) is not None]
     scenes = [it.scene for it, _ in items]
-    relation = _ask(model, scenes, [it.question for it, _ in items])
-    where = [_ask(model, scenes, [f"Where is {L.reference(pair[k], 'en')}?" for _, pair in items], 8) for k in (0, 1)]
+    relation = ask(model, scenes, [it.question for it, _ in items])
+    where = [ask(model, scenes, [f"Where is {L.reference(pair[k], 'en')}?" for _, pair in items], 8) for k in (0, 1)]
     both = np.array([_cell(wa) == tuple(a.cell) and _cell(wb) == tuple(b.cell)
                      for wa, wb, (_, (a, b)) in zip(*where, items)])
     right = np.array([answer_matches(r, it.answer, it.qtype) for r, (it, _) in zip(relation, items)])
@@ -110,7 +110,7 @@ def _relation_word(question: str) -> str:
 
 def chain_consistency(model, num: int) -> dict:
     items = [make_understanding(np.random.default_rng([778, i]), "relation", "en") for i in range(num)]
-    answers = _ask(model, [it.scene for it in items], [it.question for it in items])
+    answers = ask(model, [it.scene for it in items], [it.question for it in items])
     split = [a.strip().rpartition(". ") for a in answers]  # a listing first ("listed"), else ("", "", answer)
     steps = [_ordered_step(it, last) or _place_step(it, last) for it, (_, _, last) in zip(items, split)]
     parsed = [step for step in steps if step is not None]

@@ -14,15 +14,11 @@ the yes-vs-no logit at that token (400 items) and how often it says yes.
 """
 
 import argparse
-import json
-import time
 
+import llm_text_pilot
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from nexusgen.loading.autoregressive import load_autoregressive
-from nexusgen.processing.processor import ImageOnlyProcessor
 from nexusgen.worlds.shapes import language as L
 from nexusgen.worlds.shapes.scene import CELLS, COLORS, RELATIONS, SHAPES, ShapeObject, relation_holds
 from nexusgen.worlds.shapes.tasks import relation_comparison, relation_conclusion
@@ -59,39 +55,31 @@ def make_item(rng, form: str) -> tuple[str, str, bool]:
 
 class Pilot:
     def __init__(self, folder: str, form: str):
-        self.model, tokenizer, image_processor = load_autoregressive(folder, device="cpu")
-        self.processor = ImageOnlyProcessor(tokenizer, image_processor, self.model.config)
+        self.model, self.processor = llm_text_pilot.load(folder)
         self.form = form
         # The tiny tokenizer splits " yes" into " y" + "es" and " no" into " " + "no": the first decides.
+        tokenizer = self.processor.tokenizer
         self.yes, self.no = tokenizer.encode(" yes")[0], tokenizer.encode(" no")[0]
 
-    def hidden(self, batch):
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        positions = self.model.compute_positions(ids, mask, None)
-        return self.model.language_model(self.model.embed_tokens(ids), mask, positions)[0]
-
     def loss(self, items) -> torch.Tensor:
-        encoded = [self.processor.encode([{"role": "user", "content": q}, {"role": "assistant",
-                                          "content": f"{said} {'yes' if truth else 'no'}."}], [])
-                   for q, said, truth in items]
-        batch = self.processor.pad(encoded, padding_side="right")
-        hidden, labels = self.hidden(batch)[:, :-1], batch["labels"][:, 1:]
-        rows = labels != -100
-        return F.cross_entropy(self.model.vlm.lm_head(hidden[rows]).float(), labels[rows])
+        return llm_text_pilot.answer_loss(self.model, self.processor, [
+            [{"role": "user", "content": q}, {"role": "assistant", "content": f"{said} {'yes' if truth else 'no'}."}]
+            for q, said, truth in items])
 
     @torch.no_grad()
-    def evaluate(self, seed: int, num: int = 400) -> tuple[float, float]:
+    def evaluate(self, seed: int, num: int = 400) -> dict:
         rng = np.random.default_rng([seed, 1])
         right = says_yes = 0
         for _ in range(0, num, 50):
             items = [make_item(rng, self.form) for _ in range(50)]
             encoded = [self.processor.encode([{"role": "user", "content": q}], [], add_generation_prompt=True,
                                              assistant_prefix=said) for q, said, _ in items]
-            logits = self.model.vlm.lm_head(self.hidden(self.processor.pad(encoded, "left"))[:, -1])
+            hidden = llm_text_pilot.hidden_states(self.model, self.processor.pad(encoded, "left"))
+            logits = self.model.vlm.lm_head(hidden[:, -1])
             yes = logits[:, self.yes] > logits[:, self.no]
             right += int((yes == torch.tensor([truth for *_, truth in items])).sum())
             says_yes += int(yes.sum())
-        return right / num, says_yes / num
+        return {"accuracy": right / num, "says_yes": says_yes / num}
 
 
 def main():
@@ -104,21 +92,9 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     pilot = Pilot(args.model, args.form)
-    model = pilot.model.train()
-    params = [p for name, p in model.named_parameters() if name.startswith("vlm.model.language_model")
-              or "lm_head" in name or "embed_tokens" in name]
-    optimizer = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0)
-    rng, start = np.random.default_rng([args.seed, 0]), time.time()
-    for step in range(args.steps + 1):
-        if step:
-            loss = pilot.loss([make_item(rng, args.form) for _ in range(16)])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        if step % args.eval_every == 0:
-            accuracy, says_yes = pilot.evaluate(args.seed)
-            print(json.dumps({"step": step, "accuracy": accuracy, "says_yes": says_yes,
-                              "seconds": round(time.time() - start)}), flush=True)
+    llm_text_pilot.train(pilot.model, lambda rng: pilot.loss([make_item(rng, args.form) for _ in range(16)]),
+                         lambda: pilot.evaluate(args.seed), steps=args.steps, eval_every=args.eval_every, lr=5e-4,
+                         seed=args.seed)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,12 @@ a random one of the listed objects' places would get.
 """
 
 import argparse
-import json
-import time
 
+import llm_text_pilot
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nexusgen.loading.autoregressive import load_autoregressive
-from nexusgen.processing.processor import ImageOnlyProcessor
 from nexusgen.worlds.shapes import language as L
 from nexusgen.worlds.shapes import make_understanding
 
@@ -35,36 +32,21 @@ def make_item(rng) -> tuple[str, str, int]:
         L.place_phrase(target.cell, "en"), len(objects)
 
 
-class Pilot:
-    def __init__(self, folder: str):
-        self.model, tokenizer, image_processor = load_autoregressive(folder, device="cpu")
-        self.processor = ImageOnlyProcessor(tokenizer, image_processor, self.model.config)
+def _conversations(items) -> list[list[dict]]:
+    return [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a, _ in items]
 
-    def logits_and_labels(self, items):
-        encoded = [self.processor.encode([{"role": "user", "content": q}, {"role": "assistant", "content": a}], [])
-                   for q, a, _ in items]
-        batch = self.processor.pad(encoded, padding_side="right")
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        positions = self.model.compute_positions(ids, mask, None)
-        hidden = self.model.language_model(self.model.embed_tokens(ids), mask, positions)[0]
-        return self.model.vlm.lm_head(hidden[:, :-1]).float(), batch["labels"][:, 1:]
 
-    def loss(self, items) -> torch.Tensor:
-        logits, labels = self.logits_and_labels(items)
-        rows = labels != -100
-        return F.cross_entropy(logits[rows], labels[rows])
-
-    @torch.no_grad()
-    def evaluate(self, seed: int, num: int = 400) -> tuple[float, float]:
-        rng = np.random.default_rng([seed, 1])
-        items = [make_item(rng) for _ in range(num)]
-        right = []
-        for s in range(0, num, 50):
-            logits, labels = self.logits_and_labels(items[s:s + 50])
-            answer = labels != -100
-            # Every answer token (the end of turn included) is the argmax.
-            right += ((logits.argmax(-1) == labels) | ~answer).all(1).tolist()
-        return float(np.mean(right)), float(np.mean([1 / n for *_, n in items]))
+@torch.no_grad()
+def evaluate(model, processor, seed: int, num: int = 400) -> dict:
+    rng = np.random.default_rng([seed, 1])
+    items = [make_item(rng) for _ in range(num)]
+    right = []
+    for s in range(0, num, 50):
+        hidden, labels = llm_text_pilot.teacher_forced(model, processor, _conversations(items[s:s + 50]))
+        answer = labels != -100
+        # Every answer token (the end of turn included) is the argmax.
+        right += ((model.vlm.lm_head(hidden).argmax(-1) == labels) | ~answer).all(1).tolist()
+    return {"accuracy": float(np.mean(right)), "a_random_object": round(float(np.mean([1 / n for *_, n in items])), 3)}
 
 
 def main():
@@ -76,22 +58,18 @@ def main():
     parser.add_argument("--lr", type=float, default=5e-4)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    pilot = Pilot(args.model)
-    model = pilot.model.train()
-    params = [p for name, p in model.named_parameters() if name.startswith("vlm.model.language_model")
-              or "lm_head" in name or "embed_tokens" in name]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    rng, start = np.random.default_rng([args.seed, 0]), time.time()
-    for step in range(args.steps + 1):
-        if step:
-            loss = pilot.loss([make_item(rng) for _ in range(16)])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        if step % args.eval_every == 0:
-            accuracy, any_object = pilot.evaluate(args.seed)
-            print(json.dumps({"step": step, "accuracy": accuracy, "a_random_object": round(any_object, 3),
-                              "seconds": round(time.time() - start)}), flush=True)
+    model, processor = llm_text_pilot.load(args.model)
+
+    def batch_loss(rng):
+        hidden, labels = llm_text_pilot.teacher_forced(model, processor, _conversations([make_item(rng)
+                                                                                        for _ in range(16)]))
+        rows = labels != -100
+        # The head over every position, then the answers' rows (not `answer_loss`'s rows first): the same
+        # sums as the runs logged in training/shapes-mini/provenance/text_lookup_*.jsonl, to the last bit.
+        return F.cross_entropy(model.vlm.lm_head(hidden).float()[rows], labels[rows])
+
+    llm_text_pilot.train(model, batch_loss, lambda: evaluate(model, processor, args.seed), steps=args.steps,
+                         eval_every=args.eval_every, lr=args.lr, seed=args.seed)
 
 
 if __name__ == "__main__":
