@@ -249,7 +249,7 @@ def shapes_mini_ar_captions_round() -> TrainConfig:
     relations 0.70, understanding 0.875 (bundle v14; training/shapes-mini/README.md, thirteenth session)."""
     config = shapes_mini_ar_relations_round()
     config.seed = 35
-    config.data.world_options["und_types"] = [*UND_TYPES, "relation", "where", "caption", "caption"]
+    config.data.world_options["und_types"] += ["caption", "caption"]
     return config
 
 
