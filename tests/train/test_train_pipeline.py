@@ -54,7 +54,8 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
         assert config.stage.preset == "shapes-mini" and config.data.world == "shapes"
     rounds = [f"ar_edit{n}" for n in range(2, 19)]
     focused = ["ar_where_only", "ar_where_relations", "ar_relations_only", "ar_relations_round", "ar_captions_round",
-               "ar_counts_only", "ar_counts_round", "ar_captions_only", "ar_counts_round2", "ar_counts_round3"]
+               "ar_counts_only", "ar_counts_round", "ar_captions_only", "ar_counts_round2", "ar_counts_round3",
+               "ar_relations_only2", "ar_counts_round4"]
     assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "ar_more", "ar_edit", *rounds,
                                               *focused, "gen_decoder", "gen_decoder_more", "edit_decoder",
                                               "edit_decoder_more", "edit_decoder_more2", "edit_decoder_more3"]
@@ -69,21 +70,22 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     assert edits.stage.name == "ar" and edits.data.tasks.count("edit") * 2 == len(edits.data.tasks)
     assert edits.stage.loss_weights == more.stage.loss_weights and edits.lr == more.lr
     # the focused stages ask one or two question types alone; the rounds after them are ar_edit's mix
-    alone = ("ar_where_only", "ar_where_relations", "ar_relations_only", "ar_counts_only", "ar_captions_only")
-    where, where_rel, rel, counts, captions = (get_recipe(f"shapes-mini-{name}") for name in alone)
-    assert all(c.data.tasks == ["understand"] for c in (where, where_rel, rel, counts, captions))
-    assert [c.data.world_options["und_types"] for c in (where, where_rel, rel, counts, captions)] == [
-        ["where"], ["where", "relation"], ["relation"], ["count"], ["caption"]]
+    alone = ("ar_where_only", "ar_where_relations", "ar_relations_only", "ar_counts_only", "ar_captions_only",
+             "ar_relations_only2")
+    where, where_rel, rel, counts, captions, rel2 = singles = [get_recipe(f"shapes-mini-{name}") for name in alone]
+    assert all(c.data.tasks == ["understand"] for c in singles)
+    assert [c.data.world_options["und_types"] for c in singles] == [
+        ["where"], ["where", "relation"], ["relation"], ["count"], ["caption"], ["relation"]]
     assert not any("reasoning_steps" in c.data.world_options for c in (where, counts, captions))
-    assert where_rel.data.world_options["reasoning_steps"] == rel.data.world_options["reasoning_steps"] == "ordered"
-    assert [c.max_steps for c in (where, where_rel, rel, counts, captions)] == [1800, 600, 1800, 1800, 1800]
+    assert {c.data.world_options["reasoning_steps"] for c in (where_rel, rel, rel2)} == {"ordered"}
+    assert [c.max_steps for c in singles] == [1800, 600, 1800, 1800, 1800, 1800]
     mixed = [get_recipe(f"shapes-mini-{name}") for name in focused if name not in alone]
     relations_round, captions_round, *counts_rounds = mixed
     assert all(c.data.tasks == edits.data.tasks for c in mixed)
     assert captions_round.data.world_options["und_types"].count("caption") == 3
     assert relations_round.data.world_options["und_types"].count("caption") == 1
     assert all(c.data.world_options == captions_round.data.world_options for c in counts_rounds)
-    assert [get_recipe(f"shapes-mini-{name}").seed for name in focused] == [31, 32, 33, 34, 35, 36, 37, 38, 39, 40]
+    assert [get_recipe(f"shapes-mini-{name}").seed for name in focused] == list(range(31, 43))
     edit_decoder = get_recipe("shapes-mini-edit_decoder")
     assert edit_decoder.stage.reference_dropout_prob == 0.0 and edit_decoder.stage.true_target_prob == 1.0
     assert get_recipe("shapes-mini-edit_decoder_predicted_targets").stage.true_target_prob == 0.0  # upstream's
