@@ -55,7 +55,7 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     rounds = [f"ar_edit{n}" for n in range(2, 19)]
     focused = ["ar_where_only", "ar_where_relations", "ar_relations_only", "ar_relations_round", "ar_captions_round",
                "ar_counts_only", "ar_counts_round", "ar_captions_only", "ar_counts_round2", "ar_counts_round3",
-               "ar_relations_only2", "ar_counts_round4"]
+               "ar_relations_only2", "ar_counts_round4", "ar_anneal"]
     assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "ar_more", "ar_edit", *rounds,
                                               *focused, "gen_decoder", "gen_decoder_more", "edit_decoder",
                                               "edit_decoder_more", "edit_decoder_more2", "edit_decoder_more3"]
@@ -85,7 +85,9 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     assert captions_round.data.world_options["und_types"].count("caption") == 3
     assert relations_round.data.world_options["und_types"].count("caption") == 1
     assert all(c.data.world_options == captions_round.data.world_options for c in counts_rounds)
-    assert [get_recipe(f"shapes-mini-{name}").seed for name in focused] == list(range(31, 43))
+    assert [get_recipe(f"shapes-mini-{name}").seed for name in focused] == [*range(31, 43), 44]
+    *full_lr, anneal = counts_rounds  # the last round settles the mix at a third of the LR
+    assert [c.lr for c in full_lr] == [pytest.approx(3 * anneal.lr)] * 4
     edit_decoder = get_recipe("shapes-mini-edit_decoder")
     assert edit_decoder.stage.reference_dropout_prob == 0.0 and edit_decoder.stage.true_target_prob == 1.0
     assert get_recipe("shapes-mini-edit_decoder_predicted_targets").stage.true_target_prob == 0.0  # upstream's
