@@ -75,11 +75,12 @@ def test_where_answers_name_the_place_of_the_one_object_asked_about():
     assert "where" not in UND_TYPES  # a training question: evaluation's mix stays as scored so far
 
 
-def test_relation_answer_agrees_with_grid():
+@pytest.mark.parametrize("qtype", ["relation", "alike_relation"])
+def test_relation_answer_agrees_with_grid(qtype):
     rng = np.random.default_rng(0)
     words = {k: rel for rel, forms in RELATION_WORDS["en"].items() for k in forms}
     for _ in range(100):
-        item = make_understanding(rng, "relation", "en")
+        item = make_understanding(rng, qtype, "en")
         named = sorted((_mention(o, item.question), i) for i, o in enumerate(item.scene.objects)
                        if _mention(o, item.question) is not None)
         assert len(named) == 2, item.question
@@ -87,6 +88,8 @@ def test_relation_answer_agrees_with_grid():
         between = item.question[named[0][0]:named[1][0]]
         rel = next(v for k, v in sorted(words.items(), key=lambda kv: -len(kv[0])) if f" {k} " in between)
         assert (item.answer == "yes") == relation_holds(first, second, rel)
+        if qtype == "alike_relation":  # the training-only type asks about two objects alike in colour or shape
+            assert first.color == second.color or first.shape == second.shape, item.question
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
