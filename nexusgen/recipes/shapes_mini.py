@@ -306,7 +306,7 @@ def shapes_mini_ar_relations_only_again() -> TrainConfig:
 def shapes_mini_ar_anneal() -> TrainConfig:
     """`ar_counts_round`'s full mix once more (seed 44) at a third of its LR (1e-4), from `ar_counts_round4`:
     each focused stage moved the questions it did not ask and the full-LR rounds after it moved them back; a
-    round at a lower LR settles the mix. Understanding 0.9725 / 0.945 -> 0.9675 / 0.95 on seeds 9001 / 9002,
+    round at a lower LR is meant to settle the mix. Understanding 0.9725 / 0.945 -> 0.9675 / 0.95 on seeds 9001 / 9002,
     and 0.9575 / 0.96 / 0.94 on seeds 9003 / 9004 / 9005, held out from every choice of stage (bundle v18)."""
     config = shapes_mini_ar_counts_round_again(44)
     config.lr = 1e-4

@@ -86,7 +86,7 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     assert relations_round.data.world_options["und_types"].count("caption") == 1
     assert all(c.data.world_options == captions_round.data.world_options for c in counts_rounds)
     assert [get_recipe(f"shapes-mini-{name}").seed for name in focused] == [*range(31, 43), 44]
-    *full_lr, anneal = counts_rounds  # the last round settles the mix at a third of the LR
+    *full_lr, anneal = counts_rounds  # the last round runs at a third of the LR
     assert [c.lr for c in full_lr] == [pytest.approx(3 * anneal.lr)] * 4
     edit_decoder = get_recipe("shapes-mini-edit_decoder")
     assert edit_decoder.stage.reference_dropout_prob == 0.0 and edit_decoder.stage.true_target_prob == 1.0

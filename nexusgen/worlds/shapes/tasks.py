@@ -395,7 +395,7 @@ def make_understanding(rng: np.random.Generator, qtype: str, lang: str = "en", *
     if qtype not in _QUESTIONS:
         raise ValueError(f"unknown question type {qtype!r}; expected one of {TRAIN_UND_TYPES}")
     L.check_lang(lang)
-    scene = _scene(rng, compositional, exclude, min_objects=2 if "relation" in qtype else 1)
+    scene = _scene(rng, compositional, exclude, min_objects=2 if qtype in ("relation", "alike_relation") else 1)
     while qtype == "alike_relation" and not alike_pairs(scene):  # six scenes in ten have a pair
         scene = _scene(rng, compositional, exclude, min_objects=2)
     question, answer, *steps = _QUESTIONS[qtype](rng, scene, lang, exclude)  # steps: the reasoned answers
