@@ -1,6 +1,6 @@
 """The bundled miniature Nexus-Gen, trained from scratch on ShapesWorld (64-px images), on a 2-core CPU.
 
-`nexusgen train shapes-mini --out RUN` runs the forty-two stages in order, each in `RUN/<stage>/` and each
+`nexusgen train shapes-mini --out RUN` runs the forty-five stages in order, each in `RUN/<stage>/` and each
 starting from the previous stage's exported folder:
 
     vae          AutoencoderKL /4 (16x16x16 latents) on rendered scenes
@@ -23,6 +23,9 @@ starting from the previous stage's exported folder:
     ar_relations_only2, ar_counts_round4
                  ordered relation questions alone again, then ar_counts_round once more
     ar_anneal    ar_counts_round once more at a third of the LR
+    ar_alike_only, ar_alike_round, ar_alike_anneal
+                 relation questions about two objects alike in colour or shape alone, then ar_counts_round
+                 and ar_anneal once more
     gen_decoder  phase 2: adapter + DiT from ground-truth ViT embeddings (10% conditioning dropout, so
                  guidance needs no T5); the context tokens carry their grid places as RoPE ids
     gen_decoder_more  gen_decoder continued for 2,000 steps, the LR warmed up again
@@ -313,6 +316,22 @@ def shapes_mini_ar_anneal() -> TrainConfig:
     return config
 
 
+def shapes_mini_ar_alike_only() -> TrainConfig:
+    """Relation questions about two objects alike in colour or shape, alone and ordered, 1,800 steps (seed 48),
+    from `ar_anneal`: relations 0.896 / 0.866 -> 1.00 / 0.97 on seeds 9001 / 9002, no alike pair wrong (v18: 3 of
+    30), while the questions not asked fall (captions 0.03 / 0.045), as after every focused stage."""
+    return _understanding_only(["alike_relation"], max_steps=1800, seed=48, eval_every=600, ordered=True)
+
+
+def shapes_mini_ar_alike_anneal() -> TrainConfig:
+    """`ar_anneal` again (seed 50), from `ar_alike_round` (the full round, seed 49, after `ar_alike_only`):
+    understanding 0.9825 / 0.97 / 0.9725 / 0.965 / 0.975 on seeds 9001-9005 against v18's
+    0.9675 / 0.95 / 0.9575 / 0.96 / 0.94, relations 0.97-1.00 (bundle v19)."""
+    config = shapes_mini_ar_anneal()
+    config.seed = 50
+    return config
+
+
 def shapes_mini_ar_question_first() -> TrainConfig:
     """An experiment: `ar_ordered_relations` (the same seed) with every understanding question put before its
     image (`question_first`, in the data and in the model's config for inference). In a causal LLM the
@@ -447,6 +466,9 @@ STAGES = {
     "ar_relations_only2": shapes_mini_ar_relations_only_again,
     "ar_counts_round4": functools.partial(shapes_mini_ar_counts_round_again, 42),
     "ar_anneal": shapes_mini_ar_anneal,
+    "ar_alike_only": shapes_mini_ar_alike_only,
+    "ar_alike_round": functools.partial(shapes_mini_ar_counts_round_again, 49),
+    "ar_alike_anneal": shapes_mini_ar_alike_anneal,
     "gen_decoder": shapes_mini_gen_decoder,
     "gen_decoder_more": shapes_mini_gen_decoder_more,
     "edit_decoder": shapes_mini_edit_decoder,

@@ -55,7 +55,8 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     rounds = [f"ar_edit{n}" for n in range(2, 19)]
     focused = ["ar_where_only", "ar_where_relations", "ar_relations_only", "ar_relations_round", "ar_captions_round",
                "ar_counts_only", "ar_counts_round", "ar_captions_only", "ar_counts_round2", "ar_counts_round3",
-               "ar_relations_only2", "ar_counts_round4", "ar_anneal"]
+               "ar_relations_only2", "ar_counts_round4", "ar_anneal", "ar_alike_only", "ar_alike_round",
+               "ar_alike_anneal"]
     assert list(PIPELINES["shapes-mini"]) == ["vae", "vlm", "vlm_answers", "ar", "ar_more", "ar_edit", *rounds,
                                               *focused, "gen_decoder", "gen_decoder_more", "edit_decoder",
                                               "edit_decoder_more", "edit_decoder_more2", "edit_decoder_more3"]
@@ -71,23 +72,24 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     assert edits.stage.loss_weights == more.stage.loss_weights and edits.lr == more.lr
     # the focused stages ask one or two question types alone; the rounds after them are ar_edit's mix
     alone = ("ar_where_only", "ar_where_relations", "ar_relations_only", "ar_counts_only", "ar_captions_only",
-             "ar_relations_only2")
-    where, where_rel, rel, counts, captions, rel2 = singles = [get_recipe(f"shapes-mini-{name}") for name in alone]
+             "ar_relations_only2", "ar_alike_only")
+    where, where_rel, rel, counts, captions, rel2, alike = singles = [get_recipe(f"shapes-mini-{name}") for name in alone]
     assert all(c.data.tasks == ["understand"] for c in singles)
     assert [c.data.world_options["und_types"] for c in singles] == [
-        ["where"], ["where", "relation"], ["relation"], ["count"], ["caption"], ["relation"]]
+        ["where"], ["where", "relation"], ["relation"], ["count"], ["caption"], ["relation"], ["alike_relation"]]
     assert not any("reasoning_steps" in c.data.world_options for c in (where, counts, captions))
-    assert {c.data.world_options["reasoning_steps"] for c in (where_rel, rel, rel2)} == {"ordered"}
-    assert [c.max_steps for c in singles] == [1800, 600, 1800, 1800, 1800, 1800]
+    assert {c.data.world_options["reasoning_steps"] for c in (where_rel, rel, rel2, alike)} == {"ordered"}
+    assert [c.max_steps for c in singles] == [1800, 600, 1800, 1800, 1800, 1800, 1800]
     mixed = [get_recipe(f"shapes-mini-{name}") for name in focused if name not in alone]
     relations_round, captions_round, *counts_rounds = mixed
     assert all(c.data.tasks == edits.data.tasks for c in mixed)
     assert captions_round.data.world_options["und_types"].count("caption") == 3
     assert relations_round.data.world_options["und_types"].count("caption") == 1
     assert all(c.data.world_options == captions_round.data.world_options for c in counts_rounds)
-    assert [get_recipe(f"shapes-mini-{name}").seed for name in focused] == [*range(31, 43), 44]
-    *full_lr, anneal = counts_rounds  # the last round runs at a third of the LR
-    assert [c.lr for c in full_lr] == [pytest.approx(3 * anneal.lr)] * 4
+    assert [get_recipe(f"shapes-mini-{name}").seed for name in focused] == [*range(31, 43), 44, 48, 49, 50]
+    *full_lr, anneal, alike_round, alike_anneal = counts_rounds  # each low-LR round at a third of the LR
+    assert [c.lr for c in (*full_lr, alike_round)] == [pytest.approx(3 * anneal.lr)] * 5
+    assert alike_anneal.lr == anneal.lr
     edit_decoder = get_recipe("shapes-mini-edit_decoder")
     assert edit_decoder.stage.reference_dropout_prob == 0.0 and edit_decoder.stage.true_target_prob == 1.0
     assert get_recipe("shapes-mini-edit_decoder_predicted_targets").stage.true_target_prob == 0.0  # upstream's
