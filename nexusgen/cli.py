@@ -166,6 +166,7 @@ def _tooling_commands(sub) -> None:
     p.add_argument("what", choices=["ar", "decoder", "e2e", "train"])
     p.add_argument("--quick", action="store_true", help="fewer repeats and sizes (for smoke tests)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="model for e2e")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps for e2e (default: the model's own)")
     p.set_defaults(handler=lambda args: _call(f"nexusgen.bench.{args.what}:run")(args))
 
 

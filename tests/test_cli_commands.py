@@ -145,6 +145,10 @@ def test_bench_e2e_quick(capsys):
     assert report["generate_gflop_per_image"] > 0
     assert math.isclose(report["batch1_gflop_per_s"], rate)
     assert math.isclose(report["batch_speedup_bound"], 1 / report["batch1_fraction_of_peak"])
+    code, out, _ = _run(["bench", "e2e", "--quick", "--model", "tiny", "--steps", "1"], capsys)
+    fewer = json.loads(out)  # one denoising step instead of the model's four: fewer FLOPs per image
+    assert code == 0 and report["num_steps"] == 4 and fewer["num_steps"] == 1
+    assert fewer["generate_gflop_per_image"] < report["generate_gflop_per_image"]
 
 
 def _bad_cases(images, tmp_path):

@@ -3,7 +3,8 @@
 For `--model` (default the bundled shapes-mini; `tiny` for random weights), warm (after one untimed
 call), medians over repeats:
 
-* latency of `generate` for one image at the model's default size and steps (AR + denoising + VAE);
+* latency of `generate` for one image at the model's default size and steps, or `--steps N` (AR +
+  denoising + VAE);
 * throughput of `generate` at batch 16 vs batch 1 (images/s) and their ratio: the pipeline runs one AR
   forward and one decoder batch for the whole batch;
 * `understand` decoding speed with the KV cache: new tokens per second for one question about one image,
@@ -56,11 +57,11 @@ def understanding_speed(model, repeats: int, max_new_tokens: int) -> dict:
             "understand_tokens_per_s": max_new_tokens / seconds}
 
 
-def generation_speed(model, repeats: int, batch: int) -> dict:
+def generation_speed(model, repeats: int, batch: int, num_steps: int) -> dict:
     """Warm single-image latency and batch-vs-single throughput of `generate`."""
-    single = median_seconds(lambda: model.generate(PROMPT, seed=0), repeats)
+    single = median_seconds(lambda: model.generate(PROMPT, seed=0, num_steps=num_steps), repeats)
     prompts = [PROMPT] * batch
-    batched = median_seconds(lambda: model.generate(prompts, seed=0), max(1, repeats // 2))
+    batched = median_seconds(lambda: model.generate(prompts, seed=0, num_steps=num_steps), max(1, repeats // 2))
     return {"generate_latency_s_median": single, "generate_batch": batch,
             "generate_batch_seconds_median": batched, "images_per_s_batch1": 1 / single,
             f"images_per_s_batch{batch}": batch / batched, "batch_speedup": (batch / batched) * single}
@@ -68,7 +69,7 @@ def generation_speed(model, repeats: int, batch: int) -> dict:
 
 def batching_roofline(model, report: dict) -> dict:
     """Counted FLOPs per image, achieved FLOP rates, and the most throughput batching could add."""
-    flops = count_flops(lambda: model.generate(PROMPT, seed=0))
+    flops = count_flops(lambda: model.generate(PROMPT, seed=0, num_steps=report["num_steps"]))
     peak = matmul_peak(model.runtime.device, sizes=(512, 1024))["flops_per_s"]
     batch1_rate = flops / report["generate_latency_s_median"]
     batched_rate = flops * report[f"images_per_s_batch{report['generate_batch']}"]
@@ -87,12 +88,14 @@ def run(args) -> dict:
     model = NexusGen.from_pretrained(args.model, progress=False)
     load_seconds = time.perf_counter() - started
     sampling = model.config.sampling
+    steps = getattr(args, "steps", None)
+    num_steps = sampling.num_steps if steps is None else steps
     report = {"model": args.model, "device": str(model.runtime.device), "dtype": str(model.runtime.dtype),
               "threads": torch.get_num_threads(), "quick": quick, "repeats": repeats,
               "load_seconds": load_seconds, "image_size": [sampling.height, sampling.width],
-              "num_steps": sampling.num_steps, "guidance_scale": sampling.guidance_scale,
+              "num_steps": num_steps, "guidance_scale": sampling.guidance_scale,
               "num_output_tokens": model.config.num_output_tokens}
-    report.update(generation_speed(model, repeats, batch))
+    report.update(generation_speed(model, repeats, batch, num_steps))
     report.update(batching_roofline(model, report))
     report.update(understanding_speed(model, repeats, tokens))
     return report

@@ -73,7 +73,8 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     # the focused stages ask one or two question types alone; the rounds after them are ar_edit's mix
     alone = ("ar_where_only", "ar_where_relations", "ar_relations_only", "ar_counts_only", "ar_captions_only",
              "ar_relations_only2", "ar_alike_only")
-    where, where_rel, rel, counts, captions, rel2, alike = singles = [get_recipe(f"shapes-mini-{name}") for name in alone]
+    singles = [get_recipe(f"shapes-mini-{name}") for name in alone]
+    where, where_rel, rel, counts, captions, rel2, alike = singles
     assert all(c.data.tasks == ["understand"] for c in singles)
     assert [c.data.world_options["und_types"] for c in singles] == [
         ["where"], ["where", "relation"], ["relation"], ["count"], ["caption"], ["relation"], ["alike_relation"]]
