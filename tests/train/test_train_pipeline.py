@@ -88,7 +88,7 @@ def test_shapes_mini_recipes_resolve_and_train_on_shapesworld(tmp_path):
     assert relations_round.data.world_options["und_types"].count("caption") == 1
     assert all(c.data.world_options == captions_round.data.world_options for c in counts_rounds)
     assert [get_recipe(f"shapes-mini-{name}").seed for name in focused] == [*range(31, 43), 44, 48, 49, 50]
-    *full_lr, anneal, alike_round, alike_anneal = counts_rounds  # each low-LR round at a third of the LR
+    *full_lr, anneal, alike_round, alike_anneal = counts_rounds  # the low-LR rounds at a third of the others
     assert [c.lr for c in (*full_lr, alike_round)] == [pytest.approx(3 * anneal.lr)] * 5
     assert alike_anneal.lr == anneal.lr
     edit_decoder = get_recipe("shapes-mini-edit_decoder")
