@@ -69,13 +69,16 @@ class OneResident:
         self.current: nn.Module | None = None
 
     def activate(self, module: nn.Module) -> nn.Module:
-        """Move `module` to the device, after moving the previous resident out; returns `module`."""
-        if self.current is not None and self.current is not module:
+        """Move `module` to the device, after moving the previous resident out; returns `module`.
+
+        Where the device is the offload device (the CPU) nothing moves: every module may stay, and a
+        `.to()` walk of a model already in place cost shapes-mini ~9 ms of every 0.25-s `generate`.
+        """
+        if self.current is not None and self.current is not module and self.offload_device != self.device:
             self.current.to(self.offload_device)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()  # give the freed blocks back before the next model arrives
-        module.to(self.device)
-        self.current = module
+        self.current = place(module, self.device)
         return module
 
     def release(self) -> None:
@@ -85,6 +88,18 @@ class OneResident:
             self.current = None
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+
+def is_on(module: nn.Module, device: torch.device) -> bool:
+    """Whether every parameter and buffer of `module` is on `device` ("cuda" matches "cuda:0")."""
+    def same(d: torch.device) -> bool:
+        return d.type == device.type and (device.index is None or d.index == device.index)
+    return all(same(t.device) for t in (*module.parameters(), *module.buffers()))
+
+
+def place(module: nn.Module, device: torch.device) -> nn.Module:
+    """`module.to(device)`, skipped when it is already there (a cheap check, unlike `.to()`'s walk)."""
+    return module if is_on(module, device) else module.to(device)
 
 
 def reset_peak_memory(device: torch.device | str) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 
 from nexusgen.config import resolve_device, resolve_dtype
-from nexusgen.models.memory import OneResident
+from nexusgen.models.memory import OneResident, place
 
 
 class Runtime:
@@ -41,7 +41,7 @@ class Runtime:
 
     def place(self, module: torch.nn.Module) -> torch.nn.Module:
         """Put a small part (the VAE) on the device for good."""
-        return module.to(self.device)
+        return place(module, self.device)
 
     @contextlib.contextmanager
     def progress_bar(self, total: int, desc: str, enabled: bool | None = None) -> Iterator:

@@ -22,7 +22,15 @@ from nexusgen.models.decoder import (
     pack_latents,
     unpack_latents,
 )
-from nexusgen.models.memory import FP8_DTYPE, OneResident, enable_fp8_storage, parameter_bytes, peak_memory
+from nexusgen.models.memory import (
+    FP8_DTYPE,
+    OneResident,
+    enable_fp8_storage,
+    is_on,
+    parameter_bytes,
+    peak_memory,
+    place,
+)
 
 TINY = DECODER_PRESETS["tiny"]
 
@@ -171,6 +179,23 @@ def test_one_resident_moves_the_previous_module_out():
     residency.activate(b)
     assert a.weight.device.type == "meta" and b.weight.device.type == "cpu" and residency.current is b
     assert peak_memory("cpu")["peak_rss_mib"] > 0
+
+
+def test_one_resident_on_the_offload_device_moves_nothing():
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    residency = OneResident("cpu")  # CPU inference: the device is the offload device
+    for module in (a, b):
+        module.to = None  # would raise if called: a module already in place is not walked again
+    assert residency.activate(a) is a and residency.activate(b) is b and residency.current is b
+    assert a.weight.device.type == "cpu"
+
+
+def test_place_moves_only_a_module_that_is_elsewhere():
+    module = torch.nn.Linear(2, 2)
+    assert is_on(module, torch.device("cpu")) and not is_on(module, torch.device("meta"))
+    assert place(module, torch.device("meta")).weight.device.type == "meta"
+    module.to = None
+    assert place(module, torch.device("meta")) is module
 
 
 def test_vae_round_trip_shapes_and_scaling():
