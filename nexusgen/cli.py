@@ -10,13 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 
-# OpenMP threads busy-wait between parallel regions by default; on a shared or oversubscribed CPU a
-# waiting thread then burns the core another thread needs (a 10 ms forward measured 380-540 ms). Passive
-# waiting costs little when the machine is ours alone. Set before torch is imported; a user's value wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from nexusgen import openmp
 
 DEFAULT_MODEL = "shapes-mini"
 
@@ -180,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    openmp.configure()  # before torch loads: spin on an idle CPU, wait passively on a busy one
     try:
         result = args.handler(args)
     except USER_ERRORS as err:

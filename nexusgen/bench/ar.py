@@ -16,10 +16,8 @@ FLOPs of each one-pass call (matmuls by `FlopCounterMode`, plus the causal atten
 count on CPU), this machine's fp32 matmul peak (measured in the same run), the fraction of it that batch 1
 reaches, and `batch16_over_batch1_bound` = peak / batch-1 FLOP rate: no batching can beat that ratio.
 
-Threads: the report gives `threads` (torch.get_num_threads(); set OMP_NUM_THREADS=1 for one). On a shared
-machine, busy-waiting OpenMP threads turn a 10 ms forward into ~500 ms as soon as another process holds a
-core, so the `nexusgen` command sets OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise
-(`omp_wait_policy` in the output reports it).
+Threads: the report gives `threads` (torch.get_num_threads(); set OMP_NUM_THREADS=1 for one) and
+`omp_wait_policy`: the `nexusgen` command waits passively when another process is busy (`nexusgen.openmp`).
 `--quick` runs the tiny preset with few repeats (a smoke test).
 """
 
@@ -30,9 +28,7 @@ import os
 import torch
 
 from nexusgen.bench import count_flops, matmul_peak, median_seconds
-
-# Reported with the results; nexusgen/cli.py sets PASSIVE before torch loads (libgomp reads it once).
-_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY") or "unset (active spinning)"
+from nexusgen.openmp import current_policy
 
 PROMPTS = [
     "a red circle left of a blue square", "three green triangles",
@@ -106,7 +102,7 @@ def run(args) -> dict:
     presets = ("tiny",) if quick else ("tiny", "mid", JUDGED_PRESET)
     settings = dict(repeats=2, sequential_repeats=1, batch_sizes=(1, 4)) if quick else \
         dict(repeats=7, sequential_repeats=3, batch_sizes=(1, 4, 16))
-    report = {"device": str(device), "threads": torch.get_num_threads(), "omp_wait_policy": _OMP_WAIT_POLICY,
+    report = {"device": str(device), "threads": torch.get_num_threads(), "omp_wait_policy": current_policy(),
               "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
               "quick": quick, "statistic": "median", "presets": {}}
     peak = matmul_peak_flops(device)

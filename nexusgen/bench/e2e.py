@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from nexusgen.bench import count_flops, matmul_peak, median_seconds
+from nexusgen.openmp import current_policy
 
 PROMPT = "a red circle left of a blue square"
 QUESTION = "How many shapes are there?"
@@ -91,7 +92,8 @@ def run(args) -> dict:
     steps = getattr(args, "steps", None)
     num_steps = sampling.num_steps if steps is None else steps
     report = {"model": args.model, "device": str(model.runtime.device), "dtype": str(model.runtime.dtype),
-              "threads": torch.get_num_threads(), "quick": quick, "repeats": repeats,
+              "threads": torch.get_num_threads(), "omp_wait_policy": current_policy(), "quick": quick,
+              "repeats": repeats,
               "load_seconds": load_seconds, "image_size": [sampling.height, sampling.width],
               "num_steps": num_steps, "guidance_scale": sampling.guidance_scale,
               "num_output_tokens": model.config.num_output_tokens}
