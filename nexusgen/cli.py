@@ -139,7 +139,8 @@ def _tooling_commands(sub) -> None:
     q.add_argument("--decoder", default="editing", choices=["editing", "generation"])
     q.add_argument("--tasks", default="understanding,generation,editing",
                    help="comma-separated subset of understanding,generation,editing")
-    q.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
+    q.add_argument("--steps", type=int, default=None,
+                   help="denoising steps of every decoder (default: the model's own, per decoder)")
     q.add_argument("--guidance", type=float, default=None,
                    help="generation guidance scale (default: the model's own; needs a negative branch)")
     q.add_argument("--edit-guidance", type=float, default=None,
@@ -162,7 +163,7 @@ def _tooling_commands(sub) -> None:
     p.add_argument("what", choices=["ar", "decoder", "e2e", "train"])
     p.add_argument("--quick", action="store_true", help="fewer repeats and sizes (for smoke tests)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="model for e2e")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps for e2e (default: the model's own)")
+    p.add_argument("--steps", type=int, default=None, help="generation steps for e2e (default: the model's own)")
     p.set_defaults(handler=lambda args: _call(f"nexusgen.bench.{args.what}:run")(args))
 
 

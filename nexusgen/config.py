@@ -11,7 +11,8 @@ model as a whole::
      "reference_image_px": [504, 504],            # editing reference size; null: the bounded input size
      "templates": {"system_prompt": ..., "user": {...}, "answer_prefixes": {...}},
      "dtype": "bfloat16",                         # dtype the weights were written in
-     "sampling": {"num_steps": 50, "guidance_scale": 3.0, "edit_guidance_scale": 1.0, "shift": 3.0,
+     "sampling": {"num_steps": 50, "edit_num_steps": null,   # null: num_steps for editing too
+                  "guidance_scale": 3.0, "edit_guidance_scale": 1.0, "shift": 3.0,
                   "height": 512, "width": 512, "negative": "t5"}}
 
 N, the grids and the templates are *records* of the autoregressive part's own config: the loader checks
@@ -95,6 +96,9 @@ class SamplingConfig:
 
     num_steps: int = 50
     """Euler steps (upstream 50)."""
+    edit_num_steps: int | None = None
+    """Euler steps for the editing decoder; None: `num_steps`. Editing may need more steps than
+    generation (shapes-mini: 6 lose generation nothing, editing needs 10)."""
     guidance_scale: float = 1.0
     """True CFG scale for generation (upstream 3.0); 1 disables the negative branch."""
     edit_guidance_scale: float = 1.0
@@ -111,8 +115,10 @@ class SamplingConfig:
     def __post_init__(self):
         if self.negative not in NEGATIVE_KINDS:
             raise ValueError(f"sampling.negative must be one of {NEGATIVE_KINDS}, got {self.negative!r}")
-        if self.num_steps < 1:
-            raise ValueError(f"sampling.num_steps must be >= 1, got {self.num_steps}")
+        for name in ("num_steps", "edit_num_steps"):
+            steps = getattr(self, name)
+            if steps is not None and (not isinstance(steps, int) or steps < 1):
+                raise ValueError(f"sampling.{name} must be an integer >= 1, got {steps!r}")
         if self.height < 1 or self.width < 1:
             raise ValueError(f"sampling height/width must be positive, got {self.height}x{self.width}")
         if self.shift <= 0:

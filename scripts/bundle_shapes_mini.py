@@ -1,7 +1,7 @@
 """Bundle a trained shapes-mini run as the package's default model, stored in fp16.
 
     python scripts/bundle_shapes_mini.py RUN/final [--out nexusgen/assets/models/shapes-mini] \
-        [--num-steps N] [--guidance G] [--edit-guidance G]
+        [--num-steps N] [--edit-num-steps N] [--guidance G] [--edit-guidance G]
 
 RUN/final is what `nexusgen train shapes-mini --out RUN` leaves (a complete model folder). The weights
 are stored in fp16 (halves the repository size; they load back as fp32 on CPU, and fp16 keeps 11 bits of
@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=BUNDLED["shapes-mini"])
     parser.add_argument("--preset", default="shapes-mini", help="model-level settings of a training export")
     parser.add_argument("--num-steps", type=int, help="default denoising steps")
+    parser.add_argument("--edit-num-steps", type=int, help="default denoising steps of the editing decoder")
     parser.add_argument("--guidance", type=float, dest="guidance_scale", help="default generation guidance")
     parser.add_argument("--edit-guidance", type=float, dest="edit_guidance_scale", help="default editing guidance")
     args = parser.parse_args()
@@ -39,7 +40,7 @@ def main() -> None:
         # else the editing reference falls back to the input size, not the grid the decoder was trained at
         preset = NexusGenConfig.from_preset(args.preset)
         parts.config = dataclasses.replace(parts.config, reference_image_px=preset.reference_image_px)
-    chosen = {k: getattr(args, k) for k in ("num_steps", "guidance_scale", "edit_guidance_scale")}
+    chosen = {k: getattr(args, k) for k in ("num_steps", "edit_num_steps", "guidance_scale", "edit_guidance_scale")}
     parts.config.sampling = dataclasses.replace(parts.config.sampling,
                                                 **{k: v for k, v in chosen.items() if v is not None})
     save_model_folder(args.out, parts)

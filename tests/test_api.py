@@ -117,7 +117,8 @@ def test_nexusgen_json_records_the_model(folder):
     assert data["parts"] == ["autoregressive", "generation_decoder", "editing_decoder", "vae"]
     prefixes = data["templates"]["answer_prefixes"]
     assert prefixes["generate_en"] == "Here is an image based on the description: "
-    assert data["sampling"] == {**PRESETS["tiny"]["sampling"]} and data["dtype"] == "float32"
+    assert data["sampling"] == {**PRESETS["tiny"]["sampling"], "edit_num_steps": None}  # None: num_steps
+    assert data["dtype"] == "float32"
     assert not [p.name for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folders
 
 
@@ -127,6 +128,7 @@ def test_nexusgen_json_records_the_model(folder):
     ({"colour": "red"}, "unknown keys"),
     ({"parts": ["autoregressive", "editing_decoder", "vae", "generation_decoder", "extra"]}, "extra"),
     ({"sampling": {"negative": "t6"}}, "negative"),
+    ({"sampling": {"edit_num_steps": 0}}, "edit_num_steps"),
 ])
 def test_inconsistent_nexusgen_json_is_an_error_naming_the_file(folder, tmp_path, change, message):
     copy = tmp_path / "model"

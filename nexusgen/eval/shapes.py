@@ -106,7 +106,7 @@ def generate_artifacts(model, out_dir, config: ShapesEvalConfig) -> dict[str, li
     return items
 
 
-SAMPLING_FIELDS = ("num_steps", "guidance_scale", "edit_guidance_scale")
+SAMPLING_FIELDS = ("num_steps", "edit_num_steps", "guidance_scale", "edit_guidance_scale")
 
 
 def _sampling_record(model) -> dict:
@@ -163,8 +163,11 @@ def evaluate(model, out_dir, config: ShapesEvalConfig | None = None) -> dict:
 
 
 def _override_sampling(model, args) -> None:
-    """--steps / --guidance / --edit-guidance: the sampling side of the speed/quality trade-off."""
-    requested = {"num_steps": getattr(args, "steps", None), "guidance_scale": getattr(args, "guidance", None),
+    """--steps / --guidance / --edit-guidance: the sampling side of the speed/quality trade-off.
+
+    --steps sets every decoder's step count (generation and editing alike)."""
+    steps = getattr(args, "steps", None)
+    requested = {"num_steps": steps, "edit_num_steps": steps, "guidance_scale": getattr(args, "guidance", None),
                  "edit_guidance_scale": getattr(args, "edit_guidance", None)}
     requested = {name: value for name, value in requested.items() if value is not None}
     if not requested:

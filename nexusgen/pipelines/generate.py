@@ -51,6 +51,7 @@ def image_settings(config, *, height, width, num_steps, guidance_scale, seed,
     """Fill defaults from `config.sampling` and check every value (ValueError names the bad one)."""
     sampling = config.sampling
     default_scale = sampling.edit_guidance_scale if edit else sampling.guidance_scale
+    default_steps = (sampling.edit_num_steps or sampling.num_steps) if edit else sampling.num_steps
     guidance_scale = default_scale if guidance_scale is None else guidance_scale
     check_positive("guidance_scale", guidance_scale, float)
     height = check_positive("height", height) or sampling.height
@@ -58,7 +59,7 @@ def image_settings(config, *, height, width, num_steps, guidance_scale, seed,
     if height * width > MAX_OUTPUT_PIXELS:
         raise ValueError(f"output size {height}x{width} is more than the limit of {MAX_OUTPUT_PIXELS} pixels")
     return ImageSettings(height=height, width=width,
-                         num_steps=check_positive("num_steps", num_steps) or sampling.num_steps,
+                         num_steps=check_positive("num_steps", num_steps) or default_steps,
                          guidance_scale=float(guidance_scale), seed=check_seed(seed))
 
 

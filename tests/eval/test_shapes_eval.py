@@ -180,7 +180,8 @@ def test_cli_tasks_and_ground_truth_embeds(tmp_path, capsys, tiny_model, monkeyp
     monkeypatch.setattr(tiny_model.config, "sampling", tiny_model.config.sampling)  # restored after the test
     assert main(["eval", "shapes", "--out", str(tmp_path / "s3"), "--model", "tiny", "--num", "2",
                  "--tasks", "generation", "--steps", "3"]) == 0
-    assert json.loads(capsys.readouterr().out)["num_steps"] == 3
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["num_steps"] == printed["edit_num_steps"] == 3  # --steps sets every decoder's count
     assert main(["eval", "shapes", "--out", str(tmp_path), "--tasks", "drawing"]) == 2  # one clear line
     # tiny has no negative branch: guidance other than 1 is refused in one line, nothing is generated
     assert main(["eval", "shapes", "--out", str(tmp_path / "g"), "--model", "tiny", "--guidance", "2"]) == 2

@@ -166,6 +166,40 @@ def test_oversized_output_is_refused_before_any_work(tiny):
     assert (ok.height, ok.width) == (2048, 2048)
 
 
+def test_step_defaults_are_per_decoder(tiny, pictures, monkeypatch):
+    sampling = dataclasses.replace(tiny.config.sampling, num_steps=2, edit_num_steps=3)
+    monkeypatch.setattr(tiny.config, "sampling", sampling)
+    used = {}
+
+    def spy(name, sample):
+        def run(*args, num_steps, **kwargs):
+            used[name] = num_steps
+            return sample(*args, num_steps=num_steps, **kwargs)
+        return run
+
+    monkeypatch.setattr("nexusgen.pipelines.generate.generate_images", spy("generate", generate_images))
+    monkeypatch.setattr("nexusgen.pipelines.edit.edit_images", spy("edit", edit_images))
+    tiny.generate("a red circle")
+    tiny.edit(pictures[0], "make it blue")
+    assert used == {"generate": 2, "edit": 3}
+    used.clear()
+    tiny.edit(pictures[0], "make it blue", decoder="generation")  # the generation decoder's own count
+    assert used == {"generate": 2}
+    tiny.edit(pictures[0], "make it blue", num_steps=1)  # an argument overrides the default
+    assert used["edit"] == 1
+    monkeypatch.setattr(tiny.config, "sampling", dataclasses.replace(sampling, edit_num_steps=None))
+    tiny.edit(pictures[0], "make it blue")
+    assert used["edit"] == 2  # None: the editing decoder uses num_steps
+
+
+@pytest.mark.parametrize("steps", [0, -1, 2.5])
+def test_sampling_config_refuses_bad_step_counts(steps):
+    from nexusgen.config import SamplingConfig
+    for name in ("num_steps", "edit_num_steps"):
+        with pytest.raises(ValueError, match=name):
+            SamplingConfig(**{name: steps})
+
+
 def test_progress_bar_only_when_asked(tiny, capsys):
     tiny._generate(prompt="a", progress=True)
     assert "generating" in capsys.readouterr().err
