@@ -32,11 +32,11 @@ def cpu_times(path: str = PROC_STAT) -> tuple[int, int] | None:
     try:
         with open(path, encoding="ascii") as f:
             fields = f.readline().split()
-    except OSError:
+        ticks = [int(x) for x in fields[1:]]
+    except (OSError, ValueError):  # ValueError: not ASCII, or a field that is not a number
         return None
-    if not fields or fields[0] != "cpu" or len(fields) < 5:
+    if not fields or fields[0] != "cpu" or len(ticks) < 4:
         return None
-    ticks = [int(x) for x in fields[1:]]
     idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
     total = sum(ticks[:8])  # guest times are already counted in user and nice
     return total - idle, total

@@ -17,6 +17,8 @@ def test_cpu_times_counts_idle_and_iowait_as_not_busy(tmp_path):
     assert openmp.cpu_times(str(tmp_path / "missing")) is None
     path.write_text("intr 1 2 3\n")
     assert openmp.cpu_times(str(path)) is None
+    path.write_text("cpu  100 5 x 800\n")  # unreadable: the command then waits passively, it does not fail
+    assert openmp.cpu_times(str(path)) is None
 
 
 def test_busy_cores_is_the_busy_share_of_all_cores():
