@@ -119,17 +119,18 @@ class NexusGen:
                                max_new_tokens=max_new_tokens)
         return out.texts[0] if single else out.texts
 
-    def generate(self, prompt: str | list[str], seed: int = 0, *, height: int | None = None,
+    def generate(self, prompt: str | list[str], seed: int | list[int] = 0, *, height: int | None = None,
                  width: int | None = None, num_steps: int | None = None, guidance_scale: float | None = None,
                  progress: bool | None = None) -> Image.Image | list[Image.Image]:
-        """Text-to-image: one image per prompt; image b of a list uses seed + b (see `GeneratePipeline`)."""
+        """Text-to-image: one image per prompt; image b of a list uses seed + b, or seed[b] for a list of seeds
+        (see `GeneratePipeline`)."""
         out = self._require(self._generate, "generation")(
             prompt=prompt, height=height, width=width, num_steps=num_steps, guidance_scale=guidance_scale,
             seed=seed, progress=progress)
         return out.images[0] if isinstance(prompt, str) else out.images
 
     def edit(self, image: ImageLike | list[ImageLike], prompt: str | list[str], decoder: str = "editing",
-             seed: int = 0, *, height: int | None = None, width: int | None = None,
+             seed: int | list[int] = 0, *, height: int | None = None, width: int | None = None,
              num_steps: int | None = None, guidance_scale: float | None = None,
              progress: bool | None = None) -> Image.Image | list[Image.Image]:
         """Instruction-based editing with the editing (default) or generation decoder (see `EditPipeline`)."""

@@ -151,13 +151,7 @@ def _tooling_commands(sub) -> None:
     q.add_argument("--prompt-style", default="short", choices=["short", "detailed"],
                    help="generation prompts: GenEval-like short ones, or detailed ones that pin the scene down")
     q.set_defaults(handler=_call("nexusgen.eval.shapes:eval_command"))
-    q = ev.add_parser("geneval-export", help="write GenEval's folder layout for a prompts file")
-    q.add_argument("--prompts", required=True, help="GenEval metadata JSONL (one prompt object a line)")
-    q.add_argument("--out", required=True)
-    q.add_argument("--model", default=DEFAULT_MODEL)
-    q.add_argument("--images-per-prompt", type=int, default=4)
-    q.add_argument("--seed", type=int, default=0)
-    q.set_defaults(handler=_call("nexusgen.eval.geneval:export_command"))
+    _benchmark_commands(ev)
 
     p = sub.add_parser("bench", help="benchmarks; JSON on stdout")
     p.add_argument("what", choices=["ar", "decoder", "e2e", "train"])
@@ -165,6 +159,51 @@ def _tooling_commands(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="model for e2e")
     p.add_argument("--steps", type=int, default=None, help="generation steps for e2e (default: the model's own)")
     p.set_defaults(handler=lambda args: _call(f"nexusgen.bench.{args.what}:run")(args))
+
+
+def _add_export_args(parser: argparse.ArgumentParser, *, edit: bool = False) -> None:
+    parser.add_argument("--out", required=True, help="output folder (a rerun skips finished items)")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (sample k of an item: seed + k)")
+    parser.add_argument("--batch-size", type=int, default=16, help="items per model call")
+    if edit:
+        parser.add_argument("--decoder", default="editing", choices=["editing", "generation"])
+
+
+def _benchmark_commands(ev) -> None:
+    """The public benchmarks: exports in each benchmark's own layout, and the understanding scorers."""
+    target = "nexusgen.eval.commands:"
+    q = ev.add_parser("geneval-export", help="GenEval: prompt folders of samples for its detector-based scorer")
+    q.add_argument("--prompts", required=True, help="GenEval evaluation_metadata.jsonl")
+    q.add_argument("--images-per-prompt", type=int, default=4)
+    _add_export_args(q)
+    q.set_defaults(handler=_call(target + "geneval_export"))
+    q = ev.add_parser("dpg-export", help="DPG-Bench: 2x2 grids of 4 samples, named as compute_dpg_bench.py reads")
+    q.add_argument("--prompts", required=True, help="DPG-Bench prompts folder (one <item_id>.txt per prompt)")
+    q.add_argument("--resolution", type=int, default=None, help="tile side in pixels (default: the model's size)")
+    _add_export_args(q)
+    q.set_defaults(handler=_call(target + "dpg_export"))
+    q = ev.add_parser("imgedit-export", help="ImgEdit-Bench: OUT/<key>.png for its GPT judge")
+    q.add_argument("--edits", required=True, help="ImgEdit single-turn JSON (e.g. Basic/basic_edit.json)")
+    q.add_argument("--images", required=True, help="the original images folder (origin_img_root)")
+    _add_export_args(q, edit=True)
+    q.set_defaults(handler=_call(target + "imgedit_export"))
+    q = ev.add_parser("gedit-export", help="GEdit-Bench: OUT/fullset/<task_type>/<lang>/<key>.png for VIEScore")
+    q.add_argument("--data", required=True, help="the GEdit-Bench dataset folder (its parquet files)")
+    q.add_argument("--area", type=int, default=512 * 512, help="output pixels (aspect of the input, sides /32)")
+    _add_export_args(q, edit=True)
+    q.set_defaults(handler=_call(target + "gedit_export"))
+    q = ev.add_parser("understand", help="MME / MMBench / MMMU / POPE: answer, then score with the official rules")
+    q.add_argument("--benchmark", required=True, choices=["mme", "mmbench", "mmmu", "pope"])
+    q.add_argument("--data", required=True, help="the benchmark's published files (folder, or MMBench's .tsv)")
+    q.add_argument("--out", required=True, help="folder for answers.jsonl, official answer files, results.json")
+    q.add_argument("--model", default=DEFAULT_MODEL)
+    q.add_argument("--batch-size", type=int, default=16, help="questions per model call")
+    q.add_argument("--max-new-tokens", type=int, default=16)
+    q.add_argument("--split", default="validation", help="MMMU split (validation or dev)")
+    q.add_argument("--image-root", default=None, help="POPE: the COCO val2014 folder (default: --data)")
+    q.add_argument("--score-only", action="store_true", help="rescore saved answers without the model")
+    q.set_defaults(handler=_call(target + "understand"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -122,12 +122,14 @@ class BlankModel:
         _check_batch(images, prompts)
         return [self.answer for _ in prompts]
 
-    def generate(self, prompts, seed: int = 0) -> list[Image.Image]:
-        return [Image.new("RGB", (self.image_size, self.image_size), BACKGROUND) for _ in prompts]
+    def generate(self, prompts, seed=0, *, height: int | None = None, width: int | None = None) -> list[Image.Image]:
+        size = (width or self.image_size, height or self.image_size)
+        return [Image.new("RGB", size, BACKGROUND) for _ in prompts]
 
-    def edit(self, images, prompts, decoder: str = "editing", seed: int = 0) -> list[Image.Image]:
+    def edit(self, images, prompts, decoder: str = "editing", seed=0, *, height: int | None = None,
+             width: int | None = None) -> list[Image.Image]:
         _check_batch(images, prompts)
-        return [Image.new("RGB", im.size, BACKGROUND) for im in images]
+        return [Image.new("RGB", (width or im.width, height or im.height), BACKGROUND) for im in images]
 
 
 def _check_batch(images, prompts) -> None:

@@ -131,6 +131,8 @@ class ChatPipeline:
         check_positive("max_new_tokens", max_new_tokens)
         settings = image_settings(self.config, height=height, width=width, num_steps=num_steps,
                                   guidance_scale=guidance_scale, seed=seed)
+        if isinstance(settings.seed, tuple):  # images per answer vary, so per-image seeds cannot line up
+            raise ValueError("chat takes one integer seed, not a list")
         flat = [flatten_conversation(c, i) for i, c in enumerate(conversations)]
         inputs = self.processor.chat_inputs([m for m, _ in flat], [ims for _, ims in flat])  # encode
         inputs = to_device(inputs, self.runtime.device)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from nexusgen.flow.sampler import edit_images
 from nexusgen.pipelines.generate import GeneratePipeline, ImageSettings, image_settings
-from nexusgen.pipelines.inputs import as_batch, check_embeds, check_image, check_prompts, to_pil
+from nexusgen.pipelines.inputs import as_batch, batch_seeds, check_embeds, check_image, check_prompts, to_pil
 from nexusgen.pipelines.predict import negative_kwargs, predict_embeds, reference_embeds
 
 DECODERS = ("editing", "generation")
@@ -82,7 +82,7 @@ class EditPipeline:
         images, prompts, settings = self._validate(image, prompt, decoder, height=height, width=width,
                                                    num_steps=num_steps, guidance_scale=guidance_scale,
                                                    seed=seed)
-        seeds = [settings.seed + b for b in range(len(prompts))]
+        seeds = batch_seeds(settings.seed, len(prompts))
         embeds = predict_embeds(self.ar_model, self.processor, self.runtime, prompts, "edit", images)
         if decoder == "generation":
             negative = negative_kwargs(self.config, self.negative, settings.guidance_scale)
@@ -101,7 +101,7 @@ class EditPipeline:
                                              num_steps=num_steps, guidance_scale=guidance_scale, seed=seed)
         check_embeds(image_embeds, len(images), self.config.num_output_tokens,
                      self.ar_model.config.qwen_config.text_config.hidden_size)
-        seeds = [settings.seed + b for b in range(len(images))]
+        seeds = batch_seeds(settings.seed, len(images))
         embeds = image_embeds.to(self.runtime.device, self.runtime.dtype)
         return to_pil(self._edit(embeds, images, settings, seeds, progress))
 

@@ -14,7 +14,15 @@ import torch
 from PIL import Image
 
 from nexusgen.flow.sampler import generate_images
-from nexusgen.pipelines.inputs import as_batch, check_embeds, check_positive, check_prompts, check_seed, to_pil
+from nexusgen.pipelines.inputs import (
+    as_batch,
+    batch_seeds,
+    check_embeds,
+    check_positive,
+    check_prompts,
+    check_seed,
+    to_pil,
+)
 from nexusgen.pipelines.predict import negative_kwargs, predict_embeds
 
 MAX_OUTPUT_PIXELS = 2048 * 2048
@@ -43,7 +51,7 @@ class ImageSettings:
     width: int
     num_steps: int
     guidance_scale: float
-    seed: int
+    seed: int | tuple[int, ...]
 
 
 def image_settings(config, *, height, width, num_steps, guidance_scale, seed,
@@ -82,7 +90,7 @@ class GeneratePipeline:
 
     @torch.inference_mode()
     def __call__(self, *, prompt: str | list[str], height: int | None = None, width: int | None = None,
-                 num_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
+                 num_steps: int | None = None, guidance_scale: float | None = None, seed: int | list[int] = 0,
                  progress: bool | None = None) -> GenerateOutput:
         """Generate one image per prompt.
 
@@ -91,7 +99,7 @@ class GeneratePipeline:
             height, width: output size in pixels (rounded up to multiples of 16); default the model's.
             num_steps: Euler steps; default the model's.
             guidance_scale: true CFG scale; default the model's (1 = no negative branch).
-            seed: image b uses noise seed `seed + b`.
+            seed: image b uses noise seed `seed + b`; or a list with each image's seed.
             progress: show a progress bar (default: when stderr is a terminal).
 
         Returns:
@@ -106,13 +114,13 @@ class GeneratePipeline:
         negative = negative_kwargs(self.config, self.negative, settings.guidance_scale)
         # encode, AR
         embeds = predict_embeds(self.ar_model, self.processor, self.runtime, prompts, "generate")
-        seeds = [settings.seed + b for b in range(len(prompts))]
+        seeds = batch_seeds(settings.seed, len(prompts))
         images = self.decode(embeds, settings, seeds, negative, progress)  # denoise, decode
         return GenerateOutput(to_pil(images), embeds.float().cpu(), seeds)
 
     @torch.inference_mode()
     def decode_images(self, image_embeds: torch.Tensor, *, height: int | None = None, width: int | None = None,
-                      num_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
+                      num_steps: int | None = None, guidance_scale: float | None = None, seed: int | list[int] = 0,
                       progress: bool | None = None) -> list[Image.Image]:
         """Validated (B, N, D) embeddings -> B images, with the settings and seeds of `__call__`."""
         check_embeds(image_embeds, None, self.config.num_output_tokens,
@@ -120,7 +128,7 @@ class GeneratePipeline:
         settings = image_settings(self.config, height=height, width=width, num_steps=num_steps,
                                   guidance_scale=guidance_scale, seed=seed)
         negative = negative_kwargs(self.config, self.negative, settings.guidance_scale)
-        seeds = [settings.seed + b for b in range(image_embeds.shape[0])]
+        seeds = batch_seeds(settings.seed, image_embeds.shape[0])
         embeds = image_embeds.to(self.runtime.device, self.runtime.dtype)
         return to_pil(self.decode(embeds, settings, seeds, negative, progress))
 

@@ -84,10 +84,26 @@ def check_embeds(image_embeds: Any, batch: int | None, num_tokens: int, hidden_s
         raise ValueError(f"image_embeds must be a float ({', '.join(map(str, expected))}) tensor, got {shape}")
 
 
-def check_seed(seed: Any) -> int:
+def check_seed(seed: Any) -> int | tuple[int, ...]:
+    """A non-negative int (image b of a batch uses `seed + b`) or a sequence of them (one per image)."""
+    if isinstance(seed, (list, tuple)):
+        return tuple(check_seed(s) for s in seed)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     return seed
+
+
+def batch_seeds(seed: int | tuple[int, ...], batch: int) -> list[int]:
+    """The noise seed of each of `batch` images: `seed + b`, or the given per-image seeds.
+
+    Per-image seeds let a caller give an item the same noise whatever batch it lands in (resumed or
+    re-batched runs then write the same files).
+    """
+    if isinstance(seed, tuple):
+        if len(seed) != batch:
+            raise ValueError(f"got {len(seed)} seeds for {batch} images")
+        return list(seed)
+    return [seed + b for b in range(batch)]
 
 
 def image_request_inputs(processor, prompts: list[str], task: str,

@@ -25,9 +25,9 @@ class SeedRecorder(BlankModel):
         super().__init__(image_size=32)
         self.calls = []
 
-    def generate(self, prompts, seed=0):
+    def generate(self, prompts, seed=0, **size):
         self.calls.append((list(prompts), seed))
-        return super().generate(prompts, seed)
+        return super().generate(prompts, seed, **size)
 
 
 def _write_prompts(path, rows):
@@ -53,8 +53,10 @@ def test_layout(tmp_path):
 def test_seeds_differ_per_sample_and_resume_skips_complete_prompts(tmp_path):
     model = SeedRecorder()
     summary = export(model, PROMPTS, tmp_path, images_per_prompt=3, seed=10, batch_size=2)
-    assert summary == {"prompts": 3, "images": 9, "skipped": 0, "out": str(tmp_path)}
-    assert sorted({seed for _, seed in model.calls}) == [10, 11, 12]
+    assert summary == {"items": 3, "done": 3, "images": 9, "skipped": 0, "out": str(tmp_path)}
+    # sample k of every prompt uses seed 10 + k, whatever batch the prompt is in
+    assert sorted({s for _, seeds in model.calls for s in seeds}) == [10, 11, 12]
+    assert all(len(set(seeds)) == 1 and len(seeds) == len(prompts) for prompts, seeds in model.calls)
     again = SeedRecorder()
     assert export(again, PROMPTS, tmp_path, images_per_prompt=3, seed=10)["skipped"] == 3
     assert again.calls == []
@@ -69,7 +71,7 @@ def test_bad_prompt_files_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="not JSON"):
         read_prompts(tmp_path / "c.jsonl")
     (tmp_path / "d.jsonl").write_text("\n")
-    with pytest.raises(ValueError, match="no prompts"):
+    with pytest.raises(ValueError, match="no entries"):
         read_prompts(tmp_path / "d.jsonl")
     assert main(["eval", "geneval-export", "--prompts", str(tmp_path / "missing.jsonl"),
                  "--out", str(tmp_path / "o"), "--model", "blank"]) == 2
