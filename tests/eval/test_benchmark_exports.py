@@ -28,7 +28,8 @@ class SeedColourModel(BlankModel):
 
     def edit(self, images, prompts, decoder="editing", seed=0, *, height=None, width=None):
         self.calls.append(("edit", list(prompts), seed, height, width))
-        return [Image.new("RGB", (width or im.width, height or im.height), COLOURS[s % 4]) for im, s in zip(images, seed)]
+        sizes = [(width or im.width, height or im.height) for im in images]
+        return [Image.new("RGB", size, COLOURS[s % 4]) for size, s in zip(sizes, seed)]
 
 
 # ---------------------------------------------------------------- DPG-Bench
@@ -186,7 +187,8 @@ def test_gedit_writes_the_fullset_language_layout(tmp_path):
     summary = gedit.export(model, gedit.read_cases(data), out, area=2048, batch_size=8)
     assert summary["by_language"] == {"en": 2, "cn": 1} and summary["done"] == 3
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
-    assert written == ["fullset/color_alter/cn/a1.png", "fullset/color_alter/en/a1.png", "fullset/subject-add/en/b2.png"]
+    assert written == ["fullset/color_alter/cn/a1.png", "fullset/color_alter/en/a1.png",
+                       "fullset/subject-add/en/b2.png"]
     # 2:1 at 2048 px -> (64, 32); 1:2 -> (32, 64): one model call per size within the batch
     assert Image.open(out / "fullset/color_alter/en/a1.png").size == (64, 32)
     assert Image.open(out / "fullset/subject-add/en/b2.png").size == (32, 64)
