@@ -24,7 +24,8 @@ def test_python_m_help():
         assert name in out.stdout
 
 
-@pytest.mark.parametrize("name", SUBCOMMANDS + ["eval shapes", "eval geneval-export"])
+@pytest.mark.parametrize("name", SUBCOMMANDS + ["eval shapes", "eval geneval-export", "eval dpg-export",
+                                               "eval imgedit-export", "eval gedit-export", "eval understand"])
 def test_subcommand_help(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([*name.split(), "--help"])

@@ -3,7 +3,11 @@
 - `shapes`: the ShapesWorld benchmark (`nexusgen eval shapes`), understanding / generation / editing
   scored exactly by the ShapesWorld detector. Its numbers are "ShapesWorld" scores: synthetic,
   GenEval-style, never comparable with published GenEval / ImgEdit figures.
-- `geneval`: writes GenEval's folder layout for a real GenEval run on a real model.
+- Public benchmarks (docs/benchmarks.md), each writing what the benchmark's own scorer reads:
+  `geneval`, `dpg` (generation), `imgedit`, `gedit` (editing), `understanding/` (MME, MMBench, MMMU, POPE,
+  scored here with the official deterministic rules); `resumable` is their shared batched, resumable item
+  loop, `benchmark_files` reads the published files, `commands` is their CLI edge, `lmms_adapter` the
+  lmms-eval model (loaded by lmms-eval only).
 - `oracle`: the ground-truth model (the scorer's upper bound) and a blank baseline.
 - `metrics`: PSNR, SSIM, answer matching, GenEval's rules and aggregation.
 
