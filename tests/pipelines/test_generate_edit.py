@@ -73,6 +73,29 @@ def test_language_detection_selects_the_chinese_template(tiny):
     assert "根据以下描述生成一张图像：红色的圆" in texts[1]
 
 
+def test_per_image_seed_lists(tiny, pictures):
+    """A list of seeds gives image b the noise seed[b]: the same images as the int form with those seeds,
+    and one seed shared by a batch (what the benchmark exports use: an item's noise is its own)."""
+    prompts = ["a red circle", "two green triangles"]
+    as_int = tiny._generate(prompt=prompts, seed=5)
+    as_list = tiny._generate(prompt=prompts, seed=[5, 6])
+    assert as_list.seeds == [5, 6]
+    assert all(np.array_equal(_pixels(a), _pixels(b)) for a, b in zip(as_int.images, as_list.images))
+    shared = tiny._generate(prompt=prompts, seed=[9, 9])
+    assert shared.seeds == [9, 9]
+    alone = tiny._generate(prompt=prompts[1], seed=9)
+    assert np.abs(_pixels(shared.images[1]) - _pixels(alone.images[0])).max() <= 1
+    square, wide = pictures
+    edited = tiny._edit(image=[square, wide], prompt=["make it blue", "remove the star"], seed=[3, 3])
+    assert edited.seeds == [3, 3]
+    with pytest.raises(ValueError, match="got 1 seeds for 2 images"):
+        tiny._generate(prompt=prompts, seed=[5])
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        tiny._generate(prompt=prompts, seed=[5, -1])
+    with pytest.raises(ValueError, match="chat takes one integer seed"):
+        tiny.chat([{"role": "user", "content": "Draw a red circle"}], seed=[1])
+
+
 def test_edit_batch_equals_single_with_mixed_reference_grids(tiny, pictures):
     square, wide = pictures
     batch = tiny._edit(image=[square, wide], prompt=["make it blue", "remove the star"], seed=1)
