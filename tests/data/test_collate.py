@@ -1,8 +1,6 @@
 """collate_ar: one right-padded batch from understanding, generation and editing samples, with the
 label masking of SPEC 3.1 checked token by token."""
 
-from pathlib import Path
-
 import pytest
 from PIL import Image
 
@@ -10,8 +8,6 @@ from nexusgen.data.collate import collate_ar
 from nexusgen.loading.autoregressive import image_processor_for
 from nexusgen.models.autoregressive import ARConfig
 from nexusgen.processing import build_byte_tokenizer, special_token_ids
-
-OFFICIAL = Path(__file__).resolve().parents[3] / "shared/reference/official-examples"
 
 
 @pytest.fixture(scope="module")
@@ -78,18 +74,16 @@ def test_errors_name_the_sample(parts):
         collate_ar([], tokenizer, image_processor, config)
 
 
-def test_official_examples_collate(parts):
-    """The upstream llm_dataset.jsonl samples (large PNGs, Chinese text) go through collate_ar."""
+def test_official_examples_collate(parts, official_examples):
+    """Samples of upstream's llm_dataset.jsonl layout (large PNGs, a JPEG, Chinese text) go through collate_ar."""
     import json
 
-    path = OFFICIAL / "assets/example_datasets/llm_dataset.jsonl"
-    if not path.is_file():
-        pytest.skip(f"official examples not present at {path}")
+    path = official_examples / "assets/example_datasets/llm_dataset.jsonl"
     tokenizer, image_processor, config, ids = parts
     samples = []
     for line in path.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        images = [Image.open(OFFICIAL / p).convert("RGB") for p in record["images"]]
+        images = [Image.open(official_examples / p).convert("RGB") for p in record["images"]]
         samples.append({"id": record["id"], "messages": record["messages"], "images": images})
     batch = collate_ar(samples, tokenizer, image_processor, config)
     assert batch["image_is_target"].tolist() == [False, True, True, False, True, False, True]

@@ -11,10 +11,6 @@ from safetensors.torch import save_file
 from nexusgen.data.embeds import EditEmbedDataset, GenEmbedDataset, load_embeds, save_embeds
 from nexusgen.data.messages import BadRecordError, InvalidRecord
 
-OFFICIAL = Path(__file__).resolve().parents[3] / "shared" / "reference" / "official-examples"
-needs_official = pytest.mark.skipif(not OFFICIAL.is_dir(),
-                                    reason=f"official example files absent ({OFFICIAL})")
-
 GEN_MESSAGES = [{"role": "user", "content": "Generate an image according to the following description: x"},
                 {"role": "assistant", "content": "Here is an image based on the description: <image>"}]
 EDIT_MESSAGES = [{"role": "user", "content": "<image> make it blue"},
@@ -43,19 +39,19 @@ def folder(tmp_path):
     return tmp_path
 
 
-@needs_official
 @pytest.mark.parametrize("cls, name, key", [
     (GenEmbedDataset, "embeds_gen/gen_decoder_embeds_dataset.jsonl", "embed_path"),
     (EditEmbedDataset, "embeds_edit/edit_decoder_embeds_dataset.jsonl", "embed_source"),
 ])
-def test_official_embed_files_are_reported_missing(cls, name, key):
-    path = OFFICIAL / "assets/example_datasets" / name
+def test_official_embed_files_are_reported_missing(cls, name, key, official_examples):
+    """Upstream's embedding datasets name `.pt` files that upstream does not ship."""
+    path = official_examples / "assets/example_datasets" / name
     with pytest.raises(BadRecordError) as info:
-        cls(path, image_root=OFFICIAL)
+        cls(path, image_root=official_examples)
     assert (info.value.line, info.value.reason) == (1, "embed_missing")
     assert f"{key} file 'assets/example_datasets/" in str(info.value) and ".pt' not found" in str(info.value)
     with pytest.raises(ValueError, match=r"no valid record .*'embed_missing': 2"):
-        cls(path, image_root=OFFICIAL, skip_bad=True)
+        cls(path, image_root=official_examples, skip_bad=True)
 
 
 def test_gen_dataset_reads_upstream_pt_and_our_safetensors(folder):

@@ -10,10 +10,6 @@ from PIL import Image
 
 from nexusgen.data.messages import BadRecordError, MessageDataset
 
-OFFICIAL = Path(__file__).resolve().parents[3] / "shared" / "reference" / "official-examples"
-needs_official = pytest.mark.skipif(not OFFICIAL.is_dir(),
-                                    reason=f"official example files absent ({OFFICIAL})")
-
 
 def _msgs(user, assistant="ok"):
     return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
@@ -38,28 +34,26 @@ GOOD = {"id": "g", "images": ["a.png"], "messages": _msgs("<image>\nWhat colour?
 # -- official files -----------------------------------------------------------------------------------
 
 
-@needs_official
-def test_official_llm_dataset_reads_with_repo_root():
-    ds = MessageDataset(OFFICIAL / "assets/example_datasets/llm_dataset.jsonl", image_root=OFFICIAL)
+def test_official_llm_dataset_reads_with_repo_root(official_examples):
+    ds = MessageDataset(official_examples / "assets/example_datasets/llm_dataset.jsonl", image_root=official_examples)
     samples = [ds[i] for i in range(len(ds))]
     assert [s["task"] for s in samples] == ["understand", "generate", "generate", "edit", "edit"]
     assert [len(s["images"]) for s in samples] == [1, 1, 1, 2, 2]
-    assert samples[0]["id"] == "184854" and samples[0]["source"] == "synthdog_500k_modified.json"
+    assert samples[0]["id"] == "20931" and samples[0]["source"] == "printed_pages_10k.json"
     assert samples[0]["images"][0].size == (770, 731) and samples[3]["images"][1].size == (1024, 1024)
     assert all(im.mode == "RGB" for s in samples for im in s["images"])
-    assert samples[4]["messages"][0]["content"] == "<image> 把生锈的煎锅换成热气腾腾、正在往里倒水的锅。"
+    assert samples[4]["messages"][0]["content"] == "<image> 把蓝色茶壶换成插着黄色郁金香的玻璃花瓶。"
     assert samples[2]["messages"][1] == {"role": "assistant",
                                          "content": "这是根据您的描述生成的图像：<image>"}
 
 
-@needs_official
-def test_official_paths_are_repo_root_relative_and_the_error_says_so():
-    path = OFFICIAL / "assets/example_datasets/gen_decoder_dataset.jsonl"
+def test_official_paths_are_repo_root_relative_and_the_error_says_so(official_examples):
+    path = official_examples / "assets/example_datasets/gen_decoder_dataset.jsonl"
     with pytest.raises(BadRecordError) as info:
         MessageDataset(path)
     err = info.value
     assert (err.path, err.line, err.reason) == (str(path), 1, "image_missing")
-    assert f"pass image_root={str(OFFICIAL)!r}" in str(err)
+    assert f"pass image_root={str(official_examples)!r}" in str(err)
     assert str(err).startswith(f"{path}:1: image_missing:")
 
 

@@ -15,7 +15,6 @@ from nexusgen.models.autoregressive import ARConfig, NexusGenARModel
 from nexusgen.processing import ImageOnlyProcessor, build_byte_tokenizer, resize_fixed
 from nexusgen.processing.processor import build_image_processor
 
-OFFICIAL = Path(__file__).resolve().parents[3] / "shared" / "reference" / "official-examples"
 MODEL = "tiny-test-model"  # only a name in the manifest: the tests pass the parts directly
 
 
@@ -156,13 +155,12 @@ def test_file_stem_and_done_ids(tmp_path):
         read_done_ids(path)
 
 
-@pytest.mark.skipif(not OFFICIAL.is_dir(), reason=f"official example files absent ({OFFICIAL})")
-def test_official_decoder_datasets_prepare_with_repo_root(parts, tmp_path):
-    root = OFFICIAL / "assets/example_datasets"
+def test_official_decoder_datasets_prepare_with_repo_root(parts, tmp_path, official_examples):
+    root = official_examples / "assets/example_datasets"
     gen = prepare_embeds(root / "gen_decoder_dataset.jsonl", MODEL, "gen", tmp_path / "g",
-                         image_root=OFFICIAL, parts=parts)
+                         image_root=official_examples, parts=parts)
     edit = prepare_embeds(root / "edit_decoder_dataset.jsonl", MODEL, "edit", tmp_path / "e",
-                          image_root=OFFICIAL, parts=parts)
+                          image_root=official_examples, parts=parts)
     assert gen["written"] == 2 and edit["written"] == 2
     sample = EditEmbedDataset(edit["out"])[1]  # the Chinese instruction
     assert sample["id"].startswith("zh_") and sample["target_embeds"].shape == (16, 64)
@@ -190,11 +188,10 @@ def test_cli_on_a_saved_model_folder_matches_the_in_memory_model(parts, data, tm
     assert "data file not found" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not OFFICIAL.is_dir(), reason=f"official example files absent ({OFFICIAL})")
-def test_cli_names_the_image_root_for_official_files(tmp_path, capsys):
+def test_cli_names_the_image_root_for_official_files(tmp_path, capsys, official_examples):
     from nexusgen.cli import main
 
-    data = OFFICIAL / "assets/example_datasets/gen_decoder_dataset.jsonl"
+    data = official_examples / "assets/example_datasets/gen_decoder_dataset.jsonl"
     code = main(["prepare-embeds", "--data", str(data), "--model", str(tmp_path), "--kind", "gen",
                  "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err

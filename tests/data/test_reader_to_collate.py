@@ -1,8 +1,5 @@
 """Contract: the reader's sample dicts feed `collate_ar` and the AR model's training loss unchanged."""
 
-from pathlib import Path
-
-import pytest
 import torch
 
 from nexusgen.data.collate import collate_ar
@@ -10,13 +7,11 @@ from nexusgen.data.messages import MessageDataset
 from nexusgen.data.synthetic import ShapesSource
 from nexusgen.loading.autoregressive import build_autoregressive
 
-OFFICIAL = Path(__file__).resolve().parents[3] / "shared" / "reference" / "official-examples"
 
-
-@pytest.mark.skipif(not OFFICIAL.is_dir(), reason=f"official example files absent ({OFFICIAL})")
-def test_official_and_shapesworld_samples_train_the_tiny_model():
+def test_official_and_shapesworld_samples_train_the_tiny_model(official_examples):
     model, tokenizer, image_processor = build_autoregressive("tiny", seed=0)
-    official = MessageDataset(OFFICIAL / "assets/example_datasets/llm_dataset.jsonl", image_root=OFFICIAL)
+    official = MessageDataset(official_examples / "assets/example_datasets/llm_dataset.jsonl",
+                              image_root=official_examples)
     samples = [official[i] for i in range(len(official))] + [ShapesSource(3, seed=0, image_size=32)[i]
                                                              for i in range(3)]
     batch = collate_ar(samples, tokenizer, image_processor, model.config)

@@ -11,9 +11,6 @@ import pytest
 from nexusgen.worlds.shapes import HELD_OUT_COMBOS, detect, make_sample, write_dataset
 from nexusgen.worlds.shapes.dataset import UND_TYPES, SampleConfig, iter_samples, stream_rng
 
-OFFICIAL = (Path(__file__).resolve().parents[2].parent
-            / "shared/reference/official-examples/assets/example_datasets")
-
 
 def _digest(folder: Path) -> str:
     h = hashlib.sha256()
@@ -62,20 +59,26 @@ def test_records_follow_the_official_message_format(tmp_path):
     assert {lang for _, lang in seen} == {"en", "zh"}
 
 
-@pytest.mark.skipif(not OFFICIAL.is_dir(), reason="official examples folder not present")
-def test_same_wrappers_as_the_official_examples():
-    official = [json.loads(line) for line in (OFFICIAL / "llm_dataset.jsonl").read_text().splitlines()]
+def test_same_wrappers_as_the_official_examples(official_examples):
+    path = official_examples / "assets/example_datasets/llm_dataset.jsonl"
+    official = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     ours = {(s.task, s.lang): s for s in iter_samples(config=SampleConfig(zh_fraction=0.5), stop=40)}
+    compared = []
     for rec in official:
         user, assistant = rec["messages"][0]["content"], rec["messages"][1]["content"]
-        if rec["source"] == "EliGen":
-            lang = "zh" if rec["id"].startswith("zh_") else "en"
-            mine = ours[("generate", lang)].messages
-            assert mine[1]["content"] == assistant
-            assert mine[0]["content"][:8] == user[:8]
-        elif rec["source"].startswith("ImagePulse"):
-            lang = "zh" if rec["id"].startswith("zh_") else "en"
-            assert ours[("edit", lang)].messages[1]["content"] == assistant
+        lang = "zh" if rec["id"].startswith("zh_") else "en"
+        if len(rec["images"]) == 2:  # an edit: source and target
+            task = "edit"
+            assert ours[(task, lang)].messages[0]["content"][:len("<image> ")] == user[:len("<image> ")]
+        elif "<image>" in assistant:  # a generation: the target is the assistant's image
+            task = "generate"
+            prefix = user[:user.index(":") + 1] if lang == "en" else user[:user.index("：") + 1]
+            assert ours[(task, lang)].messages[0]["content"].startswith(prefix)
+        else:
+            continue
+        assert ours[(task, lang)].messages[1]["content"] == assistant
+        compared.append((task, lang))
+    assert sorted(compared) == [("edit", "en"), ("edit", "zh"), ("generate", "en"), ("generate", "zh")]
 
 
 def test_make_sample_is_random_access_and_streams_are_disjoint():
