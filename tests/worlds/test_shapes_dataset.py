@@ -192,8 +192,9 @@ def test_bad_configs_are_rejected():
 
 
 def test_files_load_with_the_message_reader(tmp_path):
-    messages = pytest.importorskip("nexusgen.data.messages")
+    from nexusgen.data.messages import MessageDataset
+
     path = write_dataset(tmp_path, 12, seed=1, image_size=32, split="test", compositional_fraction=0.5)
-    dataset = messages.MessageDataset(path)
+    dataset = MessageDataset(path)
     assert len(dataset) == 12
     assert dataset[0]["images"][0].size == (32, 32)
