@@ -133,7 +133,8 @@ class NexusGen:
              seed: int | list[int] = 0, *, height: int | None = None, width: int | None = None,
              num_steps: int | None = None, guidance_scale: float | None = None,
              progress: bool | None = None) -> Image.Image | list[Image.Image]:
-        """Instruction-based editing with the editing (default) or generation decoder (see `EditPipeline`)."""
+        """Instruction-based editing with the editing (default) or generation decoder; seeds as `generate`
+        (see `EditPipeline`)."""
         if decoder == "editing":
             self._require(self.parts.editing_decoder, "editing")
         images = [_load(im) for im in as_batch(image, "image", (Image.Image, str, os.PathLike))[0]]
@@ -141,21 +142,27 @@ class NexusGen:
                          num_steps=num_steps, guidance_scale=guidance_scale, seed=seed, progress=progress)
         return out.images[0] if isinstance(prompt, str) else out.images
 
-    def chat(self, messages: list, *, max_new_tokens: int = 256, seed: int = 0, height: int | None = None,
-             width: int | None = None, num_steps: int | None = None, guidance_scale: float | None = None,
-             progress: bool | None = None) -> ChatReply | list[ChatReply]:
+    def chat(self, messages: list, *, max_new_tokens: int = 256, seed: int | list[int] = 0,
+             height: int | None = None, width: int | None = None, num_steps: int | None = None,
+             guidance_scale: float | None = None, image_output: bool = True, temperature: float = 0.0,
+             top_p: float = 1.0, progress: bool | None = None) -> ChatReply | list[ChatReply]:
         """Multi-turn chat, interleaved text and images in and out (see `ChatPipeline`).
 
         Args:
             messages: a conversation (list of {"role", "content"} with content a string or a list of strings
                 and PIL images) or a list of conversations.
+            seed: conversation b uses seed + b (or seed[b] for a list): its image noise and, when sampling,
+                its token stream.
+            image_output: False answers in text only.
+            temperature, top_p: 0 (default) decodes greedily; > 0 samples (top_p: nucleus mass).
 
         Returns:
             a ChatReply for one conversation, a list for a list of conversations.
         """
         single = bool(messages) and isinstance(messages[0], dict)
         out = self._chat(messages=messages, max_new_tokens=max_new_tokens, height=height, width=width,
-                         num_steps=num_steps, guidance_scale=guidance_scale, seed=seed, progress=progress)
+                         num_steps=num_steps, guidance_scale=guidance_scale, seed=seed,
+                         image_output=image_output, temperature=temperature, top_p=top_p, progress=progress)
         return out.replies[0] if single else out.replies
 
     @torch.inference_mode()
@@ -195,9 +202,10 @@ class NexusGen:
                                      vision["image_grid_thw"].to(self.runtime.device))
         return torch.stack(embeds).float().cpu()
 
-    def decode(self, image_embeds: torch.Tensor, seed: int = 0, *, source: ImageLike | list[ImageLike] | None = None,
-               height: int | None = None, width: int | None = None, num_steps: int | None = None,
-               guidance_scale: float | None = None, progress: bool | None = None) -> list[Image.Image]:
+    def decode(self, image_embeds: torch.Tensor, seed: int | list[int] = 0, *,
+               source: ImageLike | list[ImageLike] | None = None, height: int | None = None,
+               width: int | None = None, num_steps: int | None = None, guidance_scale: float | None = None,
+               progress: bool | None = None) -> list[Image.Image]:
         """(B, N, D) image embeddings -> B images (image b: seed + b); e.g. the output of `predict_image_embeds`
         or `encode_images` (a reconstruction: the decoder's ceiling).
 

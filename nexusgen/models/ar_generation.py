@@ -125,7 +125,8 @@ def generate_interleaved(model, input_ids: torch.Tensor, attention_mask: torch.T
                          image_grid_thw: torch.Tensor | None = None, *,
                          max_new_tokens: int = 256, do_sample: bool = False, temperature: float = 1.0,
                          top_k: int = 0, top_p: float = 1.0, force_image: bool = False,
-                         max_images: int | None = None, generator: torch.Generator | None = None,
+                         max_images: int | None = None,
+                         generator: torch.Generator | list[torch.Generator] | None = None,
                          tokenizer=None) -> InterleavedOutput:
     """Generate answers that interleave text and images (KV cache, batch of prompts).
 
@@ -145,7 +146,8 @@ def generate_interleaved(model, input_ids: torch.Tensor, attention_mask: torch.T
         temperature, top_k, top_p: sampling settings (top_k 0 and top_p 1 disable them).
         force_image: guarantee at least one image per answer.
         max_images: ban `<|vision_start|>` once a row has this many images.
-        generator: torch.Generator for reproducible sampling.
+        generator: torch.Generator for reproducible sampling, or one per row (a row's tokens then do not
+            depend on the other rows of the batch).
         tokenizer: if given, `texts` holds the decoded answers with `<image>` markers.
 
     Returns:
@@ -303,4 +305,10 @@ class _Sampler:
             remove = cumulative - sorted_logits.softmax(-1) > self.top_p  # keep the token crossing top_p
             logits = logits.scatter(-1, order, sorted_logits.masked_fill(remove, float("-inf")))
         probs = logits.softmax(-1)
-        return torch.multinomial(probs.cpu(), 1, generator=self.generator).squeeze(-1)
+        probs = probs.cpu()
+        if isinstance(self.generator, (list, tuple)):  # one stream per row: independent of the batch
+            if len(self.generator) != probs.shape[0]:
+                raise ValueError(f"{len(self.generator)} generators for a batch of {probs.shape[0]}")
+            return torch.cat([torch.multinomial(probs[b:b + 1], 1, generator=g).squeeze(-1)
+                              for b, g in enumerate(self.generator)])
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)

@@ -7,20 +7,24 @@ one with `<|vision_start|>`, its N positions are filled in one step with the pre
 (`generate_interleaved`), and every predicted image is decoded to PIL with the generation decoder.
 
 Steps: validate -> encode -> AR (KV-cached generation for the whole batch) -> denoise -> decode (all
-images of all answers in one decoder batch). Image k of answer b is seeded with
-`seed + b + IMAGE_SEED_STRIDE * k`, independent of the batch. A model without a generation decoder
-answers in text only (image output is banned).
+images of all answers in one decoder batch). Conversation b has the seed `seed + b` (or `seed[b]` for a
+list of seeds); image k of its answer is seeded with that + `IMAGE_SEED_STRIDE * k`, and with
+`temperature > 0` its tokens are sampled from a generator of its own seeded with it, so an answer does
+not depend on the batch it is in. Greedy decoding (`temperature` 0, the default) ignores the seed for the
+text. A model without a generation decoder, or `image_output=False`, answers in text only (image output
+is banned).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
 from nexusgen.pipelines.generate import GeneratePipeline, image_settings
-from nexusgen.pipelines.inputs import check_image, check_positive, to_device, to_pil
+from nexusgen.pipelines.inputs import batch_seeds, check_image, check_positive, to_device, to_pil
 from nexusgen.pipelines.predict import negative_kwargs
 from nexusgen.processing.templates import IMAGE_PLACEHOLDER
 
@@ -91,6 +95,26 @@ def flatten_conversation(messages: list[dict], index: int = 0) -> tuple[list[dic
     return flat, images
 
 
+def check_sampling(temperature: float, top_p: float) -> None:
+    """ValueError unless temperature is a finite number >= 0 and top_p one in (0, 1]."""
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def sampling_kwargs(temperature: float, top_p: float, seeds: list[int]) -> dict:
+    """`generate_interleaved` arguments: greedy for temperature 0, else sampling with one generator per
+    row seeded with that row's seed."""
+    if temperature == 0:
+        return {}
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    return {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "generator": generators}
+
+
 class ChatPipeline:
     """Conversations -> interleaved text + image answers.
 
@@ -111,13 +135,18 @@ class ChatPipeline:
     @torch.inference_mode()
     def __call__(self, *, messages: list, max_new_tokens: int = 256, height: int | None = None,
                  width: int | None = None, num_steps: int | None = None, guidance_scale: float | None = None,
-                 seed: int = 0, progress: bool | None = None) -> ChatOutput:
+                 seed: int | list[int] = 0, image_output: bool = True, temperature: float = 0.0,
+                 top_p: float = 1.0, progress: bool | None = None) -> ChatOutput:
         """Answer each conversation.
 
         Args:
             messages: one conversation (a list of message dicts) or a list of conversations.
             max_new_tokens: generation budget per answer (an image block counts N + 2 tokens).
-            height, width, num_steps, guidance_scale, seed, progress: image settings, as `GeneratePipeline`.
+            height, width, num_steps, guidance_scale, progress: image settings, as `GeneratePipeline`.
+            seed: conversation b uses `seed + b`, or `seed[b]` for a list (one per conversation).
+            image_output: False bans images from the answers (text only).
+            temperature: 0 decodes greedily; > 0 samples at this temperature.
+            top_p: nucleus sampling mass in (0, 1] when sampling (1 = off).
 
         Returns:
             ChatOutput with one reply per conversation.
@@ -129,10 +158,15 @@ class ChatPipeline:
         if not isinstance(conversations, list) or not conversations:
             raise ValueError("messages must be a conversation (list of dicts) or a list of conversations")
         check_positive("max_new_tokens", max_new_tokens)
+        check_sampling(temperature, top_p)
         settings = image_settings(self.config, height=height, width=width, num_steps=num_steps,
                                   guidance_scale=guidance_scale, seed=seed)
-        if isinstance(settings.seed, tuple):  # images per answer vary, so per-image seeds cannot line up
-            raise ValueError("chat takes one integer seed, not a list")
+        # one seed per conversation (a list: each its own), not per image: answers hold any number of
+        # images, so image k of conversation b is seeded with seeds[b] + IMAGE_SEED_STRIDE * k
+        if isinstance(settings.seed, tuple) and len(settings.seed) != len(conversations):
+            raise ValueError(f"{len(settings.seed)} seeds for {len(conversations)} conversations: chat takes one "
+                             "seed per conversation, or one int")
+        seeds = batch_seeds(settings.seed, len(conversations))
         flat = [flatten_conversation(c, i) for i, c in enumerate(conversations)]
         inputs = self.processor.chat_inputs([m for m, _ in flat], [ims for _, ims in flat])  # encode
         inputs = to_device(inputs, self.runtime.device)
@@ -140,21 +174,22 @@ class ChatPipeline:
         pixels = inputs["pixel_values"].to(self.runtime.dtype)
         out = model.generate_interleaved(inputs["input_ids"], inputs["attention_mask"], pixels,
                                          inputs["image_grid_thw"], max_new_tokens=max_new_tokens,
-                                         max_images=None if self.generation is not None else 0,
-                                         tokenizer=self.processor.tokenizer)
-        pictures = self._decode_images(out.image_embeds, settings, progress)  # denoise, decode
+                                         max_images=None if self.generation is not None and image_output else 0,
+                                         tokenizer=self.processor.tokenizer,
+                                         **sampling_kwargs(temperature, top_p, seeds))
+        pictures = self._decode_images(out.image_embeds, settings, seeds, progress)  # denoise, decode
         return ChatOutput([self._reply(t, images) for t, images in zip(out.texts, pictures, strict=True)])
 
-    def _decode_images(self, image_embeds: list[list[torch.Tensor]], settings,
+    def _decode_images(self, image_embeds: list[list[torch.Tensor]], settings, seeds: list[int],
                        progress) -> list[list[Image.Image]]:
         jobs = [(b, k) for b, row in enumerate(image_embeds) for k in range(len(row))]
         pictures: list[list[Image.Image]] = [[] for _ in image_embeds]
         if not jobs:
             return pictures
         embeds = torch.stack([image_embeds[b][k] for b, k in jobs])  # (J, N, D)
-        seeds = [settings.seed + b + IMAGE_SEED_STRIDE * k for b, k in jobs]
+        image_seeds = [seeds[b] + IMAGE_SEED_STRIDE * k for b, k in jobs]
         negative = negative_kwargs(self.config, self.negative, settings.guidance_scale)
-        images = to_pil(self.generation.decode(embeds, settings, seeds, negative, progress))
+        images = to_pil(self.generation.decode(embeds, settings, image_seeds, negative, progress))
         for (b, _), image in zip(jobs, images, strict=True):
             pictures[b].append(image)
         return pictures

@@ -51,6 +51,25 @@ def test_generate_batch_equals_single(tiny):
         assert np.abs(_pixels(batch.images[b]) - _pixels(single.images[0])).max() <= 1
 
 
+def test_a_list_of_seeds_gives_each_prompt_its_own_seed(tiny, pictures):
+    # a server batches unrelated requests: each keeps its own seed, whatever its place in the batch
+    # (alone vs in a batch differs only by float rounding in the random tiny model: <= 1 level of 255)
+    def same(a, b):
+        return np.abs(_pixels(a) - _pixels(b)).max() <= 1
+
+    prompts = ["two green triangles", "a red circle"]
+    batch = tiny.generate(prompts, seed=[7, 123])
+    for prompt, seed, image in zip(prompts, [7, 123], batch, strict=True):
+        assert same(image, tiny.generate(prompt, seed=seed))
+    assert not same(batch[1], tiny.generate("a red circle", seed=8))  # the seed, not the position, counts
+    square, wide = pictures
+    edits = tiny.edit([square, wide], ["make it blue", "remove the star"], seed=[40, 2])
+    assert same(edits[0], tiny.edit(square, "make it blue", seed=40))
+    assert same(edits[1], tiny.edit(wide, "remove the star", seed=2))
+    decoded = tiny.decode(tiny.predict_image_embeds(prompts), seed=[7, 123])
+    assert all(np.array_equal(_pixels(a), _pixels(b)) for a, b in zip(decoded, batch, strict=True))
+
+
 def test_generate_equals_the_sampler_on_the_predicted_embeddings(tiny):
     out = tiny._generate(prompt="a red circle", seed=5)
     parts = tiny.parts
@@ -92,8 +111,8 @@ def test_per_image_seed_lists(tiny, pictures):
         tiny._generate(prompt=prompts, seed=[5])
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         tiny._generate(prompt=prompts, seed=[5, -1])
-    with pytest.raises(ValueError, match="chat takes one integer seed"):
-        tiny.chat([{"role": "user", "content": "Draw a red circle"}], seed=[1])
+    with pytest.raises(ValueError, match="2 seeds for 1 conversations"):  # chat: one per conversation
+        tiny.chat([{"role": "user", "content": "Draw a red circle"}], seed=[1, 2])
 
 
 def test_edit_batch_equals_single_with_mixed_reference_grids(tiny, pictures):
@@ -169,6 +188,8 @@ def test_guidance_needs_a_negative_branch(tiny, pictures):
     (lambda m, im: m._generate(prompt=[]), "empty list"),
     (lambda m, im: m._generate(prompt="x", num_steps=0), "num_steps"),
     (lambda m, im: m._generate(prompt="x", seed=-1), "seed"),
+    (lambda m, im: m._generate(prompt="x", seed=[]), "got 0 seeds for 1 images"),
+    (lambda m, im: m._edit(image=[im, im], prompt=["x", "y"], seed=[1, 2, 3]), "got 3 seeds for 2 images"),
     (lambda m, im: m._generate(prompt="x", height=-8), "height"),
     (lambda m, im: m._edit(image=[im, im], prompt=["x"]), "2 images but 1 prompts"),
     (lambda m, im: m._edit(image="not an image", prompt="x"), "image must be"),

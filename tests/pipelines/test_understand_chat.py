@@ -97,6 +97,58 @@ def test_chat_batch_seeds_images_per_conversation(tiny, boost):
     assert np.abs(first - second).max() > 0
 
 
+def test_chat_list_seeds_and_sampling_do_not_depend_on_the_batch(tiny, boost):
+    ar = tiny.parts.ar_model
+    draw = [{"role": "user", "content": "draw a circle"}]
+    other = [{"role": "user", "content": "what is this, tell me more"}]
+    replies = []
+    for conversations, seed in (([other, draw], [4, 9]), (draw, 9)):
+        handle = boost(ar, [ar.vision_start_token_id, ar.eos_token_ids[0]])  # every row draws one image
+        try:
+            replies.append(tiny.chat(conversations, seed=seed))
+        finally:
+            handle.remove()
+    pair, alone = replies
+    in_batch, single = (np.asarray(r.images[0], dtype=int) for r in (pair[1], alone))
+    assert np.abs(in_batch - single).max() <= 1  # float rounding of the random tiny model only
+    assert np.abs(np.asarray(pair[0].images[0], dtype=int) - single).max() > 1  # seed 4 is another image
+    # sampling: one token stream per conversation, seeded with its seed
+    sampled = tiny.chat([other, draw], seed=[4, 9], temperature=1.5, top_p=0.9, max_new_tokens=6,
+                        image_output=False)
+    assert sampled[0].text == tiny.chat(other, seed=4, temperature=1.5, top_p=0.9, max_new_tokens=6,
+                                        image_output=False).text
+    assert sampled[1].text == tiny.chat(draw, seed=9, temperature=1.5, top_p=0.9, max_new_tokens=6,
+                                        image_output=False).text
+    greedy = tiny.chat(other, seed=4, max_new_tokens=6, image_output=False).text
+    texts = {tiny.chat(other, seed=s, temperature=2.0, max_new_tokens=6, image_output=False).text
+             for s in range(4)}
+    assert len(texts) > 1 and tiny.chat(other, seed=99, max_new_tokens=6, image_output=False).text == greedy
+
+
+def test_chat_without_image_output_never_opens_an_image(tiny, boost):
+    ar = tiny.parts.ar_model
+    handle = boost(ar, [ar.vision_start_token_id])
+    try:
+        reply = tiny.chat([{"role": "user", "content": "draw"}], max_new_tokens=4, image_output=False)
+        drawn = tiny.chat([{"role": "user", "content": "draw"}], max_new_tokens=4)
+    finally:
+        handle.remove()
+    assert reply.images == [] and "<image>" not in reply.text
+    assert len(drawn.images) == 1  # the same boost opens an image when images are allowed
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": -0.1}, "temperature must be >= 0"),
+    ({"temperature": float("nan")}, "temperature must be a finite number"),
+    ({"top_p": 0.0}, "top_p must be in"),
+    ({"top_p": 1.5}, "top_p must be in"),
+    ({"seed": [1, 2]}, "2 seeds for 1 conversations"),
+])
+def test_chat_rejects_bad_sampling_settings(tiny, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny.chat([{"role": "user", "content": "hi"}], **kwargs)
+
+
 def test_text_only_model_never_opens_an_image(tiny, boost):
     parts = dataclasses.replace(tiny.parts, generation_decoder=None)
     text_only = NexusGen(parts, name="text-only", progress=False)
