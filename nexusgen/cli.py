@@ -84,12 +84,33 @@ def _inference_commands(sub) -> None:
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.set_defaults(handler=_call("nexusgen.pipelines.commands:embed"))
 
+    _serve_command(sub)
+
     p = sub.add_parser("demo",
                        help="understand, generate and edit ShapesWorld examples with the bundled model")
     _add_model_args(p)
     p.add_argument("--out", default="demo_out", help="output folder for the contact sheet and images")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_call("nexusgen.pipelines.commands:demo"))
+
+
+def _serve_command(sub) -> None:
+    from nexusgen.serve.settings import setting_fields  # a dataclass only: no web framework loads here
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API and web UI (needs nexusgen[serve])",
+                       description="Serve a model over HTTP: /v1/chat/completions, /v1/images/generations, "
+                                   "/v1/images/edits, /v1/models, /health, /ready, /metrics, and a web UI at /.")
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health "
+                   "(default: the NEXUSGEN_API_KEY variable, else none)")
+    types = {"int": int, "float": float}
+    for f in setting_fields():
+        if f.name != "api_key":
+            p.add_argument("--" + f.name.replace("_", "-"), type=types.get(f.type, str), default=None,
+                           help=f"{f.metadata['help']} (default {f.default!r})")
+    p.set_defaults(handler=_call("nexusgen.serve.command:serve_command"))
 
 
 def _tooling_commands(sub) -> None:
@@ -154,9 +175,9 @@ def _tooling_commands(sub) -> None:
     _benchmark_commands(ev)
 
     p = sub.add_parser("bench", help="benchmarks; JSON on stdout")
-    p.add_argument("what", choices=["ar", "decoder", "e2e", "train"])
+    p.add_argument("what", choices=["ar", "decoder", "e2e", "train", "serve"])
     p.add_argument("--quick", action="store_true", help="fewer repeats and sizes (for smoke tests)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model for e2e")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model for e2e and serve")
     p.add_argument("--steps", type=int, default=None, help="generation steps for e2e (default: the model's own)")
     p.set_defaults(handler=lambda args: _call(f"nexusgen.bench.{args.what}:run")(args))
 

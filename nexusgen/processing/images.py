@@ -17,6 +17,7 @@ these functions are the only place where an image's size changes.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -46,18 +47,38 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_DECODED_PIXELS) ->
     Raises:
         ValueError: unreadable / corrupt file, or too many pixels (checked before decoding).
     """
+    return _open_checked(path, str(path), max_pixels, None)
+
+
+def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_DECODED_PIXELS,
+                 formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Decode image bytes (e.g. an upload) as RGB with the same guard as `load_image`.
+
+    Args:
+        data: the encoded image.
+        name: what error messages call it.
+        max_pixels: refuse larger images, from the header, before decoding a pixel.
+        formats: PIL format names to try (e.g. ("PNG", "JPEG", "WEBP")); None: every format PIL knows.
+
+    Raises:
+        ValueError: not an image of an allowed format, corrupt or truncated, or too many pixels.
+    """
+    return _open_checked(io.BytesIO(data), name, max_pixels, formats)
+
+
+def _open_checked(source, name: str, max_pixels: int, formats) -> Image.Image:
     try:
         with warnings.catch_warnings():  # PIL's own bomb warning (> 89 MP): our limit below is lower
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(source, formats=formats)
         with image:
             width, height = image.size
             if width * height > max_pixels:
-                raise ValueError(f"{path}: {width}x{height} pixels is more than the limit of {max_pixels}")
+                raise ValueError(f"{name}: {width}x{height} pixels is more than the limit of {max_pixels}")
             image.load()
             return to_rgb(image)
     except (OSError, Image.DecompressionBombError, SyntaxError) as err:
-        raise ValueError(f"{path}: not a readable image ({err})") from err
+        raise ValueError(f"{name}: not a readable image ({err})") from err
 
 
 def bounded_size(height: int, width: int, token_px: int, max_pixels: int, min_pixels: int) -> tuple[int, int]:

@@ -1,0 +1,60 @@
+"""`nexusgen serve`: the command-line handler (parsing lives in `nexusgen.cli`).
+
+Everything a user can get wrong (port taken, bad limits, unknown model) fails before the model loads,
+with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from nexusgen.serve.settings import ServeSettings, setting_fields
+
+API_KEY_ENV = "NEXUSGEN_API_KEY"
+
+
+def settings_from_args(args) -> ServeSettings:
+    """The `ServeSettings` given on the command line (an option left out keeps its default)."""
+    given = {f.name: getattr(args, f.name) for f in setting_fields()
+             if f.name != "api_key" and getattr(args, f.name, None) is not None}
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    return ServeSettings(**given, api_key=key)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """ValueError if `host:port` cannot be bound (taken, or not an address of this machine)."""
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must be between 1 and 65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        raise ValueError(f"--host {host!r}: {err}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
+def serve_command(args) -> int:
+    """`nexusgen serve --model M [--host H] [--port P] [--api-key KEY] [limits...]`."""
+    settings = settings_from_args(args)
+    check_port_free(args.host, args.port)
+    try:
+        from nexusgen.serve.app import serve
+    except ImportError as err:
+        raise ValueError(f"nexusgen serve needs the serving extra ({err.name} is missing): "
+                         "pip install 'nexusgen[serve]'") from None
+    from nexusgen.pipelines.commands import load_model
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    model = load_model(args)
+    auth = "API key required" if settings.api_key else "no API key (use --api-key on a shared network)"
+    print(f"nexusgen serve: {model.name} on http://{args.host}:{args.port}  (web UI at /, OpenAI API at /v1; "
+          f"{auth})", flush=True)
+    serve(model, settings, host=args.host, port=args.port)
+    return 0
