@@ -77,7 +77,9 @@ def _open_checked(source, name: str, max_pixels: int, formats) -> Image.Image:
                 raise ValueError(f"{name}: {width}x{height} pixels is more than the limit of {max_pixels}")
             image.load()
             return to_rgb(image)
-    except (OSError, Image.DecompressionBombError, SyntaxError) as err:
+    except Image.DecompressionBombError as err:  # PIL's own guard (> 179 MP) fires while reading the header
+        raise ValueError(f"{name}: more pixels than the limit of {max_pixels} ({err})") from err
+    except (OSError, SyntaxError) as err:
         raise ValueError(f"{name}: not a readable image ({err})") from err
 
 

@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from nexusgen.serve.errors import APIError, install_error_handlers
 from nexusgen.serve.metrics import CONTENT_TYPE, Metrics
-from nexusgen.serve.middleware import ApiKey, RequestMetrics
+from nexusgen.serve.middleware import ApiKey, BodyLimit, RequestMetrics
 from nexusgen.serve.routes import router
 from nexusgen.serve.settings import ServeSettings
 from nexusgen.serve.worker import Worker
@@ -56,17 +56,16 @@ def create_app(model, settings: ServeSettings | None = None, *, model_name: str 
         yield
         worker.close(settings.shutdown_timeout_s)
 
-    app = FastAPI(title="nexusgen", lifespan=lifespan, max_body_size=settings.max_request_bytes,
-                  docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="nexusgen", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.model, app.state.settings, app.state.metrics, app.state.worker = model, settings, metrics, worker
     app.state.model_name = model_name or served_name(model.name)
-    app.state.max_body_size = settings.max_request_bytes
     app.state.created = int(time.time())
     install_error_handlers(app, metrics)
     app.include_router(router)
     _add_service_routes(app)
     if settings.api_key:
         app.add_middleware(ApiKey, key=settings.api_key, metrics=metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, metrics=metrics)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 401s and 413s too
     return app
 

@@ -87,12 +87,12 @@ def install_error_handlers(app: FastAPI, metrics) -> None:
         return await on_api_error(request, validation_error(err))
 
     async def on_http(request: Request, err: StarletteHTTPException):
+        if isinstance(err.__cause__, APIError):  # e.g. the body limit, raised while FastAPI read the body
+            return await on_api_error(request, err.__cause__)
         status = err.status_code
-        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(status, "http_error")
-        message = str(err.detail)
-        if status == 413:  # FastAPI's body limit (max_body_size), checked while the body streams in
-            message = f"the request body is larger than the limit of {request.app.state.max_body_size} bytes"
-        return await on_api_error(request, APIError(status, message, code=code, headers=dict(err.headers or {})))
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+        return await on_api_error(request, APIError(status, str(err.detail), code=code,
+                                                    headers=dict(err.headers or {})))
 
     async def on_value_error(request: Request, err: ValueError):
         # the library's contract: ValueError = the input is wrong (STYLE rule 20)

@@ -44,7 +44,7 @@ def image_from_bytes(data: bytes, param: str, settings: ServeSettings) -> Image.
     try:
         return decode_image(data, param, settings.max_image_pixels, FORMATS)
     except ValueError as err:
-        code = "image_too_large" if "more than the limit" in str(err) else "invalid_image"
+        code = "image_too_large" if "than the limit" in str(err) else "invalid_image"
         raise bad_request(f"{err} (accepted: PNG, JPEG, WEBP)", param, code) from None
 
 

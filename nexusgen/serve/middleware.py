@@ -1,6 +1,8 @@
 """ASGI middleware of the server (plain ASGI, so streaming and disconnect detection keep working).
 
 * `RequestMetrics`: counts every response by endpoint and status, with its latency.
+* `BodyLimit`: refuses a body over `max_request_bytes` with 413: from Content-Length before reading a
+  byte, or while a chunked body streams in.
 * `ApiKey`: with a key set, every route but `/health` and the static page `/` needs
   `Authorization: Bearer KEY` (compared in constant time); the page holds no data and sends the key the
   user types with each API call it makes.
@@ -50,6 +52,34 @@ class RequestMetrics:
             path = scope["path"]
             endpoint = path if path in ENDPOINTS else "other"
             self.metrics.request(endpoint, status["code"], time.perf_counter() - started)
+
+
+class BodyLimit:
+    def __init__(self, app, max_bytes: int, metrics):
+        self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
+
+    def too_large(self) -> APIError:
+        return APIError(413, f"the request body is larger than the limit of {self.max_bytes} bytes",
+                        code="request_too_large")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await send_error(send, self.too_large(), self.metrics)
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:  # reaches the app's error handler as a 413
+                    raise self.too_large()
+            return message
+
+        await self.app(scope, counted_receive, send)
 
 
 class ApiKey:
