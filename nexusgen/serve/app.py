@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import time
 from importlib import resources
 from pathlib import Path
@@ -125,3 +126,8 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig, frame) -> None:
         self.worker.stop_accepting()
         super().handle_exit(sig, frame)
+        captured = getattr(self, "_captured_signals", [])
+        if sig == signal.SIGTERM and sig in captured:
+            # uvicorn re-raises a captured signal after its graceful shutdown, so the process would die of
+            # SIGTERM after draining; a drained SIGTERM is a clean stop: exit 0
+            captured.remove(sig)
