@@ -105,6 +105,8 @@ def _serve_command(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health "
                    "(default: the NEXUSGEN_API_KEY variable, else none)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="server log level (info logs one line per request: method, path, status; never bodies)")
     types = {"int": int, "float": float}
     for f in setting_fields():
         if f.name != "api_key":

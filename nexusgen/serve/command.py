@@ -51,10 +51,10 @@ def serve_command(args) -> int:
                          "pip install 'nexusgen[serve]'") from None
     from nexusgen.pipelines.commands import load_model
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     model = load_model(args)
     auth = "API key required" if settings.api_key else "no API key (use --api-key on a shared network)"
     print(f"nexusgen serve: {model.name} on http://{args.host}:{args.port}  (web UI at /, OpenAI API at /v1; "
           f"{auth})", flush=True)
-    serve(model, settings, host=args.host, port=args.port)
+    serve(model, settings, host=args.host, port=args.port, log_level=args.log_level)
     return 0
