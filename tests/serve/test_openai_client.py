@@ -102,3 +102,26 @@ def test_errors_are_openai_errors(client, live_server):
     intruder = openai.OpenAI(base_url=live_server.url + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         intruder.models.list()
+
+
+def test_the_documented_example_works_as_written(start_server, tmp_path, monkeypatch, capsys):
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
+    example = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+    server = start_server()  # no key, as in the example
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example.replace("http://127.0.0.1:8000", server.url), "docs/serving.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "square"
+    assert (tmp_path / "square.png").exists()
+
+
+def test_the_docs_list_every_option():
+    from pathlib import Path
+
+    from nexusgen.serve.settings import setting_fields
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
+    missing = [f.name for f in setting_fields() if "--" + f.name.replace("_", "-") not in doc]
+    assert not missing, f"docs/serving.md does not describe {missing}"
