@@ -13,6 +13,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("nexusgen.serve")
@@ -60,8 +61,8 @@ def bad_request(message: str, param: str | None = None, code: str = "invalid_req
     return APIError(400, message, param=param, code=code)
 
 
-def validation_error(err: RequestValidationError) -> APIError:
-    """FastAPI/pydantic validation -> 400 naming the first bad field (OpenAI answers 400, not 422)."""
+def validation_error(err: RequestValidationError | ValidationError) -> APIError:
+    """FastAPI / pydantic validation -> 400 naming the first bad field (OpenAI answers 400, not 422)."""
     first = err.errors()[0] if err.errors() else {}
     location = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
     param = ".".join(location) or None

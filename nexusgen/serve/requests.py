@@ -22,6 +22,8 @@ from nexusgen.serve.errors import APIError, bad_request
 from nexusgen.serve.media import image_from_url
 from nexusgen.serve.settings import ServeSettings
 
+IMAGE_FIELDS = ("size", "num_inference_steps", "true_cfg_scale", "guidance_scale", "negative_prompt")
+"""Chat fields that only set answer images."""
 SIZE_STEP_PX = 16
 """Output sides must be multiples of this (the VAE's 8 px times the DiT's 2x2 latent patches)."""
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
@@ -201,6 +203,11 @@ def chat_options(request, model, settings: ServeSettings) -> dict:
     if not math.isfinite(top_p) or not 0 < top_p <= 1:
         raise bad_request(f"top_p must be in (0, 1], got {top_p}", "top_p", "invalid_value")
     image_output = "image" in (request.modalities or ["text"])
+    if not image_output:
+        for name in IMAGE_FIELDS:
+            if getattr(request, name) is not None:
+                raise bad_request(f"{name} sets answer images: add modalities ['text', 'image'] or leave it out",
+                                  name, "unsupported_parameter")
     if image_output and model.parts.generation_decoder is None:
         raise bad_request("modalities: this model has no generation decoder, it answers in text only",
                           "modalities", "unsupported_value")

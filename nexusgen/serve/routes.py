@@ -164,8 +164,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     reply = (await run_job(request, "chat", [conversation], [seed], options))[0]
     content = await run_in_threadpool(_content, reply)
     state.metrics.produced("chat", len(reply.images))
-    usage = _usage(model, reply, prompt_tokens, options["max_new_tokens"])
-    return JSONResponse(chat_response(state.model_name, content, usage, seed))
+    usage, finish = _usage(model, reply, prompt_tokens, options["max_new_tokens"])
+    return JSONResponse(chat_response(state.model_name, content, usage, finish, seed))
 
 
 async def _stream(request: Request, conversation, seed: int, options: dict, prompt_tokens: int,
@@ -178,8 +178,8 @@ async def _stream(request: Request, conversation, seed: int, options: dict, prom
         yield f"data: {json.dumps({'object': 'error', 'error': {'message': err.message, 'code': err.code}})}\n\n"
         yield "data: [DONE]\n\n"
         return
-    usage = _usage(_model(request), reply, prompt_tokens, options["max_new_tokens"])
-    for chunk in chat_chunks(state.model_name, reply.text, usage, include_usage):
+    usage, finish = _usage(_model(request), reply, prompt_tokens, options["max_new_tokens"])
+    for chunk in chat_chunks(state.model_name, reply.text, usage, finish, include_usage):
         yield f"data: {json.dumps(chunk)}\n\n"
     yield "data: [DONE]\n\n"
 
@@ -198,11 +198,12 @@ def _content(reply):
     return parts
 
 
-def _usage(model, reply, prompt_tokens: int, budget: int) -> dict:
+def _usage(model, reply, prompt_tokens: int, budget: int) -> tuple[dict, str]:
     """Token counts (an answer image counts its N + 2 positions) and why the answer ended."""
     tokenizer = model.processor.tokenizer
     text = reply.text.replace(IMAGE_PLACEHOLDER, "")
     completion = len(tokenizer.encode(text, add_special_tokens=False))
     completion += len(reply.images) * (model.config.num_output_tokens + 2)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-            "total_tokens": prompt_tokens + completion, "finish_reason": "length" if completion >= budget else "stop"}
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+             "total_tokens": prompt_tokens + completion}
+    return usage, "length" if completion >= budget else "stop"

@@ -23,10 +23,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX - 2**32)]
 
 
@@ -48,7 +44,7 @@ class ImageOptions(_Strict):
 
 
 class ImageGenerationRequest(ImageOptions):
-    """`POST /v1/images/generations`."""
+    """`POST /v1/images/generations` (JSON)."""
 
     prompt: str
     model: str | None = None
@@ -59,22 +55,12 @@ class ImageGenerationRequest(ImageOptions):
     """Accepted for compatibility; not used and not logged."""
 
 
-class ImageEditForm(_Open):
-    """`POST /v1/images/edits` (multipart form fields: strings that pydantic converts)."""
+class ImageEditForm(ImageGenerationRequest):
+    """`POST /v1/images/edits`: the text fields of the multipart form (strings, converted: not strict)."""
 
-    prompt: str
-    model: str | None = None
-    n: int = 1
-    size: str | None = None
+    model_config = ConfigDict(extra="forbid", strict=False)
+
     decoder: Literal["editing", "generation"] = "editing"
-    response_format: Literal["b64_json"] | None = None
-    output_format: Literal["png"] | None = None
-    num_inference_steps: int | None = None
-    true_cfg_scale: float | None = None
-    guidance_scale: float | None = None
-    negative_prompt: str | None = None
-    seed: Seed | None = None
-    user: str | None = None
 
 
 class ImageURL(_Strict):
@@ -135,19 +121,17 @@ def images_response(b64_images: list[str], seeds: list[int], size: tuple[int, in
             "size": f"{width}x{height}", "output_format": "png"}
 
 
-def chat_response(model: str, content, usage: dict, seed: int) -> dict:
+def chat_response(model: str, content, usage: dict, finish: str, seed: int) -> dict:
     """OpenAI's ChatCompletion with one choice; `content` is a string or a list of parts (images)."""
     return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": usage.pop("finish_reason")}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
             "usage": usage, "seed": seed}
 
 
-def chat_chunks(model: str, content: str, usage: dict, include_usage: bool) -> list[dict]:
+def chat_chunks(model: str, content: str, usage: dict, finish: str, include_usage: bool) -> list[dict]:
     """The SSE chunks of a streamed text answer: role, the text, the finish reason (and usage)."""
     base = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": int(time.time()),
             "model": model}
-    finish = usage.pop("finish_reason")
     chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                     "finish_reason": None}]}]
     if content:

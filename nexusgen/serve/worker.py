@@ -94,7 +94,6 @@ class Worker:
         self.stopping = False
         self.running = 0  # items in the call now running
         self.item_seconds = 1.0  # running estimate of one item's time, for Retry-After
-        self.heartbeat = time.monotonic()
         self.thread = threading.Thread(target=self._loop, name="nexusgen-worker", daemon=True)
 
     # -- the request side (event loop) ---------------------------------------------------------------
@@ -123,10 +122,6 @@ class Worker:
     @property
     def depth(self) -> int:
         return len(self.queue)
-
-    def alive(self, stale_s: float) -> bool:
-        """The thread is running and has not been stuck in one call for longer than `stale_s`."""
-        return self.thread.is_alive() and (self.running == 0 or time.monotonic() - self.heartbeat < stale_s)
 
     def stop_accepting(self) -> None:
         """Draining: refuse new jobs (503); queued and running ones still finish."""
@@ -197,7 +192,6 @@ class Worker:
 
     def _run(self, batch: list[Job]) -> None:
         started = time.monotonic()
-        self.heartbeat = started
         self.metrics.batch(batch[0].task, sum(job.size for job in batch))
         for job in batch:
             self.metrics.queue_wait(started - job.enqueued)

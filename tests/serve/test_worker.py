@@ -69,6 +69,14 @@ def test_concurrent_requests_are_batched_and_keep_their_own_images(start_server,
     assert metric(server, "nexusgen_batch_size_sum", task="generate") == 9
 
 
+def hold_the_worker(pool, server, gate):
+    """Send one request and wait until the worker is busy with it at the gate; returns its future."""
+    running = pool.submit(http, server, "POST", GEN, {"prompt": PROMPTS[0], "seed": 0}, key=None)
+    while not gate.calls:
+        time.sleep(0.01)
+    return running
+
+
 def metric(server, name: str, **labels) -> float:
     """A sample of the server's /metrics (0 when absent)."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -84,9 +92,7 @@ def metric(server, name: str, **labels) -> float:
 def test_a_full_queue_answers_429_at_once(start_server, gate):
     server = start_server(max_batch=1, max_queue=2)
     with ThreadPoolExecutor(3) as pool:
-        running = pool.submit(http, server, "POST", GEN, {"prompt": PROMPTS[0], "seed": 0}, key=None)
-        while not gate.calls:
-            time.sleep(0.01)
+        running = hold_the_worker(pool, server, gate)
         queued = [pool.submit(http, server, "POST", GEN, {"prompt": p, "seed": 0}, key=None) for p in PROMPTS[:2]]
         while server.app.state.worker.depth < 2:
             time.sleep(0.01)
@@ -104,9 +110,7 @@ def test_a_full_queue_answers_429_at_once(start_server, gate):
 def test_a_client_that_disconnects_has_its_queued_work_dropped(start_server, gate):
     server = start_server(max_batch=1)
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(http, server, "POST", GEN, {"prompt": PROMPTS[0], "seed": 0}, key=None)
-        while not gate.calls:
-            time.sleep(0.01)
+        running = hold_the_worker(pool, server, gate)
         body = b'{"prompt": "a big red circle at the center", "seed": 3}'
         with socket.create_connection((server.host, server.port)) as impatient:
             impatient.sendall(b"POST " + GEN.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -126,9 +130,7 @@ def test_a_client_that_disconnects_has_its_queued_work_dropped(start_server, gat
 def test_queued_work_past_its_deadline_gets_503(start_server, gate):
     server = start_server(max_batch=1, request_timeout_s=0.3)
     with ThreadPoolExecutor(2) as pool:
-        running = pool.submit(http, server, "POST", GEN, {"prompt": PROMPTS[0], "seed": 0}, key=None)
-        while not gate.calls:
-            time.sleep(0.01)
+        running = hold_the_worker(pool, server, gate)
         late = pool.submit(http, server, "POST", GEN, {"prompt": PROMPTS[1], "seed": 0}, key=None)
         time.sleep(0.6)  # longer than the deadline
         gate.open()
