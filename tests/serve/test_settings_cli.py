@@ -63,3 +63,17 @@ def test_a_taken_port_fails_fast_with_one_line(capsys):
 def test_a_bad_limit_fails_fast(capsys):
     assert main(["serve", "--max-batch", "0"]) == 2
     assert "max_batch must be a positive number" in capsys.readouterr().err
+
+
+def test_without_the_serving_extra_the_command_says_what_to_install(monkeypatch, capsys):
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("nexusgen.serve.") and m not in
+                 ("nexusgen.serve.settings", "nexusgen.serve.command")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi -> ImportError
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["serve", "--port", str(port)]) == 2
+    assert "pip install 'nexusgen[serve]'" in capsys.readouterr().err
