@@ -206,8 +206,8 @@ class NexusGen:
                source: ImageLike | list[ImageLike] | None = None, height: int | None = None,
                width: int | None = None, num_steps: int | None = None, guidance_scale: float | None = None,
                progress: bool | None = None) -> list[Image.Image]:
-        """(B, N, D) image embeddings -> B images (image b: seed + b); e.g. the output of `predict_image_embeds`
-        or `encode_images` (a reconstruction: the decoder's ceiling).
+        """(B, N, D) image embeddings -> B images (image b: seed + b, or seed[b] for a list); e.g. the output
+        of `predict_image_embeds` or `encode_images` (a reconstruction: the decoder's ceiling).
 
         Without `source`, the generation decoder. With B source images, the editing decoder conditioned on
         [embeddings ; each source's reference embeddings], as `edit` does with the AR model's prediction."""
