@@ -40,17 +40,22 @@ DEADLINE_SLACK_S = 30.0
 """How long past its deadline a started job may run before its request gives up (the worker is stuck)."""
 
 
-async def run_job(request: Request, task: str, items: list, seeds: list[int], options: dict) -> list:
-    """Queue a job and wait for its outputs; drop it if the client disconnects first."""
+def submit_job(request: Request, task: str, items: list, seeds: list[int], options: dict) -> Job:
+    """Queue a job on the worker (429 / 503 at once when it cannot be queued)."""
     state = request.app.state
     loop = asyncio.get_running_loop()
-    timeout = state.settings.request_timeout_s
-    job = Job(task, items, seeds, options, deadline=time.monotonic() + timeout, future=loop.create_future(),
-              loop=loop)
-    state.worker.submit(job)  # 429 / 503 at once
+    job = Job(task, items, seeds, options, deadline=time.monotonic() + state.settings.request_timeout_s,
+              future=loop.create_future(), loop=loop)
+    state.worker.submit(job)
+    return job
+
+
+async def await_job(request: Request, job: Job) -> list:
+    """Wait for a queued job's outputs; drop it if the client disconnects first."""
+    state = request.app.state
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
-        done, _ = await asyncio.wait({job.future, watcher}, timeout=timeout + DEADLINE_SLACK_S,
+        done, _ = await asyncio.wait({job.future, watcher}, timeout=state.settings.request_timeout_s + DEADLINE_SLACK_S,
                                      return_when=asyncio.FIRST_COMPLETED)
         if job.future in done:
             return job.future.result()
@@ -64,6 +69,11 @@ async def run_job(request: Request, task: str, items: list, seeds: list[int], op
         raise
     finally:
         watcher.cancel()
+
+
+async def run_job(request: Request, task: str, items: list, seeds: list[int], options: dict) -> list:
+    """Queue a job and wait for its outputs (one per item)."""
+    return await await_job(request, submit_job(request, task, items, seeds, options))
 
 
 async def _disconnected(request: Request) -> None:
@@ -158,8 +168,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                                                           state.settings)
     seed = checks.item_seeds(body.seed, 1)[0]
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    if body.stream:
-        return StreamingResponse(_stream(request, conversation, seed, options, prompt_tokens, include_usage),
+    if body.stream:  # queued before the 200 goes out, so a full queue is still a real 429
+        job = submit_job(request, "chat", [conversation], [seed], options)
+        return StreamingResponse(_stream(request, job, options, prompt_tokens, include_usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     reply = (await run_job(request, "chat", [conversation], [seed], options))[0]
     content = await run_in_threadpool(_content, reply)
@@ -168,12 +179,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     return JSONResponse(chat_response(state.model_name, content, usage, finish, seed))
 
 
-async def _stream(request: Request, conversation, seed: int, options: dict, prompt_tokens: int,
-                  include_usage: bool):
+async def _stream(request: Request, job: Job, options: dict, prompt_tokens: int, include_usage: bool):
     """SSE: the answer's chunks once the worker has decoded it (answers are decoded whole, in batches)."""
     state = request.app.state
     try:
-        reply = (await run_job(request, "chat", [conversation], [seed], options))[0]
+        reply = (await await_job(request, job))[0]
     except APIError as err:  # after the 200 has gone: an error event, as vLLM-Omni sends
         yield f"data: {json.dumps({'object': 'error', 'error': {'message': err.message, 'code': err.code}})}\n\n"
         yield "data: [DONE]\n\n"

@@ -99,12 +99,15 @@ def test_a_full_queue_answers_429_at_once(start_server, gate):
         started = time.monotonic()
         refused = http(server, "POST", GEN, {"prompt": PROMPTS[3]}, key=None)
         refused_after = time.monotonic() - started
+        streamed = http(server, "POST", "/v1/chat/completions", {"stream": True, "messages": [
+            {"role": "user", "content": "hi"}]}, key=None)
         gate.open()
         answers = [running.result()] + [f.result() for f in queued]
     assert refused.status == 429 and refused.json()["error"]["code"] == "queue_full"
     assert int(refused.headers["retry-after"]) >= 1 and refused_after < 5  # at once, not after the queue
     assert [a.status for a in answers] == [200, 200, 200]  # everything accepted is answered
-    assert metric(server, "nexusgen_rejected_total", reason="queue_full") == 1
+    assert streamed.status == 429  # a stream is queued before its 200 goes out
+    assert metric(server, "nexusgen_rejected_total", reason="queue_full") == 2
 
 
 def test_a_client_that_disconnects_has_its_queued_work_dropped(start_server, gate):
