@@ -376,7 +376,7 @@ class NexusGenARModel(nn.Module):
 
     def training_loss(self, batch: dict, token_weight: float = 1.0, image_weight: float = 1.0,
                       feed_targets: bool | None = None, image_embeds: list[torch.Tensor] | None = None,
-                      ce_reduction: str = "token") -> dict:
+                      ce_reduction: str = "token", totals: dict[str, float] | None = None) -> dict:
         """Teacher-forced loss  w_tok * CE + w_img * (0.5 * MSE + 0.5 * (1 - cos))  (SPEC 3.1).
 
         Target images are encoded by the ViT without gradient (regression targets); their positions
@@ -396,6 +396,10 @@ class NexusGenARModel(nn.Module):
                 loss on the ViT tokens themselves, as in stage `vlm`); computed here otherwise.
             ce_reduction: "token" averages CE over all text targets of the batch (upstream); "sample"
                 over each sample's own, then over samples (`sample_mean`).
+            totals: the denominators of the means (`loss_units` summed over a whole global batch:
+                every rank and accumulation micro-step); the terms are then this batch's share of the
+                global means, and summing them over ranks and micro-steps gives the means of the global
+                batch. None: this batch's own counts (the terms are its means).
 
         Returns:
             dict of scalar tensors: `loss` (differentiable), `ce`, `image_loss`, `image_mse` and
@@ -409,15 +413,16 @@ class NexusGenARModel(nn.Module):
         positions = self.compute_positions(input_ids, mask, grids)
         hidden, _ = self.language_model(inputs_embeds, mask, positions)  # (B, L, D)
         hidden, next_labels = hidden[:, :-1], labels[:, 1:]  # h[t] predicts token t + 1
-        image_rows = next_labels == self.image_token_id
-        text_rows = (next_labels != IGNORE_INDEX) & ~image_rows
+        text_rows, image_rows = self.target_rows(labels)
+        totals = totals if totals is not None else self.loss_units(labels)
         if text_rows.any():
             logits = self.vlm.lm_head(hidden[text_rows]).float()  # (T, V), fp32 as upstream
+            per_token = F.cross_entropy(logits, next_labels[text_rows], reduction="none")
             if ce_reduction == "token":
-                ce = F.cross_entropy(logits, next_labels[text_rows])
+                ce = per_token.sum() / max(totals["text_tokens"], 1)
             else:
-                per_token = F.cross_entropy(logits, next_labels[text_rows], reduction="none")
-                ce = sample_mean(per_token, text_rows.nonzero()[:, 0], text_rows.shape[0])
+                ce = sample_mean(per_token, text_rows.nonzero()[:, 0], text_rows.shape[0],
+                                 total_samples=totals["text_samples"])
         else:
             ce = 0.0 * self.vlm.lm_head.weight.sum()
         if int(image_rows.sum()) != targets.shape[0]:
@@ -425,8 +430,9 @@ class NexusGenARModel(nn.Module):
                              "embeddings: labels and image_is_target disagree")
         if targets.shape[0]:
             pred = self.vision_head(hidden[image_rows]).float()  # (T, D)
-            mse = F.mse_loss(pred, targets.float())
-            cos = (1.0 - F.cosine_similarity(pred, targets.float(), dim=-1)).mean()
+            image_tokens = max(totals["image_tokens"], 1)
+            mse = (pred - targets.float()).pow(2).sum() / (image_tokens * pred.shape[-1])
+            cos = (1.0 - F.cosine_similarity(pred, targets.float(), dim=-1)).sum() / image_tokens
         else:
             # No target image in the batch: zero terms that still touch the new parameters, so DDP/FSDP
             # see every parameter in the graph (upstream's "0 x" trick).
@@ -440,6 +446,27 @@ class NexusGenARModel(nn.Module):
             loss = loss + 0.0 * self.input_image_positions.proj.weight.sum()
         return {"loss": loss, "ce": ce.detach(), "image_loss": image_loss.detach(),
                 "image_mse": mse.detach(), "image_cos": cos.detach()}
+
+    def target_rows(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which next-token positions are CE targets and which are image-regression targets.
+
+        Args:
+            labels: (B, L) as `collate_ar` makes them.
+
+        Returns:
+            (text_rows, image_rows), both (B, L - 1) bool: position t predicts label t + 1.
+        """
+        next_labels = labels[:, 1:]
+        image_rows = next_labels == self.image_token_id
+        return (next_labels != IGNORE_INDEX) & ~image_rows, image_rows
+
+    def loss_units(self, labels: torch.Tensor) -> dict[str, int]:
+        """What the loss terms of `training_loss` average over, counted in one batch: CE targets
+        ("text_tokens"), samples with at least one ("text_samples", for the per-sample mean) and
+        regression targets ("image_tokens"). Summed over a global batch they are `totals`."""
+        text_rows, image_rows = self.target_rows(labels)
+        return {"text_tokens": int(text_rows.sum()), "text_samples": int(text_rows.any(1).sum()),
+                "image_tokens": int(image_rows.sum())}
 
     def _training_inputs(self, batch: dict, feed_targets: bool,
                          per_image: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -567,7 +594,8 @@ class NexusGenARModel(nn.Module):
         return generate_interleaved(self, *args, **kwargs)
 
 
-def sample_mean(values: torch.Tensor, sample_index: torch.Tensor, num_samples: int) -> torch.Tensor:
+def sample_mean(values: torch.Tensor, sample_index: torch.Tensor, num_samples: int,
+                total_samples: int | None = None) -> torch.Tensor:
     """Mean over samples of each sample's mean value; samples without values are left out.
 
     With token-mean CE a one-word answer ("yes") weighs 1/30 of a 30-token caption, and on shapes-mini
@@ -578,11 +606,14 @@ def sample_mean(values: torch.Tensor, sample_index: torch.Tensor, num_samples: i
         values: (T,) one value per token.
         sample_index: (T,) the sample each token belongs to.
         num_samples: batch size.
+        total_samples: divide the sum of the per-sample means by this (the number of samples with
+            values in the whole global batch) instead of by this batch's own number.
     """
     sums = values.new_zeros(num_samples).index_add_(0, sample_index, values)
     counts = torch.bincount(sample_index, minlength=num_samples)
     present = counts > 0
-    return (sums[present] / counts[present]).mean()
+    means = sums[present] / counts[present]
+    return means.sum() / max(total_samples if total_samples is not None else means.shape[0], 1)
 
 
 def _identity_copy(layer: nn.Module) -> nn.Module:

@@ -145,6 +145,7 @@ def save_checkpoint(run_dir, step: int, *, model, optimizer, scheduler, data_sta
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(f".{final.name}.tmp")
     model_state, optim_state = parallel.full_state_dicts(model, optimizer)  # collective under FSDP
+    ema_state = ema.state_dict() if ema is not None else None  # collective under FSDP: every rank gathers
     if info.is_main:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -156,8 +157,8 @@ def save_checkpoint(run_dir, step: int, *, model, optimizer, scheduler, data_sta
         save_safetensors(model_state, tmp / "model.safetensors")
         torch.save(optim_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        if ema is not None:
-            save_safetensors(ema.state_dict(), tmp / "ema.safetensors")
+        if ema_state is not None:
+            save_safetensors(ema_state, tmp / "ema.safetensors")
         (tmp / "trainer.json").write_text(json.dumps({"step": step, "world_size": info.world_size}))
     parallel.barrier()
     if info.is_main:

@@ -28,6 +28,7 @@ from nexusgen.train.ema import EMA
 from nexusgen.train.metrics import MetricsLogger, Progress
 from nexusgen.train.optim import build_optimizer, build_scheduler
 from nexusgen.train.stages import Stage, build_stage
+from nexusgen.train.stages.common import LOSS_TOTALS
 from nexusgen.train.stages.parts import write_preset_config
 
 
@@ -76,7 +77,8 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False) -> dict:
     for step in range(start_step, config.max_steps):
         started = time.perf_counter()
         micro_batches = next_micro_batches(stage, config, info)
-        record = train_step(model, optimizer, micro_batches, config=config, autocast=autocast)
+        record = train_step(model, optimizer, micro_batches, config=config, autocast=autocast,
+                            world_size=info.world_size)
         record["lr"] = scheduler.get_last_lr()[0]
         scheduler.step()
         done = step + 1
@@ -135,27 +137,43 @@ def build_training(config: TrainConfig, info: parallel.DistInfo) -> TrainingPart
 
 
 def next_micro_batches(stage: Stage, config: TrainConfig, info: parallel.DistInfo) -> list[dict]:
-    """This rank's collated accumulation micro-batches for one step, on its device."""
+    """This rank's collated accumulation micro-batches for one step, on its device, each carrying the
+    global batch's loss denominators (`with_loss_totals`)."""
     samples = stage.stream.next_step(config.batch_size, info.rank, info.world_size,
                                      config.optim.grad_accum_steps)
-    return [_to_device(stage.collate(s), info.device) for s in samples]
+    return with_loss_totals(stage, [_to_device(stage.collate(s), info.device) for s in samples], info)
 
 
-def train_step(model, optimizer, micro_batches: list[dict], *, config: TrainConfig, autocast) -> dict:
+def with_loss_totals(stage: Stage, micro_batches: list[dict], info: parallel.DistInfo) -> list[dict]:
+    """Attach to every micro-batch the global batch's `loss_units` (summed over this step's micro-batches
+    and over ranks: one collective), so that each loss is a mean over the global batch, not a mean of
+    per-rank or per-micro-batch means (they differ when answers have different lengths)."""
+    totals: dict[str, float] = {}
+    for batch in micro_batches:
+        for unit, value in stage.loss_units(batch).items():
+            totals[unit] = totals.get(unit, 0) + value
+    totals = parallel.all_reduce_sums(totals, info)
+    return [{**batch, LOSS_TOTALS: totals} for batch in micro_batches]
+
+
+def train_step(model, optimizer, micro_batches: list[dict], *, config: TrainConfig, autocast,
+               world_size: int = 1) -> dict:
     """Forward/backward over the accumulation micro-batches, clip, optimiser step.
 
-    Each micro-batch's mean loss is scaled by 1/accum, so the gradient is that of the mean over the
-    global batch (DDP / FSDP average over ranks). Returns the loss terms averaged over micro-batches
-    (this rank only) and the pre-clip gradient norm.
+    The micro-batches carry the global denominators (`next_micro_batches`), so each one's loss is its
+    share of the global batch's loss and their sum over micro-steps and ranks is that loss. DDP and FSDP
+    average gradients over ranks, so the backward pass scales by `world_size` to make the gradient that of
+    the sum. Returns this rank's shares of the loss terms (summed over micro-batches; `_log_record` sums
+    them over ranks) and the pre-clip norm of the global gradient.
     """
     accum = len(micro_batches)
     terms: dict[str, float] = {}
     for index, batch in enumerate(micro_batches):
         with parallel.gradient_sync(model, enabled=index == accum - 1), autocast:
             out = model(batch)
-            (out["loss"] / accum).backward()
+            (out["loss"] * world_size).backward()
         for name, value in out.items():
-            terms[name] = terms.get(name, 0.0) + float(value.detach()) / accum
+            terms[name] = terms.get(name, 0.0) + float(value.detach())
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -178,10 +196,11 @@ def evaluate(stage: Stage, model, config: TrainConfig, info: parallel.DistInfo) 
 
             fixed = SampleStream(stage.stream.sampler.sources, seed=config.seed + 1)
             samples = fixed.next_step(config.batch_size, info.rank, info.world_size, 1)[0]
-            stage._eval_batch = _to_device(stage.collate(samples), info.device)
+            stage._eval_batch = with_loss_totals(stage, [_to_device(stage.collate(samples), info.device)], info)[0]
         with torch.no_grad(), _autocast_context(config.precision, info.device):
             values = {k: float(v) for k, v in model(stage._eval_batch).items()}
-    return {f"eval/{k}": v for k, v in parallel.all_reduce_mean(values, info).items()}
+        values = parallel.all_reduce_sums(values, info)  # shares of the global batch's means
+    return {f"eval/{k}": v for k, v in values.items()}
 
 
 def export_final(stage: Stage, model, ema, config: TrainConfig, info: parallel.DistInfo,
@@ -252,9 +271,10 @@ def _fresh_module(config: TrainConfig) -> torch.nn.Module:
 
 
 def _log_record(record: dict, stage: Stage, micro_batches, info, step: int, seconds: float) -> dict:
-    """Average the loss terms over ranks; add throughput (global samples / tokens / images per second)."""
-    lr = record.pop("lr")
-    record = {**parallel.all_reduce_mean(record, info), "lr": lr}
+    """Sum the ranks' shares of the loss terms (the global batch's means); add throughput (global samples /
+    tokens / images per second). The gradient norm and the learning rate are the same on every rank."""
+    lr, grad_norm = record.pop("lr"), record.pop("grad_norm")
+    record = {**parallel.all_reduce_sums(record, info), "grad_norm": grad_norm, "lr": lr}
     counts: dict[str, float] = {}
     for batch in micro_batches:
         for name, value in (stage.count(batch) if stage.count else {}).items():

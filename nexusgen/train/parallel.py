@@ -111,12 +111,17 @@ def seed_everything(seed: int, rank: int = 0) -> None:
 
 def all_reduce_mean(values: dict[str, float], info: DistInfo) -> dict[str, float]:
     """Average a dict of floats over ranks (for logging; one collective for all keys)."""
+    return {k: v / info.world_size for k, v in all_reduce_sums(values, info).items()}
+
+
+def all_reduce_sums(values: dict[str, float], info: DistInfo) -> dict[str, float]:
+    """Sum a dict of floats over ranks (one float64 collective for all keys; every rank has the same keys)."""
     if not info.is_distributed or not values:
-        return values
+        return dict(values)
     keys = sorted(values)
     buffer = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=info.device)
     dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-    return {k: v / info.world_size for k, v in zip(keys, buffer.tolist())}
+    return dict(zip(keys, buffer.tolist()))
 
 
 def all_reduce_sum(value: float, info: DistInfo) -> float:

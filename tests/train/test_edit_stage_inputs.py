@@ -68,7 +68,7 @@ def _dropout_module(prob):
 
 def test_reference_dropout_zeroes_whole_samples_reproducibly():
     source = torch.randn(64, 16, 8) + 3.0  # no row is zero by chance
-    batch = {"source_embeds": source, "target_embeds": torch.randn(64, 4, 8), "position": torch.tensor([96])}
+    batch = {"source_embeds": source, "target_embeds": torch.randn(64, 4, 8), "position": torch.arange(96, 160)}
     reference = _dropout_module(0.5).condition_kwargs(batch)["reference_embeds"]
     dropped = (reference == 0).flatten(1).all(1)
     kept = torch.isclose(reference, source).flatten(1).all(1)
@@ -76,8 +76,10 @@ def test_reference_dropout_zeroes_whole_samples_reproducibly():
     assert 16 < int(dropped.sum()) < 48
     again = _dropout_module(0.5).condition_kwargs(batch)["reference_embeds"]
     assert torch.equal(again, reference)  # same seed and stream position: same samples dropped
-    moved = _dropout_module(0.5).condition_kwargs({**batch, "position": torch.tensor([160])})
+    moved = _dropout_module(0.5).condition_kwargs({**batch, "position": torch.arange(160, 224)})
     assert not torch.equal(moved["reference_embeds"], reference)
+    half = {k: v[32:] for k, v in batch.items()}  # a sample's draw does not depend on its micro-batch
+    assert torch.equal(_dropout_module(0.5).condition_kwargs(half)["reference_embeds"], reference[32:])
     assert torch.equal(_dropout_module(0.0).condition_kwargs(batch)["reference_embeds"], source)
 
 

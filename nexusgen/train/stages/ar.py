@@ -15,7 +15,7 @@ import torch
 from nexusgen.train.config import TrainConfig
 from nexusgen.train.parallel import DistInfo
 from nexusgen.train.stages import parts
-from nexusgen.train.stages.common import SampleStream, Stage, generated_messages, set_trainable
+from nexusgen.train.stages.common import LOSS_TOTALS, SampleStream, Stage, generated_messages, set_trainable
 
 DEFAULT_LOSS_WEIGHTS = {"token": 1.0, "image": 1.0}
 # Module-name prefixes (under the training module's `model.`) of the trainable parts.
@@ -37,8 +37,12 @@ class ARTrainModule(torch.nn.Module):
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         out = self.model.training_loss(batch, token_weight=self.token_weight, image_weight=self.image_weight,
-                                       ce_reduction=self.ce_reduction)
+                                       ce_reduction=self.ce_reduction, totals=batch.get(LOSS_TOTALS))
         return self.with_diagnostics(out, batch)
+
+    def loss_units(self, batch: dict) -> dict[str, int]:
+        """`Stage.loss_units`: answer tokens, samples with an answer, image-regression tokens."""
+        return self.model.loss_units(batch["labels"])
 
     def with_diagnostics(self, out: dict, batch: dict) -> dict:
         if not torch.is_grad_enabled():
@@ -70,7 +74,8 @@ def rolled_image_ce(model, batch: dict) -> torch.Tensor | None:
             moved = True
     if not moved:
         return None
-    return model.training_loss({**batch, "pixel_values": torch.cat(chunks)}, image_weight=0.0)["ce"]
+    return model.training_loss({**batch, "pixel_values": torch.cat(chunks)}, image_weight=0.0,
+                               totals=batch.get(LOSS_TOTALS))["ce"]
 
 
 def message_sources(config: TrainConfig) -> list:
@@ -125,7 +130,7 @@ def build_ar_stage(config: TrainConfig, info: DistInfo, *, trainable, default_we
 
     stream = SampleStream(sources, config.data.weights, seed=config.seed)
     return Stage(module=module, stream=stream, collate=make_stage_collate(processor), export=export, count=count,
-                 shard_units=[*vlm.language_model.layers, *vlm.visual.blocks])
+                 loss_units=module.loss_units, shard_units=[*vlm.language_model.layers, *vlm.visual.blocks])
 
 
 def _check_question_order(config: TrainConfig, ar_config) -> None:

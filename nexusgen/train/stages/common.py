@@ -7,8 +7,12 @@ sample stream, a collate function, and an export function. The loop knows nothin
 World-size invariance: optimiser step s consumes the global sample positions [s*B, (s+1)*B) (B = the
 global batch); rank r of W takes the r-th contiguous slice and splits it into accumulation
 micro-batches. Randomness that belongs to a sample (VAE posterior noise, flow-matching noise and
-timesteps) is drawn from a generator seeded by (seed, global position), so a 2-process run computes
-exactly the per-sample losses of a 1-process run, and a resumed run those of an uninterrupted one.
+timesteps, conditioning and reference dropout) is drawn from a generator seeded by (seed, global
+position), so a 2-process run computes exactly the per-sample losses of a 1-process run, and a resumed
+run those of an uninterrupted one. Every mean in a loss is taken over the global batch: the loop sums
+each micro-batch's `loss_units` over micro-steps and ranks and hands the totals to the module in
+`batch[LOSS_TOTALS]`; the module divides its sums by them (docs/training.md, "How the loss is
+normalised").
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+LOSS_TOTALS = "loss_totals"
+"""Batch key of the global denominators ({unit: count over the whole global batch}); absent = the batch's
+own counts (a batch evaluated on its own)."""
 
 
 @dataclass
@@ -30,6 +38,9 @@ class Stage:
         collate: list of samples -> batch dict (tensors are moved to the device by the loop).
         export: export(module, out_dir) writes the model folder (RUN_DIR/final).
         shard_units: sub-modules to wrap as their own FSDP2 units (transformer blocks).
+        loss_units: batch -> {unit: count}, what the module's loss terms average over in this
+            micro-batch (answer tokens, image tokens, samples); summed over the global batch they are the
+            `batch[LOSS_TOTALS]` the module divides by.
         count: batch -> {"samples": n, "tokens": t, "images": i} for throughput metrics.
         evaluate: optional hook, evaluate(module) -> dict of floats, run every `eval_every` steps.
     """
@@ -38,6 +49,7 @@ class Stage:
     stream: SampleStream
     collate: Callable[[list[dict]], dict]
     export: Callable[[torch.nn.Module, Any], None]
+    loss_units: Callable[[dict], dict[str, int]]
     shard_units: list[torch.nn.Module] = field(default_factory=list)
     count: Callable[[dict], dict[str, int]] | None = None
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
@@ -92,6 +104,17 @@ def sample_generators(positions: Sequence[int], seed: int, device="cpu") -> list
     """One generator per sample, seeded by (seed, global position)."""
     return [torch.Generator(device=device).manual_seed((seed * 1_000_003 + 7919 * int(p)) % 2**63)
             for p in positions]
+
+
+def samples_units(batch: dict) -> dict[str, int]:
+    """`Stage.loss_units` of stages whose loss is a mean over samples of equal size."""
+    return {"samples": len(batch["position"])}
+
+
+def total(batch: dict, unit: str, local: int) -> int:
+    """The global count of `unit` for this batch's loss (`batch[LOSS_TOTALS]`), else `local` (>= 1)."""
+    totals = batch.get(LOSS_TOTALS)
+    return max(int(totals[unit]) if totals is not None else int(local), 1)
 
 
 def per_sample_randn(shape: Sequence[int], generators: list[torch.Generator], *, device, dtype=torch.float32):

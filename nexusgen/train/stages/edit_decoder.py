@@ -26,11 +26,10 @@ import torch
 
 from nexusgen.train.config import TrainConfig
 from nexusgen.train.parallel import DistInfo
-from nexusgen.train.stages.common import Stage
+from nexusgen.train.stages.common import Stage, sample_generators
 from nexusgen.train.stages.gen_decoder import (
     DecoderTrainModule,
     build_decoder_stage,
-    micro_batch_generator,
     pil_to_unit,
     target_image,
 )
@@ -50,8 +49,8 @@ def square_grid(num_tokens: int) -> tuple[int, int]:
 
 class EditDecoderTrainModule(DecoderTrainModule):
     """Adds the reference (source image) embeddings and both grids to the decoder's condition, the
-    reference zeroed for a `reference_dropout_prob` fraction of samples (drawn per micro-batch from the seed
-    and the batch's stream position, so a resumed run drops the same samples)."""
+    reference zeroed for a `reference_dropout_prob` fraction of samples (drawn per sample from the seed
+    and the sample's stream position, so a resumed or re-split run drops the same samples)."""
 
     def __init__(self, *args, reference_dropout_prob: float = 0.0, true_target_prob: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -80,14 +79,14 @@ class EditDecoderTrainModule(DecoderTrainModule):
 
     def _mix_true_targets(self, batch: dict) -> torch.Tensor:
         """(B, N, D): the true edited image's embeddings for a `true_target_prob` share of the samples
-        (drawn per micro-batch from the seed and stream position, as the reference dropout), the
+        (drawn per sample from the seed and stream position, as the reference dropout), the
         prediction for the rest. The AR model runs only when some sample needs its prediction."""
         if "true_target_pixel_values" not in batch:
             raise ValueError("stage.true_target_prob needs batches from make_collate(..., true_targets=True)")
         true = torch.stack(list(self.helpers[1].encode_images(batch["true_target_pixel_values"],
                                                               batch["true_target_grid_thw"])))  # (B, N, D)
-        generator = micro_batch_generator(self.seed + _TRUE_TARGET_SALT, batch["position"])
-        use_true = torch.rand(true.shape[0], generator=generator) < self.true_target_prob  # (B,)
+        generators = sample_generators(batch["position"].tolist(), self.seed + _TRUE_TARGET_SALT)
+        use_true = torch.cat([torch.rand(1, generator=g) for g in generators]) < self.true_target_prob  # (B,)
         if use_true.all():
             return true
         return torch.where(use_true.to(true.device)[:, None, None], true, self._predicted_targets(batch))
@@ -97,8 +96,8 @@ class EditDecoderTrainModule(DecoderTrainModule):
 
         reference = self._embed(batch, "source").float()                      # (B, M, D)
         if self.reference_dropout_prob:
-            generator = micro_batch_generator(self.seed + _REFERENCE_DROPOUT_SALT, batch["position"])
-            reference = drop_condition(reference, self.reference_dropout_prob, generator)
+            generators = sample_generators(batch["position"].tolist(), self.seed + _REFERENCE_DROPOUT_SALT)
+            reference = drop_condition(reference, self.reference_dropout_prob, generators)
         target_tokens = self._embed(batch, "target").shape[1]
         return {"reference_embeds": reference, "reference_grid": square_grid(reference.shape[1]),
                 "target_grid": square_grid(target_tokens)}

@@ -5,9 +5,10 @@ Conditioning embeddings come either from a precomputed embedding dataset (`data.
 `GenEmbedDataset`: `nexusgen prepare-embeds --kind gen`) or are computed on the fly by the frozen AR
 model's `encode_images` on the target image (generated or message-JSONL data). The target image is
 VAE-encoded by the frozen VAE (posterior mean, as upstream). Loss: the weighted rectified-flow loss
-of `nexusgen.flow.loss.decoder_training_loss`, with t and noise drawn from a generator seeded by
-(seed, global position of the micro-batch's first sample): different on every rank and micro-step,
-and identical after a resume.
+of `nexusgen.flow.loss.decoder_training_loss`, a mean over the global batch's samples, with each
+sample's dropout, t and noise drawn from its own generator seeded by (seed, its global position): the
+same whichever rank and micro-batch the sample lands in, and after a resume. (Upstream draws one t per
+batch; one per sample is what makes the loss independent of how the batch is split.)
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ import torch
 from nexusgen.train.config import TrainConfig
 from nexusgen.train.parallel import DistInfo
 from nexusgen.train.stages import parts
-from nexusgen.train.stages.common import SampleStream, Stage, generated_messages
+from nexusgen.train.stages.common import (
+    SampleStream,
+    Stage,
+    generated_messages,
+    sample_generators,
+    samples_units,
+    total,
+)
 
 DEFAULT_LOSS_WEIGHTS = {"flow": 1.0}
-
-
-def micro_batch_generator(seed: int, positions: torch.Tensor) -> torch.Generator:
-    """CPU generator for one micro-batch's t, noise and dropout draws."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + 7919 * int(positions[0])) % 2**63)
 
 
 def pil_to_unit(images, size: int) -> torch.Tensor:
@@ -69,9 +72,11 @@ class DecoderTrainModule(torch.nn.Module):
         image_embeds = self._embed(batch, "target")
         condition = self.condition_kwargs(batch)
         out = decoder_training_loss(self.decoder, latents, image_embeds.float(),
-                                    generator=micro_batch_generator(self.seed, batch["position"]),
+                                    generator=sample_generators(batch["position"].tolist(), self.seed),
                                     cond_dropout_prob=self.cond_dropout_prob, **condition)
-        return {"loss": self.loss_weight * out["loss"], "flow": out["loss"].detach(), "mse": out["mse"]}
+        samples = total(batch, "samples", latents.shape[0])
+        flow = out["sample_loss"].sum() / samples
+        return {"loss": self.loss_weight * flow, "flow": flow.detach(), "mse": out["sample_mse"].sum() / samples}
 
     def condition_kwargs(self, batch: dict) -> dict:
         return {}
@@ -148,7 +153,7 @@ def build_decoder_stage(config: TrainConfig, info: DistInfo, kind: str, module_c
 
     stream = SampleStream(sources, config.data.weights, seed=config.seed)
     return Stage(module=module, stream=stream, collate=make_stage_collate(processor), export=export,
-                 shard_units=_dit_blocks(decoder),
+                 loss_units=samples_units, shard_units=_dit_blocks(decoder),
                  count=lambda b: {"samples": len(b["position"]), "images": len(b["position"])})
 
 

@@ -1,6 +1,7 @@
 """Stage `vae`: train a diffusers AutoencoderKL from scratch by reconstruction (from-scratch models only).
 
-Loss: w_l1 * L1 + w_mse * MSE on pixels in [-1, 1] + w_kl * KL(q(z|x) || N(0, I)) per latent element.
+Loss: w_l1 * L1 + w_mse * MSE on pixels in [-1, 1] + w_kl * KL(q(z|x) || N(0, I)) per latent element,
+each a mean over the global batch's pixels / latent elements.
 The posterior sample z = mean + std * eps uses per-sample noise (see stages/common.py), so the loss
 of a batch does not depend on how the batch is split across ranks.
 """
@@ -14,7 +15,14 @@ import torch
 
 from nexusgen.train.config import TrainConfig
 from nexusgen.train.parallel import DistInfo
-from nexusgen.train.stages.common import SampleStream, Stage, per_sample_randn, sample_generators
+from nexusgen.train.stages.common import (
+    SampleStream,
+    Stage,
+    per_sample_randn,
+    sample_generators,
+    samples_units,
+    total,
+)
 
 DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "mse": 0.0, "kl": 1e-6}
 
@@ -139,9 +147,11 @@ class VAETrainModule(torch.nn.Module):
         eps = per_sample_randn(posterior.mean.shape[1:], generators, device=images.device)
         latents = posterior.mean + posterior.std * eps                      # (B, C, H/8, W/8)
         recon = self.vae.decode(latents).sample                             # (B, 3, H, W)
-        l1 = (recon - images).abs().mean()
-        mse = torch.nn.functional.mse_loss(recon, images)
-        kl = posterior.kl().mean() / math.prod(posterior.mean.shape[1:])   # per latent element
+        samples = total(batch, "samples", images.shape[0])                  # the global batch's count
+        pixels = samples * math.prod(images.shape[1:])
+        l1 = (recon - images).abs().sum() / pixels
+        mse = (recon - images).pow(2).sum() / pixels
+        kl = posterior.kl().sum() / (samples * math.prod(posterior.mean.shape[1:]))  # per latent element
         w = self.loss_weights
         loss = w["l1"] * l1 + w["mse"] * mse + w["kl"] * kl
         return {"loss": loss, "l1": l1, "mse": mse, "kl": kl}
@@ -174,7 +184,7 @@ def build(config: TrainConfig, info: DistInfo) -> Stage:
     vae.to(info.device).train()
     module = VAETrainModule(vae, {**DEFAULT_LOSS_WEIGHTS, **config.stage.loss_weights}, config.seed)
     stream = SampleStream(sources, config.data.weights, seed=config.seed)
-    return Stage(module=module, stream=stream, collate=collate, export=export,
+    return Stage(module=module, stream=stream, collate=collate, export=export, loss_units=samples_units,
                  count=lambda batch: {"samples": len(batch["image"]), "images": len(batch["image"])})
 
 

@@ -27,7 +27,7 @@ from nexusgen.data.scene_labels import IGNORE, NUM_COLOR_CLASSES, NUM_SHAPE_CLAS
 from nexusgen.train.config import TrainConfig
 from nexusgen.train.parallel import DistInfo
 from nexusgen.train.stages.ar import ARTrainModule, build_ar_stage, make_collate
-from nexusgen.train.stages.common import Stage
+from nexusgen.train.stages.common import LOSS_TOTALS, Stage, total
 
 VLM_TRAINABLE = ("model.vlm.model.visual", "model.vlm.model.language_model", "model.vlm.lm_head", "pixel_head",
                  "shape_head", "color_head")
@@ -67,27 +67,44 @@ class VLMTrainModule(ARTrainModule):
         else:
             per_image = self.model.encode_images(batch["pixel_values"], grids)
             out = self.model.training_loss(batch, token_weight=self.token_weight, image_weight=self.image_weight,
-                                           image_embeds=per_image, ce_reduction=self.ce_reduction)
+                                           image_embeds=per_image, ce_reduction=self.ce_reduction,
+                                           totals=batch.get(LOSS_TOTALS))
             tokens = torch.cat(per_image)
         pixel_mse = self._pixel_mse(tokens, batch)
-        semantic = self._semantic_ce(tokens, batch.get("token_labels"))
+        semantic = self._semantic_ce(tokens, batch)
         out["loss"] = out["loss"] + self.pixel_weight * pixel_mse + self.semantic_weight * semantic
         out["pixel_mse"], out["semantic_ce"] = pixel_mse.detach(), semantic.detach()
         return self.with_diagnostics(out, batch)
+
+    def loss_units(self, batch: dict) -> dict[str, int]:
+        """The AR units plus the ViT tokens (pixel loss) and the labelled tokens per semantic head."""
+        units = super().loss_units(batch)
+        grids = batch.get("image_grid_thw")
+        merge = self.model.vlm.config.vision_config.spatial_merge_size
+        units["vision_tokens"] = int(grids.prod(-1).sum()) // merge ** 2 if grids is not None else 0
+        labels = batch.get("token_labels")
+        for column, unit in enumerate(("shape_labels", "color_labels")):
+            units[unit] = int((labels[:, column] != IGNORE).sum()) if labels is not None else 0
+        return units
 
     def _pixel_mse(self, tokens, batch: dict) -> torch.Tensor:
         if tokens is None:
             return 0.0 * self.pixel_head.weight.sum()  # keeps the head in the graph (DDP/FSDP)
         target = token_pixels(batch["pixel_values"], self.model.vlm.config.vision_config).float()
-        return F.mse_loss(self.pixel_head(tokens).float(), target)
+        squared = (self.pixel_head(tokens).float() - target).pow(2).sum()
+        return squared / (total(batch, "vision_tokens", tokens.shape[0]) * target.shape[-1])
 
-    def _semantic_ce(self, tokens, labels) -> torch.Tensor:
+    def _semantic_ce(self, tokens, batch: dict) -> torch.Tensor:
         """Shape + colour classification of each token's cell (`data.scene_labels`); 0 without labels."""
+        labels = batch.get("token_labels")
         if tokens is None or labels is None or not (labels != IGNORE).any():
             return 0.0 * (self.shape_head.weight.sum() + self.color_head.weight.sum())
-        shape = F.cross_entropy(self.shape_head(tokens).float(), labels[:, 0], ignore_index=IGNORE)
-        color = F.cross_entropy(self.color_head(tokens).float(), labels[:, 1], ignore_index=IGNORE)
-        return shape + color
+        terms = []
+        for column, (head, unit) in enumerate(((self.shape_head, "shape_labels"), (self.color_head, "color_labels"))):
+            wanted = labels[:, column]
+            summed = F.cross_entropy(head(tokens).float(), wanted, ignore_index=IGNORE, reduction="sum")
+            terms.append(summed / total(batch, unit, int((wanted != IGNORE).sum())))
+        return terms[0] + terms[1]
 
 
 def make_vlm_collate(processor):
