@@ -126,8 +126,15 @@ def _tooling_commands(sub) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field by dotted path (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
+                        help="continue from the newest complete checkpoint (an error if there is none)")
+    resume.add_argument("--resume-if-possible", action="store_true",
+                        help="continue from the newest complete checkpoint, or start if there is none")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) invalid data records")
+    p.add_argument("--image-root", default=None, metavar="DIR",
+                   help="folder relative image / embedding paths in data.paths resolve against (= --set "
+                        "data.image_root=DIR; the official files are relative to their repository root)")
     p.add_argument("--start-at", metavar="STAGE", help="multi-stage recipes: begin at STAGE, from the folder "
                    "given by --set STAGE.stage.parent=FOLDER")
     p.set_defaults(handler=_call("nexusgen.train.command:train_command"))

@@ -144,6 +144,25 @@ def token_grid(record: dict[str, Any], key: str, num_tokens: int) -> tuple[int, 
     return grid[0], grid[1]
 
 
+def embedding_kind(path: str | Path) -> str | None:
+    """Which precomputed embeddings a JSONL's first record names: "generation" (`embed_path`), "editing"
+    (`embed_source` and `embed_target`), or None (plain message records, or unreadable: the dataset reports
+    that). Decides how a decoder stage reads the file."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            line = next((raw for raw in f if raw.strip()), b"")
+        record = json.loads(line.decode("utf-8-sig"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    if "embed_path" in record:
+        return "generation"
+    return "editing" if "embed_source" in record and "embed_target" in record else None
+
+
 class _EmbedDataset(MessageDataset):
     """A message dataset whose records also name embedding files (keys `embed_keys`)."""
 

@@ -271,6 +271,8 @@ class MessageDataset:
         check_images: check at index time that every image exists and is not too large (a header read
             per image). Turn off for huge files; the same checks then run on access.
         max_image_pixels: largest accepted width * height.
+        tasks: the tasks a record may have (a decoder stage needs a generated image); None = any. A record
+            of another task is a bad record (reason "wrong_task").
 
     Raises:
         FileNotFoundError: the JSONL does not exist.
@@ -279,8 +281,10 @@ class MessageDataset:
     """
 
     def __init__(self, path: str | Path, *, image_root: str | Path | None = None, skip_bad: bool = False,
-                 check_images: bool = True, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+                 check_images: bool = True, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 tasks: tuple[str, ...] | None = None):
         self.path = Path(path)
+        self.tasks = tasks
         if not self.path.is_file():
             raise FileNotFoundError(f"data file not found: {self.path}")
         self.image_root = Path(image_root) if image_root is not None else self.path.parent
@@ -338,6 +342,9 @@ class MessageDataset:
             InvalidRecord: with reason and detail.
         """
         task = check_record(record)
+        if self.tasks is not None and task not in self.tasks:
+            raise InvalidRecord("wrong_task", f"a {task!r} record; this stage reads {' / '.join(self.tasks)} "
+                                              f"records")
         if full:
             for value in record.get("images", []):
                 check_image(value, self.image_root, self.max_image_pixels)

@@ -1,7 +1,8 @@
 """Fine-tuning recipes for the released Nexus-GenV2, with the upstream hyper-parameters (SPEC 3.1-3.3).
 
-They need the user's data: `--set data.paths='["my.jsonl"]'` (message JSONL for `ar`, embedding JSONLs
-from `nexusgen prepare-embeds` for the decoders) and the model: `--set stage.parent=MODEL_DIR`.
+They need the user's data: `--set data.paths='["my.jsonl"]'` (message JSONL; for the decoders also the
+embedding JSONLs of `nexusgen prepare-embeds`), `--image-root DIR` where its paths are relative to another
+folder (the official files: their repository root), and the model: `--set stage.parent=MODEL_DIR`.
 Global batch 128 as upstream (8 GPUs x 2 x 8 accumulation for AR, 8 x 1 x 16 for the decoders).
 """
 
@@ -40,7 +41,7 @@ def _decoder(stage: str) -> TrainConfig:
         optim=OptimConfig(grad_clip=1.0, weight_decay=0.0, grad_accum_steps=16),
         schedule=ScheduleConfig(kind="constant", warmup_steps=100),
         checkpoint=CheckpointConfig(keep_last=2), dist=DistConfig(strategy="fsdp"),
-        data=DataConfig(source="embeds", image_size_px=512))
+        data=DataConfig(source="jsonl", image_size_px=512))
 
 
 def nexus_gen_v2_gen_decoder() -> TrainConfig:
@@ -49,5 +50,8 @@ def nexus_gen_v2_gen_decoder() -> TrainConfig:
 
 
 def nexus_gen_v2_edit_decoder() -> TrainConfig:
-    """Phase 3 fine-tune: merger + DiT on (predicted target, source) embeddings, as phase 2 otherwise."""
-    return _decoder("edit_decoder")
+    """Phase 3 fine-tune: merger + DiT on (predicted target, source) embeddings, as phase 2 otherwise; the
+    source is resized to 504 x 504 for the reference, as upstream prepares it."""
+    config = _decoder("edit_decoder")
+    config.data.reference_image_px = 504
+    return config

@@ -22,7 +22,7 @@ def _tiny(stage: StageConfig, *, lr: float, image_size_px: int = 32, **data) -> 
         optim=OptimConfig(grad_clip=1.0, weight_decay=0.0),
         schedule=ScheduleConfig(kind="constant", warmup_steps=2),
         checkpoint=CheckpointConfig(keep_last=2),
-        data=DataConfig(source="generated", num_samples=64, image_size_px=image_size_px, **data))
+        data=DataConfig(num_samples=64, image_size_px=image_size_px, **data))
 
 
 def tiny_vae() -> TrainConfig:

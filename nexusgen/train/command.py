@@ -1,4 +1,5 @@
-"""`nexusgen train RECIPE --out RUN_DIR [--set key=value ...] [--resume] [--skip-bad] [--start-at STAGE]` and
+"""`nexusgen train RECIPE --out RUN_DIR [--set key=value ...] [--resume | --resume-if-possible] [--skip-bad]
+[--image-root DIR] [--start-at STAGE]` and
 `nexusgen export-checkpoint RUN_DIR --out FOLDER [--step N]`."""
 
 from __future__ import annotations
@@ -24,18 +25,21 @@ def train_command(args: argparse.Namespace) -> int:
     from nexusgen.train import parallel
     from nexusgen.train.loop import train
 
-    overrides = [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])]
+    overrides = [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else []),
+                 *([f"data.image_root={args.image_root}"] if args.image_root is not None else [])]
+    resume = args.resume or args.resume_if_possible
     try:
         if args.recipe in PIPELINES:
             from nexusgen.train.pipeline import run_pipeline
 
-            summary = run_pipeline(PIPELINES[args.recipe], args.out, overrides, resume=args.resume,
-                                   start_at=args.start_at)
+            summary = run_pipeline(PIPELINES[args.recipe], args.out, overrides, resume=resume,
+                                   start_at=args.start_at, require_checkpoint=not args.resume_if_possible)
         else:
             if args.start_at is not None:
                 raise ValueError(f"--start-at is for multi-stage recipes ({', '.join(PIPELINES)}), "
                                  f"not {args.recipe!r}")
-            summary = train(resolve_config(args.recipe, overrides), args.out, resume=args.resume)
+            summary = train(resolve_config(args.recipe, overrides), args.out, resume=resume,
+                            require_checkpoint=not args.resume_if_possible)
     finally:
         parallel.destroy_distributed()
     parallel.print0(f"done: {summary}")

@@ -16,6 +16,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 STAGES = ("vae", "vlm", "ar", "gen_decoder", "edit_decoder")
@@ -108,11 +109,18 @@ class LoraConfig:
 class DataConfig:
     """Where a stage's samples come from."""
 
-    source: Literal["generated", "jsonl", "embeds"] = "generated"
-    """'generated': in-memory procedural samples (tiny recipes, tests); 'jsonl': message-format JSONL
-    files; 'embeds': precomputed decoder-training embedding datasets."""
+    source: Literal["auto", "generated", "jsonl", "embeds"] = "auto"
+    """'auto': 'generated' without `paths`, 'jsonl' with them (setting `data.paths` switches to the files).
+    'generated': in-memory procedural samples only (tiny recipes, tests); `paths` must stay empty.
+    'jsonl': message-format JSONL files (the official `llm_dataset.jsonl`, `gen_decoder_dataset.jsonl`,
+    `edit_decoder_dataset.jsonl`); the decoder stages use the precomputed embeddings that the records name
+    when every file names them (`embed_path`, or `embed_source` + `embed_target`) and compute them with the
+    frozen AR model otherwise. 'embeds': JSONL files whose records must name precomputed embeddings."""
     paths: list[str] = field(default_factory=list)
     """Files of the mixture (jsonl / embeds sources)."""
+    image_root: str | None = None
+    """Folder that relative image and embedding paths in the files resolve against; None = each file's own
+    folder. The official example files are relative to their repository root: pass that folder."""
     weights: list[float] = field(default_factory=list)
     """Mixture weights, one per path (empty = equal)."""
     num_samples: int = 256
@@ -135,12 +143,48 @@ class DataConfig:
     """Skip (and count) invalid records instead of stopping."""
 
     def __post_init__(self):
-        if self.source not in ("generated", "jsonl", "embeds"):
-            raise ValueError(f"data.source must be generated|jsonl|embeds, got {self.source!r}")
+        if self.source not in ("auto", "generated", "jsonl", "embeds"):
+            raise ValueError(f"data.source must be auto|generated|jsonl|embeds, got {self.source!r}")
         if self.world not in ("synthetic", "shapes"):
             raise ValueError(f"data.world must be synthetic|shapes, got {self.world!r}")
         if self.weights and len(self.weights) != len(self.paths):
             raise ValueError(f"data.weights has {len(self.weights)} entries for {len(self.paths)} paths")
+
+    def check_files(self) -> None:
+        """Rules between fields, checked once all overrides are applied (`apply_overrides`, `train`):
+        files are never silently ignored.
+
+        Raises:
+            ValueError: paths or an image root with source 'generated', or an image root without paths.
+        """
+        if self.source == "generated" and (self.paths or self.image_root is not None):
+            given = "data.paths" if self.paths else "data.image_root"
+            raise ValueError(f"{given} is set but this recipe trains on generated samples (data.source="
+                             f"'generated'); set data.source=jsonl to train on files")
+        if self.image_root is not None and not self.paths:
+            raise ValueError("data.image_root is set but data.paths is empty: give the files too")
+
+    @property
+    def uses_files(self) -> bool:
+        """True when the samples come from `paths` (source jsonl / embeds, or auto with paths)."""
+        return self.source in ("jsonl", "embeds") or (self.source == "auto" and bool(self.paths))
+
+    def files(self, stage: str) -> list[str]:
+        """`paths`, checked to be there and to exist (before any model is built).
+
+        Raises:
+            ValueError: no files although the source needs them.
+            FileNotFoundError: a file or the image root does not exist.
+        """
+        if not self.paths:
+            raise ValueError(f"stage {stage} with data.source={self.source!r} needs files: "
+                             f"--set data.paths='[\"data.jsonl\"]'")
+        for path in self.paths:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"data.paths: no such file {path}")
+        if self.image_root is not None and not Path(self.image_root).is_dir():
+            raise FileNotFoundError(f"data.image_root: no such folder {self.image_root}")
+        return list(self.paths)
 
 
 @dataclass
@@ -360,7 +404,8 @@ def _set_path(obj, parts: list[str], text: str):
 
 
 def apply_overrides(config: TrainConfig, assignments: list[str]) -> TrainConfig:
-    """Apply `--set` overrides in order; see `apply_override`."""
+    """Apply `--set` overrides in order, then check the rules between data fields; see `apply_override`."""
     for assignment in assignments:
         config = apply_override(config, assignment)
+    config.data.check_files()
     return config

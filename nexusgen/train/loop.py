@@ -32,23 +32,26 @@ from nexusgen.train.stages.common import LOSS_TOTALS
 from nexusgen.train.stages.parts import write_preset_config
 
 
-def train(config: TrainConfig, run_dir, *, resume: bool = False) -> dict:
+def train(config: TrainConfig, run_dir, *, resume: bool = False, require_checkpoint: bool = True) -> dict:
     """Run (or continue) a training run; returns a summary dict.
 
     Args:
         config: the complete, resolved configuration.
         run_dir: RUN_DIR (config.json, git_sha, metrics.jsonl, checkpoints/, final/).
-        resume: continue from the newest complete checkpoint in RUN_DIR (from scratch if none).
+        resume: continue from the newest complete checkpoint in RUN_DIR.
+        require_checkpoint: with `resume`, a RUN_DIR without a complete checkpoint is an error (`--resume`);
+            False starts such a run from step 0 (`--resume-if-possible`, and the stages of a multi-stage
+            recipe that had not started).
 
     Raises:
-        ValueError: RUN_DIR already holds checkpoints or a final/ export and `resume` is False, or a bad config.
+        ValueError: RUN_DIR already holds checkpoints or a final/ export and `resume` is False; `resume`
+            with nothing to resume (see `require_checkpoint`); or a bad config.
     """
+    config.data.check_files()
     info = parallel.init_distributed(config.dist, config.device)
     run_dir = Path(run_dir)
     latest = checkpoint.latest_checkpoint(run_dir)
-    if not resume and (latest is not None or (run_dir / "final").exists()):
-        # a finished run saved without checkpoints (save_every=0) is a result too: never overwrite silently
-        raise ValueError(f"{run_dir} already holds a run; pass --resume or choose another --out")
+    check_run_dir(run_dir, latest, resume=resume, require_checkpoint=require_checkpoint)
     if resume and latest is not None:
         check_resumable(config, run_dir / "config.json")
     micro_batch = config.micro_batch_size(info.world_size)  # validates the batch split early
@@ -103,6 +106,18 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False) -> dict:
     torch.use_deterministic_algorithms(was_deterministic)
     return {"run_dir": str(run_dir), "steps": config.max_steps, "resumed_from": start_step,
             "final_loss": record.get("loss"), "world_size": info.world_size}
+
+
+def check_run_dir(run_dir: Path, latest: Path | None, *, resume: bool, require_checkpoint: bool) -> None:
+    """Never overwrite a run, and never pretend to resume one: ValueError before anything is built."""
+    finished = (run_dir / "final").exists()
+    if not resume and (latest is not None or finished):
+        # a finished run saved without checkpoints (save_every=0) is a result too: never overwrite silently
+        raise ValueError(f"{run_dir} already holds a run; pass --resume or choose another --out")
+    if resume and latest is None and (require_checkpoint or finished):
+        what = "a finished run without checkpoints (save_every=0)" if finished else "no complete checkpoint"
+        hint = "" if finished else "; drop --resume to start a new run (or pass --resume-if-possible)"
+        raise ValueError(f"--resume: {run_dir} holds {what}, nothing to resume from{hint}")
 
 
 @dataclass

@@ -44,15 +44,20 @@ def is_finished(run_dir: Path, config: TrainConfig) -> bool:
 
 
 def run_pipeline(stages: dict[str, Callable[[], TrainConfig]], out, overrides: list[str], *,
-                 resume: bool = False, start_at: str | None = None) -> dict:
+                 resume: bool = False, start_at: str | None = None, require_checkpoint: bool = True) -> dict:
     """Train the stages in order (from `start_at`, whose stage.parent must then be set); returns
-    {stage: summary} (skipped stages: "already finished")."""
+    {stage: summary} (skipped stages: "already finished"). With `resume`, stages not started yet start
+    from step 0, but a pipeline with nothing at all to resume is an error unless not `require_checkpoint`."""
     from nexusgen.train.loop import train
 
     out = Path(out)
     configs = stage_configs(stages, overrides)  # every override is checked before any training
     if start_at is not None:
         configs = _from_stage(configs, start_at)
+    started = [n for n in configs if checkpoint.latest_checkpoint(out / n) or (out / n / "final").exists()]
+    if resume and require_checkpoint and not started:
+        raise ValueError(f"--resume: no stage of {out} has a checkpoint or an export, nothing to resume from; "
+                         "drop --resume to start (or pass --resume-if-possible)")
     summaries, previous = {}, None
     for name, config in configs.items():
         if previous is not None and config.stage.parent is None:
@@ -63,7 +68,7 @@ def run_pipeline(stages: dict[str, Callable[[], TrainConfig]], out, overrides: l
             summaries[name] = "already finished"
         else:
             parallel.print0(f"stage {name}: training into {run_dir}")
-            summaries[name] = train(config, run_dir, resume=resume)
+            summaries[name] = train(config, run_dir, resume=resume, require_checkpoint=False)
         previous = run_dir
     if parallel.is_main_process():
         _copy_final(previous / "final", out / "final", configs[name].stage.preset)

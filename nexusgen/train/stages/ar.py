@@ -15,7 +15,14 @@ import torch
 from nexusgen.train.config import TrainConfig
 from nexusgen.train.parallel import DistInfo
 from nexusgen.train.stages import parts
-from nexusgen.train.stages.common import LOSS_TOTALS, SampleStream, Stage, generated_messages, set_trainable
+from nexusgen.train.stages.common import (
+    LOSS_TOTALS,
+    SampleStream,
+    Stage,
+    generated_messages,
+    message_files,
+    set_trainable,
+)
 
 DEFAULT_LOSS_WEIGHTS = {"token": 1.0, "image": 1.0}
 # Module-name prefixes (under the training module's `model.`) of the trainable parts.
@@ -81,15 +88,10 @@ def rolled_image_ce(model, batch: dict) -> torch.Tensor | None:
 def message_sources(config: TrainConfig) -> list:
     """Message-format sources: JSONL files, or in-memory synthetic samples of `data.tasks`."""
     d = config.data
-    if d.source != "generated" and not d.paths:
-        raise ValueError(f"data.source={d.source!r} needs files: --set data.paths='[\"data.jsonl\"]'")
-    if d.source == "jsonl":
-        from nexusgen.data.messages import MessageDataset
-
-        return [MessageDataset(p, skip_bad=d.skip_bad) for p in d.paths]
-    if d.source == "generated":
-        return generated_messages(config)
-    raise ValueError(f"stage {config.stage.name} reads generated or jsonl data, not {d.source!r}")
+    if d.source == "embeds":
+        raise ValueError(f"stage {config.stage.name} reads message JSONL (data.source=jsonl); precomputed "
+                         "embeddings (data.source=embeds) are for the decoder stages")
+    return message_files(config) if d.uses_files else generated_messages(config)
 
 
 def make_collate(processor):
@@ -136,7 +138,7 @@ def build_ar_stage(config: TrainConfig, info: DistInfo, *, trainable, default_we
 def _check_question_order(config: TrainConfig, ar_config) -> None:
     """ShapesWorld's understanding samples and the model's inference prompts must put the question on the
     same side of the image: one is `world_options.question_first`, the other `ARConfig.question_first`."""
-    if config.data.world != "shapes" or config.data.source != "generated":
+    if config.data.world != "shapes" or config.data.uses_files:
         return
     data = bool(config.data.world_options.get("question_first", False))
     if data != ar_config.question_first:

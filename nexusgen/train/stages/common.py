@@ -148,6 +148,20 @@ def set_trainable(module: torch.nn.Module, prefixes: Sequence[str]) -> list[str]
     return sorted(set(names))
 
 
+def message_files(config, tasks: tuple[str, ...] | None = None) -> list:
+    """One `MessageDataset` per file of `data.paths`, paths resolved against `data.image_root`.
+
+    Args:
+        config: the `TrainConfig`.
+        tasks: the record tasks the stage can use (None = any); another task is a bad record.
+    """
+    from nexusgen.data.messages import MessageDataset
+
+    d = config.data
+    return [MessageDataset(p, image_root=d.image_root, skip_bad=d.skip_bad, tasks=tasks)
+            for p in d.files(config.stage.name)]
+
+
 def generated_messages(config) -> list:
     """In-memory message-format samples of `data.tasks` for `source="generated"`: ShapesWorld or the
     synthetic rectangles, per `data.world`."""

@@ -1,7 +1,7 @@
 """Stage `edit_decoder` (Nexus-Gen phase 3, SPEC 3.3): embedding merger + DiT generate the edited image
 from (AR-predicted target embeddings, source-image embeddings).
 
-Embeddings come from a precomputed editing dataset (`data.source="embeds"`, `EditEmbedDataset`,
+Embeddings come from a precomputed editing dataset (files whose records name them, `EditEmbedDataset`,
 `nexusgen prepare-embeds --kind edit`), or on the fly from the frozen AR model: the source image's
 `encode_images` and the AR model's teacher-forced prediction of the target
 (`predict_image_embeds` on the sample's own user turn and answer prefix: the N target positions
@@ -31,6 +31,7 @@ from nexusgen.train.stages.gen_decoder import (
     DecoderTrainModule,
     build_decoder_stage,
     pil_to_unit,
+    precomputed_embeddings,
     target_image,
 )
 
@@ -99,8 +100,23 @@ class EditDecoderTrainModule(DecoderTrainModule):
             generators = sample_generators(batch["position"].tolist(), self.seed + _REFERENCE_DROPOUT_SALT)
             reference = drop_condition(reference, self.reference_dropout_prob, generators)
         target_tokens = self._embed(batch, "target").shape[1]
-        return {"reference_embeds": reference, "reference_grid": square_grid(reference.shape[1]),
-                "target_grid": square_grid(target_tokens)}
+        return {"reference_embeds": reference,
+                "reference_grid": batch.get("reference_grid") or square_grid(reference.shape[1]),
+                "target_grid": batch.get("target_grid") or square_grid(target_tokens)}
+
+
+def one_grid(grids: list[tuple[int, int]], samples: list[dict]) -> tuple[int, int]:
+    """The token grid every sample of a micro-batch shares (their embeddings are stacked).
+
+    Raises:
+        ValueError: two grids differ (sources of different shapes at the bounded input size).
+    """
+    if len(set(grids)) > 1:
+        first = next(i for i, g in enumerate(grids) if g != grids[0])
+        raise ValueError(f"edit samples {samples[0].get('id')!r} and {samples[first].get('id')!r} give reference "
+                         f"grids {grids[0]} and {grids[first]}: set data.reference_image_px to the model's "
+                         "reference size (upstream 504) so that every source is resized to one square")
+    return grids[0]
 
 
 def edit_prompt_inputs(samples: list[dict], processor) -> list[tuple[torch.Tensor, dict]]:
@@ -140,11 +156,16 @@ def make_collate(size: int, processor, reference_px: int = 0, true_targets: bool
         if "target_embeds" in samples[0]:
             batch["target_embeds"] = torch.stack([s["target_embeds"].float() for s in samples])
             batch["source_embeds"] = torch.stack([s["source_embeds"].float() for s in samples])
+            batch["reference_grid"] = one_grid([tuple(s["source_grid"]) for s in samples], samples)
+            batch["target_grid"] = one_grid([tuple(s["target_grid"]) for s in samples], samples)
             return batch
         sources = [s["source_image"] if "source_image" in s else s["images"][0] for s in samples]
         vision = processor.process_references(sources, reference_hw)
         batch["source_pixel_values"] = vision["pixel_values"]
         batch["source_grid_thw"] = vision["image_grid_thw"]
+        merge = processor.image_processor.merge_size
+        batch["reference_grid"] = one_grid([(int(h) // merge, int(w) // merge)
+                                            for _, h, w in vision["image_grid_thw"].tolist()], samples)
         if predictions:
             batch["ar_inputs"] = edit_prompt_inputs(samples, processor)
         if true_targets:
@@ -158,7 +179,7 @@ def make_collate(size: int, processor, reference_px: int = 0, true_targets: bool
 
 def build(config: TrainConfig, info: DistInfo) -> Stage:
     stage = config.stage
-    if stage.true_target_prob and config.data.source == "embeds":
+    if stage.true_target_prob and precomputed_embeddings(config, "editing"):
         raise ValueError("stage.true_target_prob needs the AR model on the fly (data.source 'generated' or "
                          "'jsonl'): precomputed editing embeddings hold only the predictions")
     module_cls = functools.partial(EditDecoderTrainModule, reference_dropout_prob=stage.reference_dropout_prob,

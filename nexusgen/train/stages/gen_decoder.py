@@ -1,7 +1,7 @@
 """Stage `gen_decoder` (Nexus-Gen phase 2, SPEC 3.2): adapter + DiT reconstruct an image from its
 ground-truth ViT embeddings.
 
-Conditioning embeddings come either from a precomputed embedding dataset (`data.source="embeds"`,
+Conditioning embeddings come either from a precomputed embedding dataset (files whose records name them,
 `GenEmbedDataset`: `nexusgen prepare-embeds --kind gen`) or are computed on the fly by the frozen AR
 model's `encode_images` on the target image (generated or message-JSONL data). The target image is
 VAE-encoded by the frozen VAE (posterior mean, as upstream). Loss: the weighted rectified-flow loss
@@ -25,6 +25,7 @@ from nexusgen.train.stages.common import (
     SampleStream,
     Stage,
     generated_messages,
+    message_files,
     sample_generators,
     samples_units,
     total,
@@ -105,21 +106,48 @@ def make_collate(size: int, processor):
     return collate
 
 
-def decoder_sources(config: TrainConfig, kind: str) -> list:
-    """Embedding datasets (`embeds`), message JSONL (`jsonl`) or in-memory synthetic samples."""
+# The records a decoder stage can learn from: a generated image to reconstruct (and, for editing, its source).
+DECODER_TASKS = {"generation": ("generate", "edit"), "editing": ("edit",)}
+
+
+def precomputed_embeddings(config: TrainConfig, kind: str) -> bool:
+    """Whether the stage reads precomputed embeddings: every file of `data.paths` names them (source
+    'jsonl' or 'auto'), or source 'embeds' (which requires it). Plain message files get their embeddings
+    from the frozen AR model on the fly.
+
+    Raises:
+        ValueError: source 'embeds' and a file without them, or files of both kinds mixed.
+    """
     d = config.data
-    if d.source != "generated" and not d.paths:
-        raise ValueError(f"data.source={d.source!r} needs files: --set data.paths='[\"data.jsonl\"]'")
-    if d.source == "embeds":
+    if not d.uses_files:
+        return False
+    from nexusgen.data.embeds import embedding_kind
+
+    kinds = {path: embedding_kind(path) for path in d.files(config.stage.name)}
+    named = [path for path, found in kinds.items() if found == kind]
+    if d.source == "embeds" and len(named) != len(kinds):
+        path = next(p for p in kinds if p not in named)
+        keys = "embed_path" if kind == "generation" else "embed_source and embed_target"
+        raise ValueError(f"data.source=embeds but {path} names no {kind} embeddings ({keys}); "
+                         f"`nexusgen prepare-embeds` writes them, or set data.source=jsonl")
+    if named and len(named) != len(kinds):
+        raise ValueError(f"data.paths mixes {kind}-embedding files ({named[0]}) with plain message files "
+                         f"({next(p for p in kinds if p not in named)}): use one kind per run")
+    return bool(named)
+
+
+def decoder_sources(config: TrainConfig, kind: str) -> tuple[list, bool]:
+    """(sources, precomputed): embedding datasets, message JSONL (`data.image_root` applies to both) or
+    in-memory synthetic samples; precomputed says whether the samples carry their embeddings."""
+    d = config.data
+    if not d.uses_files:
+        return generated_messages(config), False
+    if precomputed_embeddings(config, kind):
         from nexusgen.data.embeds import EditEmbedDataset, GenEmbedDataset
 
         cls = GenEmbedDataset if kind == "generation" else EditEmbedDataset
-        return [cls(p, skip_bad=d.skip_bad) for p in d.paths]
-    if d.source == "jsonl":
-        from nexusgen.data.messages import MessageDataset
-
-        return [MessageDataset(p, skip_bad=d.skip_bad) for p in d.paths]
-    return generated_messages(config)
+        return [cls(p, image_root=d.image_root, skip_bad=d.skip_bad) for p in d.paths], True
+    return message_files(config, tasks=DECODER_TASKS[kind]), False
 
 
 def build_decoder_stage(config: TrainConfig, info: DistInfo, kind: str, module_cls, make_stage_collate) -> Stage:
@@ -133,12 +161,13 @@ def build_decoder_stage(config: TrainConfig, info: DistInfo, kind: str, module_c
     weights = {**DEFAULT_LOSS_WEIGHTS, **config.stage.loss_weights}
     if set(weights) != set(DEFAULT_LOSS_WEIGHTS):
         raise ValueError(f"{config.stage.name} loss terms are {sorted(DEFAULT_LOSS_WEIGHTS)}, got {sorted(weights)}")
-    sources = decoder_sources(config, kind)  # before the models: fail fast on a data error
+    sources, precomputed = decoder_sources(config, kind)  # before the models: fail fast on a data error
     decoder = parts.build_decoder(config, kind)
     vae = parts.build_vae(config)
     encoder, processor = None, None
-    if config.data.source != "embeds":  # embeddings on the fly from the frozen AR model
+    if not precomputed:  # embeddings on the fly from the frozen AR model
         encoder, processor = parts.build_autoregressive(config, for_training=False)
+    check_embedding_widths(decoder.config.embed_dim, kind, encoder, sources if precomputed else [])
     if config.stage.gradient_checkpointing:
         decoder.transformer.enable_gradient_checkpointing()
     module = module_cls(decoder, vae, encoder, seed=config.seed, loss_weight=weights["flow"],
@@ -155,6 +184,19 @@ def build_decoder_stage(config: TrainConfig, info: DistInfo, kind: str, module_c
     return Stage(module=module, stream=stream, collate=make_stage_collate(processor), export=export,
                  loss_units=samples_units, shard_units=_dit_blocks(decoder),
                  count=lambda b: {"samples": len(b["position"]), "images": len(b["position"])})
+
+
+def check_embedding_widths(width: int, kind: str, encoder, embedding_datasets: list) -> None:
+    """The decoder takes embeddings `width` wide: so must the AR model that computes them, or the
+    precomputed files (the first record of each is loaded now, the others as they are loaded). A ValueError
+    before step 1, not a shape error inside it."""
+    if encoder is not None and encoder.config.hidden_size != width:
+        raise ValueError(f"the {kind} decoder takes {width}-wide embeddings but the AR model that computes them "
+                         f"gives {encoder.config.hidden_size}: the decoder and the AR model come from different "
+                         "models (stage.parent / stage.preset)")
+    for dataset in embedding_datasets:
+        dataset.embed_dim = width  # every record is checked as it is loaded: a bad record names file:line
+        dataset[0]
 
 
 def build(config: TrainConfig, info: DistInfo) -> Stage:

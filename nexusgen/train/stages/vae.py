@@ -18,6 +18,7 @@ from nexusgen.train.parallel import DistInfo
 from nexusgen.train.stages.common import (
     SampleStream,
     Stage,
+    message_files,
     per_sample_randn,
     sample_generators,
     samples_units,
@@ -100,19 +101,15 @@ class ShapesWorldImages(GeneratedImages):
 def image_sources(config: TrainConfig) -> list:
     """The stage's image sources: generated (ShapesWorld if installed) or message-JSONL target images."""
     d = config.data
-    if d.source != "generated" and not d.paths:
-        raise ValueError(f"data.source={d.source!r} needs files: --set data.paths='[\"data.jsonl\"]'")
-    if d.source == "generated":
-        try:
-            import nexusgen.worlds.shapes.render  # noqa: F401 - ShapesWorld present?
-        except ImportError:
-            return [GeneratedImages(d.num_samples, d.image_size_px, config.seed)]
-        return [ShapesWorldImages(d.num_samples, d.image_size_px, config.seed)]
-    if d.source == "jsonl":
-        from nexusgen.data.messages import MessageDataset
-
-        return [JsonlImages(MessageDataset(p, skip_bad=d.skip_bad), d.image_size_px) for p in d.paths]
-    raise ValueError(f"the vae stage reads generated or jsonl data, not {d.source!r}")
+    if d.source == "embeds":
+        raise ValueError("the vae stage reads images (data.source=jsonl), not precomputed embeddings")
+    if d.uses_files:
+        return [JsonlImages(dataset, d.image_size_px) for dataset in message_files(config)]
+    try:
+        import nexusgen.worlds.shapes.render  # noqa: F401 - ShapesWorld present?
+    except ImportError:
+        return [GeneratedImages(d.num_samples, d.image_size_px, config.seed)]
+    return [ShapesWorldImages(d.num_samples, d.image_size_px, config.seed)]
 
 
 class JsonlImages:
