@@ -121,6 +121,13 @@ def _tooling_commands(sub) -> None:
     p.add_argument("out_dir")
     p.set_defaults(handler=_call("nexusgen.convert.official:convert_command"))
 
+    p = sub.add_parser("export-official", help="write a nexusgen model folder in the official Nexus-GenV2 layout")
+    p.add_argument("model_dir", help="a nexusgen model folder (or a training run directory: its final/)")
+    p.add_argument("out_dir", help="the folder to write (must not exist)")
+    p.add_argument("--dtype", default=None, choices=["bfloat16", "float32", "float16"],
+                   help="tensor dtype of the files (default: as stored; the official files are bfloat16)")
+    p.set_defaults(handler=_call("nexusgen.convert.export:export_command"))
+
     p = sub.add_parser("train", help="run a training recipe (also under torchrun)")
     p.add_argument("recipe", help="recipe name, e.g. tiny-ar or shapes-mini")
     p.add_argument("--out", required=True, help="run directory")

@@ -118,7 +118,7 @@ def _split_decoder_keys(path: Path, keys: list[str], connector_prefix: str) -> t
     return connector, dit
 
 
-def _heads_rule(head_dim: int) -> tuple[int, int, int]:
+def flux_rope_axes(head_dim: int) -> tuple[int, int, int]:
     """FLUX RoPE axes for a head dim: (16, 56, 56) at 128, i.e. (hd/8, 7hd/16, 7hd/16) (not stored)."""
     axes = (head_dim // 8, 7 * head_dim // 16, 7 * head_dim // 16)
     if sum(axes) != head_dim or any(a % 2 for a in axes):
@@ -128,7 +128,7 @@ def _heads_rule(head_dim: int) -> tuple[int, int, int]:
 
 def infer_dit_kwargs(shapes: dict[str, tuple[int, ...]], path: Path) -> dict:
     """diffusers FluxTransformer2DModel arguments from DiffSynth tensor shapes (SPEC 10: heads = width /
-    q-norm size; RoPE axes by `_heads_rule`)."""
+    q-norm size; RoPE axes by `flux_rope_axes`)."""
     try:
         width, in_channels = shapes["x_embedder.weight"]
         norm_key = "blocks.0.attn.norm_q_a.weight" if "blocks.0.attn.norm_q_a.weight" in shapes else \
@@ -142,7 +142,7 @@ def infer_dit_kwargs(shapes: dict[str, tuple[int, ...]], path: Path) -> dict:
     kwargs["num_layers"] = len({k.split(".")[1] for k in shapes if k.startswith("blocks.")})
     kwargs["num_single_layers"] = len({k.split(".")[1] for k in shapes if k.startswith("single_blocks.")})
     kwargs["guidance_embeds"] = any(k.startswith("guidance_embedder.") for k in shapes)
-    kwargs["axes_dims_rope"] = _heads_rule(head_dim)
+    kwargs["axes_dims_rope"] = flux_rope_axes(head_dim)
     return kwargs
 
 

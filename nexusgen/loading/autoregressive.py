@@ -152,6 +152,16 @@ def normalize_key(key: str) -> str:
     return key
 
 
+def official_key(key: str) -> str:
+    """The inverse of `normalize_key`: a 5.x key under the transformers-4.49 name the official folders use
+    (`model.language_model.X` -> `model.X`, `model.visual.X` -> `visual.X`; others unchanged)."""
+    if key.startswith("model.language_model."):
+        return "model." + key.removeprefix("model.language_model.")
+    if key.startswith("model.visual."):
+        return key.removeprefix("model.")
+    return key
+
+
 def read_ar_config(folder: Path, keys: dict | None = None) -> ARConfig:
     """The ARConfig of a folder: `nexusgen_ar.json` + `config.json` (ours) or inferred (official).
 

@@ -232,7 +232,7 @@ def read_folder_config(folder: Path, **part_configs) -> NexusGenConfig:
     warnings.warn(f"{folder}: no {CONFIG_FILE}; model-level settings inferred "
                   f"({'official' if converted else 'training export'} defaults: {sampling})",
                   UserWarning, stacklevel=3)
-    reference = preset["reference_image_px"] if converted else None
+    reference = _reference_for(ar, preset["reference_image_px"]) if converted else None
     return NexusGenConfig(sampling=sampling, reference_image_px=reference, **part_configs)
 
 
