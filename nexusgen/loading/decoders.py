@@ -48,7 +48,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"cannot read {path}: {err}") from err
 
 
-def _read_config(folder: Path) -> DecoderConfig:
+def read_decoder_config(folder: Path) -> DecoderConfig:
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise ValueError(f"{folder} is not a nexusgen decoder folder: {CONFIG_FILE} is missing")
@@ -150,7 +150,7 @@ def load_generation_decoder(folder: str | os.PathLike, device: torch.device | st
         ValueError: missing or inconsistent files.
     """
     folder = Path(folder)
-    config = _read_config(folder)
+    config = read_decoder_config(folder)
     decoder = GenerationDecoder(config, transformer=_load_transformer(folder, config, dtype))
     _load_into(decoder.adapter, _read_tensors(folder / ADAPTER_FILE), folder / ADAPTER_FILE)
     return _finish(decoder, folder, device, dtype)
@@ -160,7 +160,7 @@ def load_editing_decoder(folder: str | os.PathLike, device: torch.device | str |
                          dtype: torch.dtype | None = None) -> EditingDecoder:
     """Load an editing decoder folder (arguments as `load_generation_decoder`)."""
     folder = Path(folder)
-    config = _read_config(folder)
+    config = read_decoder_config(folder)
     if config.merger is None:
         raise ValueError(f"{folder / CONFIG_FILE} has no merger config; not an editing decoder")
     decoder = EditingDecoder(config, transformer=_load_transformer(folder, config, dtype))

@@ -253,7 +253,7 @@ class TrainConfig:
     batch_size: int = 8
     """GLOBAL batch (samples per optimiser step), split evenly across ranks and accumulation steps."""
     lr: float = 1e-4
-    """Peak learning rate."""
+    """Peak learning rate (0: the weights do not move; the export equals the parent)."""
     seed: int = 0
     save_every: int = 0
     """Checkpoint every this many steps (0 = only the final export)."""
@@ -281,8 +281,8 @@ class TrainConfig:
         if self.save_every < 0 or self.log_every < 1 or self.eval_every < 0:
             raise ValueError(f"bad intervals: save_every={self.save_every}, log_every={self.log_every}, "
                              f"eval_every={self.eval_every}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lr < 0:  # 0 is allowed: a run that checks data, parent and export without changing a weight
+            raise ValueError(f"lr must be >= 0, got {self.lr}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto|fp32|bf16, got {self.precision!r}")
 

@@ -1,8 +1,10 @@
 """Building a stage's model parts: from the parent stage's exported folder, or from presets.
 
-A stage starts from `stage.parent` (a previous run dir, whose `final/` is used, or a model folder) for
-every part that the parent holds, and from the presets (`stage.preset`) otherwise. The export writes
-the trained parts and copies the parent's untouched parts, so RUN_DIR/final is a complete folder.
+A stage starts from `stage.parent` (classified by `stages/parent.py`: a previous run dir, whose `final/`
+is used, a model folder, an official Nexus-GenV2 folder, or a stock Qwen2.5-VL / FLUX folder) for every
+part that the parent holds, and from the presets (`stage.preset`) otherwise; the parent's dimensions win.
+The export writes the trained parts and copies the parent's untouched parts, so RUN_DIR/final is a
+complete folder.
 """
 
 from __future__ import annotations
@@ -13,22 +15,27 @@ from pathlib import Path
 import torch
 
 from nexusgen.train.config import TrainConfig
+from nexusgen.train.parallel import print0
+from nexusgen.train.stages.parent import classify_parent, stock_part
 
 
 def parent_folder(config: TrainConfig) -> Path | None:
-    """The parent model folder (RUN_DIR/final for a run dir), or None; ValueError if it does not exist."""
-    if config.stage.parent is None:
-        return None
-    path = Path(config.stage.parent)
-    folder = path / "final" if (path / "final").is_dir() else path
-    if not folder.is_dir():
-        raise ValueError(f"stage.parent {config.stage.parent!r} is neither a run dir nor a model folder")
-    return folder
+    """The parent model folder (RUN_DIR/final for a run dir), or None; ValueError for a folder that is
+    not one of the accepted kinds."""
+    return classify_parent(config.stage.parent).folder if config.stage.parent is not None else None
 
 
 def parent_part(config: TrainConfig, part: str) -> Path | None:
-    folder = parent_folder(config)
-    return folder / part if folder is not None and (folder / part).is_dir() else None
+    """Where the parent's `part` loads from (None if it has none). A part of a stock folder goes through
+    `stock_part`, except a FLUX folder's vae/, which is a diffusers AutoencoderKL folder as ours is."""
+    if config.stage.parent is None:
+        return None
+    parent = classify_parent(config.stage.parent)
+    if part not in parent.parts:
+        return None
+    if parent.is_stock and part != "vae":
+        stock_part(parent, part)
+    return parent.parts[part]
 
 
 def build_vae(config: TrainConfig):
@@ -54,6 +61,7 @@ def build_decoder(config: TrainConfig, kind: str):
     from nexusgen.models.decoder import DECODER_PRESETS, EditingDecoder, GenerationDecoder
 
     cls = GenerationDecoder if kind == "generation" else EditingDecoder
+    parent_part(config, "transformer")  # a FLUX DiT to start from: the stock seam
     folder = parent_part(config, f"{kind}_decoder")
     if folder is not None:
         from nexusgen.loading import decoders as decoder_loading  # the decoders engineer's loader
@@ -64,9 +72,57 @@ def build_decoder(config: TrainConfig, kind: str):
         return decoder
     if config.stage.preset not in DECODER_PRESETS:
         raise ValueError(f"unknown decoder preset {config.stage.preset!r}; known: {sorted(DECODER_PRESETS)}")
-    preset = DECODER_PRESETS[config.stage.preset]
-    decoder_config = dataclasses.replace(preset, **config.stage.model) if config.stage.model else preset
+    decoder_config = decoder_config_of_parent(config, kind)
+    if config.stage.parent is not None:
+        print0(f"{kind} decoder: new, {config.stage.preset} preset (stage.parent has none)")
     return cls(decoder_config, transformer=_generation_dit(config, decoder_config) if kind == "editing" else None)
+
+
+def decoder_config_of_parent(config: TrainConfig, kind: str):
+    """The decoder's `DecoderConfig`: the parent's own (its config.json, no weights read), else the preset's
+    with `stage.model` applied."""
+    from nexusgen.loading.decoders import read_decoder_config
+    from nexusgen.models.decoder import DECODER_PRESETS
+
+    folder = parent_part(config, f"{kind}_decoder")
+    if folder is not None:
+        return read_decoder_config(folder)
+    if config.stage.preset not in DECODER_PRESETS:
+        raise ValueError(f"unknown decoder preset {config.stage.preset!r}; known: {sorted(DECODER_PRESETS)}")
+    preset = DECODER_PRESETS[config.stage.preset]
+    return dataclasses.replace(preset, **config.stage.model) if config.stage.model else preset
+
+
+def ar_config_of_parent(config: TrainConfig):
+    """The AR model's `ARConfig`: the parent's (config files only, no weights read), else the preset's with
+    the `stage.model` fields that are ARConfig fields (AR stages)."""
+    from nexusgen.loading.autoregressive import read_ar_config
+    from nexusgen.models.autoregressive import ARConfig
+
+    folder = parent_part(config, "autoregressive")
+    if folder is not None:
+        return read_ar_config(folder)
+    fields = {f.name for f in dataclasses.fields(ARConfig)}
+    overrides = {k: v for k, v in config.stage.model.items() if k in fields} if config.stage.name in ("ar", "vlm") \
+        else {}
+    return ARConfig.from_preset(config.stage.preset, **overrides)
+
+
+def vae_of_parent_on_meta(config: TrainConfig):
+    """The VAE (the parent's config, else the preset's) built on the meta device: shapes, no weights."""
+    from diffusers import AutoencoderKL
+
+    from nexusgen.models.decoder import VAE_PRESETS, VAEConfig
+    from nexusgen.models.decoder import build_vae as build_from_config
+
+    folder = parent_part(config, "vae")
+    with torch.device("meta"):
+        if folder is not None:
+            return AutoencoderKL.from_config(AutoencoderKL.load_config(str(folder)))
+        if config.stage.preset not in VAE_PRESETS:
+            raise ValueError(f"unknown VAE preset {config.stage.preset!r}; known: {sorted(VAE_PRESETS)}")
+        preset = dataclasses.asdict(VAE_PRESETS[config.stage.preset])
+        return build_from_config(VAEConfig(**{**preset, **(config.stage.model if config.stage.name == "vae" else {})}))
 
 
 # DecoderConfig fields a loaded parent decoder may change: they steer the conditioning, not the weights.
@@ -135,6 +191,8 @@ def build_autoregressive(config: TrainConfig, *, for_training: bool):
     else:
         ar_config = ARConfig.from_preset(config.stage.preset, **overrides)
         model, tokenizer, image_processor = ar_loading.build_autoregressive(ar_config)
+        if config.stage.parent is not None:
+            print0(f"autoregressive model: new, {config.stage.preset} preset (stage.parent has none)")
     if rope_theta is not None:
         model.set_rope_theta(float(rope_theta))
     if places is not None:

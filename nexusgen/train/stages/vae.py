@@ -15,6 +15,7 @@ import torch
 
 from nexusgen.train.config import TrainConfig
 from nexusgen.train.parallel import DistInfo
+from nexusgen.train.stages import parts
 from nexusgen.train.stages.common import (
     SampleStream,
     Stage,
@@ -172,8 +173,9 @@ def build(config: TrainConfig, info: DistInfo) -> Stage:
         raise ValueError(f"vae stage has no loss terms {sorted(unknown)}; "
                          f"it has {sorted(DEFAULT_LOSS_WEIGHTS)}")
     sources = image_sources(config)
-    if config.stage.parent is not None:
-        vae = AutoencoderKL.from_pretrained(str(Path(_parent_folder(config.stage.parent)) / "vae"))
+    folder = parts.parent_part(config, "vae")
+    if folder is not None:
+        vae = AutoencoderKL.from_pretrained(str(folder))
     else:
         vae = build_vae_from_config(config)
     if config.stage.gradient_checkpointing:
@@ -184,7 +186,3 @@ def build(config: TrainConfig, info: DistInfo) -> Stage:
     return Stage(module=module, stream=stream, collate=collate, export=export, loss_units=samples_units,
                  count=lambda batch: {"samples": len(batch["image"]), "images": len(batch["image"])})
 
-
-def _parent_folder(parent: str) -> Path:
-    path = Path(parent)
-    return path / "final" if (path / "final").is_dir() else path
