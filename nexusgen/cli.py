@@ -144,6 +144,10 @@ def _tooling_commands(sub) -> None:
                         "data.image_root=DIR; the official files are relative to their repository root)")
     p.add_argument("--start-at", metavar="STAGE", help="multi-stage recipes: begin at STAGE, from the folder "
                    "given by --set STAGE.stage.parent=FOLDER")
+    p.add_argument("--dry-run", action="store_true", help="build each stage on the meta device and print its "
+                   "parameters and memory per GPU (DDP / FSDP2, checkpointing, LoRA) as JSON; trains nothing")
+    p.add_argument("--ranks", type=int, default=8, help="--dry-run: the number of GPUs planned besides 1")
+    p.add_argument("--seq-len", type=int, default=4096, help="--dry-run: tokens per AR sample (upstream's maximum)")
     p.set_defaults(handler=_call("nexusgen.train.command:train_command"))
 
     p = sub.add_parser("export-checkpoint", help="write a training run's checkpoint as a model folder")

@@ -8,7 +8,7 @@ import pytest
 from nexusgen.cli import build_parser, main
 
 SUBCOMMANDS = ["understand", "generate", "edit", "chat", "embed", "demo", "convert", "train",
-               "export-checkpoint", "prepare-embeds", "eval", "bench", "serve"]
+               "export-checkpoint", "export-official", "prepare-embeds", "eval", "bench", "serve"]
 
 
 def test_the_list_covers_every_subcommand():

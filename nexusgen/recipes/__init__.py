@@ -27,6 +27,8 @@ PIPELINES: dict[str, dict[str, Callable[[], TrainConfig]]] = {
     "shapes-mini": shapes_mini.STAGES,
     "tiny": {"vae": tiny.tiny_vae, "vlm": tiny.tiny_vlm, "ar": tiny.tiny_ar,
              "gen_decoder": tiny.tiny_gen_decoder, "edit_decoder": tiny.tiny_edit_decoder},
+    "nexus-gen-v2": {"ar": nexus_gen_v2.nexus_gen_v2_ar, "gen_decoder": nexus_gen_v2.nexus_gen_v2_gen_decoder,
+                     "edit_decoder": nexus_gen_v2.nexus_gen_v2_edit_decoder},
 }
 """Multi-stage recipes (train/pipeline.py): stage name -> recipe, in training order."""
 

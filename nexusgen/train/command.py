@@ -28,6 +28,8 @@ def train_command(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else []),
                  *([f"data.image_root={args.image_root}"] if args.image_root is not None else [])]
     resume = args.resume or args.resume_if_possible
+    if args.dry_run:
+        return dry_run(args.recipe, overrides, ranks=args.ranks, seq_len=args.seq_len)
     try:
         if args.recipe in PIPELINES:
             from nexusgen.train.pipeline import run_pipeline
@@ -44,6 +46,22 @@ def train_command(args: argparse.Namespace) -> int:
         parallel.destroy_distributed()
     parallel.print0(f"done: {summary}")
     return 0
+
+
+def dry_run(recipe: str, overrides: list[str], *, ranks: int, seq_len: int) -> dict:
+    """The memory plan of every stage of `recipe`, built on the meta device (`train/plan.py`)."""
+    from nexusgen.recipes import PIPELINES
+    from nexusgen.train.plan import plan_recipe
+
+    if ranks < 1 or seq_len < 1:
+        raise ValueError(f"--ranks and --seq-len must be >= 1, got {ranks} and {seq_len}")
+    if recipe in PIPELINES:
+        from nexusgen.train.pipeline import stage_configs
+
+        configs = stage_configs(PIPELINES[recipe], overrides)
+    else:
+        configs = {resolve_config(recipe, overrides).stage.name: resolve_config(recipe, overrides)}
+    return {"recipe": recipe, **plan_recipe(configs, ranks, seq_len)}
 
 
 def export_checkpoint_command(args: argparse.Namespace) -> int:

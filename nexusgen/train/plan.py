@@ -40,8 +40,9 @@ class StageShape:
     trainable: int
     helpers: int
     """Frozen models outside the training module (decoder stages: VAE, AR encoder)."""
-    lora_targets: list[tuple[int, int]]
-    """(in_features, out_features) of the Linear layers LoRA would adapt."""
+    lora_targets: list[tuple[int, int, int]]
+    """(in_features, out_features, bias size) of the Linear layers LoRA would adapt (their base weight and
+    bias are frozen)."""
     largest_unit: int
     """Parameters of the biggest FSDP2 unit (a block, or the root's own parameters)."""
     layers: list[tuple[int, int, int, int]]
@@ -61,18 +62,22 @@ def plan_stage(config: TrainConfig, ranks: int = 8, seq_len: int = 4096) -> dict
     """
     shape = stage_shape(config, seq_len)
     lora_rank = config.lora.rank or 16
-    lora_params = sum(lora_rank * (i + o) for i, o in shape.lora_targets)
-    lora_trainable = shape.trainable - sum(i * o for i, o in shape.lora_targets) + lora_params
+    lora_params = sum(lora_rank * (i + o) for i, o, _ in shape.lora_targets)
+    lora_trainable = shape.trainable - sum(i * o + bias for i, o, bias in shape.lora_targets) + lora_params
     plans = []
     for world in sorted({1, ranks}):
         for strategy in ("ddp", "fsdp"):
             if strategy == "fsdp" and world == 1:
                 continue
             for checkpointing in (False, True):
-                for lora in (False, True):
+                for lora in (False, True) if shape.lora_targets else (False,):
                     plans.append(_plan(config, shape, world, strategy, checkpointing,
                                        lora_trainable if lora else shape.trainable, lora_params if lora else 0))
-    return {"stage": config.stage.name, "parameters": shape.parameters, "trainable_parameters": shape.trainable,
+    configured = next(p for p in plans if p["strategy"] == (config.dist.strategy if ranks > 1 else "ddp")
+                      and p["ranks"] == ranks and p["gradient_checkpointing"] == config.stage.gradient_checkpointing
+                      and p["lora"] == bool(config.lora.rank and shape.lora_targets))
+    return {"stage": config.stage.name, "configured": configured,
+            "parameters": shape.parameters, "trainable_parameters": shape.trainable,
             "frozen_helper_parameters": shape.helpers,
             "lora": {"rank": lora_rank, "adapted_layers": len(shape.lora_targets),
                      "trainable_parameters": lora_trainable},
@@ -101,7 +106,7 @@ def _plan(config: TrainConfig, shape: StageShape, world: int, strategy: str, che
     peak = sum(memory.values())
     return {"strategy": strategy, "ranks": world, "gradient_checkpointing": checkpointing,
             "lora": bool(lora_params), "micro_batch": micro,
-            "memory_gb": {**{k: round(v / GB, 2) for k, v in memory.items()}, "peak": round(peak / GB, 2)},
+            "memory_gb": {**{k: round(v / GB, 4) for k, v in memory.items()}, "peak": round(peak / GB, 4)},
             f"fits_{int(GPU_GB)}gb": peak / GB <= 0.9 * GPU_GB}
 
 
@@ -216,11 +221,12 @@ def _largest_unit(module: torch.nn.Module, units: list[torch.nn.Module]) -> int:
     return max([root, *(_count(unit) for unit in units)])
 
 
-def _lora_targets(module: torch.nn.Module, config: TrainConfig) -> list[tuple[int, int]]:
+def _lora_targets(module: torch.nn.Module, config: TrainConfig) -> list[tuple[int, int, int]]:
     from nexusgen.train.lora import DEFAULT_TARGETS, lora_target_names
 
-    names = lora_target_names(module, config.lora.target_modules or DEFAULT_TARGETS)
-    return [(module.get_submodule(n).in_features, module.get_submodule(n).out_features) for n in names]
+    layers = [module.get_submodule(n) for n in lora_target_names(module, config.lora.target_modules or DEFAULT_TARGETS)]
+    return [(layer.in_features, layer.out_features, layer.bias.numel() if layer.bias is not None else 0)
+            for layer in layers]
 
 
 def plan_recipe(configs: dict[str, TrainConfig], ranks: int, seq_len: int) -> dict:
