@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from official_data import write_official_examples
 
 from nexusgen.cli import main
 from nexusgen.recipes import get_recipe
@@ -21,9 +20,11 @@ QUICK = ["max_steps=2", "save_every=0", "batch_size=2", "progress=false"]
 
 
 @pytest.fixture(scope="module")
-def official(tmp_path_factory):
-    root = tmp_path_factory.mktemp("official")
-    return root, write_official_examples(root)
+def official(official_examples):
+    """(the folder upstream's paths start from, {"llm" / "gen_decoder" / "edit_decoder": dataset file})."""
+    datasets = official_examples / "assets/example_datasets"
+    return official_examples, {name: datasets / f"{name}_dataset.jsonl" for name in ("llm", "gen_decoder",
+                                                                                       "edit_decoder")}
 
 
 def _cli_train(recipe: str, out, overrides: list[str], *extra: str) -> int:

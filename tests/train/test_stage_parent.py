@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from official_data import write_official_examples
 from safetensors.torch import load_file
 
 from nexusgen.cli import main
@@ -84,13 +83,13 @@ def test_a_wrong_parent_is_one_line_before_step_one(folders, tmp_path, capsys, r
     assert not (tmp_path / "run").exists()
 
 
-def test_a_step_with_lr_zero_exports_the_official_parents_weights(folders, tmp_path):
+def test_a_step_with_lr_zero_exports_the_official_parents_weights(folders, official_examples, tmp_path):
     """The official folder's tensors (4.49 names) come back in final/autoregressive (5.x names), and a
     real-size recipe takes the parent's dimensions."""
-    data = write_official_examples(tmp_path / "repo")
-    overrides = [*ONE_STEP, f"stage.parent={folders / 'official'}", f"data.paths=[\"{data['llm']}\"]",
+    data = official_examples / "assets/example_datasets/llm_dataset.jsonl"
+    overrides = [*ONE_STEP, f"stage.parent={folders / 'official'}", f"data.paths=[\"{data}\"]",
                  "optim.grad_accum_steps=1", "dist.strategy=ddp"]
-    code = main(["train", "nexus-gen-v2-ar", "--out", str(tmp_path / "run"), "--image-root", str(tmp_path / "repo"),
+    code = main(["train", "nexus-gen-v2-ar", "--out", str(tmp_path / "run"), "--image-root", str(official_examples),
                  *[a for o in overrides for a in ("--set", o)]])
     assert code == 0
     shard = folders / "official/model-00001-of-00001.safetensors"
