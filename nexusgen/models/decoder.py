@@ -132,12 +132,14 @@ _QWEN25_VL_7B_LAYER0 = MergerConfig(embed_dim=3584, context_dim=4096, num_attent
                                     rope_theta=1e6, mrope_section=(16, 24, 24), rms_norm_eps=1e-6)
 
 DECODER_PRESETS: dict[str, DecoderConfig] = {
-    # CPU tests: 2 heads x 32 so the converter's RoPE-axes rule (head_dim/8, 7 head_dim/16) applies.
+    # CPU tests: 2 heads x 32 so the converter's RoPE-axes rule (head_dim/8, 7 head_dim/16) applies; the
+    # merger has the tiny AR model's attention (4 heads, 2 KV heads, M-RoPE 2/3/3), as upstream's merger is
+    # its AR model's layer 0, so a tiny model exports to the official layout (`export-official`).
     "tiny": DecoderConfig(embed_dim=64, context_dim=64, pooled_dim=16, num_layers=1, num_single_layers=1,
                           num_attention_heads=2, attention_head_dim=32, axes_dims_rope=(4, 14, 14),
-                          merger=MergerConfig(embed_dim=64, context_dim=64, num_attention_heads=2,
-                                              num_key_value_heads=1, intermediate_size=128, expand_ratio=2,
-                                              mrope_section=(4, 6, 6))),
+                          merger=MergerConfig(embed_dim=64, context_dim=64, num_attention_heads=4,
+                                              num_key_value_heads=2, intermediate_size=128, expand_ratio=2,
+                                              mrope_section=(2, 3, 3))),
     # The bundled miniature model: consumes the 256-wide embeddings of AR_PRESETS["shapes-mini"].
     # Grid context ids: the DiT reads each token's place from its RoPE id, not its content (0.30 -> 0.52
     # exact reconstructions of ShapesWorld scenes; training/shapes-mini/README.md).

@@ -27,7 +27,8 @@ def _official_ar_config(folder):
     (folder / "config.json").write_text(json.dumps({
         "model_type": "qwen2_5_vl", "num_attention_heads": merger.num_attention_heads,
         "num_key_value_heads": merger.num_key_value_heads, "rms_norm_eps": merger.rms_norm_eps,
-        "rope_theta": merger.rope_theta, "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]}}))
+        "rope_theta": merger.rope_theta,
+        "rope_scaling": {"type": "mrope", "mrope_section": list(merger.mrope_section)}}))
 
 
 def _dit(decoder):

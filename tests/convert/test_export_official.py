@@ -22,12 +22,12 @@ TENSOR_GLOBALS = {"torch._utils _rebuild_tensor_v2", "collections OrderedDict", 
                   "torch BFloat16Storage", "torch HalfStorage"}
 
 
-def _upstream_like_model():
-    """The tiny model with an editing merger built as upstream builds it: the AR model's attention (4 heads,
-    2 KV heads, M-RoPE sections 2/3/3, theta 1e6), which the tiny preset's own merger is not."""
+def _model_with_merger(heads: int, kv_heads: int, sections: tuple[int, int, int]):
+    """The tiny model with an editing merger of the given attention (the tiny preset's is the AR model's:
+    4 heads, 2 KV heads, M-RoPE sections 2/3/3, as upstream builds it from its AR model's layer 0)."""
     parts = build_random_model("tiny", seed=3)
-    merger = MergerConfig(embed_dim=64, context_dim=64, num_attention_heads=4, num_key_value_heads=2,
-                          intermediate_size=128, expand_ratio=2, mrope_section=(2, 3, 3))
+    merger = MergerConfig(embed_dim=64, context_dim=64, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                          intermediate_size=128, expand_ratio=2, mrope_section=sections)
     config = dataclasses.replace(DECODER_PRESETS["tiny"], merger=merger)
     torch.manual_seed(4)
     parts.editing_decoder = EditingDecoder(config).eval()
@@ -38,7 +38,7 @@ def _upstream_like_model():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    save_model_folder(root / "model", _upstream_like_model())
+    save_model_folder(root / "model", build_random_model("tiny", seed=3))
     assert main(["export-official", str(root / "model"), str(root / "official")]) == 0
     return root
 
@@ -123,7 +123,7 @@ def test_bfloat16_export_and_transformers_reads_the_ar_part(exported, tmp_path):
 
 
 def test_what_upstream_cannot_run_is_refused(tmp_path, capsys):
-    save_model_folder(tmp_path / "tiny", build_random_model("tiny"))  # its merger has 2 heads, the AR 4
+    save_model_folder(tmp_path / "tiny", _model_with_merger(2, 1, (4, 6, 6)))  # 2 merger heads, the AR has 4
     assert main(["export-official", str(tmp_path / "tiny"), str(tmp_path / "out")]) == 2
     error = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(error) == 1 and "num_attention_heads" in error[0] and "merger" in error[0]
