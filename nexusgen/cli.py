@@ -119,6 +119,8 @@ def _tooling_commands(sub) -> None:
     p = sub.add_parser("convert", help="convert an official Nexus-Gen folder into a nexusgen model folder")
     p.add_argument("official_dir")
     p.add_argument("out_dir")
+    p.add_argument("--vae-norm-groups", type=int, default=32,
+                   help="GroupNorm groups of ae.safetensors' VAE (not stored in the file; FLUX: 32)")
     p.set_defaults(handler=_call("nexusgen.convert.official:convert_command"))
 
     p = sub.add_parser("export-official", help="write a nexusgen model folder in the official Nexus-GenV2 layout")

@@ -530,5 +530,6 @@ def _convert_parts(official: Path, out: Path, pooled, results: dict, failures: d
 
 def convert_command(args) -> int:
     """CLI handler of `nexusgen convert OFFICIAL_DIR OUT_DIR` (progress on stderr)."""
-    convert_official(args.official_dir, args.out_dir, log=lambda line: print(line, file=sys.stderr))
+    convert_official(args.official_dir, args.out_dir, log=lambda line: print(line, file=sys.stderr),
+                     vae_norm_num_groups=args.vae_norm_groups)
     return 0

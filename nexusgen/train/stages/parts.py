@@ -49,6 +49,8 @@ def build_vae(config: TrainConfig):
     folder = parent_part(config, "vae")
     if folder is not None:
         return AutoencoderKL.from_pretrained(str(folder))
+    if config.stage.parent is not None:
+        print0(f"vae: new, {config.stage.preset} preset (stage.parent has none)")
     if config.stage.preset not in VAE_PRESETS:
         raise ValueError(f"unknown VAE preset {config.stage.preset!r}; known: {sorted(VAE_PRESETS)}")
     preset = dataclasses.asdict(VAE_PRESETS[config.stage.preset])
