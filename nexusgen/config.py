@@ -140,7 +140,7 @@ class NexusGenConfig:
         sampling: the decoders' sampling defaults.
         reference_image_px: (height, width) at which the editing decoder sees the source image (its
             "reference grid" = this / token_px); None: the bounded input size the AR model sees
-            (what the `edit_decoder` training stage uses on the fly).
+            (what the `editing_decoder` training stage uses on the fly).
         dtype: dtype name the weights are stored in.
     """
 
@@ -271,12 +271,14 @@ PRESETS: dict[str, dict] = {
                  sampling=dict(num_steps=4, guidance_scale=1.0, edit_guidance_scale=1.0, shift=3.0,
                                height=64, width=64, negative="none")),
     # The bundled ShapesWorld model (its part presets): 64-px images, 128-px editing references (8x8
-    # tokens, as prepare-embeds). "null" negative branch = decoders trained with conditioning dropout;
-    # provisional sampling values (guidance 1 until such decoders exist): the lead tunes them.
+    # tokens, as prepare-embeds). "null" negative branch = decoders trained with conditioning dropout.
+    # The sampling values are the bundled model's, chosen by `nexusgen eval shapes` sweeps: 6 Euler steps
+    # lose generation nothing, editing needs 10; guidance 2 on the editing decoder's target took editing
+    # from 0.715 to 0.805, and generation needs none (tests/test_shapes_mini_bundle.py keeps them equal).
     "shapes-mini": dict(ar="shapes-mini", decoder="shapes-mini", vae="shapes-mini", reference_image_px=(128, 128),
                         dtype="float32",
-                        sampling=dict(num_steps=20, guidance_scale=1.0, edit_guidance_scale=1.0, shift=3.0,
-                                      height=64, width=64, negative="null")),
+                        sampling=dict(num_steps=6, edit_num_steps=10, guidance_scale=1.0, edit_guidance_scale=2.0,
+                                      shift=3.0, height=64, width=64, negative="null")),
     # The official model (SPEC 1.3, 4.2): 81 output tokens, 504-px editing reference, T5 negative branch.
     "nexus-gen-v2": dict(ar="nexus-gen-v2", decoder="nexus-gen-v2", vae="nexus-gen-v2",
                          reference_image_px=(504, 504), dtype="bfloat16",

@@ -22,8 +22,8 @@ MID_OVERRIDES = {
     "vae": ["stage.preset=mid", "batch_size=8", "data.image_size_px=64"],
     "vlm": ["stage.preset=mid", "batch_size=8", "data.image_size_px=112"],
     "ar": ["stage.preset=mid", "batch_size=8", "data.image_size_px=112"],
-    "gen_decoder": ["stage.preset=mid", "batch_size=8", "data.image_size_px=64"],
-    "edit_decoder": ["stage.preset=mid", "batch_size=8", "data.image_size_px=64"],
+    "generation_decoder": ["stage.preset=mid", "batch_size=8", "data.image_size_px=64"],
+    "editing_decoder": ["stage.preset=mid", "batch_size=8", "data.image_size_px=64"],
 }
 
 

@@ -145,7 +145,7 @@ class ShapesSource:
 
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        self.num_samples, self.seed, self.config = num_samples, seed, SampleConfig(**config)
+        self.num_samples, self.seed, self.config = num_samples, seed, SampleConfig.from_options(**config)
 
     def __len__(self) -> int:
         return self.num_samples

@@ -5,8 +5,7 @@ A folder (ours: `MODEL/autoregressive/`; official: the top level of `Nexus-GenV2
 * `config.json` -- a Qwen2.5-VL config (5.x nested or the official 4.49-style flat layout);
 * `model.safetensors` or `model-*.safetensors` + `model.safetensors.index.json` -- Qwen2.5-VL tensors
   (5.x names `model.language_model.*`, `model.visual.*`, or 4.x names `model.layers.*`, `visual.*`) plus
-  `vision_head.weight` (D, D) and `image_prefill_embeds.weight` (N, D; absent in V1), and
-  `input_image_positions.proj.weight` (D, 16) in models built with `ARConfig.input_image_positions`;
+  `vision_head.weight` (D, D) and `image_prefill_embeds.weight` (N, D; absent in V1);
 * tokenizer files and `preprocessor_config.json`;
 * ours only: `nexusgen_ar.json` -- the ARConfig fields other than the Qwen config (N, output size, ...).
 
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 
 from nexusgen.loading.files import atomic_folder, read_json_object
-from nexusgen.models.autoregressive import ARConfig, NexusGenARModel
+from nexusgen.models.autoregressive import ARConfig, NexusGenARModel, without_removed_fields
 from nexusgen.processing.processor import build_image_processor
 from nexusgen.processing.tokenizers import (
     build_byte_tokenizer,
@@ -46,7 +45,7 @@ WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 FORMAT_VERSION = 1
-EXTRA_KEYS = ("vision_head.weight", "image_prefill_embeds.weight", "input_image_positions.proj.weight")
+EXTRA_KEYS = ("vision_head.weight", "image_prefill_embeds.weight")
 # V1 has no prefill table to read N from; it generated 9 x 9 = 81 tokens (252 px, `decoder_81_512.bin`).
 V1_OUTPUT_GRID_SIDE = 9
 # transformers 4.x checkpoint names -> 5.x names (what from_pretrained maps on load).
@@ -181,6 +180,10 @@ def read_ar_config(folder: Path, keys: dict | None = None) -> ARConfig:
             fields = read_json_object(folder / AR_CONFIG_FILE)
             if fields.pop("format_version", None) != FORMAT_VERSION:
                 raise ValueError(f"{folder / AR_CONFIG_FILE}: key 'format_version' must be {FORMAT_VERSION}")
+            try:
+                fields = without_removed_fields(fields)
+            except ValueError as err:
+                raise ValueError(f"{folder / AR_CONFIG_FILE}: {err}") from None
             return ARConfig.from_dict({**fields, "qwen": qwen})
         return _official_config(folder, qwen, keys if keys is not None else weight_index(folder))
     except ValueError as err:

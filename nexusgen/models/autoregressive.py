@@ -24,7 +24,7 @@ image, P image patches, I images, V vocabulary.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 import torch
@@ -38,11 +38,17 @@ from nexusgen.models.ar_presets import (  # noqa: F401 (re-exported: the presets
     AR_PRESETS,
     _rope,
 )
-from nexusgen.models.image_positions import InputImagePositions
 from nexusgen.processing.templates import CANONICAL_ANSWER_PREFIXES, DEFAULT_SYSTEM_PROMPT
 
 IGNORE_INDEX = -100
 IMAGE_FEEDS = ("prefill", "predicted")
+# ARConfig fields measured on shapes-mini and removed because they did not help (the training log has the
+# numbers): a stored `nexusgen_ar.json` that leaves them off still loads, one that turns them on is refused.
+REMOVED_AR_FIELDS = {
+    "input_image_positions": "ARConfig.input_image_positions (input image place embeddings) was removed: "
+                             "it did not help",
+    "question_first": "ARConfig.question_first (the question before the image) was removed: it did not help",
+}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -70,12 +76,6 @@ class ARConfig:
             ablation baseline: ground-truth embeddings in training, its own predictions fed back one
             token at a time at inference).
             A saved model folder always carries its own tokenizer files.
-        input_image_positions: add a learnt embedding of each input image token's normalised place to the
-            LLM's inputs (`image_positions.InputImagePositions`; not in Qwen2.5-VL or Nexus-Gen, whose
-            M-RoPE barely tells columns apart). Off for the official models.
-        question_first: understanding prompts put the question before the image(s) (`{question}\n<image>`),
-            as the model was trained; a causal LLM's image tokens then see what is asked. Off for the
-            official models (image first, as Qwen2.5-VL's examples).
     """
 
     qwen: dict
@@ -88,8 +88,6 @@ class ARConfig:
     answer_prefixes: dict[str, str] = field(default_factory=lambda: dict(CANONICAL_ANSWER_PREFIXES))
     tokenizer: str | None = None
     image_feed: str = "prefill"
-    input_image_positions: bool = False
-    question_first: bool = False
 
     def __post_init__(self):
         if self.image_feed not in IMAGE_FEEDS:
@@ -157,6 +155,8 @@ class ARConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ARConfig:
+        """The config of a stored `to_dict`; ValueError for an unknown field or a removed one turned on."""
+        data = without_removed_fields(data)
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown ARConfig fields: {sorted(unknown)}")
@@ -168,6 +168,18 @@ class ARConfig:
         if name not in AR_PRESETS:
             raise ValueError(f"unknown AR preset {name!r}; choose from {sorted(AR_PRESETS)}")
         return cls(**{**copy.deepcopy(AR_PRESETS[name]), **overrides})
+
+
+def without_removed_fields(data: dict) -> dict:
+    """`data` (stored ARConfig fields) without the removed fields that it leaves off (false).
+
+    Raises:
+        ValueError: a removed field is turned on (the message names it).
+    """
+    for key in sorted(REMOVED_AR_FIELDS.keys() & data.keys()):
+        if data[key]:
+            raise ValueError(f"{key} is {data[key]!r}: {REMOVED_AR_FIELDS[key]}")
+    return {k: v for k, v in data.items() if k not in REMOVED_AR_FIELDS}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -202,9 +214,6 @@ class NexusGenARModel(nn.Module):
         if config.use_prefill_table:
             self.image_prefill_embeds = nn.Embedding(config.num_output_tokens, dim)
             nn.init.normal_(self.image_prefill_embeds.weight, std=std)
-        self.input_image_positions = None
-        if config.input_image_positions:
-            self.add_input_image_positions()
 
     # -- token ids (always from the config, never constants) ----------------------------------------
     @property
@@ -228,61 +237,6 @@ class NexusGenARModel(nn.Module):
     def num_output_tokens(self) -> int:
         return self.config.num_output_tokens
 
-    def set_rope_theta(self, theta: float) -> None:
-        """Re-base the LLM's M-RoPE on `theta`, weights unchanged (also in the config that gets saved).
-
-        Qwen2.5-VL's M-RoPE gives the width axis the lowest frequencies of each head: at theta 1e6 they turn
-        by under 2e-4 rad per token column, so attention cannot tell an image's columns apart
-        (training/shapes-mini/README.md measures what that costs the miniature model)."""
-        if not theta > 0:
-            raise ValueError(f"rope_theta must be positive, got {theta!r}")
-        text = self.vlm.config.text_config
-        text.rope_parameters = {**text.rope_parameters, "rope_theta": float(theta)}
-        language_model = self.vlm.model.language_model
-        device = language_model.rotary_emb.inv_freq.device
-        language_model.rotary_emb = type(language_model.rotary_emb)(config=text).to(device)
-        self._record_text_config(rope_parameters=dict(text.rope_parameters))
-
-    def add_identity_layers(self, count: int) -> None:
-        """Deepen the LLM by `count` decoder layers that start as the identity (block expansion, as in
-        LLaMA Pro): layer i's copy goes right after it, for `count` layers spread evenly over the stack,
-        with its attention output and MLP down projections zeroed, so the model computes exactly what it
-        did until the new layers are trained (also in the config that gets saved)."""
-        layers = self.vlm.model.language_model.layers
-        old = len(layers)
-        if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= old:
-            raise ValueError(f"add_layers must be in 1..{old} (one copy per existing layer at most), got {count!r}")
-        copied = {int(i) for i in torch.linspace(0, old - 1, count).round().long()}
-        text = self.vlm.config.text_config
-        grown, types = [], []
-        for i, layer in enumerate(layers):
-            grown.append(layer)
-            types.append(text.layer_types[i])
-            if i in copied:
-                grown.append(_identity_copy(layer))
-                types.append(text.layer_types[i])
-        for index, layer in enumerate(grown):  # the KV cache is indexed by layer
-            layer.self_attn.layer_idx = index
-        self.vlm.model.language_model.layers = nn.ModuleList(grown)
-        text.num_hidden_layers, text.layer_types = len(grown), types
-        self._record_text_config(num_hidden_layers=len(grown), layer_types=list(types))
-
-    def _record_text_config(self, **fields) -> None:
-        """Write a change made to the live LLM's config into `config.qwen` too, so that the config this model
-        is rebuilt or described from agrees with its weights."""
-        qwen = copy.deepcopy(self.config.qwen)
-        qwen.setdefault("text_config", {}).update(fields)
-        self.config = replace(self.config, qwen=qwen)
-
-    def add_input_image_positions(self) -> None:
-        """Give a model (a trained one too) the input-image place embeddings, at zero: outputs unchanged
-        until they are trained (`ARConfig.input_image_positions`)."""
-        if self.input_image_positions is None:
-            weight = self.vision_head.weight
-            self.input_image_positions = InputImagePositions(self.config.hidden_size, self.config.merge_size).to(
-                device=weight.device, dtype=weight.dtype)
-        self.config = replace(self.config, input_image_positions=True)
-
     # -- building blocks ----------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
         """ViT + merger embeddings: the shared space (inputs of the LLM, targets of the vision head).
@@ -301,20 +255,8 @@ class NexusGenARModel(nn.Module):
         return list(out.pooler_output)
 
     def embed_input_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
-        """What the LLM reads at input image tokens: `encode_images`, concatenated, plus each token's place
-        embedding if the model has them. (T, D), images in order."""
-        return self.with_input_positions(torch.cat(self.encode_images(pixel_values, image_grid_thw)),
-                                         image_grid_thw)
-
-    def with_input_positions(self, image_embeds: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
-        """(T, D) image token embeddings plus their place embeddings (unchanged without the module)."""
-        if self.input_image_positions is None:
-            return image_embeds
-        places = self.input_image_positions(image_grid_thw).to(image_embeds.dtype)
-        # In units of each token's own RMS: ViT outputs are large (RMS ~3 per channel in shapes-mini), and a
-        # map that starts at zero and moves by ~lr per step would stay a rounding error next to them.
-        rms = image_embeds.detach().pow(2).mean(-1, keepdim=True).sqrt()
-        return image_embeds + places * rms
+        """What the LLM reads at input image tokens: `encode_images`, concatenated. (T, D), images in order."""
+        return torch.cat(self.encode_images(pixel_values, image_grid_thw))
 
     def image_token_counts(self, image_grid_thw: torch.Tensor) -> list[int]:
         """LLM tokens per image for (I, 3) patch grids."""
@@ -442,8 +384,6 @@ class NexusGenARModel(nn.Module):
             mse = cos = zero
         image_loss = 0.5 * mse + 0.5 * cos
         loss = token_weight * ce + image_weight * image_loss
-        if self.input_image_positions is not None:  # in the graph even without input images (DDP/FSDP)
-            loss = loss + 0.0 * self.input_image_positions.proj.weight.sum()
         return {"loss": loss, "ce": ce.detach(), "image_loss": image_loss.detach(),
                 "image_mse": mse.detach(), "image_cos": cos.detach()}
 
@@ -492,8 +432,8 @@ class NexusGenARModel(nn.Module):
             fill = targets
         else:
             fill = self.output_image_inputs(int(is_target.sum()))
-        spliced = self.with_input_positions(all_embeds.to(fill.dtype).clone(), grids)
-        spliced[token_is_target] = fill.to(spliced.dtype)  # generated images: no places, the prefill table
+        spliced = all_embeds.to(fill.dtype).clone()  # written into below; all_embeds stays in the graph
+        spliced[token_is_target] = fill.to(spliced.dtype)  # generated images: the prefill table
         return self.splice_images(input_ids, inputs_embeds, spliced, mask), targets
 
     # -- inference ----------------------------------------------------------------------------------
@@ -614,15 +554,3 @@ def sample_mean(values: torch.Tensor, sample_index: torch.Tensor, num_samples: i
     present = counts > 0
     means = sums[present] / counts[present]
     return means.sum() / max(total_samples if total_samples is not None else means.shape[0], 1)
-
-
-def _identity_copy(layer: nn.Module) -> nn.Module:
-    """A copy of a pre-norm decoder layer whose residual branches write zeros: both sub-blocks end in a
-    bias-free projection (attention o_proj, MLP down_proj), so zeroing those makes the layer the identity
-    while the copied weights before them give the new layer a trained start once the zeros move."""
-    new = copy.deepcopy(layer)
-    for projection in (new.self_attn.o_proj, new.mlp.down_proj):
-        if projection.bias is not None:
-            raise ValueError("add_layers needs bias-free output projections (Qwen2.5-VL's are)")
-        nn.init.zeros_(projection.weight)
-    return new

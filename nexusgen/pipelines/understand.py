@@ -1,7 +1,6 @@
 """Image understanding (SPEC 1.3): image(s) + question -> text, stock Qwen2.5-VL chat generation.
 
-Steps: validate -> encode (user turn `<image>\\n{question}` as in the training data, or `{question}\\n<image>`
-for a model trained so (`ARConfig.question_first`), system prompt,
+Steps: validate -> encode (user turn `<image>\\n{question}` as in the training data, system prompt,
 open assistant turn; images at the bounded input size) -> AR (greedy decoding with the KV cache via
 `generate_interleaved`, image output banned) -> decode (text, special tokens skipped). The whole batch is
 one left-padded generation.
@@ -29,11 +28,9 @@ class UnderstandOutput:
     num_new_tokens: list[int]
 
 
-def understanding_messages(prompt: str, num_images: int, question_first: bool = False) -> list[dict]:
+def understanding_messages(prompt: str, num_images: int) -> list[dict]:
     """The user turn of a question about `num_images` images in the training data's layout: the images
-    first, or the question first for a model trained so (`ARConfig.question_first`)."""
-    if question_first:
-        return [{"role": "user", "content": prompt + f"\n{IMAGE_PLACEHOLDER}" * num_images}]
+    first, then the question."""
     return [{"role": "user", "content": f"{IMAGE_PLACEHOLDER}\n" * num_images + prompt}]
 
 
@@ -73,8 +70,7 @@ class UnderstandPipeline:
             raise ValueError(f"{len(prompts)} prompts need a list of {len(prompts)} image entries, got "
                              f"{type(image).__name__}")
         images = [self._images(entry, index) for index, entry in enumerate(per_prompt)]
-        first = self.ar_model.config.question_first
-        conversations = [understanding_messages(p, len(ims), first) for p, ims in zip(prompts, images, strict=True)]
+        conversations = [understanding_messages(p, len(ims)) for p, ims in zip(prompts, images, strict=True)]
         inputs = to_device(self.processor.chat_inputs(conversations, images), self.runtime.device)  # encode
         model = self.runtime.activate(self.ar_model)  # AR
         pixels = inputs["pixel_values"].to(self.runtime.dtype)

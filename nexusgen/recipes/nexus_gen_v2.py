@@ -44,14 +44,14 @@ def _decoder(stage: str) -> TrainConfig:
         data=DataConfig(source="jsonl", image_size_px=512))
 
 
-def nexus_gen_v2_gen_decoder() -> TrainConfig:
+def nexus_gen_v2_generation_decoder() -> TrainConfig:
     """Phase 2 fine-tune: adapter + DiT on ground-truth embeddings, lr 1e-5 constant after 100 steps."""
-    return _decoder("gen_decoder")
+    return _decoder("generation_decoder")
 
 
-def nexus_gen_v2_edit_decoder() -> TrainConfig:
+def nexus_gen_v2_editing_decoder() -> TrainConfig:
     """Phase 3 fine-tune: merger + DiT on (predicted target, source) embeddings, as phase 2 otherwise; the
     source is resized to 504 x 504 for the reference, as upstream prepares it."""
-    config = _decoder("edit_decoder")
+    config = _decoder("editing_decoder")
     config.data.reference_image_px = 504
     return config

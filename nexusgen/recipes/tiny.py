@@ -43,13 +43,13 @@ def tiny_ar() -> TrainConfig:
                  lr=1e-3, image_size_px=56)
 
 
-def tiny_gen_decoder() -> TrainConfig:
+def tiny_generation_decoder() -> TrainConfig:
     """Phase 2 at tiny size: adapter + DiT reconstruct 32x32 images from ground-truth ViT embeddings."""
-    return _tiny(StageConfig(name="gen_decoder", preset="tiny"), lr=1e-3, image_size_px=32,
+    return _tiny(StageConfig(name="generation_decoder", preset="tiny"), lr=1e-3, image_size_px=32,
                  tasks=["generate"])
 
 
-def tiny_edit_decoder() -> TrainConfig:
+def tiny_editing_decoder() -> TrainConfig:
     """Phase 3 at tiny size: merger + DiT from (predicted target, reference) embeddings."""
-    return _tiny(StageConfig(name="edit_decoder", preset="tiny"), lr=1e-3, image_size_px=32,
+    return _tiny(StageConfig(name="editing_decoder", preset="tiny"), lr=1e-3, image_size_px=32,
                  tasks=["edit"])

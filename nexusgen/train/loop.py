@@ -23,7 +23,7 @@ import torch
 
 from nexusgen.loading.files import atomic_write_text
 from nexusgen.train import checkpoint, parallel
-from nexusgen.train.config import TrainConfig, config_to_dict, save_config
+from nexusgen.train.config import TrainConfig, config_to_dict, load_config, save_config
 from nexusgen.train.ema import EMA
 from nexusgen.train.metrics import MetricsLogger, Progress
 from nexusgen.train.optim import build_optimizer, build_scheduler
@@ -329,7 +329,9 @@ def check_resumable(config: TrainConfig, stored_path: Path) -> None:
     """ValueError naming the fields where `config` differs from the run's stored config.json."""
     if not stored_path.is_file():
         return
-    stored = _flatten(json.loads(stored_path.read_text(encoding="utf-8")))
+    # Read back through the config classes, so a run stored under an older spelling of the same settings
+    # (a stage's old name, an untyped stage.model) compares equal; a removed option turned on is refused.
+    stored = _flatten(json.loads(json.dumps(config_to_dict(load_config(stored_path)))))
     current = _flatten(json.loads(json.dumps(config_to_dict(config))))
     changed = sorted(k for k in stored.keys() | current.keys()
                      if stored.get(k) != current.get(k) and not k.startswith(RESUME_MAY_CHANGE))

@@ -5,7 +5,9 @@ run directory each) and copies the last stage's complete model folder to `RUN/fi
 stage to target it (`--set vae.max_steps=100`) or apply to every stage (`--set lr=1e-4`). With
 `--resume`, stages whose run already reached `max_steps` are skipped and the interrupted one continues.
 `--start-at ar --set ar.stage.parent=FOLDER` starts the pipeline at a later stage from a model folder
-(e.g. one committed by an earlier session: CPU recipes take longer than one machine lives).
+(e.g. one committed by an earlier session: CPU recipes take longer than one machine lives). Stage names
+given with the decoder stages' old names (`gen_decoder.max_steps=10`, `--start-at edit_decoder_more`) are
+accepted for one release.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nexusgen.train import checkpoint, parallel
-from nexusgen.train.config import TrainConfig, apply_overrides
+from nexusgen.train.config import TrainConfig, apply_overrides, current_name
 
 
 def split_overrides(overrides: list[str], stage_names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -23,6 +25,7 @@ def split_overrides(overrides: list[str], stage_names: list[str]) -> tuple[list[
     common, per_stage = [], {name: [] for name in stage_names}
     for assignment in overrides:
         head, _, rest = assignment.partition(".")
+        head = current_name(head)
         if head in per_stage and rest:
             per_stage[head].append(rest)
         else:
@@ -77,6 +80,7 @@ def run_pipeline(stages: dict[str, Callable[[], TrainConfig]], out, overrides: l
 
 
 def _from_stage(configs: dict[str, TrainConfig], start_at: str) -> dict[str, TrainConfig]:
+    start_at = current_name(start_at)
     if start_at not in configs:
         raise ValueError(f"--start-at {start_at!r} is not a stage of this recipe; stages: {', '.join(configs)}")
     names = list(configs)

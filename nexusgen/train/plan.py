@@ -137,8 +137,8 @@ def stage_shape(config: TrainConfig, seq_len: int) -> StageShape:
     name = config.stage.name
     if name in ("ar", "vlm"):
         return _ar_shape(config, seq_len)
-    if name in ("gen_decoder", "edit_decoder"):
-        return _decoder_shape(config, "generation" if name == "gen_decoder" else "editing")
+    if name in ("generation_decoder", "editing_decoder"):
+        return _decoder_shape(config, name.removesuffix("_decoder"))
     return _vae_shape(config)
 
 
@@ -206,7 +206,7 @@ def _vae_shape(config: TrainConfig) -> StageShape:
 def _precomputed(config: TrainConfig, kind: str) -> bool:
     if not config.data.uses_files or not config.data.paths:
         return config.data.source == "embeds"
-    from nexusgen.train.stages.gen_decoder import precomputed_embeddings
+    from nexusgen.train.stages.generation_decoder import precomputed_embeddings
 
     return precomputed_embeddings(config, kind)
 

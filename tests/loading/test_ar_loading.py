@@ -100,6 +100,26 @@ def test_round_trip(source, tmp_path):
     assert tok2.convert_tokens_to_ids("<|image_pad|>") == loaded.image_token_id
 
 
+@pytest.mark.parametrize("field", ["input_image_positions", "question_first"])
+def test_a_folder_stored_with_a_removed_option_loads_while_it_is_off(source, tmp_path, field):
+    """Input image places and the question first did not help and left ARConfig; folders written before
+    (the bundled one was) carry them at false and still load, weights unchanged; one that turns them on is
+    refused with a line naming the file and the option."""
+    model, tokenizer, image_processor = source
+    folder = tmp_path / "ar"
+    save_autoregressive(folder, model, tokenizer, image_processor)
+    config_file = folder / "nexusgen_ar.json"
+    fields = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**fields, field: False}))
+    loaded = load_autoregressive(folder, device="cpu")[0]
+    assert _structure(loaded.config) == _structure(model.config)
+    reference = model.state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in loaded.state_dict().items())
+    config_file.write_text(json.dumps({**fields, field: True}))
+    with pytest.raises(ValueError, match=rf"nexusgen_ar.json: {field} is True: .* was removed"):
+        load_autoregressive(folder, device="cpu")
+
+
 def test_official_v2_folder_loads_without_missing_or_unexpected_keys(source, official):
     model, tokenizer, image_processor = source
     # stock transformers maps the 4.x names but does not own the two Nexus-Gen tensors

@@ -2,7 +2,6 @@
 stock transformers), one-pass == the official sequential loop, and parity with transformers' own 3-D
 position logic."""
 
-import copy
 import math
 
 import pytest
@@ -207,29 +206,3 @@ def test_prompt_must_open_an_image(tiny):
     batch = processor.image_prompt_inputs("x")
     with pytest.raises(ValueError, match="vision_start"):
         model.predict_image_embeds(batch["input_ids"][:, :-1])
-
-
-def test_set_rope_theta_equals_building_with_it_and_survives_a_save(tmp_path):
-    from nexusgen.loading.autoregressive import load_autoregressive, save_autoregressive
-
-    model, tokenizer, image_processor = build_autoregressive("tiny", seed=3)
-    qwen = copy.deepcopy(model.config.qwen)
-    qwen["text_config"]["rope_parameters"]["rope_theta"] = 100.0
-    built = NexusGenARModel(ARConfig.from_preset("tiny", qwen=qwen))
-    built.load_state_dict(model.state_dict())
-    batch = collate_ar(_samples(), tokenizer, image_processor, model.config)
-    with torch.no_grad():
-        before = model.training_loss(batch)["loss"]
-        model.set_rope_theta(100.0)
-        after = model.training_loss(batch)["loss"]
-        assert not torch.allclose(before, after)  # positions now turn the queries and keys differently
-        assert torch.allclose(after, built.training_loss(batch)["loss"], atol=1e-6)
-    inv_freq = model.vlm.model.language_model.rotary_emb.inv_freq
-    dim = model.config.hidden_size // model.config.qwen_config.text_config.num_attention_heads
-    assert torch.allclose(inv_freq, 100.0 ** -(torch.arange(0, dim, 2).float() / dim))
-    save_autoregressive(tmp_path / "ar", model, tokenizer, image_processor)
-    loaded = load_autoregressive(tmp_path / "ar", device="cpu")[0]
-    assert loaded.config.qwen_config.text_config.rope_parameters["rope_theta"] == 100.0
-    assert loaded.config.qwen_config.text_config.rope_parameters["mrope_section"] == [2, 3, 3]
-    with pytest.raises(ValueError, match="positive"):
-        model.set_rope_theta(0.0)

@@ -16,7 +16,7 @@ def _dit(folder):
 
 def test_checkpoint_exports_as_the_final_folder_with_ema_weights(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "tiny-gen_decoder", "--out", str(run), *TRAIN]) == 0
+    assert main(["train", "tiny-generation_decoder", "--out", str(run), *TRAIN]) == 0
     assert main(["export-checkpoint", str(run), "--out", str(tmp_path / "last")]) == 0  # newest = step 3
     assert main(["export-checkpoint", str(run), "--out", str(tmp_path / "two"), "--step", "2"]) == 0
     final, last, two = _dit(run / "final"), _dit(tmp_path / "last"), _dit(tmp_path / "two")
@@ -34,7 +34,7 @@ def test_checkpoint_exports_as_the_final_folder_with_ema_weights(tmp_path, capsy
 
 def test_missing_step_and_existing_folder_are_one_line_errors(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "tiny-gen_decoder", "--out", str(run), *TRAIN, "--set", "max_steps=1"]) == 0
+    assert main(["train", "tiny-generation_decoder", "--out", str(run), *TRAIN, "--set", "max_steps=1"]) == 0
     capsys.readouterr()
     assert main(["export-checkpoint", str(run), "--out", str(tmp_path / "x"), "--step", "7"]) == 2
     err = capsys.readouterr().err

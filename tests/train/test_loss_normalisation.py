@@ -89,7 +89,7 @@ def test_flow_loss_per_sample_generators_do_not_depend_on_the_split():
 def test_decoder_shares_of_a_split_batch_add_up_to_the_whole_batch():
     from nexusgen.models.decoder import DECODER_PRESETS, VAE_PRESETS, GenerationDecoder, build_vae
     from nexusgen.train.stages.common import samples_units
-    from nexusgen.train.stages.gen_decoder import DecoderTrainModule
+    from nexusgen.train.stages.generation_decoder import DecoderTrainModule
 
     torch.manual_seed(0)
     config = DECODER_PRESETS["tiny"]

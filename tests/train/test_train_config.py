@@ -20,11 +20,22 @@ def test_top_level_names_exist_in_every_recipe():
         stage = name.rsplit("-", 1)[1]  # "ar", or a variant of it: "ar_more", "vlm_answers"
         assert stage == config.stage.name or stage.startswith(f"{config.stage.name}_"), (name, config.stage.name)
         config.micro_batch_size(1)  # the batch splits over accumulation steps
-    assert {f"tiny-{s}" for s in ("vae", "vlm", "ar", "gen_decoder", "edit_decoder")} <= set(RECIPES)
+    assert {f"tiny-{s}" for s in ("vae", "vlm", "ar", "generation_decoder", "editing_decoder")} <= set(RECIPES)
+
+
+def test_old_decoder_stage_names_are_aliases_for_one_release():
+    """gen_decoder / edit_decoder, the stages' names before they took their parts' names, still work in
+    recipe names and stage.name, and resolve to generation_decoder / editing_decoder."""
+    assert get_recipe("tiny-gen_decoder") == get_recipe("tiny-generation_decoder")
+    assert get_recipe("nexus-gen-v2-edit_decoder").stage.name == "editing_decoder"
+    assert get_recipe("shapes-mini-edit_decoder_more2") == get_recipe("shapes-mini-editing_decoder_more2")
+    assert apply_overrides(get_recipe("tiny-vae"), ["stage.name=gen_decoder"]).stage.name == "generation_decoder"
+    with pytest.raises(ValueError, match="unknown recipe 'tiny-gen_decoderz'"):
+        get_recipe("tiny-gen_decoderz")
 
 
 def test_recipe_without_its_data_files_is_a_clear_error(tmp_path, capsys):
-    code = main(["train", "nexus-gen-v2-gen_decoder", "--out", str(tmp_path / "r"),
+    code = main(["train", "nexus-gen-v2-generation_decoder", "--out", str(tmp_path / "r"),
                  "--set", "stage.preset=tiny", "--set", "precision=fp32"])
     err = capsys.readouterr().err
     assert code == 2 and "data.paths" in err and "Traceback" not in err

@@ -18,20 +18,20 @@ NEEDS = {
     "vae": ["nexusgen.models.decoder:VAE_PRESETS"],
     "vlm": ["nexusgen.models.autoregressive:NexusGenARModel", "nexusgen.data.collate:collate_ar"],
     "ar": ["nexusgen.models.autoregressive:NexusGenARModel", "nexusgen.data.collate:collate_ar"],
-    "gen_decoder": ["nexusgen.models.decoder:GenerationDecoder",
-                    "nexusgen.models.autoregressive:NexusGenARModel"],
-    "edit_decoder": ["nexusgen.models.decoder:EditingDecoder",
-                     "nexusgen.models.autoregressive:NexusGenARModel"],
+    "generation_decoder": ["nexusgen.models.decoder:GenerationDecoder",
+                           "nexusgen.models.autoregressive:NexusGenARModel"],
+    "editing_decoder": ["nexusgen.models.decoder:EditingDecoder",
+                        "nexusgen.models.autoregressive:NexusGenARModel"],
 }
 # What the export of RUN_DIR/final needs (the part savers).
 EXPORT_NEEDS = {
     "vae": [],
     "vlm": ["nexusgen.loading.autoregressive:save_autoregressive"],
     "ar": ["nexusgen.loading.autoregressive:save_autoregressive"],
-    "gen_decoder": ["nexusgen.loading.decoders:save_generation_decoder",
-                    "nexusgen.loading.autoregressive:save_autoregressive"],
-    "edit_decoder": ["nexusgen.loading.decoders:save_editing_decoder",
-                     "nexusgen.loading.autoregressive:save_autoregressive"],
+    "generation_decoder": ["nexusgen.loading.decoders:save_generation_decoder",
+                           "nexusgen.loading.autoregressive:save_autoregressive"],
+    "editing_decoder": ["nexusgen.loading.decoders:save_editing_decoder",
+                        "nexusgen.loading.autoregressive:save_autoregressive"],
 }
 
 
@@ -174,12 +174,12 @@ def _embeds_jsonl(root, kind: str):
     return path
 
 
-@pytest.mark.parametrize("kind", ["gen", "edit"])
-def test_decoder_stage_trains_from_an_embedding_dataset(kind, tmp_path):
+@pytest.mark.parametrize("kind, stage", [("gen", "generation_decoder"), ("edit", "editing_decoder")])
+def test_decoder_stage_trains_from_an_embedding_dataset(kind, stage, tmp_path):
     _require("vae")
-    has_saver = not _missing(EXPORT_NEEDS[f"{kind}_decoder"][:1])
+    has_saver = not _missing(EXPORT_NEEDS[stage][:1])
     path = _embeds_jsonl(tmp_path, kind)
-    config = apply_overrides(get_recipe(f"tiny-{kind}_decoder"), [
+    config = apply_overrides(get_recipe(f"tiny-{stage}"), [
         "max_steps=4", "save_every=2", "data.source=embeds", f'data.paths=["{path}"]', "progress=false",
         f"checkpoint.export_final={has_saver}"])
     train(config, tmp_path / "run")
@@ -189,15 +189,15 @@ def test_decoder_stage_trains_from_an_embedding_dataset(kind, tmp_path):
 
 
 def test_stage_chain_exports_a_complete_folder(tmp_path):
-    """vae -> gen_decoder(parent=vae run): the VAE is used and copied untouched, the rest is added."""
-    _require("gen_decoder")
-    if _missing(EXPORT_NEEDS["gen_decoder"]):
-        pytest.skip(f"needs {_missing(EXPORT_NEEDS['gen_decoder'])}")
+    """vae -> generation_decoder(parent=vae run): the VAE is used and copied untouched, the rest is added."""
+    _require("generation_decoder")
+    if _missing(EXPORT_NEEDS["generation_decoder"]):
+        pytest.skip(f"needs {_missing(EXPORT_NEEDS['generation_decoder'])}")
     from safetensors.torch import load_file
 
     vae_run, dec_run = tmp_path / "vae", tmp_path / "dec"
     train(apply_overrides(get_recipe("tiny-vae"), ["max_steps=2", "save_every=0", "progress=false"]), vae_run)
-    config = apply_overrides(get_recipe("tiny-gen_decoder"), [
+    config = apply_overrides(get_recipe("tiny-generation_decoder"), [
         "max_steps=2", "save_every=0", "progress=false", f"stage.parent={vae_run}"])
     train(config, dec_run)
     assert {p.name for p in (dec_run / "final").iterdir()} >= {"vae", "generation_decoder", "autoregressive"}
@@ -234,68 +234,42 @@ def _tiny_ar(out, *overrides: str, steps: int = 1) -> None:
                                                   *overrides]), out)
 
 
-def test_ar_stage_rebases_a_parents_rope_theta(tmp_path):
-    """stage.model rope_theta on a loaded parent: the export carries it (with the other overrides), and
-    a field that would reshape the parent's weights is still refused."""
+def test_ar_stage_sets_a_parents_image_feed(tmp_path):
+    """stage.model.image_feed on a loaded parent (the standard-AR ablation from a trained model): the export
+    carries it; a setting that would reshape the parent's weights is no stage.model field at all."""
     _require("ar")
     from nexusgen.loading.autoregressive import load_autoregressive
 
     parent, child = tmp_path / "parent", tmp_path / "child"
     _tiny_ar(parent)
-    _tiny_ar(child, f"stage.parent={parent}", 'stage.model={"rope_theta": 100, "image_feed": "predicted"}')
-    model = load_autoregressive(child / "final/autoregressive", device="cpu")[0]
-    assert model.config.qwen_config.text_config.rope_parameters["rope_theta"] == 100.0
-    assert model.config.image_feed == "predicted"
-    with pytest.raises(ValueError, match="would change the weights"):
-        _tiny_ar(tmp_path / "bad", f"stage.parent={parent}", 'stage.model={"rope_theta": 100, "num_output_tokens": 4}')
+    _tiny_ar(child, f"stage.parent={parent}", "stage.model.image_feed=predicted")
+    assert load_autoregressive(child / "final/autoregressive", device="cpu")[0].config.image_feed == "predicted"
+    with pytest.raises(ValueError, match="no field 'num_output_tokens'"):
+        _tiny_ar(tmp_path / "bad", f"stage.parent={parent}", "stage.model.num_output_tokens=4")
 
 
-def test_ar_stage_gives_a_parent_input_image_places(tmp_path):
-    """stage.model input_image_positions=true on a loaded parent: the module starts at zero, trains, and
-    the export carries it; false on a parent that has it (dropping trained weights) is refused."""
-    _require("ar")
-    from nexusgen.loading.autoregressive import load_autoregressive
+@pytest.mark.parametrize("option, value", [("rope_theta", 100), ("input_image_positions", True),
+                                           ("add_layers", 4), ("question_first", True)])
+def test_removed_model_options_are_refused_only_when_turned_on(option, value):
+    """The research options that did not help (M-RoPE re-based, input image places, identity layers added,
+    the question first) are gone: stored at their off value they load, turned on they are one line each."""
+    import json
 
-    parent, child = tmp_path / "parent", tmp_path / "child"
-    _tiny_ar(parent)
-    _tiny_ar(child, f"stage.parent={parent}", 'stage.model={"input_image_positions": true}', steps=2)
-    model = load_autoregressive(child / "final/autoregressive", device="cpu")[0]
-    assert model.config.input_image_positions
-    assert model.input_image_positions.proj.weight.abs().sum() > 0  # trained away from its zero start
-    with pytest.raises(ValueError, match="drop trained weights"):
-        _tiny_ar(tmp_path / "bad", f"stage.parent={child}", 'stage.model={"input_image_positions": false}')
+    from nexusgen.train.config import config_from_dict, config_to_dict
 
-
-def test_ar_stage_asks_as_the_model_will_be_asked(tmp_path):
-    """ShapesWorld questions before the image (`world_options.question_first`) need a model that asks so at
-    inference (`stage.model` question_first, carried by the export); a mismatch is refused before training."""
-    _require("ar")
-    from nexusgen.loading.autoregressive import load_autoregressive
-
-    shapes = ["data.world=shapes", 'data.tasks=["understand"]',
-              'data.world_options={"question_first": true, "und_types": ["where"]}']
-    with pytest.raises(ValueError, match="question_first"):
-        _tiny_ar(tmp_path / "bad", *shapes)
-    _tiny_ar(tmp_path / "ok", *shapes, 'stage.model={"question_first": true}')
-    assert load_autoregressive(tmp_path / "ok/final/autoregressive", device="cpu")[0].config.question_first
+    with pytest.raises(ValueError, match=f"stage.model.{option} .*was removed"):
+        apply_overrides(get_recipe("tiny-ar"), [f"stage.model={json.dumps({option: value})}"])
+    with pytest.raises(ValueError, match=f"stage.model.{option} .*was removed"):
+        apply_overrides(get_recipe("tiny-ar"), [f"stage.model.{option}={json.dumps(value)}"])
+    stored = config_to_dict(get_recipe("tiny-ar"))
+    stored["stage"]["model"] = {option: False if value is True else None}
+    assert config_from_dict(type(get_recipe("tiny-ar")), stored) == get_recipe("tiny-ar")
 
 
-def test_ar_stage_deepens_a_parents_llm(tmp_path):
-    """stage.model add_layers on a loaded parent: the export has the deeper LLM, its new layers trained away
-    from their zero start; resuming rebuilds the same depth; from a preset it is refused."""
-    _require("ar")
-    from nexusgen.loading.autoregressive import load_autoregressive
-
-    parent, child = tmp_path / "parent", tmp_path / "child"
-    _tiny_ar(parent)
-    depth = len(load_autoregressive(parent / "final/autoregressive", device="cpu")[0].vlm.model.language_model.layers)
-    deeper = [f"stage.parent={parent}", 'stage.model={"add_layers": 1}']
-    _tiny_ar(child, *deeper, steps=2)
-    layers = load_autoregressive(child / "final/autoregressive", device="cpu")[0].vlm.model.language_model.layers
-    assert len(layers) == depth + 1
-    assert layers[1].self_attn.o_proj.weight.abs().sum() > 0  # the copy of layer 0, trained
-    config = apply_overrides(get_recipe("tiny-ar"), ["max_steps=3", "save_every=1", "progress=false", *deeper])
-    train(apply_overrides(config, ["max_steps=2"]), tmp_path / "resumed")
-    assert train(config, tmp_path / "resumed", resume=True)["resumed_from"] == 2  # the checkpoint fits
-    with pytest.raises(ValueError, match="from a preset"):
-        _tiny_ar(tmp_path / "bad", 'stage.model={"add_layers": 1}')
+def test_shapesworld_question_first_is_refused(tmp_path):
+    """The question before the image (`world_options.question_first`) did not help and was removed: off it
+    is ignored, on it stops the run before anything is written."""
+    with pytest.raises(ValueError, match="question_first .*was removed"):
+        _tiny_ar(tmp_path / "run", "data.world=shapes", 'data.world_options={"question_first": true}')
+    assert not (tmp_path / "run").exists()
+    _tiny_ar(tmp_path / "off", "data.world=shapes", 'data.world_options={"question_first": false}')

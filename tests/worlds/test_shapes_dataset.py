@@ -121,65 +121,41 @@ def test_und_types_weight_the_question_mix_and_leave_the_default_stream_alone():
     assert "".join(make_sample(i, config=default).type[:2] for i in range(16)) == "coshcabibicabicococococococoshsh"
 
 
-def test_reasoned_answers_replace_only_the_answers_that_have_reasoning():
+def test_reasoned_answers_replace_only_relation_answers_with_the_ordered_comparison():
     fields = dict(image_size=32, tasks=("understand",), und_types=("relation", "count"))
     plain = [make_sample(i, config=SampleConfig(**fields)) for i in range(16)]
-    reasoned = [make_sample(i, config=SampleConfig(**fields, reasoned_answers=True)) for i in range(16)]
-    assert {p.type for p in plain} == {"relation", "count"}
-    for p, r in zip(plain, reasoned):
-        assert p.messages[0] == r.messages[0] and p.type == r.type  # same question, same stream
-        answer, said = p.messages[1]["content"], r.messages[1]["content"]
-        if p.type == "relation":
-            assert answer in ("yes", "no", "是", "否") and said != answer and said.rstrip(".。").endswith(answer)
-        else:
-            assert said == answer
-    last = [make_sample(i, config=SampleConfig(**fields, reasoned_answers=True, reasoning_steps="last"))
-            for i in range(16)]
-    for p, r, s in zip(plain, reasoned, last):
-        full, short = r.messages[1]["content"], s.messages[1]["content"]
-        assert p.messages[0] == s.messages[0]
-        assert short == full if p.type == "count" else (full.endswith(short) and len(short) < len(full))
     ordered = [make_sample(i, config=SampleConfig(**fields, reasoned_answers=True, reasoning_steps="ordered"))
                for i in range(16)]
+    assert {p.type for p in plain} == {"relation", "count"}
     for p, o in zip(plain, ordered):
         said = o.messages[1]["content"]
-        assert p.messages[0] == o.messages[0]
+        assert p.messages[0] == o.messages[0] and p.type == o.type  # same question, same stream
         assert said == p.messages[1]["content"] if p.type == "count" else said.rstrip(".。").endswith(
             p.messages[1]["content"]) and re.search(r"(column|row|列|行)", said)
-    listed = [make_sample(i, config=SampleConfig(**fields, reasoned_answers=True, reasoning_steps="listed"))
-              for i in range(16)]
-    for o, li in zip(ordered, listed):
-        said, short = li.messages[1]["content"], o.messages[1]["content"]
-        assert li.messages[0] == o.messages[0]
-        if o.type == "relation":
-            assert said.endswith(short) and len(said) > len(short)
-        else:  # a colour or shape count lists what it counts first; a total is answered directly
-            assert said == short or re.search(rf"(so |所以){short}[.。]$", said), (said, short)
-    assert any(li.type == "count" and li.messages[1]["content"] != o.messages[1]["content"]
-               for o, li in zip(ordered, listed))
-    only = SampleConfig(**fields, reasoned_answers=True, reasoning_steps="listed", reasoned_types=["relation"])
-    for i, (p, li) in enumerate(zip(plain, listed)):  # reasoned_types: counts direct again, relations listed
-        said = make_sample(i, config=only).messages[1]["content"]
-        assert said == (li if p.type == "relation" else p).messages[1]["content"]
+    default_form = [make_sample(i, config=SampleConfig(**fields, reasoned_answers=True)) for i in range(16)]
+    assert [s.messages for s in default_form] == [s.messages for s in ordered]
 
 
-def test_question_first_moves_only_the_question():
-    fields = dict(image_size=32, tasks=("understand", "generate"))
-    for i in range(8):
-        plain, first = (make_sample(i, config=SampleConfig(**fields, question_first=q)) for q in (False, True))
-        user, moved = plain.messages[0]["content"], first.messages[0]["content"]
-        if plain.task == "understand":
-            assert user.startswith("<image>\n") and moved == user.removeprefix("<image>\n") + "\n<image>"
-        else:  # generation prompts are not questions about an image
-            assert moved == user
-        assert plain.messages[1:] == first.messages[1:] and plain.meta == first.meta
+@pytest.mark.parametrize("form", ["all", "last", "listed"])
+def test_removed_answer_forms_are_refused_by_name(form):
+    """The reasoned answers that did not help (every place first, the two places, a listing) are gone."""
+    with pytest.raises(ValueError, match=f"reasoning_steps '{form}' .* was removed"):
+        SampleConfig(reasoned_answers=True, reasoning_steps=form)
+
+
+def test_removed_sample_options_are_ignored_off_and_refused_on():
+    assert SampleConfig.from_options(question_first=False, reasoned_types=None) == SampleConfig()
+    with pytest.raises(ValueError, match="question_first .* was removed"):
+        SampleConfig.from_options(question_first=True)
+    with pytest.raises(ValueError, match="reasoned_types .* was removed"):
+        SampleConfig.from_options(reasoned_types=["count"])
+    with pytest.raises(ValueError, match="unknown ShapesWorld sample options \\['colour_fraction'\\]"):
+        SampleConfig.from_options(colour_fraction=0.5)
 
 
 def test_bad_configs_are_rejected():
     with pytest.raises(ValueError, match="reasoning_steps"):
         SampleConfig(reasoning_steps="first")
-    with pytest.raises(ValueError, match="reasoned_types"):
-        SampleConfig(reasoned_types=["relations"])
     with pytest.raises(ValueError, match="held-out"):
         SampleConfig(split="train", compositional_fraction=0.1)
     with pytest.raises(ValueError, match="tasks"):

@@ -93,35 +93,6 @@ def test_relation_answer_agrees_with_grid(qtype):
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
-def test_relation_reasoning_lists_places_restates_a_and_b_and_ends_with_the_answer(lang):
-    """Every object's place in reading order; then A's and B's places (which decide the relation); and
-    exactly one yes/no word, so the scorer reads it as the short answer and as nothing else."""
-    opposite = {"yes": "no", "no": "yes", "是": "否", "否": "是"}
-    stop, joiner = (". ", " is ") if lang == "en" else ("。", "在")
-    rng = np.random.default_rng(7)
-    for _ in range(150):
-        item = make_understanding(rng, "relation", lang)
-        listing, conclusion = item.reasoning.lower().rsplit(stop.strip(), 2)[:2]
-        stated = [f"{reference(o, lang)}{joiner}{place_phrase(o.cell, lang)}".lower()
-                  for o in item.scene.sorted().objects]
-        assert [listing.find(x) for x in stated] == sorted(listing.find(x) for x in stated), item.reasoning
-        assert min(listing.find(x) for x in stated) >= 0, item.reasoning
-        a, b = _question_objects(item) if lang == "en" else _stated_objects(item, conclusion, joiner)
-        said_a = f"{reference(a, lang)}{joiner}{place_phrase(a.cell, lang)}".lower()
-        said_b = f"{reference(b, lang)}{joiner}{place_phrase(b.cell, lang)}".lower()
-        assert said_a in conclusion and conclusion.index(said_a) < conclusion.index(said_b), item.reasoning
-        assert item.reasoning.rstrip("。.").endswith(item.answer), item.reasoning
-        assert answer_matches(item.reasoning, item.answer, "relation"), item.reasoning
-        assert not answer_matches(item.reasoning, opposite[item.answer], "relation"), item.reasoning
-        # The last step alone (`reasoning_steps="last"`) is the conclusion, scored the same way.
-        assert item.reasoning.endswith(item.conclusion) and item.conclusion.lower().startswith(said_a)
-        assert answer_matches(item.conclusion, item.answer, "relation"), item.conclusion
-        assert not answer_matches(item.conclusion, opposite[item.answer], "relation"), item.conclusion
-    for qtype in ("count", "caption"):
-        assert make_understanding(rng, qtype, lang).reasoning == ""
-
-
-@pytest.mark.parametrize("lang", ["en", "zh"])
 def test_relation_comparison_states_two_true_numbers_and_yes_exactly_when_the_first_is_smaller(lang):
     """`reasoning_steps="ordered"`: both objects with their true row or column (the relation's axis), ordered
     so that the answer, which `relation_holds` decided, is yes exactly when the first number is smaller."""
@@ -144,71 +115,6 @@ def test_relation_comparison_states_two_true_numbers_and_yes_exactly_when_the_fi
         assert answer_matches(text, item.answer, "relation") and not answer_matches(
             text, opposite[item.answer], "relation"), text
     assert make_understanding(rng, "count", lang).comparison == ""
-
-
-@pytest.mark.parametrize("lang", ["en", "zh"])
-def test_relation_listing_states_every_object_on_the_axis_in_reading_order_then_the_comparison(lang):
-    """`reasoning_steps="listed"`: each object of the scene once, in reading order, with its true number on
-    the relation's axis (the comparison's), then exactly the comparison."""
-    stop = ". " if lang == "en" else "。"
-    said_axis = r"\b(column|row) (\d)" if lang == "en" else r"第(\d)(列|行)"
-    rng = np.random.default_rng(9)
-    for _ in range(150):
-        item = make_understanding(rng, "relation", lang)
-        listing, comparison = item.listing.split(stop, 1)
-        assert comparison == item.comparison, item.listing
-        numbers = re.findall(said_axis, listing)
-        words = {w for pair in numbers for w in pair if not w.isdigit()}
-        assert len(words) == 1 and words == {w for pair in re.findall(said_axis, comparison)
-                                             for w in pair if not w.isdigit()}, item.listing
-        axis = 1 if words & {"column", "列"} else 0
-        objects = item.scene.sorted().objects
-        starts = [listing.lower().find(reference(o, lang)) for o in objects]
-        assert min(starts) >= 0 and starts == sorted(starts), item.listing
-        assert [int(next(w for w in pair if w.isdigit())) for pair in numbers] == [o.cell[axis] + 1
-                                                                                   for o in objects]
-        assert answer_matches(item.listing, item.answer, "relation"), item.listing
-    assert make_understanding(rng, "caption", lang).listing == ""
-
-
-@pytest.mark.parametrize("lang", ["en", "zh"])
-def test_count_listing_names_exactly_the_counted_objects_in_reading_order(lang):
-    """`reasoning_steps="listed"` for colour and shape counts: the objects that have the asked colour or shape,
-    each once and in reading order, then their number, which is the answer; totals keep the direct answer."""
-    rng = np.random.default_rng(10)
-    seen = set()
-    for _ in range(300):
-        item = make_understanding(rng, "count", lang)
-        if not item.listing:  # "how many shapes": the total, answered directly
-            assert int(item.answer) == len(item.scene)
-            continue
-        objects = item.scene.sorted().objects
-        named = sorted((item.listing.lower().find(reference(o, lang)), k) for k, o in enumerate(objects)
-                       if reference(o, lang) in item.listing.lower())
-        assert [k for _, k in named] == sorted(k for _, k in named), item.listing
-        counted = [objects[k] for _, k in named]
-        assert len(counted) == int(item.answer), (item.question, item.listing)
-        assert len({o.color for o in counted}) <= 1 or len({o.shape for o in counted}) == 1, item.listing
-        assert answer_matches(item.listing, item.answer, "count"), item.listing
-        assert not answer_matches(item.listing, str(int(item.answer) + 1), "count"), item.listing
-        seen.add(int(item.answer))
-    assert {0, 1, 2} <= seen
-
-
-def _question_objects(item):
-    """(A, B) of an English relation question, in the order the question names them."""
-    named = sorted((_mention(o, item.question), i) for i, o in enumerate(item.scene.objects)
-                   if _mention(o, item.question) is not None)
-    assert len(named) == 2, item.question
-    return tuple(item.scene.objects[i] for _, i in named)
-
-
-def _stated_objects(item, conclusion, joiner):
-    """(A, B) as the conclusion names them (Chinese questions use varied word forms)."""
-    found = sorted((conclusion.find(f"{reference(o, item.lang)}{joiner}"), i) for i, o in enumerate(item.scene.objects)
-                   if f"{reference(o, item.lang)}{joiner}" in conclusion)
-    assert len(found) == 2, item.reasoning
-    return tuple(item.scene.objects[i] for _, i in found)
 
 
 def test_caption_is_canonical_and_complete():
@@ -305,8 +211,11 @@ def test_items_round_trip_and_languages():
     for qtype in UND_TYPES:
         item = make_understanding(rng, qtype, "zh")
         assert UnderstandItem.from_dict(item.to_dict()) == item
-        old = {k: v for k, v in item.to_dict().items() if k != "reasoning"}  # saved before the field existed
-        assert UnderstandItem.from_dict(old).reasoning == ""
+        # saved before the comparison existed, or with the answer forms removed since (eval sets on disk)
+        old = {k: v for k, v in item.to_dict().items() if k != "comparison"}
+        assert UnderstandItem.from_dict(old).comparison == ""
+        removed = {**item.to_dict(), "reasoning": "A, so yes.", "conclusion": "", "listing": ""}
+        assert UnderstandItem.from_dict(removed) == item
         assert any("\u4e00" <= ch <= "\u9fff" for ch in item.question)
     gen = make_generation(rng, "position", "zh", "short")
     assert GenerateItem.from_dict(gen.to_dict()) == gen

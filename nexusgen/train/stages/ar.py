@@ -28,8 +28,6 @@ DEFAULT_LOSS_WEIGHTS = {"token": 1.0, "image": 1.0}
 # Module-name prefixes (under the training module's `model.`) of the trainable parts.
 AR_TRAINABLE = ("model.vlm.model.language_model", "model.vlm.lm_head", "model.vision_head",
                 "model.image_prefill_embeds")
-# Trained with them wherever the model has it (`ARConfig.input_image_positions`).
-INPUT_PLACES = "model.input_image_positions"
 
 
 class ARTrainModule(torch.nn.Module):
@@ -119,11 +117,10 @@ def build_ar_stage(config: TrainConfig, info: DistInfo, *, trainable, default_we
         raise ValueError(f"{config.stage.name} loss terms are {sorted(default_weights)}, got {sorted(weights)}")
     sources = message_sources(config)  # before the model: a data error must not wait for a 7B build
     model, processor = parts.build_autoregressive(config, for_training=True)
-    _check_question_order(config, model.config)
     if config.stage.gradient_checkpointing:
         model.vlm.gradient_checkpointing_enable()
     module = module_class(model, weights, ce_reduction=config.stage.ce_reduction).to(info.device)
-    set_trainable(module, [*trainable, INPUT_PLACES] if model.input_image_positions is not None else trainable)
+    set_trainable(module, trainable)
     vlm = model.vlm.model
 
     def export(trained: ARTrainModule, out_dir) -> None:
@@ -133,18 +130,6 @@ def build_ar_stage(config: TrainConfig, info: DistInfo, *, trainable, default_we
     stream = SampleStream(sources, config.data.weights, seed=config.seed)
     return Stage(module=module, stream=stream, collate=make_stage_collate(processor), export=export, count=count,
                  loss_units=module.loss_units, shard_units=[*vlm.language_model.layers, *vlm.visual.blocks])
-
-
-def _check_question_order(config: TrainConfig, ar_config) -> None:
-    """ShapesWorld's understanding samples and the model's inference prompts must put the question on the
-    same side of the image: one is `world_options.question_first`, the other `ARConfig.question_first`."""
-    if config.data.world != "shapes" or config.data.uses_files:
-        return
-    data = bool(config.data.world_options.get("question_first", False))
-    if data != ar_config.question_first:
-        raise ValueError(f"data.world_options.question_first is {data} but the model's ARConfig.question_first is "
-                         f"{ar_config.question_first}: set stage.model={{\"question_first\": {str(data).lower()}}} "
-                         f"so that inference asks as training did")
 
 
 def build(config: TrainConfig, info: DistInfo) -> Stage:

@@ -36,8 +36,8 @@ STAGE_PARTS: dict[str, tuple[str, ...]] = {
     "vae": ("vae",),
     "vlm": ("autoregressive", "vae"),
     "ar": ("autoregressive",),
-    "gen_decoder": ("generation_decoder", "transformer", "autoregressive", "vae"),
-    "edit_decoder": ("editing_decoder", "generation_decoder", "transformer", "autoregressive", "vae"),
+    "generation_decoder": ("generation_decoder", "transformer", "autoregressive", "vae"),
+    "editing_decoder": ("editing_decoder", "generation_decoder", "transformer", "autoregressive", "vae"),
 }
 """Parts a stage uses from its parent, the part it trains first; a parent must hold at least one. In a
 from-scratch pipeline a stage may start its part new (from the preset) beside the parent's earlier parts:

@@ -39,11 +39,10 @@ def parent_part(config: TrainConfig, part: str) -> Path | None:
 
 
 def build_vae(config: TrainConfig):
-    """The VAE: the parent's `vae/` if there is one, else `VAE_PRESETS[preset]` (fields of stage.model
-    replace the preset's when this is the trained part)."""
+    """The VAE: the parent's `vae/` if there is one, else `VAE_PRESETS[preset]`."""
     from diffusers import AutoencoderKL
 
-    from nexusgen.models.decoder import VAE_PRESETS, VAEConfig
+    from nexusgen.models.decoder import VAE_PRESETS
     from nexusgen.models.decoder import build_vae as build_from_config
 
     folder = parent_part(config, "vae")
@@ -53,24 +52,24 @@ def build_vae(config: TrainConfig):
         print0(f"vae: new, {config.stage.preset} preset (stage.parent has none)")
     if config.stage.preset not in VAE_PRESETS:
         raise ValueError(f"unknown VAE preset {config.stage.preset!r}; known: {sorted(VAE_PRESETS)}")
-    preset = dataclasses.asdict(VAE_PRESETS[config.stage.preset])
-    overrides = config.stage.model if config.stage.name == "vae" else {}
-    return build_from_config(VAEConfig(**{**preset, **overrides}))
+    return build_from_config(VAE_PRESETS[config.stage.preset])
 
 
 def build_decoder(config: TrainConfig, kind: str):
-    """`GenerationDecoder` / `EditingDecoder` (kind 'generation' / 'editing') from parent or preset."""
+    """`GenerationDecoder` / `EditingDecoder` (kind 'generation' / 'editing') from parent or preset, with
+    the settings of `stage.model` where this is the trained part."""
     from nexusgen.models.decoder import DECODER_PRESETS, EditingDecoder, GenerationDecoder
 
     cls = GenerationDecoder if kind == "generation" else EditingDecoder
     parent_part(config, "transformer")  # a FLUX DiT to start from: the stock seam
+    settings = _model_settings(config, f"{kind}_decoder")
     folder = parent_part(config, f"{kind}_decoder")
     if folder is not None:
         from nexusgen.loading import decoders as decoder_loading  # the decoders engineer's loader
 
         decoder = getattr(decoder_loading, f"load_{kind}_decoder")(folder)
-        if config.stage.model:
-            decoder.config = _override_loaded_decoder(decoder.config, config.stage.model, folder)
+        if settings:
+            decoder.config = dataclasses.replace(decoder.config, **settings)
         return decoder
     if config.stage.preset not in DECODER_PRESETS:
         raise ValueError(f"unknown decoder preset {config.stage.preset!r}; known: {sorted(DECODER_PRESETS)}")
@@ -80,41 +79,44 @@ def build_decoder(config: TrainConfig, kind: str):
     return cls(decoder_config, transformer=_generation_dit(config, decoder_config) if kind == "editing" else None)
 
 
+def _model_settings(config: TrainConfig, part_stage: str) -> dict:
+    """The `stage.model` settings for a part: those the stage chose when it trains that part, else none."""
+    return config.stage.model.chosen() if config.stage.name == part_stage else {}
+
+
 def decoder_config_of_parent(config: TrainConfig, kind: str):
-    """The decoder's `DecoderConfig`: the parent's own (its config.json, no weights read), else the preset's
-    with `stage.model` applied."""
+    """The decoder's `DecoderConfig`: the parent's own (its config.json, no weights read), else the preset's;
+    with `stage.model`'s settings where this stage trains it."""
     from nexusgen.loading.decoders import read_decoder_config
     from nexusgen.models.decoder import DECODER_PRESETS
 
+    settings = _model_settings(config, f"{kind}_decoder")
     folder = parent_part(config, f"{kind}_decoder")
     if folder is not None:
-        return read_decoder_config(folder)
+        return dataclasses.replace(read_decoder_config(folder), **settings)
     if config.stage.preset not in DECODER_PRESETS:
         raise ValueError(f"unknown decoder preset {config.stage.preset!r}; known: {sorted(DECODER_PRESETS)}")
-    preset = DECODER_PRESETS[config.stage.preset]
-    return dataclasses.replace(preset, **config.stage.model) if config.stage.model else preset
+    return dataclasses.replace(DECODER_PRESETS[config.stage.preset], **settings)
 
 
 def ar_config_of_parent(config: TrainConfig):
-    """The AR model's `ARConfig`: the parent's (config files only, no weights read), else the preset's with
-    the `stage.model` fields that are ARConfig fields (AR stages)."""
+    """The AR model's `ARConfig`: the parent's (config files only, no weights read), else the preset's; with
+    `stage.model`'s settings where this stage trains it (vlm, ar)."""
     from nexusgen.loading.autoregressive import read_ar_config
     from nexusgen.models.autoregressive import ARConfig
 
+    settings = config.stage.model.chosen() if config.stage.name in ("ar", "vlm") else {}
     folder = parent_part(config, "autoregressive")
     if folder is not None:
-        return read_ar_config(folder)
-    fields = {f.name for f in dataclasses.fields(ARConfig)}
-    overrides = {k: v for k, v in config.stage.model.items() if k in fields} if config.stage.name in ("ar", "vlm") \
-        else {}
-    return ARConfig.from_preset(config.stage.preset, **overrides)
+        return dataclasses.replace(read_ar_config(folder), **settings)
+    return ARConfig.from_preset(config.stage.preset, **settings)
 
 
 def vae_of_parent_on_meta(config: TrainConfig):
     """The VAE (the parent's config, else the preset's) built on the meta device: shapes, no weights."""
     from diffusers import AutoencoderKL
 
-    from nexusgen.models.decoder import VAE_PRESETS, VAEConfig
+    from nexusgen.models.decoder import VAE_PRESETS
     from nexusgen.models.decoder import build_vae as build_from_config
 
     folder = parent_part(config, "vae")
@@ -123,20 +125,7 @@ def vae_of_parent_on_meta(config: TrainConfig):
             return AutoencoderKL.from_config(AutoencoderKL.load_config(str(folder)))
         if config.stage.preset not in VAE_PRESETS:
             raise ValueError(f"unknown VAE preset {config.stage.preset!r}; known: {sorted(VAE_PRESETS)}")
-        preset = dataclasses.asdict(VAE_PRESETS[config.stage.preset])
-        return build_from_config(VAEConfig(**{**preset, **(config.stage.model if config.stage.name == "vae" else {})}))
-
-
-# DecoderConfig fields a loaded parent decoder may change: they steer the conditioning, not the weights.
-_DECODER_RUNTIME_FIELDS = ("generation_context_ids", "embedded_guidance")
-
-
-def _override_loaded_decoder(decoder_config, overrides: dict, folder: Path):
-    fixed = sorted(set(overrides) - set(_DECODER_RUNTIME_FIELDS))
-    if fixed:
-        raise ValueError(f"stage.model fields {fixed} would change the weights of the parent {folder}; "
-                         f"a loaded decoder takes only {list(_DECODER_RUNTIME_FIELDS)}")
-    return dataclasses.replace(decoder_config, **overrides)
+        return build_from_config(VAE_PRESETS[config.stage.preset])
 
 
 def _generation_dit(config: TrainConfig, decoder_config):
@@ -166,67 +155,27 @@ def build_autoregressive(config: TrainConfig, *, for_training: bool):
     """(model, processor): the parent's `autoregressive/` (fp32, master weights), else a fresh model of
     `ARConfig.from_preset(stage.preset)` with the tokenizer that matches the preset's token ids.
 
-    `for_training` applies the top-level fields of stage.model to the preset (AR stages only), or to a
-    parent's config where they leave the weights' shapes alone (e.g. `image_feed` for the ablation);
-    `rope_theta` re-bases the LLM's M-RoPE (`NexusGenARModel.set_rope_theta`); `input_image_positions`
-    true gives a parent the input-image place embeddings, at zero (`add_input_image_positions`);
-    `add_layers` n deepens a parent's LLM by n layers that start as the identity (`add_identity_layers`).
+    `for_training` (the stage trains this model) applies the settings of `stage.model` (e.g. `image_feed`
+    for the standard-AR ablation), to the preset's config or to the parent's alike.
     """
     from nexusgen.loading import autoregressive as ar_loading
     from nexusgen.models.autoregressive import ARConfig
     from nexusgen.processing.processor import ImageOnlyProcessor
 
-    overrides = dict(config.stage.model) if for_training else {}
-    rope_theta = overrides.pop("rope_theta", None)
+    settings = config.stage.model.chosen() if for_training else {}
     folder = parent_part(config, "autoregressive")
-    places = overrides.pop("input_image_positions", None) if folder is not None else None
-    add_layers = overrides.pop("add_layers", None)
-    if add_layers is not None and folder is None:
-        raise ValueError("stage.model add_layers deepens a parent's LLM; from a preset set "
-                         "qwen.text_config.num_hidden_layers instead")
     if folder is not None:
         model, tokenizer, image_processor = ar_loading.load_autoregressive(folder, device="cpu",
                                                                            dtype=torch.float32)
         model.train()
-        if overrides:
-            model.config = _override_loaded(model.config, overrides, folder)
+        if settings:
+            model.config = dataclasses.replace(model.config, **settings)
     else:
-        ar_config = ARConfig.from_preset(config.stage.preset, **overrides)
-        model, tokenizer, image_processor = ar_loading.build_autoregressive(ar_config)
+        model, tokenizer, image_processor = ar_loading.build_autoregressive(
+            ARConfig.from_preset(config.stage.preset, **settings))
         if config.stage.parent is not None:
             print0(f"autoregressive model: new, {config.stage.preset} preset (stage.parent has none)")
-    if rope_theta is not None:
-        model.set_rope_theta(float(rope_theta))
-    if places is not None:
-        _set_input_image_positions(model, places, folder)
-    if add_layers is not None:
-        model.add_identity_layers(add_layers)
     return model, ImageOnlyProcessor(tokenizer, image_processor, model.config)
-
-
-# ARConfig fields that shape the weights: a loaded parent's cannot change.
-_WEIGHT_SHAPING = ("qwen", "num_output_tokens", "output_image_px", "use_prefill_table", "tokenizer")
-
-
-def _set_input_image_positions(model, on, folder: Path) -> None:
-    if on is True:
-        model.add_input_image_positions()
-    elif on is not False:
-        raise ValueError(f"stage.model input_image_positions must be true or false, got {on!r}")
-    elif model.input_image_positions is not None:
-        raise ValueError(f"stage.model input_image_positions=false would drop trained weights of the parent "
-                         f"{folder}; train from a preset (stage.parent=null) instead")
-
-
-def _override_loaded(ar_config, overrides: dict, folder: Path):
-    fixed = sorted(set(overrides) & set(_WEIGHT_SHAPING))
-    if fixed:
-        raise ValueError(f"stage.model fields {fixed} would change the weights of the parent {folder}; "
-                         "train from a preset (stage.parent=null) to change them")
-    try:
-        return dataclasses.replace(ar_config, **overrides)
-    except TypeError as err:
-        raise ValueError(f"stage.model: {err}") from None
 
 
 def save_autoregressive(model, processor, out_dir: Path) -> None:
@@ -248,7 +197,7 @@ def copy_untouched_parts(config: TrainConfig, out_dir: Path, trained: set[str]) 
 def write_preset_config(folder: Path, preset: str, *, overwrite: bool) -> bool:
     """Write the model-level config (nexusgen.json) into an exported folder that holds an AR model:
     the sampling defaults and editing reference of model preset `preset`, fitted to the exported AR
-    model (its output size and token grid, which `stage.model` may have changed) and listing the parts
+    model (its output size and token grid) and listing the parts
     present. The loader would otherwise infer them, and it takes the editing reference from the input
     size, not the grid the editing decoder was trained at. The weights are fp32 master weights.
 

@@ -30,15 +30,12 @@ DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "mse": 0.0, "kl": 1e-6}
 
 
 def build_vae_from_config(config: TrainConfig):
-    """A fresh AutoencoderKL: `VAE_PRESETS[stage.preset]` with the fields in `stage.model` replaced."""
-    import dataclasses
-
-    from nexusgen.models.decoder import VAE_PRESETS, VAEConfig, build_vae
+    """A fresh AutoencoderKL of `VAE_PRESETS[stage.preset]`."""
+    from nexusgen.models.decoder import VAE_PRESETS, build_vae
 
     if config.stage.preset not in VAE_PRESETS:
         raise ValueError(f"unknown VAE preset {config.stage.preset!r}; known: {sorted(VAE_PRESETS)}")
-    preset = dataclasses.asdict(VAE_PRESETS[config.stage.preset])
-    return build_vae(VAEConfig(**{**preset, **config.stage.model}))
+    return build_vae(VAE_PRESETS[config.stage.preset])
 
 
 class GeneratedImages:

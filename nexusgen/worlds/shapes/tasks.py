@@ -63,6 +63,10 @@ LAYOUTS = ("random", "canonical")
 COLORED_CATEGORIES = ("colors", "color_attr")
 
 
+# Answer forms an older `UnderstandItem.to_dict` wrote (reasoned answers that did not help; removed).
+_REMOVED_ANSWER_FORMS = ("reasoning", "conclusion", "listing")
+
+
 @dataclass
 class UnderstandItem:
     qtype: str
@@ -71,25 +75,19 @@ class UnderstandItem:
     question: str
     answer: str
     compositional: bool = False
-    reasoning: str = ""
-    """The answer with the steps that lead to it (relations: where each object is, then yes/no); empty
-    for types answered directly. Training may use it (`SampleConfig.reasoned_answers`); scoring reads
-    the yes/no it ends with."""
-    conclusion: str = ""
-    """The reasoning's last step alone (relations: where A and B are, then yes/no; `relation_conclusion`)."""
     comparison: str = ""
-    """Relations: the two numbers to compare, ordered so that the answer is yes exactly when the first is
-    smaller, then yes/no (`relation_comparison`)."""
-    listing: str = ""
-    """Relations: every object's number on the relation's axis in reading order, then the comparison
-    (`relation_listing`). Colour and shape counts: the counted objects, then their number (`count_listing`)."""
+    """Relations: the answer with its reasoning, the two numbers to compare, ordered so that the answer is
+    yes exactly when the first is smaller, then yes/no (`relation_comparison`); empty for types answered
+    directly. Training may use it (`SampleConfig.reasoned_answers`); scoring reads the yes/no it ends with."""
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "scene": self.scene.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> UnderstandItem:
-        return cls(**{**d, "scene": Scene.from_dict(d["scene"])})
+        # Items saved before the other answer forms were removed also hold them: not needed to rescore.
+        kept = {k: v for k, v in d.items() if k not in _REMOVED_ANSWER_FORMS}
+        return cls(**{**kept, "scene": Scene.from_dict(d["scene"])})
 
 
 @dataclass
@@ -160,33 +158,19 @@ def _count_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str] | 
         # Mostly a colour that is present; sometimes an absent one (answer 0).
         present = sorted({o.color for o in scene.objects})
         color = _choice(rng, present if rng.random() < 0.8 else list(COLORS))
-        counted = [o for o in scene.sorted().objects if o.color == color]
+        counted = [o for o in scene.objects if o.color == color]
         c = L.color_word(color, lang, rng)
         q = _fill(rng, {"en": ["How many {c} shapes are there?", "How many {c} objects can you see?",
                                "Count the {c} shapes."],
                         "zh": ["图中有几个{c}的图形？", "图片里有多少个{c}图形？"]}[lang], c=c)
-        return q, str(len(counted)), {"listing": count_listing(counted, lang)}
+        return q, str(len(counted))
     present = sorted({o.shape for o in scene.objects})
     shape = _choice(rng, present if rng.random() < 0.8 else list(SHAPES))
-    counted = [o for o in scene.sorted().objects if o.shape == shape]
+    counted = [o for o in scene.objects if o.shape == shape]
     s = L.shape_word(shape, lang, rng, plural=True)
     q = _fill(rng, {"en": ["How many {s} are there?", "How many {s} are in the image?", "Count the {s}."],
                     "zh": ["图中有几个{s}？", "图片里有多少个{s}？"]}[lang], s=s)
-    return q, str(len(counted)), {"listing": count_listing(counted, lang)}
-
-
-def count_listing(counted: list, lang: str) -> str:
-    """The counted objects in reading order, then their number: "The red circle and the red cross, so 2." /
-    "None, so 0." (`reasoning_steps="listed"`). Colour and shape counts went wrong mostly by one, two
-    counted as one, while totals (the caption's scan) were right: naming each object first makes the count
-    a count of the model's own list. It did not: trained in a round of `ar_edit`, colour and shape counts got
-    worse (0.87 -> 0.81): finding every object of a colour is a lookup by description, which shapes-mini does
-    not learn (training/shapes-mini/README.md, twelfth session)."""
-    said = [L.reference(o, lang) for o in counted]
-    if lang == "en":
-        listing = L.join_list(said, lang) if said else "none"
-        return f"{listing[0].upper()}{listing[1:]}, so {len(said)}."
-    return f"{'和'.join(said) if said else '没有'}，所以{len(said)}。"
+    return q, str(len(counted))
 
 
 def _color_question(rng, scene: Scene, lang: str, exclude) -> tuple[str, str]:
@@ -248,47 +232,7 @@ def _relation_about(rng, scene: Scene, a, b, lang: str) -> tuple[str, str, dict]
                     "zh": ["{A}在{B}的{r}吗？", "{A}是否位于{B}的{r}？"]}[lang], **words)
     if lang == "en":
         q = q[0].upper() + q[1:]
-    conclusion = relation_conclusion(a, b, truth, lang)
-    comparison = relation_comparison(a, b, rel, lang)
-    return q, L.YES_NO[lang][truth], {"reasoning": relation_reasoning(scene, conclusion, lang),
-                                      "conclusion": conclusion, "comparison": comparison,
-                                      "listing": relation_listing(scene, rel, comparison, lang)}
-
-
-def _said(obj, lang: str) -> tuple[str, str]:
-    """An object's canonical reference and place phrase, as the reasoning states them."""
-    return L.reference(obj, lang), L.place_phrase(obj.cell, lang)
-
-
-def relation_reasoning(scene: Scene, conclusion: str, lang: str) -> str:
-    """Every object's place in reading order, then A's and B's again and the answer: "The red circle is in
-    the top left and the blue square is on the right. The red circle is in the top left and the blue
-    square is on the right, so no." Each step is meant to be one the model can take: listing reads the
-    image in order (as captions do), restating copies from its own text, the answer compares two places.
-    (Naming A and B and their places outright asks the model to find an object by its description and
-    read off its place, which is the relation question again.) The 4.9 M shapes-mini learnt the form of
-    both, not the content (training/shapes-mini/README.md). Canonical words only (no rng, so the sample
-    stream is the same with or without reasoning); the answer is the only yes/no word. `conclusion` is
-    `relation_conclusion`'s last step.
-    """
-    said = [_said(o, lang) for o in scene.sorted().objects]
-    if lang == "en":
-        listing = L.join_list([f"{ref} is {place}" for ref, place in said], lang)
-        return f"{listing[0].upper()}{listing[1:]}. {conclusion}"
-    return "，".join(f"{ref}在{place}" for ref, place in said) + f"。{conclusion}"
-
-
-def relation_conclusion(a, b, truth: bool, lang: str) -> str:
-    """A's and B's places, then the answer: "The red circle is in the top left and the blue square is on the
-    right, so no." Each place is the answer to a "where" question, so this chains two lookups the model
-    can learn alone (`_where_question`) with a comparison of two place phrases in its own text. Trained on
-    this alone (`SampleConfig.reasoning_steps="last"`), shapes-mini learnt neither step in 900 steps
-    (training/shapes-mini/README.md)."""
-    (ref_a, place_a), (ref_b, place_b) = _said(a, lang), _said(b, lang)
-    answer = L.YES_NO[lang][truth]
-    if lang == "en":
-        return f"{ref_a[0].upper()}{ref_a[1:]} is {place_a} and {ref_b} is {place_b}, so {answer}."
-    return f"{ref_a}在{place_a}，{ref_b}在{place_b}，所以{answer}。"
+    return q, L.YES_NO[lang][truth], {"comparison": relation_comparison(a, b, rel, lang)}
 
 
 def relation_comparison(a, b, relation: str, lang: str) -> str:
@@ -296,13 +240,13 @@ def relation_comparison(a, b, relation: str, lang: str) -> str:
     "The blue square is in column 1 and the red circle is in column 3, so yes." (B first: A is right of B
     exactly when B's column is smaller). Columns count from the left, rows from the top, from 1.
 
-    Why this form: in `relation_conclusion`'s form the yes/no is an XOR of the relation's direction with
-    the order of two multi-word places, and no single input says anything about it alone. Learning only
-    that last token from text (the places given; `scripts/text_comparison_pilot.py`, batch 16), the 4-layer
-    LLM of shapes-mini was at 0.635 after 800 steps with place phrases, 0.93 after 700 with the numbers in
-    the question's order (still an XOR), and 1.0 after 200 with them ordered like this: the yes/no then
-    depends on the two numbers only, each of which tells on its own, and the relation word only picks the
-    axis and the order, each a copy (training/shapes-mini/README.md).
+    Why this form: stated as two place phrases ("A is in the top left and B is on the right, so no."), the
+    yes/no is an XOR of the relation's direction with the order of two multi-word places, and no single
+    input says anything about it alone. Learning only that last token from text (the places given, batch 16),
+    the 4-layer LLM of shapes-mini was at 0.635 after 800 steps with place phrases, 0.93 after 700 with the
+    numbers in the question's order (still an XOR), and 1.0 after 200 with them ordered like this: the
+    yes/no then depends on the two numbers only, each of which tells on its own, and the relation word only
+    picks the axis and the order, each a copy (the shapes-mini training log, eleventh session).
     """
     axis = _axis(relation)
     first, second = (a, b) if relation in ("left", "above") else (b, a)
@@ -311,26 +255,6 @@ def relation_comparison(a, b, relation: str, lang: str) -> str:
         said = _on_axis(first, axis, lang)
         return f"{said[0].upper()}{said[1:]} and {_on_axis(second, axis, lang)}, so {answer}."
     return f"{_on_axis(first, axis, lang)}，{_on_axis(second, axis, lang)}，所以{answer}。"
-
-
-def relation_listing(scene: Scene, relation: str, comparison: str, lang: str) -> str:
-    """Every object's number on the relation's axis in reading order, then `relation_comparison`: "The red
-    circle is in column 1 and the blue square is in column 3. The blue square is in column 1 and the red
-    circle is in column 3, so no."
-
-    Why this form: finding an object by its description and reading off its place ("where is A?") stayed
-    near 0.5 in every pilot, while captions, which go the other way (each place in reading order, then
-    what is there), put 94% of objects in the right column. The listing is a caption's scan; the
-    comparison then only copies two numbers from the model's own text and compares them. In a 900-step
-    pilot the listing was entirely right for 58 of 112 items and the comparison copied both numbers from it
-    for 40: finding an object by description in text is the same lookup (training/shapes-mini/README.md).
-    """
-    axis = _axis(relation)
-    said = [_on_axis(o, axis, lang) for o in scene.sorted().objects]
-    if lang == "en":
-        listing = L.join_list(said, lang)
-        return f"{listing[0].upper()}{listing[1:]}. {comparison}"
-    return "，".join(said) + f"。{comparison}"
 
 
 def _axis(relation: str) -> int:

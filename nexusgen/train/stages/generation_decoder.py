@@ -1,4 +1,4 @@
-"""Stage `gen_decoder` (Nexus-Gen phase 2, SPEC 3.2): adapter + DiT reconstruct an image from its
+"""Stage `generation_decoder` (Nexus-Gen phase 2, SPEC 3.2): adapter + DiT reconstruct an image from its
 ground-truth ViT embeddings.
 
 Conditioning embeddings come either from a precomputed embedding dataset (files whose records name them,
@@ -43,7 +43,7 @@ def pil_to_unit(images, size: int) -> torch.Tensor:
 
 
 class DecoderTrainModule(torch.nn.Module):
-    """Shared by gen_decoder and edit_decoder: forward(batch) -> {"loss", "flow", "mse"}.
+    """Shared by generation_decoder and editing_decoder: forward(batch) -> {"loss", "flow", "mse"}.
 
     The frozen VAE and AR encoder are kept out of the module tree (not in checkpoints, not wrapped by
     DDP / FSDP): only `decoder` is a registered sub-module.
@@ -151,7 +151,7 @@ def decoder_sources(config: TrainConfig, kind: str) -> tuple[list, bool]:
 
 
 def build_decoder_stage(config: TrainConfig, info: DistInfo, kind: str, module_cls, make_stage_collate) -> Stage:
-    """The gen_decoder / edit_decoder stage (kind "generation" / "editing"): decoder trainable; VAE and
+    """The generation_decoder / editing_decoder stage (kind "generation" / "editing"): decoder trainable; VAE and
     (unless embeddings are precomputed) the AR model frozen helpers.
 
     Args:
