@@ -274,7 +274,7 @@ PRESETS: dict[str, dict] = {
     # tokens, as prepare-embeds). "null" negative branch = decoders trained with conditioning dropout.
     # The sampling values are the bundled model's, chosen by `nexusgen eval shapes` sweeps: 6 Euler steps
     # lose generation nothing, editing needs 10; guidance 2 on the editing decoder's target took editing
-    # from 0.715 to 0.805, and generation needs none (tests/test_shapes_mini_bundle.py keeps them equal).
+    # from 0.715 to 0.805, and generation needs none (tests/train/test_shapes_mini_recipe.py keeps them equal).
     "shapes-mini": dict(ar="shapes-mini", decoder="shapes-mini", vae="shapes-mini", reference_image_px=(128, 128),
                         dtype="float32",
                         sampling=dict(num_steps=6, edit_num_steps=10, guidance_scale=1.0, edit_guidance_scale=2.0,

@@ -5,8 +5,9 @@
 
 RUN/final is what `nexusgen train shapes-mini --out RUN` leaves (a complete model folder). The weights
 are stored in fp16 (halves the repository size; they load back as fp32 on CPU, and fp16 keeps 11 bits of
-mantissa, far below the model's own error); the sampling defaults travel with the folder, set here from
-the `nexusgen eval shapes --steps/--guidance` sweep (README, "Measured results").
+mantissa, far below the model's own error); the sampling defaults travel with the folder: a training
+export carries the `shapes-mini` preset's, which are the bundled model's, and the options here override
+them (e.g. after a `nexusgen eval shapes --steps/--guidance` sweep; then update the preset to match).
 """
 
 import argparse

@@ -1,24 +1,22 @@
 """Where a model's relation answers fail: the two lookups ("where is A?") or the comparison.
 
-    python scripts/relation_probe.py MODEL [--num 200] [--consistency 160] [--chain 112]
+    python experiments/relation_probe.py MODEL [--num 200] [--consistency 160] [--chain 112]
 
 Prints JSON: exact "where" accuracy (with the row and the column alone; how many wrong answers name the
 place of another object of the scene rather than an empty cell; the accuracy for an object alone in its
 scene and among several, next to what naming a random one of the scene's objects would get) and relation
 accuracy on `--num` test-split items each (70% English), then, on `--consistency` English relation items,
 how often the model finds both objects when asked where each is, how often its yes/no is right on exactly
-those items, and how often it says yes at all (training/shapes-mini/README.md, the relation pilots).
+those items, and how often it says yes at all (the shapes-mini training log, the relation pilots).
 Items whose question names an object with a synonym the canonical reference does not match are left out
 of the second part.
-With `--chain N`, for a model that answers "A is P and B is Q, so yes." (`reasoning_steps="last"`) or "A is
-in column 1 and B is in column 3, so yes." ("ordered"): on N English relation items, the share of answers in
-that form, how many state both places (numbers) right, and how many end in the yes/no that the places they
-state imply (the comparison alone, right or wrong places). For a model that lists every object's number first
-("listed"), also how many listings are entirely right and how many comparisons copy both numbers from them.
+With `--chain N`, for a model that answers "A is in column 1 and B is in column 3, so yes." (trained with
+ordered relations, `reasoning_steps="ordered"`): on N English relation items, the share of answers in that
+form, how many state both numbers right, and how many end in the yes/no that the numbers they state imply
+(the comparison alone, right or wrong numbers).
 """
 
 import argparse
-import dataclasses
 import json
 import re
 
@@ -28,7 +26,6 @@ from nexusgen import NexusGen
 from nexusgen.eval.metrics import answer_matches
 from nexusgen.worlds.shapes import language as L
 from nexusgen.worlds.shapes import make_understanding, render_scene
-from nexusgen.worlds.shapes.scene import relation_holds
 
 CELL_OF_PLACE = {w: cell for lang in L.PLACE_WORDS.values() for cell, words in lang.items() for w in words}
 BATCH = 16
@@ -99,65 +96,16 @@ def _last_word(answer: str) -> str:
     return words[-1] if words else ""
 
 
-CHAIN = re.compile(r"(.+?) is (.+?) and (.+?) is (.+?), so (yes|no)\.?$")
 ORDERED = re.compile(r"(.+?) is in (column|row) (\d) and (.+?) is in (column|row) (\d), so (yes|no)\.?$")
-
-
-def _relation_word(question: str) -> str:
-    q = question.lower()
-    return next(rel for rel, words in sorted(L.RELATION_WORDS["en"].items()) for w in words if f" {w} " in q)
 
 
 def chain_consistency(model, num: int) -> dict:
     items = [make_understanding(np.random.default_rng([778, i]), "relation", "en") for i in range(num)]
     answers = ask(model, [it.scene for it in items], [it.question for it in items])
-    split = [a.strip().rpartition(". ") for a in answers]  # a listing first ("listed"), else ("", "", answer)
-    steps = [_ordered_step(it, last) or _place_step(it, last) for it, (_, _, last) in zip(items, split)]
-    parsed = [step for step in steps if step is not None]
-    out = {"chain_items": num, "chain_parsed": len(parsed) / num,
-           "chain_both_places_right": sum(right for right, _ in parsed),
-           "chain_consistent_with_stated_places": sum(consistent for _, consistent in parsed)}
-    listed = [_listing_step(it, listing, last) for it, (listing, _, last) in zip(items, split) if listing]
-    if listed:
-        listed = [step for step in listed if step is not None]
-        out.update(listing_parsed=len(listed), listing_right=sum(right for right, _ in listed),
-                   copied_from_listing=sum(copied for _, copied in listed))
-    return out
-
-
-LISTED_PART = re.compile(r"(.+?) is in (column|row) (\d)$")
-
-
-def _listing_step(item, listing: str, comparison: str) -> tuple[bool, bool] | None:
-    """(every object listed with its true number on the question's axis, the comparison's two numbers
-    copied from the listing) of "A is in column 1, B is in column 3 and C is in column 2. B is in column 1
-    and A is in column 3, so yes." (`reasoning_steps="listed"`); None if the listing does not parse."""
-    parts = [LISTED_PART.match(part) for part in re.split(r", | and ", listing)]
-    if not all(parts):
-        return None
-    axis = 1 if _relation_word(item.question) in ("left", "right") else 0
-    stated = {(m.group(1).lower(), m.group(2)): int(m.group(3)) for m in parts}
-    word = "column" if axis else "row"
-    right = stated == {(L.reference(o, "en"), word): o.cell[axis] + 1 for o in item.scene.objects}
-    m = ORDERED.match(comparison)
-    copied = m is not None and all(stated.get((m.group(k).lower(), m.group(k + 1))) == int(m.group(k + 2))
-                                   for k in (1, 4))
-    return right, copied
-
-
-def _place_step(item, answer: str) -> tuple[bool, bool] | None:
-    """(both places right, yes/no consistent with them) of "A is in the top left and B is on the right, so
-    no." (`reasoning_steps="last"`); None for an answer not in that form."""
-    m = CHAIN.match(answer)
-    if not m or m.group(2) not in CELL_OF_PLACE or m.group(4) not in CELL_OF_PLACE:
-        return None
-    said = {L.reference(o, "en"): o for o in item.scene.objects}
-    a, b = said.get(m.group(1).lower()), said.get(m.group(3).lower())
-    (ra, ca), (rb, cb) = CELL_OF_PLACE[m.group(2)], CELL_OF_PLACE[m.group(4)]
-    right = a is not None and b is not None and (ra, ca) == tuple(a.cell) and (rb, cb) == tuple(b.cell)
-    anchor = item.scene.objects[0]  # any object, moved to the stated places
-    stated_a, stated_b = dataclasses.replace(anchor, row=ra, col=ca), dataclasses.replace(anchor, row=rb, col=cb)
-    return right, (m.group(5) == "yes") == relation_holds(stated_a, stated_b, _relation_word(item.question))
+    parsed = [step for it, answer in zip(items, answers) if (step := _ordered_step(it, answer.strip())) is not None]
+    return {"chain_items": num, "chain_parsed": len(parsed) / num,
+            "chain_both_places_right": sum(right for right, _ in parsed),
+            "chain_consistent_with_stated_places": sum(consistent for _, consistent in parsed)}
 
 
 def _ordered_step(item, answer: str) -> tuple[bool, bool] | None:

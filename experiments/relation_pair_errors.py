@@ -1,11 +1,11 @@
 """Relation errors by the kind of pair asked about, from `nexusgen eval shapes` output folders.
 
-    python scripts/relation_pair_errors.py EVAL_DIR [EVAL_DIR ...]
+    python experiments/relation_pair_errors.py EVAL_DIR [EVAL_DIR ...]
 
 Reads each folder's `eval_set.json` (the items) and `samples.jsonl` (the model's answers) and counts the
 in-distribution English relation questions, and how many were answered wrong, by whether the two objects
 share a colour, a shape, or neither (read off the canonical references in the item's `comparison`). Prints
-JSON, per folder and summed (training/shapes-mini/README.md, sixteenth session).
+JSON, per folder and summed (the shapes-mini training log, sixteenth session).
 """
 
 import argparse

@@ -1,13 +1,13 @@
 """Is an image token's place in the LLM's hidden states? Linear probes, layer by layer.
 
-    python scripts/place_probe.py MODEL [--scenes 600]
+    python experiments/place_probe.py MODEL [--scenes 600]
 
 For ShapesWorld scenes of 2-4 objects (64 px, one 4x4 grid of LLM image tokens), the hidden state of every
 image token an object covers, at the LLM's input (the ViT's output) and after each layer, is fitted with a
 linear softmax probe (on two thirds of the scenes, scored on the rest) for: the token's own grid column and
 row, the column and row of the covering object's cell, and, as a control, the object's colour and shape.
 Prints JSON: held-out probe accuracy per target and layer, and each target's chance (the majority class).
-(training/shapes-mini/README.md, twelfth session.)
+(the shapes-mini training log, twelfth session.)
 """
 
 import argparse
@@ -40,8 +40,7 @@ def image_token_states(model, scenes) -> list[torch.Tensor]:
     ar, processor = model.parts.ar_model, model.processor
     states = []
     for scene in scenes:
-        batch = processor.chat_inputs([understanding_messages("Describe the image.", 1, ar.config.question_first)],
-                                      [[render_scene(scene, PX)]])
+        batch = processor.chat_inputs([understanding_messages("Describe the image.", 1)], [[render_scene(scene, PX)]])
         ids, mask = batch["input_ids"], batch["attention_mask"]
         embeds = ar.splice_images(ids, ar.embed_tokens(ids), torch.cat(ar.encode_images(
             batch["pixel_values"], batch["image_grid_thw"])), mask)
