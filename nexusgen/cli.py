@@ -131,7 +131,8 @@ def _tooling_commands(sub) -> None:
     p.set_defaults(handler=_call("nexusgen.convert.export:export_command"))
 
     p = sub.add_parser("train", help="run a training recipe (also under torchrun)")
-    p.add_argument("recipe", help="recipe name, e.g. tiny-ar or shapes-mini")
+    p.add_argument("recipe", help="recipe name, e.g. tiny-ar, tiny-generation_decoder or shapes-mini (the "
+                   "decoder stages' old names gen_decoder / edit_decoder are accepted for one release)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field by dotted path (repeatable)")
