@@ -130,6 +130,9 @@ def test_start_at_continues_from_a_stored_folder_and_needs_one(tmp_path, capsys)
     assert "not a stage of this recipe" in capsys.readouterr().err
     assert main(["train", "tiny-ar", "--out", str(tmp_path / "z"), "--start-at", "ar", *base]) == 2
     assert "multi-stage recipes" in capsys.readouterr().err
+    # the decoder stages' old names still name them, for one release
+    assert main(["train", "tiny", "--out", str(tmp_path / "w"), "--start-at", "gen_decoder", *base]) == 2
+    assert "--set generation_decoder.stage.parent=FOLDER" in capsys.readouterr().err
 
 
 def test_shapes_mini_generation_prompts_name_one_image():
