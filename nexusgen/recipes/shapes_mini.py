@@ -122,7 +122,7 @@ class Row:
         return [self.name if n == 1 else f"{self.name}{n}" for n in rounds]
 
 
-# The seeds of stage ar_edit's 18 rounds, in order (the gaps are seeds that other runs of the time took).
+# The seeds of stage ar_edit's 18 rounds, in order (not consecutive: 11 and 15 went to decoder runs between them).
 AR_EDIT_SEEDS = (7, 8, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27)
 
 # fmt: off
