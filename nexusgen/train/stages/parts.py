@@ -197,9 +197,9 @@ def copy_untouched_parts(config: TrainConfig, out_dir: Path, trained: set[str]) 
 def write_preset_config(folder: Path, preset: str, *, overwrite: bool) -> bool:
     """Write the model-level config (nexusgen.json) into an exported folder that holds an AR model:
     the sampling defaults and editing reference of model preset `preset`, fitted to the exported AR
-    model (its output size and token grid) and listing the parts
-    present. The loader would otherwise infer them, and it takes the editing reference from the input
-    size, not the grid the editing decoder was trained at. The weights are fp32 master weights.
+    model (its output size and token grid) and listing the parts present. The loader would otherwise
+    infer them, and it takes the editing reference from the input size, not the grid the editing decoder
+    was trained at. The weights are fp32 master weights.
 
     Returns:
         True if written; False for an unknown preset, a folder without `autoregressive/`, or (unless
