@@ -3,8 +3,8 @@
     python experiments/count_probe.py MODEL [--num 300]
 
 Prints JSON: on `--num` count questions (70% English), the accuracy per kind of count (total, colour,
-shape; read from the question) and how many wrong answers are one short or one over (the shapes-mini
-training log, twelfth and fourteenth sessions: colour and shape counts went wrong mostly by one).
+shape; read from the question) and how many wrong answers are one short or one over (docs/training-log.md,
+twelfth and fourteenth sessions: colour and shape counts went wrong mostly by one).
 """
 
 import argparse

@@ -7,7 +7,7 @@ image token an object covers, at the LLM's input (the ViT's output) and after ea
 linear softmax probe (on two thirds of the scenes, scored on the rest) for: the token's own grid column and
 row, the column and row of the covering object's cell, and, as a control, the object's colour and shape.
 Prints JSON: held-out probe accuracy per target and layer, and each target's chance (the majority class).
-(the shapes-mini training log, twelfth session.)
+(docs/training-log.md, twelfth session.)
 """
 
 import argparse

@@ -5,7 +5,7 @@
 Reads each folder's `eval_set.json` (the items) and `samples.jsonl` (the model's answers) and counts the
 in-distribution English relation questions, and how many were answered wrong, by whether the two objects
 share a colour, a shape, or neither (read off the canonical references in the item's `comparison`). Prints
-JSON, per folder and summed (the shapes-mini training log, sixteenth session).
+JSON, per folder and summed (docs/training-log.md, sixteenth session).
 """
 
 import argparse

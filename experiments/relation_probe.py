@@ -7,7 +7,7 @@ place of another object of the scene rather than an empty cell; the accuracy for
 scene and among several, next to what naming a random one of the scene's objects would get) and relation
 accuracy on `--num` test-split items each (70% English), then, on `--consistency` English relation items,
 how often the model finds both objects when asked where each is, how often its yes/no is right on exactly
-those items, and how often it says yes at all (the shapes-mini training log, the relation pilots).
+those items, and how often it says yes at all (docs/training-log.md, the relation pilots).
 Items whose question names an object with a synonym the canonical reference does not match are left out
 of the second part.
 With `--chain N`, for a model that answers "A is in column 1 and B is in column 3, so yes." (trained with

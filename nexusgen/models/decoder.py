@@ -142,7 +142,7 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
                                               mrope_section=(2, 3, 3))),
     # The bundled miniature model: consumes the 256-wide embeddings of AR_PRESETS["shapes-mini"].
     # Grid context ids: the DiT reads each token's place from its RoPE id, not its content (0.30 -> 0.52
-    # exact reconstructions of ShapesWorld scenes; training/shapes-mini/README.md).
+    # exact reconstructions of ShapesWorld scenes; docs/training-log.md, third session).
     "shapes-mini": DecoderConfig(embed_dim=256, context_dim=256, pooled_dim=64, num_layers=2,
                                  num_single_layers=4, num_attention_heads=4, attention_head_dim=64,
                                  axes_dims_rope=(8, 28, 28), generation_context_ids="grid",

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 STAGES = ("vae", "vlm", "ar", "generation_decoder", "editing_decoder")
 STAGE_ALIASES = {"gen_decoder": "generation_decoder", "edit_decoder": "editing_decoder"}
 """The decoder stages' names before they took their parts' names; accepted (and rewritten) for one release."""
-# Options measured on shapes-mini and removed because they did not help (the shapes-mini training log has
+# Options measured on shapes-mini and removed because they did not help (docs/training-log.md has
 # the numbers); a stored config that leaves them off still loads, one that turns them on is refused.
 REMOVED_STAGE_OPTIONS = {
     "reference_dropout_prob": "stage.reference_dropout_prob (zeroing some references in editing_decoder "

@@ -246,7 +246,7 @@ def relation_comparison(a, b, relation: str, lang: str) -> str:
     the 4-layer LLM of shapes-mini was at 0.635 after 800 steps with place phrases, 0.93 after 700 with the
     numbers in the question's order (still an XOR), and 1.0 after 200 with them ordered like this: the
     yes/no then depends on the two numbers only, each of which tells on its own, and the relation word only
-    picks the axis and the order, each a copy (the shapes-mini training log, eleventh session).
+    picks the axis and the order, each a copy (docs/training-log.md, eleventh session).
     """
     axis = _axis(relation)
     first, second = (a, b) if relation in ("left", "above") else (b, a)
