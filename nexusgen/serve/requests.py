@@ -161,7 +161,7 @@ def conversation(messages, model, settings: ServeSettings) -> tuple[list[dict], 
             tokens += image_tokens(image, model)
             content.append(image)
         role = "system" if message.role == "developer" else message.role
-        out.append({"role": role, "content": _layout(content, model) if role == "user" else content})
+        out.append({"role": role, "content": _layout(content) if role == "user" else content})
     if chars > settings.max_prompt_chars:
         raise bad_request(f"messages: {chars} characters is more than the limit of {settings.max_prompt_chars}",
                           "messages", "prompt_too_long")
@@ -173,16 +173,14 @@ def conversation(messages, model, settings: ServeSettings) -> tuple[list[dict], 
     return out, tokens
 
 
-def _layout(parts: list, model) -> list:
+def _layout(parts: list) -> list:
     """A user message in the layout the model was trained on, whatever the order of its parts: images
-    first, each on its own line, then the text (or the text first for a `question_first` model), as
-    `UnderstandPipeline` asks. The bundled model answers worse when a question comes before its image."""
+    first, each on its own line, then the text, as `UnderstandPipeline` asks. The bundled model answers
+    worse when a question comes before its image."""
     images = [p for p in parts if not isinstance(p, str)]
     text = "".join(p for p in parts if isinstance(p, str))
     if not images:
         return [text]
-    if model.parts.ar_model.config.question_first:
-        return [text, *(x for image in images for x in ("\n", image))]
     return [*(x for image in images for x in (image, "\n")), text]
 
 
