@@ -25,7 +25,7 @@ def _plan(stage: dict, **wanted) -> dict:
     return next(p for p in stage["plans"] if all(p[k] == v for k, v in wanted.items()))
 
 
-@pytest.mark.parametrize("recipe", ["tiny-ar", "tiny-gen_decoder", "tiny-edit_decoder", "tiny-vae"])
+@pytest.mark.parametrize("recipe", ["tiny-ar", "tiny-generation_decoder", "tiny-editing_decoder", "tiny-vae"])
 def test_counts_equal_the_real_stage(capsys, recipe):
     (stage,) = _dry_run(capsys, recipe, "--ranks", "2", "--set", "lora.rank=4")["stages"].values()
     config = apply_overrides(get_recipe(recipe), [])

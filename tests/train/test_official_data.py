@@ -31,8 +31,8 @@ def _cli_train(recipe: str, out, overrides: list[str], *extra: str) -> int:
     return main(["train", recipe, "--out", str(out), *[a for o in overrides for a in ("--set", o)], *extra])
 
 
-@pytest.mark.parametrize("recipe,data", [("tiny-ar", "llm"), ("tiny-gen_decoder", "gen_decoder"),
-                                         ("tiny-edit_decoder", "edit_decoder")])
+@pytest.mark.parametrize("recipe,data", [("tiny-ar", "llm"), ("tiny-generation_decoder", "gen_decoder"),
+                                         ("tiny-editing_decoder", "edit_decoder")])
 def test_each_stage_trains_on_the_official_files_unchanged(official, tmp_path, recipe, data):
     root, files = official
     overrides = [*QUICK, f"data.paths=[\"{files[data]}\"]"]
@@ -72,18 +72,19 @@ def test_decoder_stages_refuse_records_without_a_generated_image_and_mixed_kinds
     understand_only = tmp_path / "understand.jsonl"
     understand_only.write_text(files["llm"].read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match="wrong_task.*'understand' record"):
-        build_stage(apply_overrides(get_recipe("tiny-gen_decoder"), [*base, f"data.paths=[\"{understand_only}\"]"]),
-                    SINGLE)
+        build_stage(apply_overrides(get_recipe("tiny-generation_decoder"),
+                                    [*base, f"data.paths=[\"{understand_only}\"]"]), SINGLE)
     embeds = tmp_path / "embeds.jsonl"
     record = {**json.loads(files["gen_decoder"].read_text().splitlines()[0]), "embed_path": "embeds/Ours_1.pt"}
     embeds.write_text(json.dumps(record) + "\n")
     with pytest.raises(ValueError, match="mixes generation-embedding files"):
-        build_stage(apply_overrides(get_recipe("tiny-gen_decoder"),
+        build_stage(apply_overrides(get_recipe("tiny-generation_decoder"),
                                     [*base, f"data.paths=[\"{embeds}\", \"{files['gen_decoder']}\"]"]), SINGLE)
     with pytest.raises(ValueError, match="embed_missing"):  # upstream does not ship the .pt files it names
-        build_stage(apply_overrides(get_recipe("tiny-gen_decoder"), [*base, f"data.paths=[\"{embeds}\"]"]), SINGLE)
+        build_stage(apply_overrides(get_recipe("tiny-generation_decoder"), [*base, f"data.paths=[\"{embeds}\"]"]),
+                    SINGLE)
     with pytest.raises(ValueError, match="names no generation embeddings"):
-        build_stage(apply_overrides(get_recipe("tiny-gen_decoder"),
+        build_stage(apply_overrides(get_recipe("tiny-generation_decoder"),
                                     [*base, "data.source=embeds", f"data.paths=[\"{files['gen_decoder']}\"]"]),
                     SINGLE)
     with pytest.raises(ValueError, match="precomputed embeddings .data.source=embeds. are for the decoder"):
@@ -91,13 +92,19 @@ def test_decoder_stages_refuse_records_without_a_generated_image_and_mixed_kinds
                                                             f"data.paths=[\"{embeds}\"]"]), SINGLE)
 
 
-def test_embedding_widths_are_checked_before_the_first_step(official, tmp_path):
+def test_embedding_widths_are_checked_before_the_first_step(official, tmp_path, monkeypatch):
+    import dataclasses
+
     from nexusgen.data.embeds import save_embeds
+    from nexusgen.models.decoder import DECODER_PRESETS
 
     root, files = official
+    # a decoder preset narrower than the tiny AR model (stage.model takes no sizes: presets are data)
+    narrow = dataclasses.replace(DECODER_PRESETS["tiny"], embed_dim=32, merger=None)
+    monkeypatch.setitem(DECODER_PRESETS, "tiny", narrow)
     with pytest.raises(ValueError, match="takes 32-wide embeddings but the AR model .* gives 64"):
-        train(apply_overrides(get_recipe("tiny-gen_decoder"),
-                              [*QUICK, "stage.model={\"embed_dim\": 32, \"merger\": null}"]), tmp_path / "run")
+        train(apply_overrides(get_recipe("tiny-generation_decoder"), QUICK), tmp_path / "run")
+    monkeypatch.undo()
     assert not (tmp_path / "run").exists()
     save_embeds(tmp_path / "Ours_1.safetensors", torch.zeros(16, 48))  # an absolute embed_path: no root needed
     embeds = tmp_path / "embeds.jsonl"
@@ -105,7 +112,7 @@ def test_embedding_widths_are_checked_before_the_first_step(official, tmp_path):
               "embed_path": str(tmp_path / "Ours_1.safetensors")}
     embeds.write_text(json.dumps(record) + "\n")
     with pytest.raises(ValueError, match="expected dim 64"):
-        train(apply_overrides(get_recipe("tiny-gen_decoder"), [*QUICK, f"data.paths=[\"{embeds}\"]",
+        train(apply_overrides(get_recipe("tiny-generation_decoder"), [*QUICK, f"data.paths=[\"{embeds}\"]",
                                                                f"data.image_root={root}"]), tmp_path / "run")
 
 

@@ -62,9 +62,9 @@ def test_each_kind_is_recognised_with_its_parts(folders):
     ("tiny-ar", "unrelated", "is not a nexusgen model folder"),
     ("tiny-ar", "FLUX.1-dev", "stage ar starts from autoregressive, but stage.parent .* has transformer, vae"),
     ("tiny-vae", "ar_only", "stage vae starts from vae, but stage.parent .*has autoregressive"),
-    ("tiny-gen_decoder", "official_pickled", "generation decoder is an upstream pickle .*nexusgen convert"),
+    ("tiny-generation_decoder", "official_pickled", "generation decoder is an upstream pickle .*nexusgen convert"),
     ("tiny-ar", "qwen", "stock Qwen2.5-VL-Instruct folder.*not available yet"),
-    ("tiny-gen_decoder", "FLUX.1-dev", "FLUX.1-dev folder.*starting a transformer from stock weights"),
+    ("tiny-generation_decoder", "FLUX.1-dev", "FLUX.1-dev folder.*starting a transformer from stock weights"),
 ])
 def test_a_wrong_parent_is_one_line_before_step_one(folders, tmp_path, capsys, recipe, parent, message):
     import re
@@ -99,8 +99,8 @@ def test_a_step_with_lr_zero_exports_the_official_parents_weights(folders, offic
     assert all(torch.equal(exported[k], official[k]) for k in official)
 
 
-@pytest.mark.parametrize("recipe,part", [("tiny-gen_decoder", "generation_decoder"),
-                                         ("tiny-edit_decoder", "editing_decoder")])
+@pytest.mark.parametrize("recipe,part", [("tiny-generation_decoder", "generation_decoder"),
+                                         ("tiny-editing_decoder", "editing_decoder")])
 def test_a_step_with_lr_zero_exports_the_nexusgen_parents_decoder(folders, tmp_path, recipe, part):
     assert check_parent(recipe.removeprefix("tiny-"), folders / "nexusgen").kind == "nexusgen"
     assert main(["train", recipe, "--out", str(tmp_path / "run"), "--set", f"stage.parent={folders / 'nexusgen'}",

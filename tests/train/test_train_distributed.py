@@ -23,11 +23,11 @@ COMMON = ["max_steps=3", "save_every=3", "batch_size=8", "optim.grad_accum_steps
 RUNS = {  # recipe -> its own overrides; the decoders keep an EMA (exported), every stage clips at 1.0
     "tiny-vae": [],
     "tiny-ar": [],
-    "tiny-gen_decoder": ["stage.ema_decay=0.9"],
-    "tiny-edit_decoder": ["stage.ema_decay=0.9", "stage.cond_dropout_prob=0.3"],
+    "tiny-generation_decoder": ["stage.ema_decay=0.9"],
+    "tiny-editing_decoder": ["stage.ema_decay=0.9", "stage.cond_dropout_prob=0.3"],
 }
 TERMS = {"tiny-vae": ("loss", "l1", "mse", "kl"), "tiny-ar": ("loss", "ce", "image_loss", "image_mse", "image_cos"),
-         "tiny-gen_decoder": ("loss", "flow", "mse"), "tiny-edit_decoder": ("loss", "flow", "mse")}
+         "tiny-generation_decoder": ("loss", "flow", "mse"), "tiny-editing_decoder": ("loss", "flow", "mse")}
 STRATEGIES = ("ddp", "fsdp")
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
