@@ -35,6 +35,7 @@ from nexusgen.pipelines import (
 )
 from nexusgen.pipelines.inputs import as_batch, check_prompts
 from nexusgen.pipelines.predict import predict_embeds
+from nexusgen.pipelines.residency import check_policy
 from nexusgen.processing.images import load_image
 from nexusgen.processing.processor import ImageOnlyProcessor
 
@@ -53,40 +54,54 @@ class NexusGen:
     """
 
     def __init__(self, parts: ModelParts, *, device=None, dtype=None, name: str | None = None,
-                 progress: bool | None = None):
+                 progress: bool | None = None, offload: str = "auto", fp8: bool = False):
         self.parts = parts
         self.config = parts.config
         self.name = name or parts.source
-        self.runtime = Runtime(device, dtype, progress)
-        parts.to(dtype=self.runtime.dtype)
+        self.runtime = Runtime(device, dtype, progress, offload)
+        parts.to(dtype=self.runtime.dtype)  # loaded parts now, waiting ones when they load; rotary stays fp32
+        if fp8:
+            parts.use_fp8()  # after the cast: the fp8 storage is not a float dtype, nothing casts it back
         if parts.negative is not None:
             parts.negative = {k: v.to(self.runtime.device) for k, v in parts.negative.items()}
         self._disable_unusable_guidance()
-        self.processor = ImageOnlyProcessor(parts.tokenizer, parts.image_processor, parts.ar_model.config)
-        ar, negative = parts.ar_model, parts.negative
+        ar, negative, vae = parts.handle("autoregressive"), parts.negative, parts.handle("vae")
+        self.processor = ImageOnlyProcessor(parts.tokenizer, parts.image_processor, ar.config)
         self._understand = UnderstandPipeline(ar, self.processor, self.runtime)
         self._generate = None
-        if parts.generation_decoder is not None and parts.vae is not None:
-            self._generate = GeneratePipeline(ar, self.processor, parts.generation_decoder, parts.vae,
+        if parts.has("generation_decoder") and vae is not None:
+            self._generate = GeneratePipeline(ar, self.processor, parts.handle("generation_decoder"), vae,
                                               self.config, self.runtime, negative)
-        self._edit = EditPipeline(ar, self.processor, parts.editing_decoder, parts.vae, self.config,
+        self._edit = EditPipeline(ar, self.processor, parts.handle("editing_decoder"), vae, self.config,
                                   self.runtime, self._generate, negative)
         self._chat = ChatPipeline(ar, self.processor, self.runtime, self._generate, self.config, negative)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, device=None, dtype=None, **kwargs) -> NexusGen:
+    def from_pretrained(cls, name_or_path: str | os.PathLike, device=None, dtype=None, *, offload: str = "auto",
+                        fp8: bool = False, **kwargs) -> NexusGen:
         """Load a bundled model ("shapes-mini"), "tiny" (random weights), a model folder or an official one.
 
-        Parts are loaded on the CPU; the pipelines move them to `device` (on a GPU, only one of the AR
-        model and a decoder is resident at a time).
+        Only configs, tokenizer and image processor are read now; each part's weights are read when a task
+        first needs it (memory-mapped), so `understand` never reads a decoder.
+
+        Args:
+            name_or_path: model name or folder.
+            device: compute device (default cuda if available, else cpu).
+            dtype: compute dtype (default bf16 on cuda, fp32 on cpu).
+            offload: residency of the parts on the device: "auto" (keep every part in use while they fit,
+                else move whole models), "none" (never move one out) or "model" (one big part at a time).
+            fp8: store the decoders' DiT Linear weights in fp8 (halves the DiT; up-cast per layer).
 
         Raises:
-            ValueError: unknown name or path, a folder that is not a model, a missing bundled model.
+            ValueError: unknown name or path, a folder that is not a model, a missing bundled model, or an
+                unknown offload policy.
         """
+        check_policy(offload)
         runtime = Runtime(device, dtype)
         parts = resolve_model(name_or_path, device="cpu", dtype=runtime.dtype)
         name = str(name_or_path)
-        return cls(parts, device=runtime.device, dtype=runtime.dtype, name=name, **kwargs)
+        return cls(parts, device=runtime.device, dtype=runtime.dtype, name=name, offload=offload, fp8=fp8,
+                   **kwargs)
 
     # -- attributes the eval harness uses ----------------------------------------------------------
     @property
@@ -96,7 +111,7 @@ class NexusGen:
 
     def __repr__(self) -> str:
         return (f"NexusGen({self.name!r}, parts={self.config.parts}, device={self.runtime.device}, "
-                f"dtype={self.runtime.dtype})")
+                f"dtype={self.runtime.dtype}, offload={self.runtime.residency.policy!r})")
 
     # -- tasks ---------------------------------------------------------------------------------------
     def understand(self, image, prompt: str | list[str], max_new_tokens: int = 256) -> str | list[str]:
@@ -136,7 +151,7 @@ class NexusGen:
         """Instruction-based editing with the editing (default) or generation decoder; seeds as `generate`
         (see `EditPipeline`)."""
         if decoder == "editing":
-            self._require(self.parts.editing_decoder, "editing")
+            self._require(self.parts.has("editing_decoder"), "editing")
         images = [_load(im) for im in as_batch(image, "image", (Image.Image, str, os.PathLike))[0]]
         out = self._edit(image=images, prompt=prompt, decoder=decoder, height=height, width=width,
                          num_steps=num_steps, guidance_scale=guidance_scale, seed=seed, progress=progress)
@@ -184,7 +199,8 @@ class NexusGen:
             if len(images) != len(prompts):
                 raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         task = "edit" if images is not None else "generate"
-        embeds = predict_embeds(self.parts.ar_model, self.processor, self.runtime, prompts, task, images)
+        embeds = predict_embeds(self.parts.handle("autoregressive"), self.processor, self.runtime, prompts, task,
+                                images)
         return embeds.float().cpu()
 
     @torch.inference_mode()
@@ -197,7 +213,7 @@ class NexusGen:
         """
         images = [_load(im) for im in as_batch(image, "image", (Image.Image, str, os.PathLike))[0]]
         vision = self.processor.process_images(images, [True] * len(images))
-        model = self.runtime.activate(self.parts.ar_model)
+        model = self.runtime.activate(self.parts.handle("autoregressive"))
         embeds = model.encode_images(vision["pixel_values"].to(self.runtime.device, self.runtime.dtype),
                                      vision["image_grid_thw"].to(self.runtime.device))
         return torch.stack(embeds).float().cpu()
@@ -215,14 +231,14 @@ class NexusGen:
             pipeline = self._require(self._generate, "generation")
             return pipeline.decode_images(image_embeds, height=height, width=width, num_steps=num_steps,
                                           guidance_scale=guidance_scale, seed=seed, progress=progress)
-        self._require(self.parts.editing_decoder, "editing")
+        self._require(self.parts.has("editing_decoder"), "editing")
         images = [_load(im) for im in as_batch(source, "source", (Image.Image, str, os.PathLike))[0]]
         return self._edit.decode_edits(image_embeds, images, height=height, width=width, num_steps=num_steps,
                                        guidance_scale=guidance_scale, seed=seed, progress=progress)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _require(self, part, what: str):
-        if part is None:
+        if part is None or part is False:
             hint = f"; {self.parts.hint}" if self.parts.hint else ""
             raise ValueError(f"model {self.name!r} has no {what} decoder (parts: {self.config.parts}){hint}")
         return part

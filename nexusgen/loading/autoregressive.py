@@ -29,7 +29,9 @@ from pathlib import Path
 import torch
 
 from nexusgen.loading.files import atomic_folder, read_json_object
+from nexusgen.loading.weights import finish, load_weights, read_safetensors
 from nexusgen.models.autoregressive import ARConfig, NexusGenARModel, without_removed_fields
+from nexusgen.models.placement import meta_parameters
 from nexusgen.processing.processor import build_image_processor
 from nexusgen.processing.tokenizers import (
     build_byte_tokenizer,
@@ -48,19 +50,30 @@ FORMAT_VERSION = 1
 EXTRA_KEYS = ("vision_head.weight", "image_prefill_embeds.weight")
 # V1 has no prefill table to read N from; it generated 9 x 9 = 81 tokens (252 px, `decoder_81_512.bin`).
 V1_OUTPUT_GRID_SIDE = 9
+# A model started from stock Qwen2.5-VL-Instruct gets V2's output: 9 x 9 = 81 tokens (252 px).
+STOCK_OUTPUT_GRID_SIDE = 9
 # transformers 4.x checkpoint names -> 5.x names (what from_pretrained maps on load).
 _LEGACY_RENAMES = ((re.compile(r"^model\.(?!language_model\.|visual\.)"), "model.language_model."),
                    (re.compile(r"^visual\."), "model.visual."))
 
 
 def load_autoregressive(folder: str | os.PathLike, device: str | torch.device | None = None,
-                        dtype: torch.dtype | str | None = None):
-    """Load the AR model, its tokenizer and image processor from a folder (ours, official V2 or V1).
+                        dtype: torch.dtype | str | None = None, *, new_heads: bool = False, seed: int = 0):
+    """Load the AR model, its tokenizer and image processor from a folder (ours, official V2, V1, or -- with
+    `new_heads` -- a stock Qwen2.5-VL-Instruct folder).
+
+    The model is built with its parameters on the meta device and the folder's tensors are assigned
+    (memory-mapped where the stored dtype is `dtype`); the rotary inverse frequencies are computed in fp32
+    and stay fp32 whatever `dtype` is (transformers' own `from_pretrained` does the same).
 
     Args:
         folder: the model folder.
         device: default cuda if available, else cpu.
         dtype: default float32 on CPU, bfloat16 on GPU.
+        new_heads: a folder without `vision_head.weight` (a stock Qwen2.5-VL-Instruct folder) gets a newly
+            initialised vision head and prefill table (upstream's `post_init`: N(0, initializer_range)) for
+            the default 81-token (252 px) output, instead of an error.
+        seed: torch seed of that initialisation.
 
     Returns:
         (NexusGenARModel in eval mode, tokenizer, Qwen2VLImageProcessorPil).
@@ -73,41 +86,69 @@ def load_autoregressive(folder: str | os.PathLike, device: str | torch.device | 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = _resolve_dtype(dtype, device)
     keys = weight_index(folder)  # key -> (file, shape)
-    config = read_ar_config(folder, keys)
-    check_weights(folder, config, keys)
+    config, tokenizer, image_processor = load_autoregressive_config(folder, new_heads, keys)
+    model = load_autoregressive_model(folder, config, dtype, keys, new_heads=new_heads, seed=seed)
+    return finish(model, device), tokenizer, image_processor
+
+
+def load_autoregressive_model(folder: str | os.PathLike, config: ARConfig, dtype: torch.dtype | None,
+                              keys: dict | None = None, *, new_heads: bool = False, seed: int = 0) -> NexusGenARModel:
+    """The weights of an AR folder whose config was read (`load_autoregressive_config`), on the CPU, in eval
+    mode; arguments as `load_autoregressive`."""
+    folder = Path(folder)
+    keys = keys if keys is not None else weight_index(folder)
+    new = new_keys(config, keys) if new_heads else set()
+    with meta_parameters():
+        model = NexusGenARModel(config)
+    tensors = read_ar_tensors(folder, keys)
+    if new:
+        tensors.update(new_head_tensors(config, new, seed))
+    if config.qwen_config.tie_word_embeddings and "vlm.lm_head.weight" not in tensors:
+        tensors["vlm.lm_head.weight"] = tensors["vlm.model.language_model.embed_tokens.weight"]
+    load_weights(model, tensors, dtype, str(folder))
+    if config.qwen_config.tie_word_embeddings:
+        model.vlm.lm_head.weight = model.vlm.model.language_model.embed_tokens.weight
+    return model.eval()
+
+
+def load_autoregressive_config(folder: str | os.PathLike, new_heads: bool = False, keys: dict | None = None):
+    """Everything of an AR folder but the weights: (ARConfig, tokenizer, image processor), with every tensor's
+    name and shape checked against the config (headers only; see `load_autoregressive` for the errors)."""
+    folder = Path(folder)
+    keys = keys if keys is not None else weight_index(folder)
+    config = read_ar_config(folder, keys, stock=new_heads)
+    check_weights(folder, config, keys, new=new_keys(config, keys) if new_heads else set())
     tokenizer = load_tokenizer(folder)
     check_special_token_ids(tokenizer, config.qwen_config, source=str(folder / "tokenizer.json"))
-    image_processor = _load_image_processor(folder, config)
-
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # the two extra tensors are "unexpected" to transformers: expected here
-    hf_logging.disable_progress_bar()
-    try:
-        vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(folder), config=copy.deepcopy(config.qwen_config), dtype=dtype, local_files_only=True)
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-    with torch.device("meta"):
-        model = NexusGenARModel(config, vlm=_Placeholder())
-    model.vlm = vlm
-    extras = {}
-    for key in EXTRA_KEYS:
-        if key in keys:
-            from safetensors import safe_open
-
-            with safe_open(str(folder / keys[key][0]), framework="pt") as f:
-                extras[key] = f.get_tensor(key).to(dtype)
-    model.load_state_dict(extras, strict=False, assign=True)
-    return model.to(device=device, dtype=dtype).eval(), tokenizer, image_processor
+    return config, tokenizer, _load_image_processor(folder, config)
 
 
-class _Placeholder(torch.nn.Module):
-    """Stands in for the Qwen model while the wrapper is built on the meta device."""
+def read_ar_tensors(folder: Path, keys: dict | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of an AR folder under the model's state-dict names (`vlm.` + transformers 5.x names, and
+    the Nexus-Gen tensors as they are), memory-mapped."""
+    keys = keys if keys is not None else weight_index(folder)
+    tensors = {}
+    for file in sorted({file for file, _ in keys.values()}):
+        for raw, tensor in read_safetensors(folder / file).items():
+            key = normalize_key(raw)
+            tensors[key if key in EXTRA_KEYS else f"vlm.{key}"] = tensor
+    return tensors
+
+
+def new_keys(config: ARConfig, keys: dict) -> set[str]:
+    """The Nexus-Gen tensors a stock folder lacks (vision head, prefill table)."""
+    wanted = ["vision_head.weight"] + (["image_prefill_embeds.weight"] if config.use_prefill_table else [])
+    return {k for k in wanted if k not in keys}
+
+
+def new_head_tensors(config: ARConfig, names: set[str], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Freshly initialised vision head (D, D) / prefill table (N, D): N(0, initializer_range), as upstream's
+    `post_init` initialises them when training starts from Qwen2.5-VL-Instruct."""
+    generator = torch.Generator().manual_seed(seed)
+    std = config.qwen_config.text_config.initializer_range
+    shapes = {"vision_head.weight": (config.hidden_size, config.hidden_size),
+              "image_prefill_embeds.weight": (config.num_output_tokens, config.hidden_size)}
+    return {name: torch.randn(shapes[name], generator=generator) * std for name in sorted(names)}
 
 
 def weight_index(folder: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -161,8 +202,9 @@ def official_key(key: str) -> str:
     return key
 
 
-def read_ar_config(folder: Path, keys: dict | None = None) -> ARConfig:
-    """The ARConfig of a folder: `nexusgen_ar.json` + `config.json` (ours) or inferred (official).
+def read_ar_config(folder: Path, keys: dict | None = None, stock: bool = False) -> ARConfig:
+    """The ARConfig of a folder: `nexusgen_ar.json` + `config.json` (ours) or inferred (official; with
+    `stock`, a stock Qwen2.5-VL-Instruct folder gets upstream's 81-token output).
 
     Raises:
         ValueError: missing or invalid config.json, wrong model_type, or a prefill table whose row count
@@ -185,14 +227,14 @@ def read_ar_config(folder: Path, keys: dict | None = None) -> ARConfig:
             except ValueError as err:
                 raise ValueError(f"{folder / AR_CONFIG_FILE}: {err}") from None
             return ARConfig.from_dict({**fields, "qwen": qwen})
-        return _official_config(folder, qwen, keys if keys is not None else weight_index(folder))
+        return _official_config(folder, qwen, keys if keys is not None else weight_index(folder), stock)
     except ValueError as err:
         if str(folder) in str(err):
             raise
         raise ValueError(f"{folder / CONFIG_FILE}: {err}") from err
 
 
-def _official_config(folder: Path, qwen: dict, keys: dict) -> ARConfig:
+def _official_config(folder: Path, qwen: dict, keys: dict, stock: bool = False) -> ARConfig:
     from transformers import Qwen2_5_VLConfig
 
     try:
@@ -201,6 +243,13 @@ def _official_config(folder: Path, qwen: dict, keys: dict) -> ARConfig:
         raise ValueError(f"invalid Qwen2.5-VL config ({err})") from err
     token_px = vision.patch_size * vision.spatial_merge_size
     table = keys.get("image_prefill_embeds.weight")
+    if "vision_head.weight" not in keys:  # neither Nexus-Gen tensor: a stock Qwen2.5-VL-Instruct folder
+        if not stock:
+            raise ValueError(f"{folder}: no vision_head.weight -- a stock Qwen2.5-VL-Instruct folder, not a "
+                             f"Nexus-Gen model; build one with `nexusgen assemble --qwen {folder} --flux "
+                             f"FLUX_DIR --out MODEL_DIR`")
+        side = STOCK_OUTPUT_GRID_SIDE
+        return ARConfig(qwen=qwen, num_output_tokens=side * side, output_image_px=(side * token_px,) * 2)
     if table is None:
         warnings.warn(f"{folder}: no image_prefill_embeds.weight -- a Nexus-Gen V1 checkpoint; every output "
                       "position is fed the <|image_pad|> embedding, as V1 did", UserWarning, stacklevel=3)
@@ -214,15 +263,16 @@ def _official_config(folder: Path, qwen: dict, keys: dict) -> ARConfig:
     return ARConfig(qwen=qwen, num_output_tokens=n, output_image_px=(side * token_px,) * 2)
 
 
-def check_weights(folder: Path, config: ARConfig, keys: dict) -> None:
-    """Compare the folder's tensors with the model built on the meta device.
+def check_weights(folder: Path, config: ARConfig, keys: dict, new: set[str] | frozenset = frozenset()) -> None:
+    """Compare the folder's tensors with the model built on the meta device (`new`: tensors the loader
+    initialises itself, not expected in the folder).
 
     Raises:
         ValueError: naming the file and the key of the first missing, unexpected or mis-shaped tensor.
     """
     with torch.device("meta"):
         model = NexusGenARModel(config)
-    expected = {k.removeprefix("vlm."): tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = {k.removeprefix("vlm."): tuple(v.shape) for k, v in model.state_dict().items() if k not in new}
     if config.qwen_config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)  # tied to the token embeddings; usually not stored
         keys = {k: v for k, v in keys.items() if k != "lm_head.weight"}

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from nexusgen.loading.files import atomic_folder, read_json_object, save_tensors, write_json  # noqa: F401 (re-exported)
-from nexusgen.models.decoder import DecoderConfig, EditingDecoder, GenerationDecoder
+from nexusgen.loading.weights import check_state, finish, load_weights, read_folder_weights, read_safetensors
+from nexusgen.models.decoder import DecoderConfig, EditingDecoder, GenerationDecoder, VAEConfig
+from nexusgen.models.memory import enable_fp8_storage
+from nexusgen.models.placement import meta_parameters
 
 GENERATION_DIR = "generation_decoder"
 EDITING_DIR = "editing_decoder"
@@ -42,10 +43,7 @@ POOLED_KEY = "pooled_embeds"
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ValueError(f"missing decoder file {path}")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from err
+    return read_safetensors(path)
 
 
 def read_decoder_config(folder: Path) -> DecoderConfig:
@@ -56,13 +54,6 @@ def read_decoder_config(folder: Path) -> DecoderConfig:
         return DecoderConfig(**json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError) as err:
         raise ValueError(f"invalid decoder config {path}: {err}") from err
-
-
-def _load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    try:
-        module.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:  # missing/unexpected keys or shape mismatches
-        raise ValueError(f"{path} does not match the decoder config: {err}") from err
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -100,8 +91,8 @@ def save_editing_decoder(decoder: EditingDecoder, folder: str | os.PathLike) -> 
         save_tensors(decoder.merger.state_dict(), temporary / MERGER_FILE)
 
 
-def _load_transformer(folder: Path, config: DecoderConfig,
-                      dtype: torch.dtype | None) -> FluxTransformer2DModel:
+def _transformer_config(folder: Path, config: DecoderConfig) -> dict:
+    """The diffusers config of `folder/transformer`, checked against the decoder config."""
     path = folder / TRANSFORMER_DIR
     if not (path / "config.json").is_file():
         raise ValueError(f"missing diffusers transformer folder {path}")
@@ -114,34 +105,66 @@ def _load_transformer(folder: Path, config: DecoderConfig,
     if mismatched:
         raise ValueError(f"{path}/config.json disagrees with {folder / CONFIG_FILE} (stored, expected): "
                          f"{mismatched}")
+    return stored
+
+
+def _build_meta(cls, folder: Path, config: DecoderConfig):
+    """The decoder with its parameters on the meta device, its DiT built from the folder's own config."""
+    stored = _transformer_config(folder, config)
+    with meta_parameters():
+        return cls(config, transformer=FluxTransformer2DModel.from_config(stored))
+
+
+def _load_decoder(decoder, folder: Path, connector: str, connector_file: str, device, dtype, fp8: bool):
+    """Assign the DiT (memory-mapped), the connector and the pooled vector, then fp8 / device as asked."""
+    tensors = {f"{connector}.{k}": v for k, v in _read_tensors(folder / connector_file).items()}
     try:
-        return FluxTransformer2DModel.from_pretrained(path, torch_dtype=dtype)
-    except (OSError, RuntimeError, SafetensorError) as err:
-        raise ValueError(f"cannot load the transformer in {path}: {err}") from err
-
-
-def _finish(decoder, folder: Path, device, dtype):
+        dit = read_folder_weights(folder / TRANSFORMER_DIR)
+    except ValueError as err:
+        raise ValueError(f"cannot load the transformer in {folder / TRANSFORMER_DIR}: {err}") from err
+    tensors.update({f"transformer.{k}": v for k, v in dit.items()})
     pooled = _read_tensors(folder / POOLED_FILE)
     if set(pooled) != {POOLED_KEY} or pooled[POOLED_KEY].shape != decoder.pooled_embeds.shape:
         found = {k: tuple(v.shape) for k, v in pooled.items()}
         raise ValueError(f"{folder / POOLED_FILE} must hold one tensor {POOLED_KEY!r} of shape "
                          f"{tuple(decoder.pooled_embeds.shape)}, got {found}")
-    decoder.pooled_embeds.copy_(pooled[POOLED_KEY])
-    if dtype is not None:
-        decoder.to(dtype)
-    if device is not None:
-        decoder.to(device)
-    return decoder.eval()
+    tensors["pooled_embeds"] = pooled[POOLED_KEY]
+    where = {connector: folder / connector_file, "transformer": folder / TRANSFORMER_DIR}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    for prefix, path in where.items():  # name the file that is wrong
+        part = {k: s for k, s in found.items() if k.startswith(prefix + ".")}
+        module = getattr(decoder, prefix)
+        check_state(module, {k[len(prefix) + 1:]: s for k, s in part.items()}, str(path))
+    load_weights(decoder, tensors, dtype, str(folder))
+    if fp8:
+        enable_fp8_storage(decoder.transformer)
+    return finish(decoder, device)
+
+
+def checked_decoder_config(folder: str | os.PathLike, editing: bool = False) -> DecoderConfig:
+    """A decoder folder's `DecoderConfig`, checked against its DiT's diffusers config (no weights read).
+
+    Raises:
+        ValueError: a missing or invalid config, a disagreement, or an editing folder without merger config.
+    """
+    folder = Path(folder)
+    config = read_decoder_config(folder)
+    if editing and config.merger is None:
+        raise ValueError(f"{folder / CONFIG_FILE} has no merger config; not an editing decoder")
+    _transformer_config(folder, config)
+    return config
 
 
 def load_generation_decoder(folder: str | os.PathLike, device: torch.device | str | None = None,
-                            dtype: torch.dtype | None = None) -> GenerationDecoder:
-    """Load a generation decoder folder written by `save_generation_decoder` or `nexusgen convert`.
+                            dtype: torch.dtype | None = None, fp8: bool = False) -> GenerationDecoder:
+    """Load a generation decoder folder written by `save_generation_decoder`, `nexusgen convert` or
+    `nexusgen assemble` (DiT memory-mapped where the stored dtype is `dtype`).
 
     Args:
         folder: MODEL/generation_decoder.
-        device: where to put it (default CPU).
-        dtype: parameter dtype (default as stored).
+        device: where to put it (default: stays on the CPU).
+        dtype: parameter dtype (default as stored); rotary buffers stay fp32.
+        fp8: store every Linear of the DiT in fp8 (`nexusgen.models.memory.enable_fp8_storage`).
 
     Returns:
         The decoder in eval mode.
@@ -151,21 +174,19 @@ def load_generation_decoder(folder: str | os.PathLike, device: torch.device | st
     """
     folder = Path(folder)
     config = read_decoder_config(folder)
-    decoder = GenerationDecoder(config, transformer=_load_transformer(folder, config, dtype))
-    _load_into(decoder.adapter, _read_tensors(folder / ADAPTER_FILE), folder / ADAPTER_FILE)
-    return _finish(decoder, folder, device, dtype)
+    decoder = _build_meta(GenerationDecoder, folder, config)
+    return _load_decoder(decoder, folder, "adapter", ADAPTER_FILE, device, dtype, fp8)
 
 
 def load_editing_decoder(folder: str | os.PathLike, device: torch.device | str | None = None,
-                         dtype: torch.dtype | None = None) -> EditingDecoder:
+                         dtype: torch.dtype | None = None, fp8: bool = False) -> EditingDecoder:
     """Load an editing decoder folder (arguments as `load_generation_decoder`)."""
     folder = Path(folder)
     config = read_decoder_config(folder)
     if config.merger is None:
         raise ValueError(f"{folder / CONFIG_FILE} has no merger config; not an editing decoder")
-    decoder = EditingDecoder(config, transformer=_load_transformer(folder, config, dtype))
-    _load_into(decoder.merger, _read_tensors(folder / MERGER_FILE), folder / MERGER_FILE)
-    return _finish(decoder, folder, device, dtype)
+    decoder = _build_meta(EditingDecoder, folder, config)
+    return _load_decoder(decoder, folder, "merger", MERGER_FILE, device, dtype, fp8)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -179,14 +200,31 @@ def save_vae(vae: AutoencoderKL, folder: str | os.PathLike) -> None:
         _save_diffusers(vae, temporary)
 
 
-def load_vae(folder: str | os.PathLike, device: torch.device | str | None = None,
-             dtype: torch.dtype | None = None) -> AutoencoderKL:
-    """Load MODEL/vae (a diffusers AutoencoderKL folder). Raises ValueError if it is missing or broken."""
+def read_vae_config(folder: str | os.PathLike) -> VAEConfig:
+    """The `VAEConfig` of a diffusers AutoencoderKL folder (no weights read)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ValueError(f"missing VAE folder {folder} (diffusers AutoencoderKL with config.json)")
     try:
-        vae = AutoencoderKL.from_pretrained(folder, torch_dtype=dtype)
-    except (OSError, RuntimeError, SafetensorError) as err:
+        c = AutoencoderKL.load_config(folder)
+        return VAEConfig(latent_channels=c["latent_channels"], block_out_channels=tuple(c["block_out_channels"]),
+                         layers_per_block=c["layers_per_block"], norm_num_groups=c["norm_num_groups"],
+                         scaling_factor=c["scaling_factor"], shift_factor=c["shift_factor"])
+    except (OSError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"cannot load the VAE in {folder}: {err}") from err
-    return (vae.to(device) if device is not None else vae).eval()
+
+
+def load_vae(folder: str | os.PathLike, device: torch.device | str | None = None,
+             dtype: torch.dtype | None = None) -> AutoencoderKL:
+    """Load MODEL/vae (a diffusers AutoencoderKL folder, memory-mapped). ValueError if missing or broken."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"missing VAE folder {folder} (diffusers AutoencoderKL with config.json)")
+    try:
+        stored = AutoencoderKL.load_config(folder)
+        with meta_parameters():
+            vae = AutoencoderKL.from_config(stored)
+    except (OSError, TypeError, ValueError) as err:
+        raise ValueError(f"cannot load the VAE in {folder}: {err}") from err
+    load_weights(vae, read_folder_weights(folder), dtype, str(folder), "VAE")
+    return finish(vae, device)

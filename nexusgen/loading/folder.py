@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,9 @@ from nexusgen.config import (
     resolve_device,
     resolve_dtype,
 )
+from nexusgen.loading.lazy import LazyPart, resolve
+from nexusgen.models.memory import enable_fp8_storage, fp8_linear_count
+from nexusgen.models.placement import cast_module
 
 CONFIG_FILE = "nexusgen.json"
 NEGATIVE_FILE = "negative.safetensors"
@@ -55,50 +57,93 @@ TRAIN_HINT = ("train it with the ShapesWorld recipe (`nexusgen train ... --out R
 CONVERT_HINT = "run `nexusgen convert {path} OUT_DIR` once and load OUT_DIR"
 
 
-@dataclass
 class ModelParts:
-    """The built parts of a model (any decoder part may be absent).
+    """The parts of a model; any part may be absent, and a part may wait unloaded (`LazyPart`).
 
-    Attributes:
-        ar_model: `NexusGenARModel` (eval mode).
+    Reading `ar_model`, `generation_decoder`, `editing_decoder` or `vae` returns the module, loading it on
+    first use; `handle(name)` returns what is held (module, `LazyPart` or None) without loading.
+
+    Args:
+        ar_model: `NexusGenARModel` (eval mode) or a `LazyPart`.
         tokenizer: its tokenizer.
         image_processor: its `Qwen2VLImageProcessorPil`.
-        generation_decoder: `GenerationDecoder` or None.
-        editing_decoder: `EditingDecoder` or None.
-        vae: diffusers `AutoencoderKL` or None.
+        generation_decoder: `GenerationDecoder`, a `LazyPart`, or None.
+        editing_decoder: `EditingDecoder`, a `LazyPart`, or None.
+        vae: diffusers `AutoencoderKL`, a `LazyPart`, or None.
         config: the `NexusGenConfig`.
         negative: {"prompt_embeds": (1, S, C), "pooled": (1, P)} for the "t5" negative branch, or None.
         source: where the parts came from (a path, or "tiny (random weights)").
         hint: what to do about missing decoders (e.g. the convert command), or "".
     """
 
-    ar_model: Any
-    tokenizer: Any
-    image_processor: Any
-    generation_decoder: Any | None
-    editing_decoder: Any | None
-    vae: Any | None
-    config: NexusGenConfig
-    negative: dict[str, torch.Tensor] | None = None
-    source: str = ""
-    hint: str = ""
+    def __init__(self, ar_model, tokenizer, image_processor, generation_decoder, editing_decoder, vae,
+                 config: NexusGenConfig, negative: dict[str, torch.Tensor] | None = None, source: str = "",
+                 hint: str = ""):
+        self.tokenizer, self.image_processor = tokenizer, image_processor
+        self.config, self.negative, self.source, self.hint = config, negative, source, hint
+        self._parts = {"autoregressive": ar_model, "generation_decoder": generation_decoder,
+                       "editing_decoder": editing_decoder, "vae": vae}
+
+    ar_model = property(lambda self: self.get("autoregressive"))
+    generation_decoder = property(lambda self: self.get("generation_decoder"))
+    editing_decoder = property(lambda self: self.get("editing_decoder"))
+    vae = property(lambda self: self.get("vae"))
+
+    def replace(self, **changes) -> ModelParts:
+        """A copy with some parts or fields changed (e.g. `replace(generation_decoder=None)`)."""
+        fields = {**self._parts, "ar_model": self._parts["autoregressive"], "tokenizer": self.tokenizer,
+                  "image_processor": self.image_processor, "config": self.config, "negative": self.negative,
+                  "source": self.source, "hint": self.hint, **changes}
+        fields.pop("autoregressive")
+        return ModelParts(**fields)
+
+    def get(self, name: str) -> torch.nn.Module | None:
+        """Part `name` (a PART_NAMES entry), loaded if it was waiting; None if the model has none."""
+        return resolve(self._parts[name])
+
+    def handle(self, name: str) -> torch.nn.Module | LazyPart | None:
+        """Part `name` as held: a module, a `LazyPart` not loaded yet, or None."""
+        return self._parts[name]
+
+    def has(self, name: str) -> bool:
+        return self._parts[name] is not None
+
+    def is_loaded(self, name: str) -> bool:
+        part = self._parts[name]
+        return part is not None and (not isinstance(part, LazyPart) or part.loaded)
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        """The parts that are `nn.Module`s, by folder name."""
-        found = {"autoregressive": self.ar_model, "generation_decoder": self.generation_decoder,
-                 "editing_decoder": self.editing_decoder, "vae": self.vae}
-        return {k: v for k, v in found.items() if v is not None}
+        """Every part that is present, by folder name (waiting parts are loaded)."""
+        return {name: self.get(name) for name in PART_NAMES if self.has(name)}
+
+    def loaded_modules(self) -> dict[str, torch.nn.Module]:
+        """The parts loaded so far, by folder name."""
+        return {name: self.get(name) for name in PART_NAMES if self.is_loaded(name)}
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ModelParts:
-        """Move every part (in place; parts already there are left alone) and return self."""
-        for module in self.modules().values():
-            first = next(module.parameters())
-            if (device is not None and first.device != torch.device(device)) or (
-                    dtype is not None and first.dtype != dtype):
-                module.to(device=device, dtype=dtype)
-            module.eval()
+        """Move / cast every loaded part (in place; rotary buffers stay fp32) and set where and in which dtype
+        the waiting ones will load; returns self."""
+        for name in PART_NAMES:
+            part = self._parts[name]
+            if isinstance(part, LazyPart) and not part.loaded:
+                part.dtype = dtype if dtype is not None else part.dtype
+                part.device = torch.device(device) if device is not None else part.device
+            elif part is not None:
+                cast_module(resolve(part), dtype=dtype, device=device).eval()
         if self.negative is not None:
             self.negative = {k: v.to(device=device, dtype=dtype) for k, v in self.negative.items()}
+        return self
+
+    def use_fp8(self) -> ModelParts:
+        """Store the decoders' DiT Linear weights in fp8 (loaded ones now, waiting ones when they load)."""
+        for name in ("generation_decoder", "editing_decoder"):
+            part = self._parts[name]
+            if isinstance(part, LazyPart) and not part.loaded:
+                part.fp8 = True
+            elif part is not None:
+                decoder = resolve(part)
+                if fp8_linear_count(decoder.transformer)[1]:
+                    enable_fp8_storage(decoder.transformer)
         return self
 
 
@@ -164,42 +209,60 @@ def _check_parts_match(parts: ModelParts, config: NexusGenConfig) -> None:
 # Loading
 # ----------------------------------------------------------------------------------------------------
 def load_model_folder(path: str | os.PathLike, device: str | torch.device | None = None,
-                      dtype: str | torch.dtype | None = None) -> ModelParts:
-    """Load every part of a nexusgen model folder.
+                      dtype: str | torch.dtype | None = None, *, lazy: bool = True) -> ModelParts:
+    """The parts of a nexusgen model folder: configs, tokenizer and image processor now, the weights of each
+    part when it is first used (memory-mapped; `lazy=False` loads them all now).
 
     Args:
         path: the model folder (with or without `nexusgen.json`).
-        device: where the parts go (default cuda if available, else cpu).
-        dtype: parameter dtype (default bf16 on cuda, fp32 on cpu).
+        device: where the parts go once loaded (default cuda if available, else cpu).
+        dtype: parameter dtype (default bf16 on cuda, fp32 on cpu); rotary buffers stay fp32.
 
     Returns:
         ModelParts.
 
     Raises:
-        ValueError: not a model folder, or a broken / inconsistent part (the message names the file).
+        ValueError: not a model folder, or a broken / inconsistent config (the message names the file);
+            a broken weights file is reported when its part loads.
     """
-    from nexusgen.loading.autoregressive import load_autoregressive
-    from nexusgen.loading.decoders import load_editing_decoder, load_generation_decoder, load_vae
+    from nexusgen.loading.autoregressive import load_autoregressive_config, load_autoregressive_model
+    from nexusgen.loading.decoders import (
+        checked_decoder_config,
+        load_editing_decoder,
+        load_generation_decoder,
+        load_vae,
+        read_vae_config,
+    )
 
     folder = Path(path)
     if not is_model_folder(folder):
         raise ValueError(f"{folder}: not a nexusgen model folder (no {CONFIG_FILE} and no autoregressive/)")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    ar_model, tokenizer, image_processor = load_autoregressive(folder / "autoregressive", device, dtype)
-    loaders = {"generation_decoder": load_generation_decoder, "editing_decoder": load_editing_decoder,
-               "vae": load_vae}
-    loaded = {name: loader(folder / name, device, dtype) if (folder / name).is_dir() else None
-              for name, loader in loaders.items()}
-    vae = loaded["vae"]
-    part_configs = dict(ar=ar_model.config,
-                        generation_decoder=_config_of(loaded["generation_decoder"]),
-                        editing_decoder=_config_of(loaded["editing_decoder"]),
-                        vae=vae_config_of(vae) if vae is not None else None)
-    config = read_folder_config(folder, **part_configs)
+    ar_dir = folder / "autoregressive"
+    ar_config, tokenizer, image_processor = load_autoregressive_config(ar_dir)
+    ar = LazyPart("autoregressive", ar_config, lambda dt, _fp8: load_autoregressive_model(ar_dir, ar_config, dt))
+    readers = {"generation_decoder": (checked_decoder_config, load_generation_decoder),
+               "editing_decoder": (lambda f: checked_decoder_config(f, editing=True), load_editing_decoder),
+               "vae": (read_vae_config, None)}
+    parts: dict[str, LazyPart | None] = {}
+    for name, (read, loader) in readers.items():
+        sub = folder / name
+        if not sub.is_dir():
+            parts[name] = None
+        elif loader is None:  # the VAE: no fp8
+            parts[name] = LazyPart(name, read(sub), lambda dt, _fp8, sub=sub: load_vae(sub, "cpu", dt))
+        else:
+            parts[name] = LazyPart(name, read(sub), lambda dt, fp8, sub=sub, loader=loader: loader(sub, "cpu", dt, fp8))
+    config = read_folder_config(folder, ar=ar_config,
+                                **{name: part.config if part else None for name, part in parts.items()})
     negative = _read_negative(folder / NEGATIVE_FILE, device, dtype)
-    return ModelParts(ar_model, tokenizer, image_processor, loaded["generation_decoder"],
-                      loaded["editing_decoder"], vae, config, negative, source=str(folder))
+    result = ModelParts(ar, tokenizer, image_processor, parts["generation_decoder"], parts["editing_decoder"],
+                        parts["vae"], config, negative, source=str(folder))
+    result.to(device=device, dtype=dtype)
+    if not lazy:
+        result.modules()
+    return result
 
 
 def _config_of(module):

@@ -1,8 +1,9 @@
-"""Where and how the pipelines of one model run: device, dtype, which big part is resident, progress.
+"""Where and how the pipelines of one model run: device, dtype, which parts are resident, progress.
 
-On a GPU the autoregressive model (~16 GB for Nexus-GenV2) and a decoder (~24 GB) need not share the
-memory: `Runtime.activate` keeps exactly one of them on the device (`nexusgen.models.memory.OneResident`;
-the other waits on the CPU). The VAE is small and stays on the device. On the CPU nothing moves.
+Parts reach the pipelines as modules or as `LazyPart`s (loaded on first use, `nexusgen.loading.lazy`);
+`Runtime.activate` loads a waiting part and makes it resident on the device under the residency policy
+(`nexusgen.pipelines.residency`: "auto" keeps every part in use on the GPU while they fit, "model" moves
+whole models, "none" never moves one out). On the CPU nothing moves.
 
 Progress: a tqdm bar while denoising, shown only when stderr is a terminal (or when asked explicitly).
 """
@@ -16,7 +17,8 @@ from collections.abc import Iterator
 import torch
 
 from nexusgen.config import resolve_device, resolve_dtype
-from nexusgen.models.memory import OneResident, place
+from nexusgen.loading.lazy import LazyPart, resolve
+from nexusgen.pipelines.residency import Residency, check_policy
 
 
 class Runtime:
@@ -26,22 +28,29 @@ class Runtime:
         device: compute device (default cuda if available, else cpu).
         dtype: compute dtype (default bf16 on cuda, fp32 on cpu).
         progress: show progress bars: True, False, or None (only when stderr is a terminal).
+        offload: residency policy, "auto" (default), "none" or "model".
     """
 
     def __init__(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                 progress: bool | None = None):
+                 progress: bool | None = None, offload: str = "auto"):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.progress = progress
-        self.residency = OneResident(self.device)
+        self.residency = Residency(self.device, check_policy(offload))
 
-    def activate(self, module: torch.nn.Module) -> torch.nn.Module:
-        """Put a big part (AR model or decoder) on the device; on a GPU the previous one leaves it."""
-        return self.residency.activate(module)
+    def activate(self, part: torch.nn.Module | LazyPart, permanent: bool = False) -> torch.nn.Module:
+        """Load `part` if it waits, and make it resident on the device (others may leave, per policy)."""
+        module = resolve(part)
+        return self.residency.activate(part_name(part), module, permanent=permanent)
 
-    def place(self, module: torch.nn.Module) -> torch.nn.Module:
+    def prefetch(self, part: torch.nn.Module | LazyPart | None) -> None:
+        """Start moving an already loaded part in while other work runs, if it fits next to the residents."""
+        if part is not None and (not isinstance(part, LazyPart) or part.loaded):
+            self.residency.prefetch(part_name(part), resolve(part))
+
+    def place(self, part: torch.nn.Module | LazyPart) -> torch.nn.Module:
         """Put a small part (the VAE) on the device for good."""
-        return place(module, self.device)
+        return self.activate(part, permanent=True)
 
     @contextlib.contextmanager
     def progress_bar(self, total: int, desc: str, enabled: bool | None = None) -> Iterator:
@@ -58,3 +67,11 @@ class Runtime:
             def update(done: int, _total: int) -> None:
                 bar.update(done - bar.n)
             yield update
+
+
+def part_name(part: torch.nn.Module | LazyPart) -> str:
+    """A part's name for the residency: the folder name of a `LazyPart` or a tagged module, else the class
+    name with the object's id (modules handed in directly)."""
+    if isinstance(part, LazyPart):
+        return part.name
+    return getattr(part, "nexusgen_part", None) or f"{type(part).__name__}-{id(part):x}"

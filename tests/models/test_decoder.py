@@ -24,8 +24,9 @@ from nexusgen.models.decoder import (
 )
 from nexusgen.models.memory import (
     FP8_DTYPE,
-    OneResident,
+    Fp8Linear,
     enable_fp8_storage,
+    fp8_linear_count,
     is_on,
     parameter_bytes,
     peak_memory,
@@ -160,34 +161,37 @@ def test_fp8_storage_mechanics():
     with torch.no_grad():
         reference = decoder(x, t, embeds)
     full_bytes = parameter_bytes(decoder.transformer)
+    linears = fp8_linear_count(decoder.transformer)[1]
     enable_fp8_storage(decoder.transformer, compute_dtype=torch.float32)
-    linear = decoder.transformer.transformer_blocks[0].attn.to_q
-    assert linear.weight.dtype == FP8_DTYPE
-    assert parameter_bytes(decoder.transformer) < 0.6 * full_bytes
+    assert fp8_linear_count(decoder.transformer) == (linears, 0)  # every Linear, AdaLN ones included
+    block = decoder.transformer.transformer_blocks[0]
+    for layer in (block.attn.to_q, block.norm1.linear, block.norm1_context.linear,
+                  decoder.transformer.single_transformer_blocks[0].norm.linear, decoder.transformer.norm_out.linear):
+        assert isinstance(layer, Fp8Linear) and layer.weight.element_size() == 1 and layer.scale > 0
+    assert block.attn.norm_q.weight.dtype == torch.float32  # norms' own weights are not quantized
+    assert parameter_bytes(decoder.transformer) < 0.3 * full_bytes
     with torch.no_grad():
         out = decoder(x, t, embeds)
-    assert linear.weight.dtype == FP8_DTYPE  # up-cast only while the layer runs
     relative = float((out - reference).norm() / reference.norm())
     assert 0 < relative < 0.1  # e4m3 keeps 3 mantissa bits: close, not equal
 
 
-def test_one_resident_moves_the_previous_module_out():
-    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-    residency = OneResident("cpu", offload_device="meta")  # meta stands in for "not on the accelerator"
-    residency.activate(a)
-    assert a.weight.device.type == "cpu"
-    residency.activate(b)
-    assert a.weight.device.type == "meta" and b.weight.device.type == "cpu" and residency.current is b
-    assert peak_memory("cpu")["peak_rss_mib"] > 0
-
-
-def test_one_resident_on_the_offload_device_moves_nothing():
-    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-    residency = OneResident("cpu")  # CPU inference: the device is the offload device
-    for module in (a, b):
-        module.to = None  # would raise if called: a module already in place is not walked again
-    assert residency.activate(a) is a and residency.activate(b) is b and residency.current is b
-    assert a.weight.device.type == "cpu"
+def test_fp8_layer_is_the_scaled_up_cast_and_survives_dtype_casts():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(8, 4)
+    with torch.no_grad():
+        linear.weight.mul_(1000)  # far above e4m3's 448: only a scale keeps it
+    layer = Fp8Linear.from_linear(linear)
+    stored = layer.weight.view(FP8_DTYPE).float() * layer.scale
+    assert torch.allclose(stored, linear.weight, rtol=0.07)  # 3 mantissa bits: within 1/16
+    x = torch.randn(3, 8)
+    assert torch.allclose(layer(x), torch.nn.functional.linear(x, stored, linear.bias), atol=1e-4)
+    layer.to(torch.bfloat16)  # what NexusGen's constructor does to every part: must not undo the storage
+    assert layer.weight.dtype == torch.uint8 and layer.bias.dtype == torch.bfloat16
+    assert layer(x.bfloat16()).dtype == torch.bfloat16
+    with torch.device("meta"):
+        big = torch.nn.Linear(3072, 12288)
+    assert Fp8Linear.from_linear(big).weight.element_size() == 1  # byte counts on the meta device
 
 
 def test_place_moves_only_a_module_that_is_elsewhere():

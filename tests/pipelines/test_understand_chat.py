@@ -147,7 +147,7 @@ def test_chat_rejects_bad_sampling_settings(tiny, kwargs, message):
 
 
 def test_text_only_model_never_opens_an_image(tiny, boost):
-    parts = dataclasses.replace(tiny.parts, generation_decoder=None)
+    parts = tiny.parts.replace(generation_decoder=None)
     text_only = NexusGen(parts, name="text-only", progress=False)
     ar = parts.ar_model
     handle = boost(ar, [ar.vision_start_token_id])
