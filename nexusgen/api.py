@@ -36,6 +36,7 @@ from nexusgen.pipelines import (
 from nexusgen.pipelines.inputs import as_batch, check_prompts
 from nexusgen.pipelines.predict import predict_embeds
 from nexusgen.pipelines.residency import check_policy
+from nexusgen.pipelines.understand import DEFAULT_MAX_NEW_TOKENS
 from nexusgen.processing.images import load_image
 from nexusgen.processing.processor import ImageOnlyProcessor
 
@@ -114,14 +115,18 @@ class NexusGen:
                 f"dtype={self.runtime.dtype}, offload={self.runtime.residency.policy!r})")
 
     # -- tasks ---------------------------------------------------------------------------------------
-    def understand(self, image, prompt: str | list[str], max_new_tokens: int = 256) -> str | list[str]:
-        """Answer questions about images.
+    def understand(self, image, prompt: str | list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, *,
+                   temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str | list[str]:
+        """Answer questions about images, or text-only questions.
 
         Args:
             image: one image (or a list of images, or None) for a single prompt; a list with one such entry
                 per prompt for a list of prompts. Images are PIL images or paths.
-            prompt: a question or a list of questions.
-            max_new_tokens: generation budget per answer.
+            prompt: a question or a list of questions; "" with an image asks for a description.
+            max_new_tokens: generation budget per answer (official 1024).
+            temperature: 0 decodes greedily (default); above 0 samples.
+            top_k, top_p: sampling filters (0 / 1: off).
+            seed: sampling seed.
 
         Returns:
             str for a single prompt, list[str] for a list.
@@ -131,7 +136,8 @@ class NexusGen:
         if isinstance(entries, (list, tuple)):
             entries = [_load_entry(e) for e in entries]
         out = self._understand(image=entries if not single else entries[0], prompt=prompt,
-                               max_new_tokens=max_new_tokens)
+                               max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                               seed=seed)
         return out.texts[0] if single else out.texts
 
     def generate(self, prompt: str | list[str], seed: int | list[int] = 0, *, height: int | None = None,

@@ -38,6 +38,11 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="compute dtype (default: float32 on CPU, bfloat16 on GPU)")
+    parser.add_argument("--offload", default="auto", choices=["auto", "none", "model"],
+                        help="GPU residency: auto keeps every part in use on the GPU while they fit, else moves "
+                             "whole models; none never moves one out; model keeps one big part at a time")
+    parser.add_argument("--fp8", action="store_true",
+                        help="store the decoders' DiT weights in fp8 (half the memory; up-cast per layer)")
 
 
 def _add_image_out_args(parser: argparse.ArgumentParser) -> None:
@@ -50,11 +55,16 @@ def _add_image_out_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _inference_commands(sub) -> None:
-    p = sub.add_parser("understand", help="answer a question about an image")
+    p = sub.add_parser("understand", help="answer a question about an image, or a text-only question")
     _add_model_args(p)
-    p.add_argument("--image", required=True, action="append", help="input image (repeat for several)")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--image", action="append", default=[],
+                   help="input image (repeat for several; none: a text-only question)")
+    p.add_argument("--prompt", required=True, help='the question ("" with --image: describe the image)')
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); above 0: sample")
+    p.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus probability (1: all)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.set_defaults(handler=_call("nexusgen.pipelines.commands:understand"))
 
     p = sub.add_parser("generate", help="text-to-image generation")
@@ -121,6 +131,10 @@ def _tooling_commands(sub) -> None:
     p.add_argument("out_dir")
     p.add_argument("--vae-norm-groups", type=int, default=32,
                    help="GroupNorm groups of ae.safetensors' VAE (not stored in the file; FLUX: 32)")
+    p.add_argument("--flux", default=None, metavar="FLUX_DIR",
+                   help="FLUX.1-dev folder: CLIP pooled vector and the T5 negative branch (official CFG 3); "
+                        "default: looked for next to OFFICIAL_DIR")
+    p.add_argument("--negative-prompt", default="", help='negative prompt of the CFG branch (default "")')
     p.set_defaults(handler=_call("nexusgen.convert.official:convert_command"))
 
     p = sub.add_parser("export-official", help="write a nexusgen model folder in the official Nexus-GenV2 layout")
@@ -129,6 +143,15 @@ def _tooling_commands(sub) -> None:
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float32", "float16"],
                    help="tensor dtype of the files (default: as stored; the official files are bfloat16)")
     p.set_defaults(handler=_call("nexusgen.convert.export:export_command"))
+
+    p = sub.add_parser("assemble", help="an untrained model folder from stock Qwen2.5-VL-Instruct + FLUX.1-dev")
+    p.add_argument("--qwen", required=True, metavar="QWEN_DIR", help="stock Qwen2.5-VL-Instruct folder")
+    p.add_argument("--flux", required=True, metavar="FLUX_DIR", help="FLUX.1-dev folder (diffusers layout)")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="the model folder to write")
+    p.add_argument("--negative-prompt", default="", help='negative prompt of the CFG branch (default "")')
+    p.add_argument("--device", default=None, help="where T5 runs once (default: cuda if available, else cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the newly initialised weights")
+    p.set_defaults(handler=_call("nexusgen.convert.assemble:assemble_command"))
 
     p = sub.add_parser("train", help="run a training recipe (also under torchrun)")
     p.add_argument("recipe", help="recipe name, e.g. tiny-ar, tiny-generation_decoder or shapes-mini (the "
@@ -198,10 +221,24 @@ def _tooling_commands(sub) -> None:
     _benchmark_commands(ev)
 
     p = sub.add_parser("bench", help="benchmarks; JSON on stdout")
-    p.add_argument("what", choices=["ar", "decoder", "e2e", "train", "serve"])
+    p.add_argument("what", choices=["ar", "decoder", "e2e", "train", "serve", "gpu", "assemble"])
     p.add_argument("--quick", action="store_true", help="fewer repeats and sizes (for smoke tests)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="model for e2e and serve")
     p.add_argument("--steps", type=int, default=None, help="generation steps for e2e (default: the model's own)")
+    g = p.add_argument_group("gpu and assemble (real widths; defaults: the real model on one GPU)")
+    g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: bf16 on cuda, fp32 on cpu")
+    g.add_argument("--blocks", type=_positive, default=None,
+                   help="depth of every transformer (LLM, ViT, DiT double and single; default: real)")
+    g.add_argument("--vocab", type=_positive, default=None, help="LLM vocabulary (default: real 152064)")
+    g.add_argument("--intermediate", type=_positive, default=None, help="LLM MLP width (default: real 18944)")
+    g.add_argument("--sizes", type=_sizes, default=[512, 1024], help="DiT / VAE image sizes (default 512,1024)")
+    g.add_argument("--e2e-size", type=_positive, default=1024)
+    g.add_argument("--e2e-steps", type=_positive, default=50)
+    g.add_argument("--negative-tokens", type=_positive, default=512, help="T5 negative context length")
+    g.add_argument("--edit-image", type=_positive, default=512, help="side of the edit source image")
+    g.add_argument("--decode-tokens", type=_positive, default=64, help="tokens of the text decode measurement")
+    g.add_argument("--repeats", type=_positive, default=5)
     p.set_defaults(handler=lambda args: _call(f"nexusgen.bench.{args.what}:run")(args))
 
 
@@ -248,6 +285,20 @@ def _benchmark_commands(ev) -> None:
     q.add_argument("--image-root", default=None, help="POPE: the COCO val2014 folder (default: --data)")
     q.add_argument("--score-only", action="store_true", help="rescore saved answers without the model")
     q.set_defaults(handler=_call(target + "understand"))
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _sizes(text: str) -> list[int]:
+    sizes = [_positive(part) for part in text.split(",")]
+    if any(size % 16 for size in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must be multiples of 16, got {text}")
+    return sizes
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,9 @@
-"""Benchmarks: `nexusgen bench ar|decoder|e2e|train`, each a `run(args) -> dict` printed as JSON.
+"""Benchmarks: `nexusgen bench ar|decoder|e2e|train|gpu|assemble`, each a `run(args) -> dict` printed as JSON.
 
 The timing helpers every benchmark shares live here: medians of repeated calls (these machines are
-noisy) and the measured matmul peak that achieved FLOP/s are compared with.
+noisy), `device_ms` (back-to-back calls with a single synchronisation, CUDA events on a GPU: what a GPU
+kernel costs without the launch-and-wait of a sync per call) and the measured matmul peak that achieved
+FLOP/s are compared with.
 """
 
 from __future__ import annotations
@@ -30,6 +32,48 @@ def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device 
         synchronize(device)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def device_ms(fn: Callable[[], object], repeats: int, device: torch.device | str, warmup: int = 1) -> float:
+    """Milliseconds per call of `fn()`: `warmup` untimed calls, then `repeats` calls back to back and one
+    synchronisation (CUDA events on a GPU, wall clock elsewhere)."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / repeats
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return 1000 * (time.perf_counter() - started) / repeats
+
+
+def gemm_peak(device: torch.device, dtype: torch.dtype, shapes: list[tuple[int, int, int]],
+              repeats: int = 10) -> dict:
+    """Best FLOP/s over (m, k, n) GEMMs, each timed back to back with one synchronisation (`device_ms`):
+    the dense-compute ceiling the achieved FLOP/s of a workload made of such GEMMs are compared with.
+
+    Returns:
+        {"flops_per_s", "shape", "dtype", "by_shape": {"mxkxn": TFLOP/s}}
+    """
+    best, best_shape, by_shape = 0.0, None, {}
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        b = torch.randn(k, n, device=device, dtype=dtype)
+        rate = 2 * m * k * n / (device_ms(lambda a=a, b=b: torch.matmul(a, b), repeats, device, warmup=2) / 1000)
+        by_shape[f"{m}x{k}x{n}"] = rate / 1e12
+        if rate > best:
+            best, best_shape = rate, [m, k, n]
+        del a, b
+    return {"flops_per_s": best, "shape": best_shape, "dtype": str(dtype).removeprefix("torch."),
+            "by_shape_tflops": by_shape}
 
 
 def matmul_peak(device: torch.device, sizes=(1024,), repeats: int = 3, dtype: torch.dtype | None = None) -> dict:

@@ -55,6 +55,8 @@ from nexusgen.loading.decoders import (
     save_tensors,
     write_json,
 )
+from nexusgen.loading.folder import NEGATIVE_FILE
+from nexusgen.loading.text_encoders import negative_branch
 from nexusgen.models.connector import EmbeddingMerger, GenerationAdapter, MergerConfig
 from nexusgen.models.decoder import DecoderConfig, VAEConfig, build_vae
 
@@ -64,11 +66,6 @@ FLUX_DIRS = (".", "FLUX.1-dev", "FLUX/FLUX.1-dev", "../FLUX/FLUX.1-dev")
 AR_FILES = re.compile(r"^(config\.json|nexusgen_ar\.json|generation_config\.json|preprocessor_config\.json|"
                       r"chat_template\.json|tokenizer\.json|tokenizer_config\.json|vocab\.json|merges\.txt|added_tokens\.json|"
                       r"special_tokens_map\.json|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json)$")
-CLIP_L_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                   num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                   projection_dim=768, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-"""FLUX.1-dev's text_encoder (openai/clip-vit-large-patch14), used when its folder has no config.json."""
-
 Log = Callable[[str], None]
 
 
@@ -366,43 +363,11 @@ def _as_linear(shape: tuple[int, ...], expected: tuple[int, ...]) -> tuple[int, 
     return shape[:2] if len(shape) == 4 and shape[2:] == (1, 1) and len(expected) == 2 else shape
 
 
-def empty_prompt_pooled(text_encoder_dir: Path) -> torch.Tensor:
-    """CLIP pooled embedding of the empty prompt "" (what FLUX pipelines feed as pooled vector).
+def empty_prompt_pooled(text_encoder_dir: Path, tokenizer_dir: Path | None = None) -> torch.Tensor:
+    """CLIP pooled embedding of the empty prompt "" (what FLUX pipelines feed as pooled vector): (P,)."""
+    from nexusgen.loading.text_encoders import clip_pooled
 
-    The CLIP tokenizer turns "" into BOS, EOS and EOS padding to 77 tokens (FLUX pads with
-    <|endoftext|>); BOS and EOS are the vocabulary's last two ids, so no tokenizer files are needed.
-
-    Returns:
-        (P,) float32.
-    """
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    try:
-        if (text_encoder_dir / "config.json").is_file():
-            model = CLIPTextModel.from_pretrained(text_encoder_dir, torch_dtype=torch.float32,
-                                                  local_files_only=True)
-        else:
-            model = CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT))
-            state = _read_safetensors(text_encoder_dir / "model.safetensors")
-            state.pop("text_model.embeddings.position_ids", None)  # a buffer some exports include
-            model.load_state_dict(state, strict=True)
-    except (OSError, RuntimeError) as err:
-        raise ValueError(f"{text_encoder_dir}: cannot load the CLIP text encoder ({err})") from err
-    vocab, length = model.config.vocab_size, model.config.max_position_embeddings
-    input_ids = torch.tensor([[vocab - 2] + [vocab - 1] * (length - 1)])
-    with torch.no_grad():
-        return model.eval()(input_ids=input_ids).pooler_output[0].float()
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise ValueError(f"missing {path}")
-    try:
-        return load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path}: unreadable safetensors file ({err})") from err
+    return clip_pooled(text_encoder_dir, tokenizer_dir, "")
 
 
 def link_autoregressive(official_dir: Path, out_folder: Path) -> list[str]:
@@ -430,9 +395,10 @@ def link_autoregressive(official_dir: Path, out_folder: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _find(official_dir: Path, name: str) -> Path | None:
-    for sub in FLUX_DIRS:
-        candidate = (official_dir / sub / name).resolve()
+def _find(official_dir: Path, name: str, flux_dir: Path | None = None) -> Path | None:
+    places = [flux_dir] if flux_dir is not None else [official_dir / sub for sub in FLUX_DIRS]
+    for place in places:
+        candidate = (place / name).resolve()
         if candidate.exists():
             return candidate
     return None
@@ -448,15 +414,22 @@ def _run_part(name: str, action: Callable[[], str], results: dict, failures: dic
 
 
 def convert_official(official_dir: str | os.PathLike, out_dir: str | os.PathLike, log: Log = print,
-                     max_shard_bytes: int = MAX_SHARD_BYTES, vae_norm_num_groups: int = 32) -> dict[str, str]:
+                     max_shard_bytes: int = MAX_SHARD_BYTES, vae_norm_num_groups: int = 32, *,
+                     flux_dir: str | os.PathLike | None = None, negative_prompt: str = "",
+                     device: torch.device | str | None = None) -> dict[str, str]:
     """Convert every official part found in `official_dir` into the model folder `out_dir`.
 
     Args:
-        official_dir: an official Nexus-GenV2 (or V1) folder; FLUX parts are looked for in `FLUX_DIRS`.
+        official_dir: an official Nexus-GenV2 (or V1) folder.
         out_dir: the nexusgen model folder to write (parts are replaced one by one, atomically).
         log: receives one line per part (converted, skipped or failed).
         max_shard_bytes: safetensors shard size for the DiTs.
         vae_norm_num_groups: GroupNorm groups of the VAE (32 for FLUX; not stored in ae.safetensors).
+        flux_dir: the FLUX.1-dev folder (default: looked for in `FLUX_DIRS` around `official_dir`). Its
+            `text_encoder/` (+ `tokenizer/`) gives the pooled vector, its `text_encoder_2/` + `tokenizer_2/`
+            the T5 embedding of `negative_prompt` (`negative.safetensors`, the official CFG branch).
+        negative_prompt: the negative prompt ("" upstream).
+        device: where T5 runs (default cuda if available, else cpu).
 
     Returns:
         part name -> what was done, for the converted parts.
@@ -471,17 +444,29 @@ def convert_official(official_dir: str | os.PathLike, out_dir: str | os.PathLike
     failures: dict[str, str] = {}
     log(f"converting {official} -> {out}")
     pooled = None
-    clip_dir = _find(official, "text_encoder")
+    flux = Path(flux_dir) if flux_dir is not None else None
+    clip_dir = _find(official, "text_encoder", flux)
     if clip_dir is not None:
         def clip() -> str:
             nonlocal pooled
-            pooled = empty_prompt_pooled(clip_dir)
+            pooled = empty_prompt_pooled(clip_dir, _find(official, "tokenizer", flux))
             return f'CLIP("") pooled vector {tuple(pooled.shape)} from {clip_dir}'
         _run_part("pooled vector", clip, results, failures, log)
     else:
         log("  pooled vector: no FLUX text_encoder/ found -- decoders get a zero pooled vector "
             "(official decoders expect CLIP(\"\"): add text_encoder/ and convert again)")
     _convert_parts(official, out, pooled, results, failures, log, max_shard_bytes, vae_norm_num_groups)
+    t5_dir, t5_tokenizer = _find(official, "text_encoder_2", flux), _find(official, "tokenizer_2", flux)
+    if t5_dir is not None and t5_tokenizer is not None and clip_dir is not None:
+        def negative() -> str:
+            tensors = negative_branch(t5_dir, t5_tokenizer, clip_dir, _find(official, "tokenizer", flux),
+                                      negative_prompt, device)
+            save_tensors(tensors, _ensure(out) / NEGATIVE_FILE)
+            return f"T5({negative_prompt!r}) {tuple(tensors['prompt_embeds'].shape)} -> {NEGATIVE_FILE}"
+        _run_part("negative branch", negative, results, failures, log)
+    else:
+        log("  negative branch: no FLUX text_encoder_2/ + tokenizer_2/ (and text_encoder/) found -- "
+            "classifier-free guidance (official default 3) stays off; give --flux FLUX_DIR")
     if not results and not failures:
         raise ValueError(f"nothing to convert in {official}: no generation_decoder.bin, edit_decoder.bin, "
                          f"decoder_81_512.bin, ae.safetensors or AR config.json + model*.safetensors")
@@ -529,7 +514,8 @@ def _convert_parts(official: Path, out: Path, pooled, results: dict, failures: d
 
 
 def convert_command(args) -> int:
-    """CLI handler of `nexusgen convert OFFICIAL_DIR OUT_DIR` (progress on stderr)."""
+    """CLI handler of `nexusgen convert OFFICIAL_DIR OUT_DIR [--flux FLUX_DIR] [--negative-prompt TEXT]`."""
     convert_official(args.official_dir, args.out_dir, log=lambda line: print(line, file=sys.stderr),
-                     vae_norm_num_groups=args.vae_norm_groups)
+                     vae_norm_num_groups=args.vae_norm_groups, flux_dir=getattr(args, "flux", None),
+                     negative_prompt=getattr(args, "negative_prompt", ""))
     return 0

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nexusgen.models.text_generation import check_sampling, choose_tokens
+
 
 @torch.no_grad()
 def predict_image_embeds_sequential(model, input_ids: torch.Tensor,
@@ -170,12 +172,12 @@ def generate_interleaved(model, input_ids: torch.Tensor, attention_mask: torch.T
         for b, emb in images.items():
             state.image_embeds[b].append(emb)
         allow_image = [max_images is None or len(images_b) < max_images for images_b in state.image_embeds]
-        next_ids = sampler(logits, allow_image)
+        next_ids = sampler(logits, allow_image).tolist()  # one host round trip per step
         for b in range(state.batch):
             if chunks[b] is None or not active[b]:
                 chunks[b] = None
                 continue
-            token = int(next_ids[b])
+            token = next_ids[b]
             last = token in model.eos_token_ids or len(state.sequences[b]) + 1 >= max_new_tokens
             if force_image and last and model.vision_start_token_id not in state.sequences[b]:
                 token = model.vision_start_token_id
@@ -278,8 +280,7 @@ class _Sampler:
     """Logits -> next token ids: bans forced-only tokens, then greedy or temperature/top-k/top-p."""
 
     def __init__(self, model, do_sample, temperature, top_k, top_p, generator):
-        if do_sample and temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+        check_sampling(do_sample, temperature, top_k, top_p)
         self.banned = [model.vision_end_token_id, model.image_token_id]
         video = getattr(model.config.qwen_config, "video_token_id", None)
         self.banned += [video] if video is not None else []
@@ -293,22 +294,4 @@ class _Sampler:
         for b, allowed in enumerate(allow_image):
             if not allowed:
                 logits[b, self.vision_start] = float("-inf")
-        if not self.do_sample:
-            return logits.argmax(-1)
-        logits = logits / self.temperature
-        if self.top_k > 0:
-            kth = torch.topk(logits, min(self.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if self.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-            cumulative = sorted_logits.softmax(-1).cumsum(-1)
-            remove = cumulative - sorted_logits.softmax(-1) > self.top_p  # keep the token crossing top_p
-            logits = logits.scatter(-1, order, sorted_logits.masked_fill(remove, float("-inf")))
-        probs = logits.softmax(-1)
-        probs = probs.cpu()
-        if isinstance(self.generator, (list, tuple)):  # one stream per row: independent of the batch
-            if len(self.generator) != probs.shape[0]:
-                raise ValueError(f"{len(self.generator)} generators for a batch of {probs.shape[0]}")
-            return torch.cat([torch.multinomial(probs[b:b + 1], 1, generator=g).squeeze(-1)
-                              for b, g in enumerate(self.generator)])
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+        return choose_tokens(logits, self.do_sample, self.temperature, self.top_k, self.top_p, self.generator)

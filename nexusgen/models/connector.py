@@ -99,6 +99,16 @@ class MergerConfig:
         return config
 
 
+def merger_projector(config: MergerConfig) -> nn.Sequential:
+    """RMSNorm(D) -> Linear(D, eC) -> RMSNorm(eC) -> SiLU -> Linear(eC, C) -> RMSNorm(C) (indices 0..5, 3 the
+    SiLU, as upstream's `projector.*` keys)."""
+    hidden, eps = config.expand_ratio * config.context_dim, config.rms_norm_eps
+    return nn.Sequential(
+        Qwen2_5_VLRMSNorm(config.embed_dim, eps=eps), nn.Linear(config.embed_dim, hidden),
+        Qwen2_5_VLRMSNorm(hidden, eps=eps), nn.SiLU(), nn.Linear(hidden, config.context_dim),
+        Qwen2_5_VLRMSNorm(config.context_dim, eps=eps))
+
+
 def lattice_position_ids(grid: tuple[int, int], lattice_size: int = 36) -> torch.Tensor:
     """M-RoPE positions of an h x w token grid mapped onto the shared lattice (raster order).
 
@@ -132,12 +142,7 @@ class EmbeddingMerger(nn.Module):
         # Upstream's merger attends without a mask: every token sees every other (bidirectional).
         layer.self_attn.is_causal = False
         self.layers = nn.ModuleList([layer])
-        hidden = config.expand_ratio * config.context_dim
-        eps = config.rms_norm_eps
-        self.projector = nn.Sequential(
-            Qwen2_5_VLRMSNorm(config.embed_dim, eps=eps), nn.Linear(config.embed_dim, hidden),
-            Qwen2_5_VLRMSNorm(hidden, eps=eps), nn.SiLU(), nn.Linear(hidden, config.context_dim),
-            Qwen2_5_VLRMSNorm(config.context_dim, eps=eps))
+        self.projector = merger_projector(config)
         self.rotary_emb = Qwen2_5_VLRotaryEmbedding(text_config)  # inverse frequencies only (not saved)
 
     def position_ids(self, target_grid: tuple[int, int], reference_grid: tuple[int, int]) -> torch.Tensor:

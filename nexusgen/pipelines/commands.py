@@ -20,6 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from nexusgen.loading.files import atomic_save_image
+from nexusgen.models.text_generation import check_sampling
 from nexusgen.pipelines.inputs import check_prompts
 from nexusgen.processing.images import load_image
 
@@ -46,11 +47,12 @@ def one_line_warnings() -> Iterator[None]:
 
 
 def load_model(args):
-    """`NexusGen.from_pretrained(args.model, args.device, args.dtype)`, warnings as one line each."""
+    """`NexusGen.from_pretrained(args.model, args.device, args.dtype, offload, fp8)`, warnings as one line each."""
     from nexusgen.api import NexusGen
 
     with one_line_warnings():
-        return NexusGen.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        return NexusGen.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                        offload=getattr(args, "offload", "auto"), fp8=getattr(args, "fp8", False))
 
 
 def read_image(path: str) -> Image.Image:
@@ -90,11 +92,18 @@ def image_options(args) -> dict:
 # Handlers
 # ----------------------------------------------------------------------------------------------------
 def understand(args) -> int:
-    """`nexusgen understand --image IMG [--image IMG2] --prompt TEXT`: prints the answer."""
+    """`nexusgen understand [--image IMG ...] --prompt TEXT`: prints the answer (no image: a text-only
+    question; an empty prompt with an image: the image's description)."""
     images = [read_image(p) for p in args.image]
-    prompt = check_prompt(args.prompt)
+    prompt = args.prompt if images and not args.prompt.strip() else check_prompt(args.prompt)
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not args.temperature >= 0:
+        raise ValueError(f"--temperature must be >= 0 (0: greedy), got {args.temperature}")
+    check_sampling(args.temperature > 0, args.temperature, args.top_k, args.top_p)  # before the model loads
     model = load_model(args)
-    print(model.understand(images, prompt, max_new_tokens=args.max_new_tokens))
+    print(model.understand(images or None, prompt, max_new_tokens=args.max_new_tokens,
+                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed))
     return 0
 
 

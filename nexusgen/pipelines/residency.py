@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from nexusgen.models.memory import is_on
+
 POLICIES = ("auto", "none", "model")
 GIB = 2**30
 
@@ -95,15 +97,16 @@ class ResidencyPlanner:
             freed += self.resident[other]
         return Plan(evict=evict)
 
-    def activate(self, name: str, nbytes: int, permanent: bool = False) -> Plan:
-        """Plan and record an activation (moves counted); returns the plan to carry out."""
+    def activate(self, name: str, nbytes: int, permanent: bool = False, transfer: bool = True) -> Plan:
+        """Plan and record an activation (moves counted; `transfer=False`: the part is already on the device,
+        e.g. built there, and only joins the residents); returns the plan to carry out."""
         plan = self.plan(name, nbytes)
         for other in plan.evict:
             self.moves.append(("out", other, self.resident.pop(other)))
         if plan.move_in:
             self.resident[name] = nbytes
-            self.moved_in_bytes += nbytes
-            self.moves.append(("in", name, nbytes))
+            self.moved_in_bytes += nbytes if transfer else 0
+            self.moves.append(("in" if transfer else "joined", name, nbytes))
         self.resident.move_to_end(name)
         if permanent:
             self.permanent.add(name)
@@ -175,10 +178,11 @@ class Residency:
         if self.moves_on_host:
             return module
         self.modules[name] = module
-        plan = self.planner.activate(name, _nbytes(module), permanent)
+        there = is_on(module, self.device)
+        plan = self.planner.activate(name, _nbytes(module), permanent, transfer=not there)
         for other in plan.evict:
             self._move_out(other)
-        if plan.move_in:
+        if plan.move_in and not there:
             self._move_in(name, module)
         self._wait(name)
         return module
@@ -230,9 +234,11 @@ class Residency:
 
     def _move_out(self, name: str) -> None:
         self._wait(name)
-        host = self.host_tensors[name]
+        host = self.host_tensors.setdefault(name, {})
         pin = self.device.type == "cuda"
         for key, tensor in _tensors(self.modules[name]):
+            if key not in host:  # a part that was built on the device: its only copy is there
+                host[key] = tensor.data.to(self.host)
             if pin and not host[key].is_pinned():
                 host[key] = host[key].pin_memory()  # from now on moves in are asynchronous copies
             tensor.data = host[key]

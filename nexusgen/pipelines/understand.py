@@ -1,9 +1,12 @@
 """Image understanding (SPEC 1.3): image(s) + question -> text, stock Qwen2.5-VL chat generation.
 
-Steps: validate -> encode (user turn `<image>\\n{question}` as in the training data, system prompt,
-open assistant turn; images at the bounded input size) -> AR (greedy decoding with the KV cache via
-`generate_interleaved`, image output banned) -> decode (text, special tokens skipped). The whole batch is
-one left-padded generation.
+Steps: validate -> encode (user turn `<image>\\n{question}` as in the training data, system prompt, open
+assistant turn; images at the bounded input size) -> AR (`models.text_generation.generate_text`: KV cache,
+no per-token host round trips, greedy unless a temperature is given, image output banned) -> decode (text,
+special tokens skipped). The whole batch is one left-padded generation.
+
+As the official app: up to 1024 new tokens; a question without an image is answered as text; an empty
+question about an image asks for its description (`DESCRIBE_PROMPT`, the app's wording).
 """
 
 from __future__ import annotations
@@ -13,8 +16,14 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from nexusgen.pipelines.inputs import as_batch, check_image, check_positive, check_prompts, to_device
+from nexusgen.models.text_generation import check_sampling, generate_text
+from nexusgen.pipelines.inputs import as_batch, check_image, check_positive, check_prompts, check_seed, to_device
 from nexusgen.processing.templates import IMAGE_PLACEHOLDER
+
+DEFAULT_MAX_NEW_TOKENS = 1024
+"""The official scripts' and app's budget."""
+DESCRIBE_PROMPT = "Please give a brief description of the image."
+"""What the official app asks when the question about an image is empty."""
 
 
 @dataclass
@@ -47,36 +56,48 @@ class UnderstandPipeline:
         self.ar_model, self.processor, self.runtime = ar_model, processor, runtime
 
     @torch.inference_mode()
-    def __call__(self, *, image, prompt: str | list[str], max_new_tokens: int = 256) -> UnderstandOutput:
+    def __call__(self, *, image, prompt: str | list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> UnderstandOutput:
         """Answer each prompt about its image(s).
 
         Args:
             image: for a single prompt, a PIL image, a list of them, or None (text only); for a list of
                 prompts, a list with one such entry per prompt.
-            prompt: a question or a list of them.
+            prompt: a question or a list of them; "" with an image asks for the image's description.
             max_new_tokens: generation budget per answer.
+            temperature: 0 (default) decodes greedily; above 0 samples at this temperature.
+            top_k: when sampling, keep the k most likely tokens (0: all).
+            top_p: when sampling, keep the smallest set of tokens with this much probability (1: all).
+            seed: seed of the sampling generator.
 
         Returns:
             UnderstandOutput (lists, also for a single prompt).
 
         Raises:
-            ValueError: empty prompt, bad image, mismatched counts, max_new_tokens < 1.
+            ValueError: empty prompt without an image, bad image, mismatched counts, bad settings.
         """
         prompts, single = as_batch(prompt, "prompt", (str,))
-        prompts = check_prompts(prompts)
         check_positive("max_new_tokens", max_new_tokens)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+            raise ValueError(f"temperature must be a number >= 0 (0: greedy), got {temperature!r}")
+        check_sampling(temperature > 0, temperature, top_k, top_p)
+        check_seed(seed)
         per_prompt = [image] if single else image
         if not isinstance(per_prompt, (list, tuple)) or len(per_prompt) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts need a list of {len(prompts)} image entries, got "
                              f"{type(image).__name__}")
         images = [self._images(entry, index) for index, entry in enumerate(per_prompt)]
+        prompts = check_prompts([DESCRIBE_PROMPT if isinstance(p, str) and not p.strip() and ims else p
+                                 for p, ims in zip(prompts, images, strict=True)])
         conversations = [understanding_messages(p, len(ims)) for p, ims in zip(prompts, images, strict=True)]
         inputs = to_device(self.processor.chat_inputs(conversations, images), self.runtime.device)  # encode
         model = self.runtime.activate(self.ar_model)  # AR
         pixels = inputs["pixel_values"].to(self.runtime.dtype)
-        out = model.generate_interleaved(inputs["input_ids"], inputs["attention_mask"], pixels,
-                                         inputs["image_grid_thw"], max_new_tokens=max_new_tokens,
-                                         max_images=0, tokenizer=self.processor.tokenizer)
+        generator = torch.Generator(self.runtime.device).manual_seed(seed) if temperature > 0 else None
+        out = generate_text(model, inputs["input_ids"], inputs["attention_mask"], pixels, inputs["image_grid_thw"],
+                            max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                            temperature=temperature or 1.0, top_k=top_k, top_p=top_p, generator=generator,
+                            tokenizer=self.processor.tokenizer)
         return UnderstandOutput(list(out.texts), [len(s) for s in out.sequences])  # decode
 
     @staticmethod

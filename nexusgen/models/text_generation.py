@@ -1,0 +1,149 @@
+"""Text answers (understanding) with a KV cache and no per-token host round trips.
+
+`generate_text` decodes a batch of prompts token by token. Everything a step needs stays on the device:
+the next tokens, the per-row positions, the finished flags, the attention mask (allocated once for the
+whole answer and read as a growing slice) and the sampling itself (a device generator). The only host
+synchronisation per step is the check whether every row has finished. Image output is banned (answers are
+text). The prompt is fed exactly as `ar_generation.generate_interleaved` feeds it, so greedy answers are
+the same token for token.
+
+Sampling (`do_sample=True`): temperature, then top-k, then top-p (nucleus) filtering, then a draw from the
+softmax; greedy (argmax) by default, as the official app's generation config effectively is.
+
+Shape legend: B batch, L prompt length, T max_new_tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TextOutput:
+    """Attributes:
+        sequences: per prompt, the generated ids (1-D int64, CPU), ending with the end-of-turn token if one
+            was generated.
+        texts: decoded answers (special tokens skipped) when a tokenizer was given, else None.
+    """
+
+    sequences: list[torch.Tensor]
+    texts: list[str] | None = None
+
+
+def check_sampling(do_sample: bool, temperature: float, top_k: int, top_p: float) -> None:
+    """ValueError for sampling settings that cannot be used."""
+    if do_sample and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0: off), got {top_k!r}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1: off), got {top_p!r}")
+
+
+def choose_tokens(logits: torch.Tensor, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0, generator=None) -> torch.Tensor:
+    """Next token per row from (B, V) logits (banned tokens already at -inf): argmax, or a draw after
+    temperature, top-k and top-p filtering. Returns (B,) int64 on the logits' device.
+
+    `generator`: None, one `torch.Generator`, or one per row (each row's stream then does not depend on the
+    batch it is in). A draw happens on the generator's device: a generator on the logits' device keeps the
+    decode loop free of host round trips; a CPU generator gives the same tokens on any device.
+    """
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        remove = probs.cumsum(-1) - probs > top_p  # keep the token that crosses top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(remove, float("-inf")))
+    probs = logits.softmax(-1)
+    if isinstance(generator, (list, tuple)):  # one stream per row
+        if len(generator) != probs.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {probs.shape[0]}")
+        return torch.cat([_draw(probs[b:b + 1], g) for b, g in enumerate(generator)])
+    return _draw(probs, generator)
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One multinomial draw per row, on the generator's device; (B,) on the device of `probs`."""
+    source = probs.to(generator.device) if generator is not None else probs
+    return torch.multinomial(source, 1, generator=generator).squeeze(-1).to(probs.device)
+
+
+@torch.no_grad()
+def generate_text(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                  pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None, *,
+                  max_new_tokens: int = 1024, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0, generator: torch.Generator | None = None, tokenizer=None) -> TextOutput:
+    """Text answers for a batch of prompts (input images allowed, image output banned).
+
+    Args:
+        model: a NexusGenARModel.
+        input_ids: (B, L) prompts ending with the open assistant turn, padded on either side.
+        attention_mask: (B, L), default all ones.
+        pixel_values: (P, patch_dim) input images, or None.
+        image_grid_thw: (I, 3) grids of the input images in order, or None.
+        max_new_tokens: per row.
+        do_sample, temperature, top_k, top_p: sampling settings (`choose_tokens`); greedy by default.
+        generator: a generator on the model's device, for reproducible sampling.
+        tokenizer: if given, `texts` holds the decoded answers.
+
+    Returns:
+        TextOutput.
+    """
+    from nexusgen.models.ar_generation import _GenerationState
+
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_sampling(do_sample, temperature, top_k, top_p)
+    state = _GenerationState(model, input_ids, attention_mask, pixel_values, image_grid_thw)
+    device = model.vision_head.weight.device
+    batch, past = state.batch, state.mask.shape[1]
+    mask = torch.zeros(batch, past + max_new_tokens, dtype=state.mask.dtype, device=device)
+    mask[:, :past] = state.mask.to(device)
+    banned = _banned_ids(model, device)
+    eos = torch.tensor(model.eos_token_ids, device=device)
+    tokens = state.last_ids.to(device)  # the last prompt token is fed by the first step
+    position = torch.tensor(state.next_pos, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    out = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=device)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    cache = state.cache
+    for step in range(max_new_tokens):
+        live = ~done
+        mask[:, past + step] = live.to(mask.dtype)  # a finished row feeds a masked slot (id 0, position 0)
+        ids = torch.where(live, tokens, 0)[:, None]  # (B, 1)
+        positions = torch.where(live, position, 0)[None, :, None].expand(3, batch, 1)
+        hidden, cache = model.language_model(model.embed_tokens(ids), mask[:, :past + step + 1], positions,
+                                             past_key_values=cache, use_cache=True)
+        logits = model.vlm.lm_head(hidden[:, -1]).float()  # (B, V)
+        logits[:, banned] = float("-inf")
+        tokens = choose_tokens(logits, do_sample, temperature, top_k, top_p, generator)
+        out[:, step] = tokens
+        lengths += live.long()
+        position += 1
+        done = done | torch.isin(tokens, eos)
+        if bool(done.all()):  # the one host synchronisation of a step
+            break
+    sequences = [row[:n] for row, n in zip(out.cpu(), lengths.tolist(), strict=True)]
+    texts = None
+    if tokenizer is not None:  # as the chat decoding does (a spelled-out "<image>" is dropped)
+        from nexusgen.processing.templates import decode_with_image_markers
+
+        texts = [decode_with_image_markers(tokenizer, s, model.vision_start_token_id, model.vision_end_token_id)
+                 for s in sequences]
+    return TextOutput(sequences, texts)
+
+
+def _banned_ids(model, device: torch.device) -> torch.Tensor:
+    """Tokens a text answer never contains: image spans (vision start / end, image and video pads)."""
+    ids = [model.vision_start_token_id, model.vision_end_token_id, model.image_token_id]
+    video = getattr(model.config.qwen_config, "video_token_id", None)
+    ids += [video] if video is not None else []
+    return torch.tensor(ids, device=device)
