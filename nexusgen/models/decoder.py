@@ -22,6 +22,7 @@ P pooled width, S context length, c latent channels (16), h x w latent size, L =
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -297,6 +298,37 @@ class DecoderCondition:
     """(B, P) pooled vector."""
 
 
+@contextlib.contextmanager
+def _exact_time_embedding(transformer: FluxTransformer2DModel, t: torch.Tensor, guidance: float | None,
+                          dtype: torch.dtype):
+    """Feed the time (and guidance) embedder 1000 * t and 1000 * guidance in fp32.
+
+    diffusers' FLUX transformer casts them to the compute dtype before its fp32 sinusoidal embedding: in bf16
+    1000 * 0.7 becomes 700 +- 2 and 3500 becomes 3504, and the highest sinusoid frequencies (1 rad per unit)
+    turn by radians -- every bf16 step sees a slightly different time and guidance. Upstream's DiT
+    (DiffSynth) embeds the fp32 values; this pre-hook on `time_text_embed` gives it those. In fp32 the
+    values are the same as diffusers' own, so fp32 outputs do not change.
+    """
+    if dtype == torch.float32:
+        yield
+        return
+    timestep = t.float() * 1000
+    exact_guidance = torch.full_like(timestep, float(guidance)) * 1000 if guidance is not None else None
+
+    def hook(module, args):
+        args = list(args)
+        args[0] = timestep.to(args[0].device)
+        if exact_guidance is not None and len(args) == 3:
+            args[1] = exact_guidance.to(args[1].device)
+        return tuple(args)
+
+    handle = transformer.time_text_embed.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class _FluxDecoder(nn.Module):
     """Shared part of both decoders: the DiT, the stored pooled vector and the velocity call."""
 
@@ -347,15 +379,17 @@ class _FluxDecoder(nn.Module):
         B, _, h, w = latents.shape
         guidance = self.config.embedded_guidance if guidance is None else guidance
         guidance_vector = torch.full((B,), float(guidance), device=latents.device, dtype=dtype)
-        tokens = self.transformer(
-            hidden_states=pack_latents(latents.to(dtype)),  # (B, L, 4c)
-            encoder_hidden_states=condition.context,  # (B, S, C)
-            pooled_projections=condition.pooled,  # (B, P)
-            timestep=t.to(device=latents.device, dtype=dtype),  # diffusers multiplies by 1000
-            img_ids=image_ids((h, w), latents.device),  # (L, 3)
-            txt_ids=condition.context_ids.to(latents.device),  # (S, 3)
-            guidance=guidance_vector if self.config.guidance_embeds else None,
-            return_dict=False)[0]  # (B, L, 4c)
+        exact_guidance = float(guidance) if self.config.guidance_embeds else None
+        with _exact_time_embedding(self.transformer, t, exact_guidance, dtype):
+            tokens = self.transformer(
+                hidden_states=pack_latents(latents.to(dtype)),  # (B, L, 4c)
+                encoder_hidden_states=condition.context,  # (B, S, C)
+                pooled_projections=condition.pooled,  # (B, P)
+                timestep=t.to(device=latents.device, dtype=dtype),  # diffusers multiplies by 1000
+                img_ids=image_ids((h, w), latents.device),  # (L, 3)
+                txt_ids=condition.context_ids.to(latents.device),  # (S, 3)
+                guidance=guidance_vector if self.config.guidance_embeds else None,
+                return_dict=False)[0]  # (B, L, 4c)
         return unpack_latents(tokens, (h, w)).to(latents.dtype)
 
     def forward(self, latents: torch.Tensor, t: torch.Tensor, image_embeds: torch.Tensor,

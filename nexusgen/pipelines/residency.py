@@ -220,13 +220,13 @@ class Residency:
             stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.no_grad():
             for key, tensor in _tensors(module):
-                source = host.get(key, tensor.data)  # first move: the part's own (memory-mapped) tensor
-                if self.policy != "none":  # a part that may leave keeps its host tensors to return to
-                    host[key] = source
+                source = tensor.data  # the part's host tensor (memory-mapped, or pinned once it has left)
                 target = torch.empty_like(source, device=self.device)  # allocated on the compute stream
                 with torch.cuda.stream(stream) if stream is not None else _nullcontext():
                     target.copy_(source, non_blocking=True)
-                tensor.data = target
+                _rebind(tensor, target)
+                if self.policy != "none":  # a part that may leave keeps its host tensors to return to
+                    host[key] = source
         if stream is not None:
             event = torch.cuda.Event()
             event.record(stream)
@@ -234,14 +234,16 @@ class Residency:
 
     def _move_out(self, name: str) -> None:
         self._wait(name)
-        host = self.host_tensors.setdefault(name, {})
+        host = self.host_tensors.pop(name, {})
         pin = self.device.type == "cuda"
-        for key, tensor in _tensors(self.modules[name]):
-            if key not in host:  # a part that was built on the device: its only copy is there
-                host[key] = tensor.data.to(self.host)
-            if pin and not host[key].is_pinned():
-                host[key] = host[key].pin_memory()  # from now on moves in are asynchronous copies
-            tensor.data = host[key]
+        with torch.no_grad():
+            for key, tensor in _tensors(self.modules[name]):
+                source = host.get(key)
+                if source is None:  # a part built on the device: its only copy is there
+                    source = tensor.data.to(self.host)
+                if pin and not source.is_pinned():
+                    source = source.pin_memory()  # from now on moves in are asynchronous copies
+                _rebind(tensor, source)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # give the blocks back before the next part arrives
 
@@ -264,6 +266,16 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+def _rebind(tensor: torch.Tensor, data: torch.Tensor) -> None:
+    """Make `tensor` (a module's parameter or buffer, whose identity others hold) hold `data`, on any device."""
+    try:
+        tensor.data = data
+    except RuntimeError:  # devices whose tensor types differ (e.g. the meta device): swap the whole tensor
+        replacement = nn.Parameter(data, requires_grad=tensor.requires_grad) if isinstance(
+            tensor, nn.Parameter) else data
+        torch.utils.swap_tensors(tensor, replacement)
 
 
 def _tensors(module: nn.Module):
