@@ -238,7 +238,8 @@ def _tooling_commands(sub) -> None:
     g.add_argument("--negative-tokens", type=_positive, default=512, help="T5 negative context length")
     g.add_argument("--edit-image", type=_positive, default=512, help="side of the edit source image")
     g.add_argument("--decode-tokens", type=_positive, default=64, help="tokens of the text decode measurement")
-    g.add_argument("--repeats", type=_positive, default=5)
+    g.add_argument("--repeats", type=_positive, default=5, help="timed calls per measurement")
+    g.add_argument("--warmup", type=int, default=1, help="untimed calls before each measurement")
     p.set_defaults(handler=lambda args: _call(f"nexusgen.bench.{args.what}:run")(args))
 
 

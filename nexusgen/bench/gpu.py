@@ -122,16 +122,16 @@ def ar_phase(args, device, dtype) -> dict:
                                                       batch["pixel_values"].to(dtype), batch["image_grid_thw"])
         result = {"weights_gb": parameter_bytes(model) / GB, "prompt_tokens": int(gen["input_ids"].shape[1]),
                   "edit_prompt_tokens": int(edit["input_ids"].shape[1]),
-                  "predict_ms": device_ms(predict(gen), args.repeats, device),
-                  "edit_predict_ms": device_ms(predict(edit), args.repeats, device)}
+                  "predict_ms": device_ms(predict(gen), args.repeats, device, args.warmup),
+                  "edit_predict_ms": device_ms(predict(edit), args.repeats, device, args.warmup)}
         eos = model.eos_token_ids
         handle = model.vlm.lm_head.register_forward_hook(lambda m, a, out: out.index_fill_(-1, torch.tensor(
             eos, device=out.device), float("-inf")))  # fixed-length answers
         try:
             def decode(tokens: int):
                 return lambda: generate_text(model, gen["input_ids"], gen["attention_mask"], max_new_tokens=tokens)
-            prefill_ms = device_ms(decode(1), 1, device)  # the prompt and the first token
-            total_ms = device_ms(decode(args.decode_tokens + 1), 1, device)
+            prefill_ms = device_ms(decode(1), 1, device, args.warmup)  # the prompt and the first token
+            total_ms = device_ms(decode(args.decode_tokens + 1), 1, device, args.warmup)
         finally:
             handle.remove()
     result["decode_tokens"] = args.decode_tokens
@@ -164,9 +164,10 @@ def dit_phase(args, device, dtype, peak: float, decoder) -> dict:
             t5 = _step(decoder, latent, [81, args.negative_tokens], dtype, device)
             null = _step(decoder, latent, [81], dtype, device, batch=2)
             flops = count_flops(off)
-            entry = {"image_tokens": (latent // 2) ** 2, "step_ms_cfg_off": device_ms(off, args.repeats, device),
-                     "step_ms_cfg_t5": device_ms(t5, args.repeats, device),
-                     "step_ms_cfg_null_batched": device_ms(null, args.repeats, device),
+            entry = {"image_tokens": (latent // 2) ** 2,
+                     "step_ms_cfg_off": device_ms(off, args.repeats, device, args.warmup),
+                     "step_ms_cfg_t5": device_ms(t5, args.repeats, device, args.warmup),
+                     "step_ms_cfg_null_batched": device_ms(null, args.repeats, device, args.warmup),
                      "step_tflop_cfg_off": flops / 1e12}
             entry["tflops_achieved"] = flops / (entry["step_ms_cfg_off"] / 1000) / 1e12
             entry["fraction_of_peak"] = entry["tflops_achieved"] * 1e12 / peak
@@ -188,7 +189,7 @@ def dit_phase(args, device, dtype, peak: float, decoder) -> dict:
             condition = editing.condition(target, latent_size=(latent, latent), reference_embeds=reference,
                                           reference_grid=(side, side), target_grid=(9, 9))
             return editing.velocity(x, t, condition)
-        result["editing_step_ms"] = {str(size): device_ms(edit_step, args.repeats, device)}
+        result["editing_step_ms"] = {str(size): device_ms(edit_step, args.repeats, device, args.warmup)}
         result["editing_context_tokens"] = 81 + side * side
         result["merger_weights_gb"] = parameter_bytes(editing.merger) / GB
     return result
@@ -200,7 +201,7 @@ def vae_phase(args, device, dtype, vae) -> dict:
         for size in args.sizes:
             latents = torch.randn(1, 16, size // 8, size // 8, device=device, dtype=dtype)
             result["decode_ms"][str(size)] = device_ms(lambda latents=latents: vae.decode(latents).sample,
-                                                       args.repeats, device)
+                                                       args.repeats, device, args.warmup)
     return result
 
 
@@ -239,7 +240,7 @@ def fp8_phase(args, device, dtype, decoder) -> dict:
         torch.cuda.empty_cache()
     size = args.sizes[-1]
     with torch.inference_mode():
-        step = device_ms(_step(decoder, size // 8, [81], dtype, device), args.repeats, device)
+        step = device_ms(_step(decoder, size // 8, [81], dtype, device), args.repeats, device, args.warmup)
     return {"dit_weights_gb": parameter_bytes(decoder.transformer) / GB, "size": size, "step_ms_cfg_off": step}
 
 

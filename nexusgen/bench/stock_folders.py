@@ -104,7 +104,7 @@ def write_qwen(folder: Path, blocks: int = 1, intermediate: int = 18944, new_nam
     return folder
 
 
-def _clip_tokenizer(folder: Path) -> int:
+def write_clip_tokenizer(folder: Path) -> int:
     """A minimal CLIP BPE (vocab.json + merges.txt, as FLUX's tokenizer/); returns its vocabulary size."""
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     vocab = {t: i for i, t in enumerate(letters + [f"{c}</w>" for c in letters])}
@@ -118,7 +118,7 @@ def _clip_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
-def _t5_tokenizer(folder: Path) -> int:
+def write_t5_tokenizer(folder: Path) -> int:
     from transformers import T5Tokenizer
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(f"\u2581{w}", -2.0) for w in
@@ -162,13 +162,13 @@ def write_flux(folder: Path, blocks: int = 1, seed: int = 0) -> Path:
         vae = AutoencoderKL(**vae_kwargs)
     materialize_random_(vae, "cpu", torch.bfloat16, seed=seed + 1)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
-    clip_vocab = _clip_tokenizer(folder / "tokenizer")
+    clip_vocab = write_clip_tokenizer(folder / "tokenizer")
     clip = CLIPTextConfig(vocab_size=clip_vocab, hidden_size=768, intermediate_size=3072, num_hidden_layers=blocks,
                           num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
                           projection_dim=768, bos_token_id=clip_vocab - 2, eos_token_id=clip_vocab - 1,
                           pad_token_id=clip_vocab - 1)
     _save_transformers(lambda: CLIPTextModel(clip), clip, folder / "text_encoder", seed + 2, sharded=False)
-    t5_vocab = _t5_tokenizer(folder / "tokenizer_2")
+    t5_vocab = write_t5_tokenizer(folder / "tokenizer_2")
     t5 = T5Config(vocab_size=t5_vocab, d_model=4096, d_kv=64, d_ff=10240, num_layers=blocks, num_heads=64,
                   relative_attention_num_buckets=32, relative_attention_max_distance=128,
                   feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)

@@ -29,7 +29,6 @@ from nexusgen.models.memory import (
     fp8_linear_count,
     is_on,
     parameter_bytes,
-    peak_memory,
     place,
 )
 
