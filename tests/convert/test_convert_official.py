@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from nexusgen.cli import main
@@ -173,3 +173,49 @@ def test_autoregressive_files_are_linked_and_load(tmp_path):
     assert set(results) == {"autoregressive"}
     loaded, _, _ = load_autoregressive(tmp_path / "model/autoregressive", device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def _t5_folder(root, context_dim):
+    from transformers import T5Config, T5EncoderModel
+
+    from nexusgen.bench.stock_folders import write_t5_tokenizer
+
+    vocab = write_t5_tokenizer(root / "tokenizer_2")
+    torch.manual_seed(5)
+    config = T5Config(vocab_size=vocab, d_model=context_dim, d_kv=16, d_ff=96, num_layers=3, num_heads=4,
+                      feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+    model = T5EncoderModel(config).eval()
+    model.save_pretrained(root / "text_encoder_2", max_shard_size="100KB")  # sharded, as FLUX's
+    return model
+
+
+def test_flux_folder_gives_the_t5_negative_branch_computed_one_block_at_a_time(official, tmp_path):
+    from transformers import CLIPTokenizer, T5Tokenizer
+
+    from nexusgen.bench.stock_folders import write_clip_tokenizer
+
+    root = official[0]
+    flux = tmp_path / "FLUX.1-dev"
+    vocab = write_clip_tokenizer(flux / "tokenizer")
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=vocab, hidden_size=TINY.pooled_dim, intermediate_size=37,
+                                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                                        bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)).eval()
+    clip.save_pretrained(flux / "text_encoder")
+    t5 = _t5_folder(flux, TINY.context_dim)
+    lines = []
+    results = convert_official(root, tmp_path / "model", log=lines.append, vae_norm_num_groups=8, flux_dir=flux,
+                               negative_prompt="a blurry cat")
+    assert "negative branch" in results
+    negative = load_file(str(tmp_path / "model/negative.safetensors"))
+    assert negative["prompt_embeds"].shape == (1, 512, TINY.context_dim)
+    ids = T5Tokenizer.from_pretrained(str(flux / "tokenizer_2"))("a blurry cat", padding="max_length",
+                                                                  max_length=512, truncation=True,
+                                                                  return_tensors="pt").input_ids
+    with torch.no_grad():
+        whole = t5(input_ids=ids).last_hidden_state  # the whole model at once, as FluxPipeline runs it
+    assert torch.allclose(negative["prompt_embeds"], whole, atol=1e-5)
+    clip_ids = CLIPTokenizer.from_pretrained(str(flux / "tokenizer"))("a blurry cat", padding="max_length",
+                                                                       max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(negative["pooled"], clip(input_ids=clip_ids).pooler_output, atol=1e-6)
+    assert any("negative branch: T5('a blurry cat')" in line for line in lines)
