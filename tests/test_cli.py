@@ -7,7 +7,7 @@ import pytest
 
 from nexusgen.cli import build_parser, main
 
-SUBCOMMANDS = ["understand", "generate", "edit", "chat", "embed", "demo", "convert", "train",
+SUBCOMMANDS = ["understand", "generate", "edit", "chat", "embed", "demo", "convert", "assemble", "train",
                "export-checkpoint", "export-official", "prepare-embeds", "eval", "bench", "serve"]
 
 
