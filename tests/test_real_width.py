@@ -230,3 +230,20 @@ def test_every_task_in_bf16_and_fp8(model_dir):
         model_dir / "generation_decoder/transformer/diffusion_pytorch_model-00001-of-00002.safetensors")).values())
     assert parameter_bytes(dit) < 0.6 * (bf16_bytes + sum(v.numel() * 2 for v in load_file(str(
         model_dir / "generation_decoder/transformer/diffusion_pytorch_model-00002-of-00002.safetensors")).values()))
+
+
+def test_stock_parts_in_memory_for_training_from_stock_parents(stock, model_dir):
+    """`nexusgen.loading.stock` builds in memory what assemble writes (the API training from a stock parent
+    uses): the same DiT, the merger starting from the LLM's layer 0, and equal new weights for equal seeds."""
+    from nexusgen.loading.stock import stock_decoder
+
+    qwen, flux = stock
+    editing = stock_decoder(flux, qwen, editing=True, dtype=torch.bfloat16)
+    written = load_editing_decoder(model_dir / "editing_decoder", "cpu", torch.bfloat16)
+    own, theirs = editing.state_dict(), written.state_dict()
+    assert own.keys() == theirs.keys()
+    for key in own:
+        if key != "pooled_embeds":  # set from CLIP("") by assemble, zero here until the caller sets it
+            assert torch.equal(own[key], theirs[key]), key
+    generation = stock_decoder(flux / "transformer", qwen, editing=False, dtype=torch.bfloat16, fp8=True)
+    assert fp8_linear_count(generation.transformer)[1] == 0 and generation.adapter[0].weight.shape == (4096, 3584)

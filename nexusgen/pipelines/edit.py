@@ -83,7 +83,9 @@ class EditPipeline:
                                                    num_steps=num_steps, guidance_scale=guidance_scale,
                                                    seed=seed)
         seeds = batch_seeds(settings.seed, len(prompts))
-        embeds = predict_embeds(self.ar_model, self.processor, self.runtime, prompts, "edit", images)
+        following = self.editing_decoder if decoder == "editing" else self.generation.decoder
+        embeds = predict_embeds(self.ar_model, self.processor, self.runtime, prompts, "edit", images,
+                                prefetch=(following, self.vae))
         if decoder == "generation":
             negative = negative_kwargs(self.config, self.negative, settings.guidance_scale)
             pixels = self.generation.decode(embeds, settings, seeds, negative, progress)

@@ -113,7 +113,8 @@ class GeneratePipeline:
                                   guidance_scale=guidance_scale, seed=seed)
         negative = negative_kwargs(self.config, self.negative, settings.guidance_scale)
         # encode, AR
-        embeds = predict_embeds(self.ar_model, self.processor, self.runtime, prompts, "generate")
+        embeds = predict_embeds(self.ar_model, self.processor, self.runtime, prompts, "generate",
+                                prefetch=(self.decoder, self.vae))
         seeds = batch_seeds(settings.seed, len(prompts))
         images = self.decode(embeds, settings, seeds, negative, progress)  # denoise, decode
         return GenerateOutput(to_pil(images), embeds.float().cpu(), seeds)

@@ -14,7 +14,7 @@ from nexusgen.pipelines.inputs import image_request_inputs, to_device
 
 @torch.no_grad()
 def predict_embeds(ar_model, processor, runtime, prompts: list[str], task: str,
-                   images: list[Image.Image] | None = None) -> torch.Tensor:
+                   images: list[Image.Image] | None = None, prefetch: tuple = ()) -> torch.Tensor:
     """Encode canonical requests and predict every image's N embeddings in one AR forward pass.
 
     Args:
@@ -24,12 +24,16 @@ def predict_embeds(ar_model, processor, runtime, prompts: list[str], task: str,
         prompts: descriptions ("generate") or instructions ("edit"), languages detected per prompt.
         task: "generate" or "edit".
         images: source images for "edit", one per prompt.
+        prefetch: parts the request needs next (decoder, VAE): their transfer to the device starts while the
+            AR model runs, where they fit next to it (`Runtime.prefetch`).
 
     Returns:
         (B, N, D) predicted embeddings on the device, in the compute dtype.
     """
     inputs = to_device(image_request_inputs(processor, prompts, task, images), runtime.device)  # encode
     model = runtime.activate(ar_model)  # AR
+    for part in prefetch:
+        runtime.prefetch(part)
     return model.predict_image_embeds(inputs["input_ids"], inputs["attention_mask"],
                                       inputs["pixel_values"].to(runtime.dtype), inputs["image_grid_thw"])
 
