@@ -28,7 +28,6 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -263,20 +262,6 @@ def load_model_folder(path: str | os.PathLike, device: str | torch.device | None
     if not lazy:
         result.modules()
     return result
-
-
-def _config_of(module):
-    return module.config if module is not None else None
-
-
-def vae_config_of(vae) -> Any:
-    """The `VAEConfig` of a diffusers AutoencoderKL."""
-    from nexusgen.models.decoder import VAEConfig
-
-    c = vae.config
-    return VAEConfig(latent_channels=c.latent_channels, block_out_channels=tuple(c.block_out_channels),
-                     layers_per_block=c.layers_per_block, norm_num_groups=c.norm_num_groups,
-                     scaling_factor=c.scaling_factor, shift_factor=c.shift_factor)
 
 
 def read_folder_config(folder: Path, **part_configs) -> NexusGenConfig:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nexusgen.loading.weights import read_folder_weights
+from nexusgen.loading.weights import folder_index, read_folder_weights, read_indexed
 from nexusgen.models.placement import meta_parameters
 
 CLIP_L_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -109,13 +109,13 @@ def t5_prompt_embeds(text_encoder_dir: str | os.PathLike, tokenizer_dir: str | o
         raise ValueError(f"{folder}: cannot read the T5 config ({err})") from err
     with meta_parameters():
         model = T5EncoderModel(config).eval()
-    tensors = _single_file(folder)
+    index = folder_index(folder, stem="model")
     for a, b in (("shared.weight", "encoder.embed_tokens.weight"), ("encoder.embed_tokens.weight", "shared.weight")):
-        if a in tensors and b not in tensors:
-            tensors[b] = tensors[a]  # tied: stored once
+        if a in index and b not in index:
+            index[b] = index[a]  # tied: stored once
     input_ids = _tokenize("t5", tokenizer_dir, prompt, max_length).to(device)
     blocks = [(f"encoder.block.{i}.", block) for i, block in enumerate(model.encoder.block)]
-    with streamed_blocks(model, tensors, blocks, device, dtype, str(folder)):
+    with streamed_blocks(model, index, blocks, device, dtype, str(folder)):
         hidden = model(input_ids=input_ids).last_hidden_state
     return hidden.float().cpu()
 
@@ -141,9 +141,12 @@ def _release(module: nn.Module, args, output) -> None:
 class streamed_blocks:  # noqa: N801 (a context manager used like a function)
     """Within the block, `blocks` of `model` hold their weights only while they run.
 
+    Each block's tensors are read from their files (memory-mapped) only when it runs, and dropped with its
+    weights, so neither its weights nor the file pages behind them stay in memory once it has run.
+
     Args:
         model: built under `meta_parameters`.
-        tensors: its state dict (memory-mapped tensors).
+        index: its state dict as a `folder_index` (key -> file, stored key, shape).
         blocks: (state-dict prefix, module) of the modules to stream.
         device, dtype: where and in which dtype weights are materialised.
         source: file name for errors.
@@ -152,18 +155,18 @@ class streamed_blocks:  # noqa: N801 (a context manager used like a function)
         ValueError: a tensor of the model missing from `tensors`, or an unexpected one.
     """
 
-    def __init__(self, model: nn.Module, tensors: dict[str, torch.Tensor], blocks: list[tuple[str, nn.Module]],
-                 device, dtype: torch.dtype, source: str):
+    def __init__(self, model: nn.Module, index: dict, blocks: list[tuple[str, nn.Module]], device,
+                 dtype: torch.dtype, source: str):
         from nexusgen.loading.weights import check_state
 
-        check_state(model, {k: tuple(v.shape) for k, v in tensors.items()}, source)
-        self.device, self.dtype, self.handles = torch.device(device), dtype, []
+        check_state(model, {k: shape for k, (_, _, shape) in index.items()}, source)
+        self.device, self.dtype, self.handles, self.index = torch.device(device), dtype, [], index
         prefixes = tuple(prefix for prefix, _ in blocks)
-        rest = {k: self._cast(v) for k, v in tensors.items() if not k.startswith(prefixes)}
-        model.load_state_dict(rest, strict=False, assign=True)
+        rest = read_indexed(index, [k for k in index if not k.startswith(prefixes)])
+        model.load_state_dict({k: self._cast(v) for k, v in rest.items()}, strict=False, assign=True)
         for prefix, block in blocks:
-            own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            self.handles.append(block.register_forward_pre_hook(self._loader(own)))
+            own = [k for k in index if k.startswith(prefix)]
+            self.handles.append(block.register_forward_pre_hook(self._loader(prefix, own)))
             self.handles.append(block.register_forward_hook(_release))
         for buffer in model.buffers():  # real buffers (e.g. position ids) join the device
             buffer.data = buffer.data.to(self.device)
@@ -171,9 +174,11 @@ class streamed_blocks:  # noqa: N801 (a context manager used like a function)
     def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self.device, self.dtype) if tensor.is_floating_point() else tensor.to(self.device)
 
-    def _loader(self, own: dict[str, torch.Tensor]):
+    def _loader(self, prefix: str, keys: list[str]):
         def hook(module, args):
-            module.load_state_dict({k: self._cast(v) for k, v in own.items()}, strict=True, assign=True)
+            tensors = read_indexed(self.index, keys)
+            module.load_state_dict({k[len(prefix):]: self._cast(v) for k, v in tensors.items()}, strict=True,
+                                   assign=True)
         return hook
 
     def __enter__(self):

@@ -74,6 +74,37 @@ def diffusers_weight_files(folder: str | os.PathLike,
     raise ValueError(f"{folder}: no {single.name} or {index.name}{hint}")
 
 
+def folder_index(folder: str | os.PathLike, stem: str = "diffusion_pytorch_model") -> dict[str, tuple[Path, str,
+                                                                                              tuple[int, ...]]]:
+    """Every tensor of a weights folder without reading one: key -> (file, key in the file, shape).
+
+    Raises:
+        ValueError: as `diffusers_weight_files`, or an unreadable header.
+    """
+    from safetensors import safe_open
+
+    index = {}
+    for path in diffusers_weight_files(folder, stem):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                index.update({k: (path, k, tuple(handle.get_slice(k).get_shape())) for k in handle.keys()})
+        except Exception as err:  # safetensors raises its own error types for corrupt headers
+            raise ValueError(f"cannot read {path}: {err}") from err
+    return index
+
+
+def read_indexed(index: dict[str, tuple[Path, str, tuple[int, ...]]], keys) -> dict[str, torch.Tensor]:
+    """The tensors `keys` of a `folder_index`, memory-mapped; the mapping goes when the tensors do."""
+    by_file: dict[Path, list[str]] = {}
+    for key in keys:
+        by_file.setdefault(index[key][0], []).append(key)
+    out = {}
+    for path, names in by_file.items():
+        stored = read_safetensors(path, {index[k][1] for k in names})
+        out.update({k: stored[index[k][1]] for k in names})
+    return out
+
+
 def read_folder_weights(folder: str | os.PathLike, stem: str = "diffusion_pytorch_model") -> dict[str, torch.Tensor]:
     """Every tensor of a diffusers / transformers weights folder, memory-mapped."""
     tensors: dict[str, torch.Tensor] = {}
