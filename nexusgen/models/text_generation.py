@@ -105,33 +105,32 @@ def generate_text(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     state = _GenerationState(model, input_ids, attention_mask, pixel_values, image_grid_thw)
     device = model.vision_head.weight.device
     batch, past = state.batch, state.mask.shape[1]
-    mask = torch.zeros(batch, past + max_new_tokens, dtype=state.mask.dtype, device=device)
+    mask = torch.ones(batch, past + max_new_tokens, dtype=state.mask.dtype, device=device)
     mask[:, :past] = state.mask.to(device)
     banned = _banned_ids(model, device)
-    eos = torch.tensor(model.eos_token_ids, device=device)
-    tokens = state.last_ids.to(device)  # the last prompt token is fed by the first step
-    position = torch.tensor(state.next_pos, device=device)
+    eos = model.eos_token_ids
+    tokens = state.last_ids.to(device)[:, None]  # (B, 1): the last prompt token is fed by the first step
+    positions = torch.tensor(state.next_pos, device=device).view(1, batch, 1).repeat(3, 1, 1)  # (3, B, 1)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     out = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=device)
-    lengths = torch.zeros(batch, dtype=torch.long, device=device)
-    cache = state.cache
+    cache, steps, finished = state.cache, 0, [False] * batch
     for step in range(max_new_tokens):
-        live = ~done
-        mask[:, past + step] = live.to(mask.dtype)  # a finished row feeds a masked slot (id 0, position 0)
-        ids = torch.where(live, tokens, 0)[:, None]  # (B, 1)
-        positions = torch.where(live, position, 0)[None, :, None].expand(3, batch, 1)
-        hidden, cache = model.language_model(model.embed_tokens(ids), mask[:, :past + step + 1], positions,
+        if any(finished):  # a finished row feeds masked slots from now on (its outputs are ignored)
+            mask[:, past + step] = (~done).to(mask.dtype)
+        hidden, cache = model.language_model(model.embed_tokens(tokens), mask[:, :past + step + 1], positions,
                                              past_key_values=cache, use_cache=True)
         logits = model.vlm.lm_head(hidden[:, -1]).float()  # (B, V)
         logits[:, banned] = float("-inf")
-        tokens = choose_tokens(logits, do_sample, temperature, top_k, top_p, generator)
-        out[:, step] = tokens
-        lengths += live.long()
-        position += 1
-        done = done | torch.isin(tokens, eos)
-        if bool(done.all()):  # the one host synchronisation of a step
+        tokens = choose_tokens(logits, do_sample, temperature, top_k, top_p, generator)[:, None]
+        out[:, step] = tokens[:, 0]
+        positions += 1
+        for token_id in eos:
+            done |= tokens[:, 0] == token_id
+        steps = step + 1
+        finished = done.tolist()  # the one host synchronisation of a step
+        if all(finished):
             break
-    sequences = [row[:n] for row, n in zip(out.cpu(), lengths.tolist(), strict=True)]
+    sequences = [_until_end(row, eos) for row in out[:, :steps].cpu()]
     texts = None
     if tokenizer is not None:  # as the chat decoding does (a spelled-out "<image>" is dropped)
         from nexusgen.processing.templates import decode_with_image_markers
@@ -139,6 +138,14 @@ def generate_text(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
         texts = [decode_with_image_markers(tokenizer, s, model.vision_start_token_id, model.vision_end_token_id)
                  for s in sequences]
     return TextOutput(sequences, texts)
+
+
+def _until_end(row: torch.Tensor, eos: list[int]) -> torch.Tensor:
+    """A row's generated ids up to and including its first end-of-turn token (all of them if none)."""
+    for index, token in enumerate(row.tolist()):
+        if token in eos:
+            return row[:index + 1]
+    return row
 
 
 def _banned_ids(model, device: torch.device) -> torch.Tensor:
