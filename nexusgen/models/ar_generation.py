@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nexusgen.models.text_generation import check_sampling, choose_tokens
+from nexusgen.models.text_generation import check_sampling_options, choose_tokens
 
 
 @torch.no_grad()
@@ -280,7 +280,7 @@ class _Sampler:
     """Logits -> next token ids: bans forced-only tokens, then greedy or temperature/top-k/top-p."""
 
     def __init__(self, model, do_sample, temperature, top_k, top_p, generator):
-        check_sampling(do_sample, temperature, top_k, top_p)
+        check_sampling_options(do_sample, temperature, top_k, top_p)
         self.banned = [model.vision_end_token_id, model.image_token_id]
         video = getattr(model.config.qwen_config, "video_token_id", None)
         self.banned += [video] if video is not None else []

@@ -32,7 +32,7 @@ class TextOutput:
     texts: list[str] | None = None
 
 
-def check_sampling(do_sample: bool, temperature: float, top_k: int, top_p: float) -> None:
+def check_sampling_options(do_sample: bool, temperature: float, top_k: int, top_p: float) -> None:
     """ValueError for sampling settings that cannot be used."""
     if do_sample and not temperature > 0:
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
@@ -101,7 +101,7 @@ def generate_text(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    check_sampling(do_sample, temperature, top_k, top_p)
+    check_sampling_options(do_sample, temperature, top_k, top_p)
     state = _GenerationState(model, input_ids, attention_mask, pixel_values, image_grid_thw)
     device = model.vision_head.weight.device
     batch, past = state.batch, state.mask.shape[1]

@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from nexusgen.loading.files import atomic_save_image
-from nexusgen.models.text_generation import check_sampling
+from nexusgen.models.text_generation import check_sampling_options
 from nexusgen.pipelines.inputs import check_prompts
 from nexusgen.processing.images import load_image
 
@@ -100,7 +100,7 @@ def understand(args) -> int:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if not args.temperature >= 0:
         raise ValueError(f"--temperature must be >= 0 (0: greedy), got {args.temperature}")
-    check_sampling(args.temperature > 0, args.temperature, args.top_k, args.top_p)  # before the model loads
+    check_sampling_options(args.temperature > 0, args.temperature, args.top_k, args.top_p)  # before the model loads
     model = load_model(args)
     print(model.understand(images or None, prompt, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed))

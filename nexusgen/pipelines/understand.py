@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from nexusgen.models.text_generation import check_sampling, generate_text
+from nexusgen.models.text_generation import check_sampling_options, generate_text
 from nexusgen.pipelines.inputs import as_batch, check_image, check_positive, check_prompts, check_seed, to_device
 from nexusgen.processing.templates import IMAGE_PLACEHOLDER
 
@@ -68,7 +68,7 @@ class UnderstandPipeline:
             temperature: 0 (default) decodes greedily; above 0 samples at this temperature.
             top_k: when sampling, keep the k most likely tokens (0: all).
             top_p: when sampling, keep the smallest set of tokens with this much probability (1: all).
-            seed: seed of the sampling generator.
+            seed: sampling seed; answer b of a list draws from its own generator seeded with seed + b.
 
         Returns:
             UnderstandOutput (lists, also for a single prompt).
@@ -80,7 +80,7 @@ class UnderstandPipeline:
         check_positive("max_new_tokens", max_new_tokens)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
             raise ValueError(f"temperature must be a number >= 0 (0: greedy), got {temperature!r}")
-        check_sampling(temperature > 0, temperature, top_k, top_p)
+        check_sampling_options(temperature > 0, temperature, top_k, top_p)
         check_seed(seed)
         per_prompt = [image] if single else image
         if not isinstance(per_prompt, (list, tuple)) or len(per_prompt) != len(prompts):
@@ -93,7 +93,10 @@ class UnderstandPipeline:
         inputs = to_device(self.processor.chat_inputs(conversations, images), self.runtime.device)  # encode
         model = self.runtime.activate(self.ar_model)  # AR
         pixels = inputs["pixel_values"].to(self.runtime.dtype)
-        generator = torch.Generator(self.runtime.device).manual_seed(seed) if temperature > 0 else None
+        # one generator per answer, on the device: answer b's tokens do not depend on its batch, and drawing
+        # them needs no host round trip
+        generator = [torch.Generator(self.runtime.device).manual_seed(seed + b) for b in range(len(prompts))] \
+            if temperature > 0 else None
         out = generate_text(model, inputs["input_ids"], inputs["attention_mask"], pixels, inputs["image_grid_thw"],
                             max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                             temperature=temperature or 1.0, top_k=top_k, top_p=top_p, generator=generator,

@@ -104,8 +104,7 @@ def image_options(request, model, settings: ServeSettings, *, edit: bool = False
 def _check_embedded_guidance(value: float | None, model) -> None:
     if value is None:
         return
-    decoder = model.parts.generation_decoder or model.parts.editing_decoder
-    config = decoder.config if decoder is not None else None
+    config = model.config.generation_decoder or model.config.editing_decoder  # configs: no decoder is loaded
     trained = config.embedded_guidance if config is not None and config.guidance_embeds else None
     if trained is None or not math.isfinite(value) or value != trained:
         fixed = f"fixed at {trained} (its trained value)" if trained is not None else "absent (no guidance embedder)"
@@ -206,7 +205,7 @@ def chat_options(request, model, settings: ServeSettings) -> dict:
             if getattr(request, name) is not None:
                 raise bad_request(f"{name} sets answer images: add modalities ['text', 'image'] or leave it out",
                                   name, "unsupported_parameter")
-    if image_output and model.parts.generation_decoder is None:
+    if image_output and model.config.generation_decoder is None:
         raise bad_request("modalities: this model has no generation decoder, it answers in text only",
                           "modalities", "unsupported_value")
     if image_output and request.stream:
