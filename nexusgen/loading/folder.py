@@ -56,11 +56,24 @@ TRAIN_HINT = ("train it with the ShapesWorld recipe (`nexusgen train ... --out R
 CONVERT_HINT = "run `nexusgen convert {path} OUT_DIR` once and load OUT_DIR"
 
 
+def _part(name: str) -> property:
+    """A `ModelParts` attribute: reading loads the part if it waits; assigning replaces it (module, `LazyPart`
+    or None)."""
+    def get(self):
+        return self.get(name)
+
+    def put(self, part) -> None:
+        self._parts[name] = part
+
+    return property(get, put)
+
+
 class ModelParts:
     """The parts of a model; any part may be absent, and a part may wait unloaded (`LazyPart`).
 
     Reading `ar_model`, `generation_decoder`, `editing_decoder` or `vae` returns the module, loading it on
-    first use; `handle(name)` returns what is held (module, `LazyPart` or None) without loading.
+    first use (assigning one replaces it); `handle(name)` returns what is held (module, `LazyPart` or None)
+    without loading.
 
     Args:
         ar_model: `NexusGenARModel` (eval mode) or a `LazyPart`.
@@ -83,10 +96,10 @@ class ModelParts:
         self._parts = {"autoregressive": ar_model, "generation_decoder": generation_decoder,
                        "editing_decoder": editing_decoder, "vae": vae}
 
-    ar_model = property(lambda self: self.get("autoregressive"))
-    generation_decoder = property(lambda self: self.get("generation_decoder"))
-    editing_decoder = property(lambda self: self.get("editing_decoder"))
-    vae = property(lambda self: self.get("vae"))
+    ar_model = _part("autoregressive")
+    generation_decoder = _part("generation_decoder")
+    editing_decoder = _part("editing_decoder")
+    vae = _part("vae")
 
     def replace(self, **changes) -> ModelParts:
         """A copy with some parts or fields changed (e.g. `replace(generation_decoder=None)`)."""
