@@ -1,7 +1,6 @@
 """Understanding and chat pipelines at the tiny preset: parity with stock transformers generation,
 batch == single, token budgets, interleaved image answers, text-only models and input errors."""
 
-import dataclasses
 
 import numpy as np
 import pytest
