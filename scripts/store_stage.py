@@ -15,7 +15,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from nexusgen.train.checkpoint import atomic_directory
+from nexusgen.files import atomic_folder
 
 
 def store(source: Path, target: Path) -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("target", type=Path, help="where to store it (replaced)")
     parser.add_argument("--add", type=Path, action="append", default=[], help="a part folder to add")
     args = parser.parse_args()
-    with atomic_directory(args.target) as tmp:  # replaces the target only once all is written
+    with atomic_folder(args.target) as tmp:  # replaces the target only once all is written
         store(args.source, tmp)
         for part in args.add:
             store(part, tmp / part.name)

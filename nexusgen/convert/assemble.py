@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from nexusgen.config import PRESETS, NexusGenConfig, SamplingConfig, dtype_name
+from nexusgen.files import atomic_folder, save_tensors, write_json
 from nexusgen.loading.autoregressive import (
     AR_CONFIG_FILE,
     FORMAT_VERSION,
@@ -56,7 +57,6 @@ from nexusgen.loading.decoders import (
     VAE_DIR,
     read_vae_config,
 )
-from nexusgen.loading.files import atomic_folder, save_tensors, write_json
 from nexusgen.loading.folder import CONFIG_FILE as MODEL_CONFIG_FILE
 from nexusgen.loading.folder import NEGATIVE_FILE
 from nexusgen.loading.stock import (

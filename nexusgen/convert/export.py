@@ -48,7 +48,7 @@ from safetensors.torch import save_file
 
 from nexusgen.convert.keymaps import dit_state_dict_to_diffsynth, vae_state_dict_to_bfl
 from nexusgen.convert.official import MAX_SHARD_BYTES, ShardWriter, flux_rope_axes
-from nexusgen.loading.files import atomic_folder, write_json
+from nexusgen.files import atomic_folder, write_json
 
 Log = Callable[[str], None]
 AR_WEIGHT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
@@ -289,7 +289,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_json(path: Path) -> dict:
-    from nexusgen.loading.files import read_json_object
+    from nexusgen.files import read_json_object
 
     return read_json_object(path)
 

@@ -41,6 +41,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from nexusgen.convert.keymaps import dit_key_to_diffusers, vae_key_to_diffusers
+from nexusgen.files import atomic_folder, save_tensors, write_json
 from nexusgen.loading.decoders import (
     ADAPTER_FILE,
     CONFIG_FILE,
@@ -51,9 +52,6 @@ from nexusgen.loading.decoders import (
     POOLED_KEY,
     TRANSFORMER_DIR,
     VAE_DIR,
-    atomic_folder,
-    save_tensors,
-    write_json,
 )
 from nexusgen.loading.folder import NEGATIVE_FILE
 from nexusgen.loading.text_encoders import negative_branch

@@ -21,18 +21,17 @@ so a square one, sqrt(N) x sqrt(N), is assumed for them). Embedding paths resolv
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from nexusgen.data.messages import InvalidRecord, MessageDataset, resolve_path
+from nexusgen.files import save_tensors
 
 EMBEDS_TENSOR = "embeds"
 """Name of the tensor inside our embedding .safetensors files."""
@@ -106,21 +105,14 @@ def load_embeds(path: str | Path) -> torch.Tensor:
 def save_embeds(path: str | Path, embeds: torch.Tensor) -> None:
     """Write embeddings (N, D) to `path` (.safetensors, tensor "embeds") atomically.
 
-    The tensor goes to a temporary file in the same folder first, then `os.replace` renames it, so a
-    crash never leaves a half-written file under the final name.
+    Written atomically (`nexusgen.files.save_tensors`): a crash never leaves a half-written file under
+    the final name.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"embedding files are written as .safetensors, got {path}")
     _check_shape(embeds, str(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({EMBEDS_TENSOR: embeds.detach().to("cpu").contiguous()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_tensors({EMBEDS_TENSOR: embeds}, path)
 
 
 def token_grid(record: dict[str, Any], key: str, num_tokens: int) -> tuple[int, int]:

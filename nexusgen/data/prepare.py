@@ -49,6 +49,7 @@ from nexusgen.data.messages import (
     record_id,
     resolve_path,
 )
+from nexusgen.files import write_json
 
 KINDS = ("gen", "edit")
 MANIFEST = "prepare.json"
@@ -85,9 +86,7 @@ def _check_manifest(out: Path, settings: dict[str, Any]) -> None:
         if saved != settings:
             raise ValueError(f"{out} was prepared with {saved}, not {settings}; use a new --out folder")
         return
-    tmp = path.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(json.dumps(settings, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(settings, path)
 
 
 def read_done_ids(path: Path) -> set[str]:

@@ -19,8 +19,6 @@ Each sample has one rectangle of a named colour on a white background:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from nexusgen.data.messages import TASKS, InvalidRecord, check_record
+from nexusgen.files import atomic_write_text
 
 # Canonical texts of SPEC section 4.1 (English templates).
 GENERATE_PROMPT = "Generate an image according to the following description: {}"
@@ -192,8 +191,5 @@ def write_jsonl(source: Any, path: str | Path, indices: Sequence[int] | None = N
             image.save(path.parent / name)
             names.append(name)
         lines.append(json.dumps({**sample, "images": names}, ensure_ascii=False))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path

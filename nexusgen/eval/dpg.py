@@ -21,8 +21,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from nexusgen.files import atomic_save_image
+
 from .benchmark_files import require_dir
-from .harness import DEFAULT_BATCH_SIZE, check_outputs, save_image
+from .harness import DEFAULT_BATCH_SIZE, check_outputs
 from .resumable import run_items
 
 SAMPLES = 4
@@ -91,7 +93,7 @@ def export(model, items: list[tuple[str, str]], out_dir, *, resolution: int | No
                                     **_size(model, resolution))
             samples.append(check_outputs(images, len(batch), Image.Image, "generate"))
         for b, item in enumerate(batch):
-            save_image(tile([samples[k][b] for k in range(SAMPLES)], resolution), grid_path(item))
+            atomic_save_image(tile([samples[k][b] for k in range(SAMPLES)], resolution), grid_path(item))
 
     summary = run_items(items, is_done=lambda item: grid_path(item).is_file(), process=process,
                         batch_size=batch_size, desc="dpg-bench", progress=progress)

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from nexusgen.files import atomic_save_image
+
 from .benchmark_files import find_parquet, parquet_image, read_parquet_rows, text_field
-from .harness import DEFAULT_BATCH_SIZE, check_outputs, save_image
+from .harness import DEFAULT_BATCH_SIZE, check_outputs
 from .resumable import run_items
 
 COLUMNS = ["key", "task_type", "instruction", "instruction_language", "input_image_raw"]
@@ -108,7 +110,7 @@ def export(model, cases: list[GEditCase], out_dir, *, seed: int = 0, area: int =
                            seed=[seed] * len(members), height=height, width=width),
                 len(members), Image.Image, "edit")
             for b, image in zip(members, edited):
-                save_image(image.convert("RGB"), out_dir / batch[b].relative_path)
+                atomic_save_image(image.convert("RGB"), out_dir / batch[b].relative_path)
 
     summary = run_items(cases, is_done=lambda c: (out_dir / c.relative_path).is_file(), process=process,
                         batch_size=batch_size, desc="gedit-bench", progress=progress)

@@ -17,13 +17,14 @@ complete (it is written last) and is skipped when the export is resumed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from PIL import Image
 
+from nexusgen.files import atomic_save_image, write_jsonl
+
 from .benchmark_files import read_jsonl, text_field
-from .harness import DEFAULT_BATCH_SIZE, check_outputs, save_image, write_text
+from .harness import DEFAULT_BATCH_SIZE, check_outputs
 from .resumable import run_items
 
 
@@ -63,9 +64,9 @@ def export(model, prompts: list[dict], out_dir, *, images_per_prompt: int = 4, s
             images = check_outputs(model.generate([prompts[i]["prompt"] for i in batch], seed=[seed + k] * len(batch)),
                                    len(batch), Image.Image, "generate")
             for i, image in zip(batch, images):
-                save_image(image.convert("RGB"), folder(i) / "samples" / f"{k:04d}.png")
+                atomic_save_image(image.convert("RGB"), folder(i) / "samples" / f"{k:04d}.png")
         for i in batch:  # last: marks the folder complete
-            write_text(folder(i) / "metadata.jsonl", json.dumps(prompts[i], ensure_ascii=False) + "\n")
+            write_jsonl([prompts[i]], folder(i) / "metadata.jsonl")
 
     summary = run_items(range(len(prompts)), is_done=lambda i: (folder(i) / "metadata.jsonl").is_file(),
                         process=process, batch_size=batch_size, desc="geneval", progress=progress)

@@ -1,20 +1,18 @@
-"""Plumbing shared by the benchmarks: model loading, batching, atomic artifact files, provenance.
+"""Plumbing shared by the benchmarks: model loading, batching, output checks, reading artifacts back.
 
 Benchmarks run in two phases (STYLE rule 25): *generate* writes artifacts (answers, images) to disk,
-*score* reads them back. Every file is written under a temporary name and renamed, so an interrupted
-run never leaves a half-written artifact that a later `--score-only` would trust.
+*score* reads them back. Every file is written with `nexusgen.files` (temporary name, then rename), so an
+interrupted run never leaves a half-written artifact that a later `--score-only` would trust.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from PIL import Image
 
-from nexusgen.loading.files import atomic_save_image, atomic_write_text
+from nexusgen.processing.images import load_image
 
 from .oracle import BlankModel, OracleModel
 
@@ -53,54 +51,9 @@ def check_outputs(outputs, expected: int, kind: type, what: str) -> list:
     return outputs
 
 
-def write_text(path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
-def write_json(data, path) -> None:
-    """Atomic, strict JSON (no NaN), CJK kept readable; (data, path) as `nexusgen.loading.files.write_json`."""
-    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-
-
-def write_jsonl(path, rows) -> None:
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def read_jsonl(path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def save_image(image: Image.Image, path) -> None:
-    """Save a PNG atomically."""
-    atomic_save_image(image, path, "PNG")
-
-
-def load_image(path) -> Image.Image:
-    """Read an artifact image fully (so the file handle is closed) as RGB."""
+def load_artifact(path) -> Image.Image:
+    """A saved artifact image as RGB; FileNotFoundError if the generate phase has not written it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"missing artifact {path} (run the benchmark without --score-only first)")
-    with Image.open(path) as im:
-        return im.convert("RGB")
-
-
-def git_sha() -> str:
-    """The commit of the nexusgen checkout, or "unknown" (installed from a wheel, no git)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-
-
-def json_safe(value):
-    """Replace NaN / inf floats (not valid JSON) by None, recursively."""
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
+    return load_image(path)

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from nexusgen.files import atomic_save_image
+
 from .benchmark_files import open_image, read_json, require_dir, text_field
-from .harness import DEFAULT_BATCH_SIZE, check_outputs, save_image
+from .harness import DEFAULT_BATCH_SIZE, check_outputs
 from .resumable import run_items
 
 
@@ -78,7 +80,7 @@ def export(model, cases: list[EditCase], out_dir, *, seed: int = 0, decoder: str
         edited = check_outputs(model.edit(sources, [c.instruction for c in batch], decoder=decoder,
                                           seed=[seed] * len(batch)), len(batch), Image.Image, "edit")
         for case, image in zip(batch, edited):
-            save_image(image.convert("RGB"), result_path(case))
+            atomic_save_image(image.convert("RGB"), result_path(case))
 
     summary = run_items(cases, is_done=lambda c: result_path(c).is_file(), process=process,
                         batch_size=batch_size, desc="imgedit", progress=progress)

@@ -26,8 +26,9 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 
 from nexusgen.api import NexusGen
+from nexusgen.files import atomic_save_image
 
-from .harness import batched, check_outputs, save_image
+from .harness import batched, check_outputs
 
 MODES = ("understanding", "generate", "edit")
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -90,7 +91,7 @@ class NexusGenLMMS(lmms):
         out = []
         for image, (_, _, _, doc_id, task, _) in zip(images, args):
             path = self.output_dir / f"{task}_{doc_id}.png"
-            save_image(image.convert("RGB"), path)
+            atomic_save_image(image.convert("RGB"), path)
             out.append(json.dumps({"text": "", "images": [str(path)]}, ensure_ascii=False))
         return out
 

@@ -23,10 +23,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from nexusgen.files import atomic_save_image, git_sha, json_safe, write_json, write_jsonl
 from nexusgen.processing.contact_sheet import contact_sheet
 from nexusgen.worlds.shapes import EditItem, GenerateItem, UnderstandItem
 
-from .harness import DEFAULT_BATCH_SIZE, git_sha, json_safe, load_model, save_image, write_json, write_jsonl
+from .harness import DEFAULT_BATCH_SIZE, load_model
 from .oracle import GroundTruthEmbedsModel
 from .tasks import editing, generation, understanding
 
@@ -149,8 +150,8 @@ def score(out_dir) -> dict:
                     "num": config["num"],
                     "note": NOTE})
     results = json_safe(results)
-    write_jsonl(out_dir / "samples.jsonl", json_safe(records))
-    save_image(contact_sheet(tiles, title=f"{meta['model']}: worst failures"), out_dir / "failures.png")
+    write_jsonl(json_safe(records), out_dir / "samples.jsonl")
+    atomic_save_image(contact_sheet(tiles, title=f"{meta['model']}: worst failures"), out_dir / "failures.png")
     write_json(results, out_dir / "results.json")
     return results
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from nexusgen.loading.files import atomic_folder, read_json_object
+from nexusgen.files import atomic_folder, read_json_object, write_json
 from nexusgen.loading.weights import finish, load_weights, read_safetensors
 from nexusgen.models.autoregressive import ARConfig, NexusGenARModel, without_removed_fields
 from nexusgen.models.placement import meta_parameters
@@ -320,8 +320,7 @@ def save_autoregressive(folder: str | os.PathLike, model: NexusGenARModel, token
     with atomic_folder(folder) as tmp:
         model.vlm.config.save_pretrained(str(tmp))
         fields = {k: v for k, v in model.config.to_dict().items() if k != "qwen"}
-        (tmp / AR_CONFIG_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **fields}, indent=2,
-                                                     ensure_ascii=False))
+        write_json({"format_version": FORMAT_VERSION, **fields}, tmp / AR_CONFIG_FILE)
         state = {k.removeprefix("vlm."): v.detach().cpu() for k, v in model.state_dict().items()}
         save_torch_state_dict(state, str(tmp), max_shard_size="5GB")
         tokenizer.save_pretrained(str(tmp))

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 
-from nexusgen.loading.files import atomic_folder, read_json_object, save_tensors, write_json  # noqa: F401 (re-exported)
+from nexusgen.files import atomic_folder, read_json_object, save_tensors, write_json
 from nexusgen.loading.weights import check_state, finish, load_weights, read_folder_weights, read_safetensors
 from nexusgen.models.decoder import DecoderConfig, EditingDecoder, GenerationDecoder, VAEConfig
 from nexusgen.models.memory import enable_fp8_storage

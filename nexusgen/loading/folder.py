@@ -174,17 +174,15 @@ def save_model_folder(folder: str | os.PathLike, parts: ModelParts,
     Raises:
         ValueError: the config and the parts disagree.
     """
+    from nexusgen.files import atomic_folder, save_tensors, write_json
     from nexusgen.loading.autoregressive import save_autoregressive
     from nexusgen.loading.decoders import (
         EDITING_DIR,
         GENERATION_DIR,
         VAE_DIR,
-        atomic_folder,
         save_editing_decoder,
         save_generation_decoder,
-        save_tensors,
         save_vae,
-        write_json,
     )
 
     config = config or parts.config
@@ -281,7 +279,7 @@ def read_folder_config(folder: Path, **part_configs) -> NexusGenConfig:
     """The folder's NexusGenConfig: `nexusgen.json` checked against the parts, or inferred (warning)."""
     path = folder / CONFIG_FILE
     if path.is_file():
-        from nexusgen.loading.files import read_json_object
+        from nexusgen.files import read_json_object
 
         return NexusGenConfig.from_json_dict(read_json_object(path), source=str(path), **part_configs)
     converted = (folder / CONVERSION_FILE).is_file()

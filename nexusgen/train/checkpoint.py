@@ -13,12 +13,13 @@ COMPLETE               written last; a directory without it is ignored
 Writing goes to `.step_000020.tmp/`, every file is fsynced, the marker is written, and the directory
 is renamed into place (atomic on POSIX), so a process killed at any moment leaves either the previous
 checkpoints or a complete new one (the pattern of transformers PR #27820 and torchtitan's
-`_find_load_step`). The `.pt` files are loaded with `weights_only=True`: no pickle code ever runs.
+`_find_load_step`). Every rank writes its own file into the one shared `.tmp` folder, which is why this
+protocol names its temporary folder itself instead of using `nexusgen.files.atomic_folder`. The `.pt`
+files are loaded with `weights_only=True`: no pickle code ever runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -28,65 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from nexusgen.files import fsync_path, fsync_tree, save_tensors
 from nexusgen.train import parallel
 
 COMPLETE = "COMPLETE"
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
-
-
-# ----------------------------------------------------------------------------------------------------
-# atomic file helpers
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_directory(path):
-    """Yield a temporary sibling directory; on success fsync its files and rename it to `path`.
-
-    An existing `path` is replaced. On an exception the temporary directory is removed.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_tree(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            _fsync_path(Path(dirpath) / name)
-        _fsync_path(Path(dirpath))
-
-
-def save_safetensors(tensors: dict[str, torch.Tensor], path) -> None:
-    """safetensors refuses shared storage (tied weights): clone the second and later aliases."""
-    seen, out = set(), {}
-    for name, tensor in tensors.items():
-        tensor = tensor.detach().cpu().contiguous()
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset()) if tensor.numel() else None
-        out[name] = tensor.clone() if key in seen else tensor
-        seen.add(key)
-    save_file(out, str(path))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -152,23 +101,23 @@ def save_checkpoint(run_dir, step: int, *, model, optimizer, scheduler, data_sta
         tmp.mkdir(parents=True)
     parallel.barrier()
     torch.save({"rng": rng_state(), "data": data_state}, tmp / f"rank_{info.rank:05d}.pt")
-    _fsync_path(tmp / f"rank_{info.rank:05d}.pt")
+    fsync_path(tmp / f"rank_{info.rank:05d}.pt")
     if info.is_main:
-        save_safetensors(model_state, tmp / "model.safetensors")
+        save_tensors(model_state, tmp / "model.safetensors")
         torch.save(optim_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         if ema_state is not None:
-            save_safetensors(ema_state, tmp / "ema.safetensors")
+            save_tensors(ema_state, tmp / "ema.safetensors")
         (tmp / "trainer.json").write_text(json.dumps({"step": step, "world_size": info.world_size}))
     parallel.barrier()
     if info.is_main:
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         (tmp / COMPLETE).write_text(f"{step}\n")
-        _fsync_path(tmp / COMPLETE)
+        fsync_path(tmp / COMPLETE)
         if final.exists():  # the same step saved again after a resume: replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_path(final.parent)
+        fsync_path(final.parent)
         _prune(run_dir, keep_last)
     parallel.barrier()
     return final

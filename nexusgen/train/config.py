@@ -404,9 +404,9 @@ def _without_removed(cls, data: dict) -> dict:
 
 
 def save_config(config: TrainConfig, path) -> None:
-    from nexusgen.loading.files import atomic_write_text  # one atomic-write helper for the package
+    from nexusgen.files import write_json
 
-    atomic_write_text(path, json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
+    write_json(config_to_dict(config), path, sort_keys=True)
 
 
 def load_config(path) -> TrainConfig:

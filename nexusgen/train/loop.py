@@ -14,14 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from nexusgen.loading.files import atomic_write_text
+from nexusgen.files import atomic_folder, atomic_write_text, git_sha
 from nexusgen.train import checkpoint, parallel
 from nexusgen.train.config import TrainConfig, config_to_dict, load_config, save_config
 from nexusgen.train.ema import EMA
@@ -238,7 +237,7 @@ def export_final(stage: Stage, model, ema, config: TrainConfig, info: parallel.D
             from nexusgen.train.lora import merge_lora
 
             merge_lora(module)
-        with checkpoint.atomic_directory(out_dir) as tmp:
+        with atomic_folder(out_dir) as tmp:
             stage.export(module, tmp)
             write_preset_config(Path(tmp), config.stage.preset, overwrite=False)
     parallel.barrier()
@@ -357,19 +356,6 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, info: parallel.DistInfo
         save_config(config, run_dir / "config.json")
         atomic_write_text(run_dir / "git_sha", git_sha() + "\n")
     parallel.barrier()
-
-
-def git_sha() -> str:
-    """HEAD of the repository this package lives in ('+dirty' if modified), or 'unknown'."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return sha + ("+dirty" if dirty else "")
 
 
 def _count_params(module: torch.nn.Module) -> str:

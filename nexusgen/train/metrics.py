@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
 
-from nexusgen.loading.files import atomic_write_text
+from nexusgen.files import atomic_write_text, json_safe
 
 
 class MetricsLogger:
@@ -33,8 +32,7 @@ class MetricsLogger:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        self._file.write(json.dumps(clean) + "\n")
+        self._file.write(json.dumps(json_safe(record)) + "\n")  # a diverged (NaN) loss is written as null
         self._file.flush()
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from nexusgen.files import atomic_folder
 from nexusgen.train import checkpoint, parallel
 from nexusgen.train.config import TrainConfig, apply_overrides, current_name
 
@@ -96,9 +97,6 @@ def _copy_final(source: Path, target: Path, preset: str) -> None:
     pipeline's preset, so sampling defaults and grids are recorded rather than inferred."""
     from nexusgen.train.stages.parts import write_preset_config
 
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    write_preset_config(tmp, preset, overwrite=True)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    with atomic_folder(target) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        write_preset_config(tmp, preset, overwrite=True)

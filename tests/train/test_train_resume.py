@@ -46,14 +46,6 @@ def test_latest_ignores_incomplete_and_prune_keeps_last(tmp_path):
     assert not (tmp_path / "checkpoints" / ".step_000025.tmp").exists()
 
 
-def test_atomic_directory_leaves_nothing_on_error(tmp_path):
-    with pytest.raises(RuntimeError):
-        with checkpoint.atomic_directory(tmp_path / "final") as tmp:
-            (tmp / "half.bin").write_bytes(b"x")
-            raise RuntimeError("killed")
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_fresh_run_refuses_a_dir_with_checkpoints(tmp_path):
     path = checkpoint.checkpoint_dir(tmp_path, 5)
     path.mkdir(parents=True)

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from nexusgen.files import atomic_save_image, json_safe, write_json
 from nexusgen.worlds.shapes import EDIT_TYPES, EditItem, detect, make_edit, render_scene
 from nexusgen.worlds.shapes.language import caption
 
-from ..harness import batched, check_outputs, json_safe, load_image, save_image, write_json
+from ..harness import batched, check_outputs, load_artifact
 from ..metrics import edit_embedding_gain, mean, psnr, scene_matches, ssim
 from .common import eval_rng, plan, split_means
 
@@ -51,12 +52,12 @@ def run(model, items: list[EditItem], out_dir: Path, *, image_size: int, batch_s
     folder = Path(out_dir) / TASK
     sources = [render_scene(item.source, image_size) for item in items]
     for i, image in enumerate(sources):
-        save_image(image, folder / "source" / f"{i:05d}.png")
+        atomic_save_image(image, folder / "source" / f"{i:05d}.png")
     for start, batch in batched(items, batch_size):
         outputs = model.edit(sources[start:start + len(batch)], [it.instruction for it in batch],
                              decoder=decoder, seed=seed + start)
         for k, image in enumerate(check_outputs(outputs, len(batch), Image.Image, "edit")):
-            save_image(image.convert("RGB"), folder / "output" / f"{start + k:05d}.png")
+            atomic_save_image(image.convert("RGB"), folder / "output" / f"{start + k:05d}.png")
     if hasattr(model, "predict_image_embeds") and hasattr(model, "encode_images"):
         write_json(json_safe(embedding_gains(model, items, sources, image_size, batch_size)), folder / GAIN_FILE)
 
@@ -96,8 +97,8 @@ def score(items: list[EditItem], out_dir: Path, decoder: str = "editing") -> tup
     folder = Path(out_dir) / TASK
     records = []
     for i, item in enumerate(items):
-        result = score_one(item, load_image(folder / "source" / f"{i:05d}.png"),
-                           load_image(folder / "output" / f"{i:05d}.png"))
+        result = score_one(item, load_artifact(folder / "source" / f"{i:05d}.png"),
+                           load_artifact(folder / "output" / f"{i:05d}.png"))
         records.append({"task": TASK, "index": i, "type": item.etype, "lang": item.lang,
                         "compositional": item.compositional, "instruction": item.instruction, **result})
     main = [r for r in records if not r["compositional"]]
@@ -125,8 +126,8 @@ def failure_tiles(items, records, out_dir: Path, limit: int) -> list[tuple[list,
     tiles = []
     for r in failed[:limit]:
         item = items[r["index"]]
-        source = load_image(folder / "source" / f"{r['index']:05d}.png")
-        output = load_image(folder / "output" / f"{r['index']:05d}.png")
+        source = load_artifact(folder / "source" / f"{r['index']:05d}.png")
+        output = load_artifact(folder / "output" / f"{r['index']:05d}.png")
         target = render_scene(item.target, source.size[0])
         tiles.append(([source, output, target], [
             f"E{r['index']} {r['type']} [{r['lang']}] psnr_out={r['psnr_outside']:.1f}",

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from nexusgen.files import atomic_save_image
 from nexusgen.worlds.shapes import GEN_CATEGORIES, GenerateItem, detect, make_generation
 from nexusgen.worlds.shapes.language import caption
 from nexusgen.worlds.shapes.tasks import COLORED_CATEGORIES
 
-from ..harness import batched, check_outputs, load_image, save_image
+from ..harness import batched, check_outputs, load_artifact
 from ..metrics import geneval_correct, geneval_overall, mean, scene_matches
 from .common import eval_rng, plan, split_means
 
@@ -35,14 +36,14 @@ def run(model, items: list[GenerateItem], out_dir: Path, *, batch_size: int, see
         images = check_outputs(model.generate([it.prompt for it in batch], seed=seed + start), len(batch),
                                Image.Image, "generate")
         for k, image in enumerate(images):
-            save_image(image.convert("RGB"), folder / f"{start + k:05d}.png")
+            atomic_save_image(image.convert("RGB"), folder / f"{start + k:05d}.png")
 
 
 def score(items: list[GenerateItem], out_dir: Path) -> tuple[list[dict], dict]:
     """GenEval's per-image rule on the detector's parse; overall = mean of category means."""
     records = []
     for i, item in enumerate(items):
-        detections = detect(load_image(Path(out_dir) / TASK / f"{i:05d}.png"))
+        detections = detect(load_artifact(Path(out_dir) / TASK / f"{i:05d}.png"))
         correct, reason = geneval_correct(detections, item.spec)
         exact, _ = scene_matches(detections, item.scene)
         records.append({"task": TASK, "index": i, "type": item.category, "lang": item.lang,
@@ -66,7 +67,7 @@ def score(items: list[GenerateItem], out_dir: Path) -> tuple[list[dict], dict]:
 def failure_tiles(items, records, out_dir: Path, limit: int) -> list[tuple[list, list[str]]]:
     tiles = []
     for r in [r for r in records if not r["correct"]][:limit]:
-        image = load_image(Path(out_dir) / TASK / f"{r['index']:05d}.png")
+        image = load_artifact(Path(out_dir) / TASK / f"{r['index']:05d}.png")
         item = items[r["index"]]
         tiles.append(([image], [f"G{r['index']} {r['type']} [{r['lang']}]", f"P: {r['prompt']}",
                                 f"e.g. {caption(item.scene, 'en')}", f"why: {r['reason']}"]))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nexusgen.files import atomic_save_image, read_jsonl, write_jsonl
 from nexusgen.worlds.shapes import UND_TYPES, UnderstandItem, make_understanding, render_scene
 from nexusgen.worlds.shapes.language import read_caption
 
-from ..harness import batched, check_outputs, load_image, read_jsonl, save_image, write_jsonl
+from ..harness import batched, check_outputs, load_artifact
 from ..metrics import answer_matches, mean
 from .common import eval_rng, plan, split_means
 
@@ -28,13 +29,13 @@ def run(model, items: list[UnderstandItem], out_dir: Path, *, image_size: int, b
     folder = Path(out_dir) / TASK
     images = [render_scene(item.scene, image_size) for item in items]
     for i, image in enumerate(images):
-        save_image(image, folder / "inputs" / f"{i:05d}.png")
+        atomic_save_image(image, folder / "inputs" / f"{i:05d}.png")
     answers: list[str] = []
     for start, batch in batched(items, batch_size):
         outputs = model.understand(images[start:start + len(batch)], [it.question for it in batch],
                                    max_new_tokens=max_new_tokens)
         answers += check_outputs(outputs, len(batch), str, "understand")
-    write_jsonl(folder / "answers.jsonl", [{"index": i, "answer": a} for i, a in enumerate(answers)])
+    write_jsonl([{"index": i, "answer": a} for i, a in enumerate(answers)], folder / "answers.jsonl")
 
 
 def score(items: list[UnderstandItem], out_dir: Path) -> tuple[list[dict], dict]:
@@ -87,7 +88,7 @@ def failure_tiles(items, records, out_dir: Path, limit: int) -> list[tuple[list,
     """Contact-sheet tiles (images, text lines) of wrong answers."""
     tiles = []
     for r in [r for r in records if not r["correct"]][:limit]:
-        image = load_image(Path(out_dir) / TASK / "inputs" / f"{r['index']:05d}.png")
+        image = load_artifact(Path(out_dir) / TASK / "inputs" / f"{r['index']:05d}.png")
         tiles.append(([image], [f"U{r['index']} {r['type']} [{r['lang']}]", f"Q: {r['question']}",
                                 f"want: {r['expected']}", f"got: {r['answer']}"]))
     return tiles

@@ -22,8 +22,9 @@ import string
 import sys
 from pathlib import Path
 
+from nexusgen.files import atomic_write_text
+
 from ..benchmark_files import require_file
-from ..harness import write_text
 from .questions import Question
 
 CIRCULAR_STRIDE = 1_000_000
@@ -171,4 +172,4 @@ def write_official(out_dir, questions: list[Question], answers: dict[str, str]) 
         cells = [str(q.meta["index"]), q.meta["question"], *(opts.get(k, "") for k in LETTERS[:4]),
                  q.meta["answer"], q.meta["category"], q.meta["l2_category"], answers[q.id]]
         lines.append("\t".join(" ".join(c.replace("\t", " ").splitlines()) for c in cells))
-    write_text(Path(out_dir) / "mmbench_predictions.tsv", "\n".join(lines) + "\n")
+    atomic_write_text(Path(out_dir) / "mmbench_predictions.tsv", "\n".join(lines) + "\n")

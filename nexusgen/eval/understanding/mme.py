@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nexusgen.files import atomic_write_text
+
 from ..benchmark_files import require_dir
-from ..harness import write_text
 from .questions import Question
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",
@@ -110,4 +111,4 @@ def write_official(out_dir, questions: list[Question], answers: dict[str, str]) 
         row = (q.meta["image"], q.meta["question"], q.meta["truth"], response_line(answers[q.id]))
         lines.setdefault(q.meta["task"], []).append("\t".join(row) + "\n")
     for task, rows in lines.items():
-        write_text(Path(out_dir) / "mme" / f"{task}.txt", "".join(rows))
+        atomic_write_text(Path(out_dir) / "mme" / f"{task}.txt", "".join(rows))

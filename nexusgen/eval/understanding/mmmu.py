@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nexusgen.files import atomic_write_text
+
 from ..benchmark_files import find_parquet, read_parquet_rows, text_field
-from ..harness import write_text
 from .questions import Question
 
 COLUMNS = ["id", "question", "options", "answer", "question_type"]
@@ -181,4 +182,4 @@ def write_official(out_dir, questions: list[Question], answers: dict[str, str]) 
     """`out_dir/mmmu_output.json`: {id: letter} for multiple-choice, {id: response} for open questions."""
     parsed = parse(questions, answers)
     output = {q.id: parsed[q.id] if q.meta["kind"] != "open" else answers[q.id] for q in questions}
-    write_text(Path(out_dir) / "mmmu_output.json", json.dumps(output, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(Path(out_dir) / "mmmu_output.json", json.dumps(output, indent=2, ensure_ascii=False) + "\n")

@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nexusgen.files import atomic_write_text
+
 from ..benchmark_files import read_jsonl, require_dir, text_field
-from ..harness import write_text
 from .questions import Question
 
 SPLIT_SUFFIX = "_pope_"
@@ -88,4 +89,4 @@ def write_official(out_dir, questions: list[Question], answers: dict[str, str]) 
         row = {"question_id": q.meta["question_id"], "question": q.prompt, "answer": answers[q.id]}
         lines.setdefault(q.meta["split"], []).append(json.dumps(row, ensure_ascii=False) + "\n")
     for split, rows in lines.items():
-        write_text(Path(out_dir) / "pope" / f"{split}_answers.jsonl", "".join(rows))
+        atomic_write_text(Path(out_dir) / "pope" / f"{split}_answers.jsonl", "".join(rows))

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..harness import DEFAULT_BATCH_SIZE, check_outputs, git_sha, json_safe, load_model, write_json
+from nexusgen.files import git_sha, json_safe, write_json
+
+from ..harness import DEFAULT_BATCH_SIZE, check_outputs, load_model
 from ..resumable import run_items
 from . import mmbench, mme, mmmu, pope
 from .questions import AnswerLog, Question

@@ -206,8 +206,8 @@ def write_preset_config(folder: Path, preset: str, *, overwrite: bool) -> bool:
         `overwrite`) one that already has its config (copied from the parent, e.g. tuned sampling).
     """
     from nexusgen.config import PART_NAMES, PRESETS, NexusGenConfig, SamplingConfig
+    from nexusgen.files import write_json
     from nexusgen.loading.autoregressive import read_ar_config
-    from nexusgen.loading.files import write_json
     from nexusgen.loading.folder import CONFIG_FILE, NEGATIVE_FILE
 
     folder = Path(folder)
