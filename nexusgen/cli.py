@@ -1,8 +1,9 @@
-"""The `nexusgen` command line: one thin adapter over the Python API.
+"""The `nexusgen` command line: the parser, and dispatch to the handlers of `nexusgen.commands`.
 
-Every subcommand parses its arguments here and hands them to a function that lives next to the code it
-runs (imported lazily, so `nexusgen --help` stays fast). Bad input raises `ValueError` (or an OS error)
-at the boundary; `main` turns it into one clear line on stderr and exit code 2, never a traceback.
+This module only declares the commands and their options. Each subcommand's handler lives in
+`nexusgen.commands.<family>` and is imported when that subcommand runs, so `nexusgen --help` stays fast.
+Bad input raises `ValueError` (or an OS error) at the boundary; `main` turns it into one clear line on
+stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
                PermissionError)
 
 
-def _call(target: str):
-    """Return a handler that imports `module:function` on use and calls it with the parsed args."""
+def _call(family: str, function: str):
+    """A handler that imports `nexusgen.commands.<family>` on use and calls its `function` with the args."""
 
     def handler(args: argparse.Namespace):
-        module_name, function_name = target.split(":")
-        return getattr(importlib.import_module(module_name), function_name)(args)
+        return getattr(importlib.import_module(f"nexusgen.commands.{family}"), function)(args)
 
     return handler
 
@@ -49,7 +49,8 @@ def _add_image_out_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output PNG path (written atomically)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
+    parser.add_argument("--guidance", "--cfg", dest="guidance", type=float, default=None,
+                        help="classifier-free guidance scale (default: the model's own; --cfg is the old spelling)")
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
 
@@ -65,13 +66,13 @@ def _inference_commands(sub) -> None:
     p.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most likely tokens (0: all)")
     p.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus probability (1: all)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.set_defaults(handler=_call("nexusgen.pipelines.commands:understand"))
+    p.set_defaults(handler=_call("infer", "understand"))
 
     p = sub.add_parser("generate", help="text-to-image generation")
     _add_model_args(p)
     p.add_argument("--prompt", required=True)
     _add_image_out_args(p)
-    p.set_defaults(handler=_call("nexusgen.pipelines.commands:generate"))
+    p.set_defaults(handler=_call("infer", "generate"))
 
     p = sub.add_parser("edit", help="instruction-based image editing")
     _add_model_args(p)
@@ -79,20 +80,20 @@ def _inference_commands(sub) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--decoder", default="editing", choices=["editing", "generation"])
     _add_image_out_args(p)
-    p.set_defaults(handler=_call("nexusgen.pipelines.commands:edit"))
+    p.set_defaults(handler=_call("infer", "edit"))
 
     p = sub.add_parser("chat", help="interactive multi-turn chat (type /image PATH to attach an image)")
     _add_model_args(p)
     p.add_argument("--out-dir", default="chat_images", help="where generated images are saved")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=_call("nexusgen.pipelines.commands:chat"))
+    p.set_defaults(handler=_call("infer", "chat"))
 
     p = sub.add_parser("embed", help="predicted image embeddings (safetensors, tensor 'image_embeds')")
     _add_model_args(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--image", default=None, help="source image: editing template instead of generation")
     p.add_argument("--out", required=True, help="output .safetensors path")
-    p.set_defaults(handler=_call("nexusgen.pipelines.commands:embed"))
+    p.set_defaults(handler=_call("infer", "embed"))
 
     _serve_command(sub)
 
@@ -101,11 +102,11 @@ def _inference_commands(sub) -> None:
     _add_model_args(p)
     p.add_argument("--out", default="demo_out", help="output folder for the contact sheet and images")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=_call("nexusgen.pipelines.commands:demo"))
+    p.set_defaults(handler=_call("demo", "demo"))
 
 
 def _serve_command(sub) -> None:
-    from nexusgen.serve.settings import setting_fields  # a dataclass only: no web framework loads here
+    from nexusgen.commands.serve import add_setting_options  # a dataclass only: no web framework loads here
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP API and web UI (needs nexusgen[serve])",
                        description="Serve a model over HTTP: /v1/chat/completions, /v1/images/generations, "
@@ -117,12 +118,8 @@ def _serve_command(sub) -> None:
                    "(default: the NEXUSGEN_API_KEY variable, else none)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="server log level (info logs one line per request: method, path, status; never bodies)")
-    types = {"int": int, "float": float}
-    for f in setting_fields():
-        if f.name != "api_key":
-            p.add_argument("--" + f.name.replace("_", "-"), type=types.get(f.type, str), default=None,
-                           help=f"{f.metadata['help']} (default {f.default!r})")
-    p.set_defaults(handler=_call("nexusgen.serve.command:serve_command"))
+    add_setting_options(p)
+    p.set_defaults(handler=_call("serve", "serve"))
 
 
 def _tooling_commands(sub) -> None:
@@ -135,14 +132,14 @@ def _tooling_commands(sub) -> None:
                    help="FLUX.1-dev folder: CLIP pooled vector and the T5 negative branch (official CFG 3); "
                         "default: looked for next to OFFICIAL_DIR")
     p.add_argument("--negative-prompt", default="", help='negative prompt of the CFG branch (default "")')
-    p.set_defaults(handler=_call("nexusgen.convert.official:convert_command"))
+    p.set_defaults(handler=_call("convert", "convert"))
 
     p = sub.add_parser("export-official", help="write a nexusgen model folder in the official Nexus-GenV2 layout")
     p.add_argument("model_dir", help="a nexusgen model folder (or a training run directory: its final/)")
     p.add_argument("out_dir", help="the folder to write (must not exist)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float32", "float16"],
                    help="tensor dtype of the files (default: as stored; the official files are bfloat16)")
-    p.set_defaults(handler=_call("nexusgen.convert.export:export_command"))
+    p.set_defaults(handler=_call("convert", "export_official"))
 
     p = sub.add_parser("assemble", help="an untrained model folder from stock Qwen2.5-VL-Instruct + FLUX.1-dev")
     p.add_argument("--qwen", required=True, metavar="QWEN_DIR", help="stock Qwen2.5-VL-Instruct folder")
@@ -151,7 +148,7 @@ def _tooling_commands(sub) -> None:
     p.add_argument("--negative-prompt", default="", help='negative prompt of the CFG branch (default "")')
     p.add_argument("--device", default=None, help="where T5 runs once (default: cuda if available, else cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the newly initialised weights")
-    p.set_defaults(handler=_call("nexusgen.convert.assemble:assemble_command"))
+    p.set_defaults(handler=_call("convert", "assemble"))
 
     p = sub.add_parser("train", help="run a training recipe (also under torchrun)")
     p.add_argument("recipe", help="recipe name, e.g. tiny-ar, tiny-generation_decoder or shapes-mini (the "
@@ -174,14 +171,14 @@ def _tooling_commands(sub) -> None:
                    "parameters and memory per GPU (DDP / FSDP2, checkpointing, LoRA) as JSON; trains nothing")
     p.add_argument("--ranks", type=int, default=8, help="--dry-run: the number of GPUs planned besides 1")
     p.add_argument("--seq-len", type=int, default=4096, help="--dry-run: tokens per AR sample (upstream's maximum)")
-    p.set_defaults(handler=_call("nexusgen.train.command:train_command"))
+    p.set_defaults(handler=_call("train", "train"))
 
     p = sub.add_parser("export-checkpoint", help="write a training run's checkpoint as a model folder")
     p.add_argument("run_dir", help="the run directory (--out of nexusgen train)")
     p.add_argument("--out", required=True, help="the model folder to write (must not exist)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     p.add_argument("--no-ema", action="store_true", help="export the trained weights, not their EMA")
-    p.set_defaults(handler=_call("nexusgen.train.command:export_checkpoint_command"))
+    p.set_defaults(handler=_call("train", "export_checkpoint"))
 
     p = sub.add_parser("prepare-embeds", help="precompute decoder-training embeddings (resumable)")
     p.add_argument("--data", required=True, help="message-format JSONL")
@@ -193,7 +190,7 @@ def _tooling_commands(sub) -> None:
     p.add_argument("--image-root", default=None,
                    help="folder relative image paths resolve against (default: the JSONL's folder; "
                         "official upstream files are relative to their repository root)")
-    p.set_defaults(handler=_call("nexusgen.data.prepare:prepare_command"))
+    p.set_defaults(handler=_call("data", "prepare_embeds"))
 
     p = sub.add_parser("eval", help="evaluation")
     ev = p.add_subparsers(dest="eval_task", required=True)
@@ -217,7 +214,7 @@ def _tooling_commands(sub) -> None:
                         "item's true image (the decoders' ceiling)")
     q.add_argument("--prompt-style", default="short", choices=["short", "detailed"],
                    help="generation prompts: GenEval-like short ones, or detailed ones that pin the scene down")
-    q.set_defaults(handler=_call("nexusgen.eval.shapes:eval_command"))
+    q.set_defaults(handler=_call("eval", "shapes"))
     _benchmark_commands(ev)
 
     p = sub.add_parser("bench", help="benchmarks; JSON on stdout")
@@ -240,7 +237,7 @@ def _tooling_commands(sub) -> None:
     g.add_argument("--decode-tokens", type=_positive, default=64, help="tokens of the text decode measurement")
     g.add_argument("--repeats", type=_positive, default=5, help="timed calls per measurement")
     g.add_argument("--warmup", type=int, default=1, help="untimed calls before each measurement")
-    p.set_defaults(handler=lambda args: _call(f"nexusgen.bench.{args.what}:run")(args))
+    p.set_defaults(handler=_call("bench", "bench"))
 
 
 def _add_export_args(parser: argparse.ArgumentParser, *, edit: bool = False) -> None:
@@ -254,27 +251,26 @@ def _add_export_args(parser: argparse.ArgumentParser, *, edit: bool = False) -> 
 
 def _benchmark_commands(ev) -> None:
     """The public benchmarks: exports in each benchmark's own layout, and the understanding scorers."""
-    target = "nexusgen.eval.commands:"
     q = ev.add_parser("geneval-export", help="GenEval: prompt folders of samples for its detector-based scorer")
     q.add_argument("--prompts", required=True, help="GenEval evaluation_metadata.jsonl")
     q.add_argument("--images-per-prompt", type=int, default=4)
     _add_export_args(q)
-    q.set_defaults(handler=_call(target + "geneval_export"))
+    q.set_defaults(handler=_call("eval", "geneval_export"))
     q = ev.add_parser("dpg-export", help="DPG-Bench: 2x2 grids of 4 samples, named as compute_dpg_bench.py reads")
     q.add_argument("--prompts", required=True, help="DPG-Bench prompts folder (one <item_id>.txt per prompt)")
     q.add_argument("--resolution", type=int, default=None, help="tile side in pixels (default: the model's size)")
     _add_export_args(q)
-    q.set_defaults(handler=_call(target + "dpg_export"))
+    q.set_defaults(handler=_call("eval", "dpg_export"))
     q = ev.add_parser("imgedit-export", help="ImgEdit-Bench: OUT/<key>.png for its GPT judge")
     q.add_argument("--edits", required=True, help="ImgEdit single-turn JSON (e.g. Basic/basic_edit.json)")
     q.add_argument("--images", required=True, help="the original images folder (origin_img_root)")
     _add_export_args(q, edit=True)
-    q.set_defaults(handler=_call(target + "imgedit_export"))
+    q.set_defaults(handler=_call("eval", "imgedit_export"))
     q = ev.add_parser("gedit-export", help="GEdit-Bench: OUT/fullset/<task_type>/<lang>/<key>.png for VIEScore")
     q.add_argument("--data", required=True, help="the GEdit-Bench dataset folder (its parquet files)")
     q.add_argument("--area", type=int, default=512 * 512, help="output pixels (aspect of the input, sides /32)")
     _add_export_args(q, edit=True)
-    q.set_defaults(handler=_call(target + "gedit_export"))
+    q.set_defaults(handler=_call("eval", "gedit_export"))
     q = ev.add_parser("understand", help="MME / MMBench / MMMU / POPE: answer, then score with the official rules")
     q.add_argument("--benchmark", required=True, choices=["mme", "mmbench", "mmmu", "pope"])
     q.add_argument("--data", required=True, help="the benchmark's published files (folder, or MMBench's .tsv)")
@@ -285,7 +281,7 @@ def _benchmark_commands(ev) -> None:
     q.add_argument("--split", default="validation", help="MMMU split (validation or dev)")
     q.add_argument("--image-root", default=None, help="POPE: the COCO val2014 folder (default: --data)")
     q.add_argument("--score-only", action="store_true", help="rescore saved answers without the model")
-    q.set_defaults(handler=_call(target + "understand"))
+    q.set_defaults(handler=_call("eval", "understand"))
 
 
 def _positive(text: str) -> int:

@@ -159,3 +159,12 @@ def write_official_examples(root: Path) -> Path:
 def official_examples(tmp_path_factory) -> Path:
     """A folder laid out as upstream's example data (written once per session); see `write_official_examples`."""
     return write_official_examples(tmp_path_factory.mktemp("official-examples"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A random-weight tiny NexusGen, one per test module (tests may change its sampling settings)."""
+    from nexusgen.api import NexusGen
+    from nexusgen.loading.folder import build_random_model
+
+    return NexusGen(build_random_model("tiny", seed=0), name="tiny", progress=False)

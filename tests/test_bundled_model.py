@@ -9,9 +9,9 @@ blank model scores under every floor.
 import pytest
 
 from nexusgen.api import NexusGen
+from nexusgen.commands.demo import run_demo
 from nexusgen.eval.shapes import ShapesEvalConfig, evaluate
 from nexusgen.loading.folder import BUNDLED
-from nexusgen.pipelines.demo import run_demo
 
 EVAL = ShapesEvalConfig(num=24, seed=4242, worst=2)
 # Measured on these items (19 in-distribution per task) when the model was bundled (v13): understanding 0.84,

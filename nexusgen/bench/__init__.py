@@ -1,4 +1,5 @@
-"""Benchmarks: `nexusgen bench ar|decoder|e2e|train|gpu|assemble`, each a `run(args) -> dict` printed as JSON.
+"""Benchmarks: `nexusgen bench ar|decoder|e2e|train|serve|gpu|assemble`, each a `run(...) -> dict` that the command
+prints as JSON.
 
 The timing helpers every benchmark shares live here: medians of repeated calls (these machines are
 noisy), `device_ms` (back-to-back calls with a single synchronisation, CUDA events on a GPU: what a GPU

@@ -95,9 +95,8 @@ def bench_preset(name: str, *, repeats: int, sequential_repeats: int, batch_size
     return result
 
 
-def run(args) -> dict:
-    """Entry point of `nexusgen bench ar [--quick]`; returns the JSON-ready report."""
-    quick = bool(getattr(args, "quick", False))
+def run(quick: bool = False) -> dict:
+    """`nexusgen bench ar [--quick]`: the JSON-ready report (`quick`: tiny preset, few repeats)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     presets = ("tiny",) if quick else ("tiny", "mid", JUDGED_PRESET)
     settings = dict(repeats=2, sequential_repeats=1, batch_sizes=(1, 4)) if quick else \

@@ -37,12 +37,17 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
 
 
-def run(args) -> dict:
-    """Handler of `nexusgen bench assemble [--blocks N] [--intermediate W]`."""
+def run(blocks: int | None = None, intermediate: int | None = None) -> dict:
+    """`nexusgen bench assemble [--blocks N] [--intermediate W]`: the report (printed as JSON).
+
+    Args:
+        blocks: depth of the stock folders' transformers (default 2).
+        intermediate: LLM MLP width (default the real 18944).
+    """
     from nexusgen.bench.stock_folders import FLUX_DIR, QWEN_DIR
 
-    blocks = args.blocks or 2
-    intermediate = args.intermediate or 18944
+    blocks = blocks or 2
+    intermediate = intermediate or 18944
     with tempfile.TemporaryDirectory(prefix="nexusgen-bench-assemble-") as root:
         # written by a child too: a child's peak RSS counts what it shares with this process when it forks
         _child_peak_mib([sys.executable, "-c", "from nexusgen.bench.stock_folders import write_stock_folders; "

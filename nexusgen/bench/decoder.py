@@ -112,9 +112,8 @@ def _vae_times(preset: str, device: torch.device, dtype: torch.dtype, repeats: i
     return {"vae_encode_ms": encode, "vae_decode_ms": decode}
 
 
-def run(args) -> dict:
-    """CLI handler of `nexusgen bench decoder [--quick]`: returns the report (printed as JSON)."""
-    quick = bool(getattr(args, "quick", False))
+def run(quick: bool = False) -> dict:
+    """`nexusgen bench decoder [--quick]`: the report (printed as JSON; `quick`: tiny only, few repeats)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     repeats = 3 if quick else 10

@@ -79,19 +79,23 @@ def batching_roofline(model, report: dict) -> dict:
             "batched_gflop_per_s": batched_rate / 1e9, "batch_speedup_bound": peak / batch1_rate}
 
 
-def run(args) -> dict:
-    """Handler of `nexusgen bench e2e` (see nexusgen/cli.py)."""
+def run(model_name: str = "shapes-mini", *, quick: bool = False, steps: int | None = None) -> dict:
+    """`nexusgen bench e2e [--model M] [--steps N] [--quick]`: the report (printed as JSON).
+
+    Args:
+        model_name: anything `NexusGen.from_pretrained` accepts.
+        quick: fewer repeats and a smaller batch.
+        steps: generation steps (default: the model's own).
+    """
     from nexusgen.api import NexusGen
 
-    quick = bool(getattr(args, "quick", False))
     repeats, batch, tokens = (2, 4, 8) if quick else (5, 16, 32)
     started = time.perf_counter()
-    model = NexusGen.from_pretrained(args.model, progress=False)
+    model = NexusGen.from_pretrained(model_name, progress=False)
     load_seconds = time.perf_counter() - started
     sampling = model.config.sampling
-    steps = getattr(args, "steps", None)
     num_steps = sampling.num_steps if steps is None else steps
-    report = {"model": args.model, "device": str(model.runtime.device), "dtype": str(model.runtime.dtype),
+    report = {"model": model_name, "device": str(model.runtime.device), "dtype": str(model.runtime.dtype),
               "threads": torch.get_num_threads(), "omp_wait_policy": current_policy(), "quick": quick,
               "repeats": repeats,
               "load_seconds": load_seconds, "image_size": [sampling.height, sampling.width],

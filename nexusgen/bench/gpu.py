@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gc
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -49,6 +50,36 @@ REQUESTS = {"understand": ["autoregressive"], "generate": ["autoregressive", "ge
             "edit": ["autoregressive", "editing_decoder", "vae"]}
 H100_BYTES = 81559 * 2**20
 """An 80 GB H100's memory, for the computed residency table when the run has no GPU."""
+
+
+@dataclass(frozen=True)
+class GPUBenchSettings:
+    """What `nexusgen bench gpu` measures (its options; the defaults are the real model on one GPU)."""
+
+    device: str | None = None
+    """cuda if available, else cpu."""
+    dtype: str | None = None
+    """"float32" or "bfloat16"; default bf16 on cuda, fp32 on cpu."""
+    blocks: int | None = None
+    """Depth of every transformer (LLM, ViT, DiT double and single); None: the real depths."""
+    vocab: int | None = None
+    """LLM vocabulary; None: the real 152064."""
+    intermediate: int | None = None
+    """LLM MLP width; None: the real 18944."""
+    sizes: tuple[int, ...] = (512, 1024)
+    """DiT / VAE image sides in pixels (multiples of 16)."""
+    e2e_size: int = 1024
+    e2e_steps: int = 50
+    negative_tokens: int = 512
+    """T5 negative context length."""
+    edit_image: int = 512
+    """Side of the edit source image."""
+    decode_tokens: int = 64
+    """Tokens of the text decode measurement."""
+    repeats: int = 5
+    """Timed calls per measurement."""
+    warmup: int = 1
+    """Untimed calls before each measurement."""
 
 
 def _phase(device: torch.device, report: dict, name: str, fn) -> dict:
@@ -77,10 +108,10 @@ def residency_table(parts: dict[str, int], capacity: int | None) -> dict:
     return table
 
 
-def parts_phase(args, device: torch.device) -> dict:
-    run = part_bytes(ar_config(args.blocks, args.vocab, args.intermediate),
-                     decoder_config(args.blocks, args.intermediate))
-    real = run if args.blocks is None and args.vocab is None and args.intermediate is None else \
+def parts_phase(settings: GPUBenchSettings, device: torch.device) -> dict:
+    run = part_bytes(ar_config(settings.blocks, settings.vocab, settings.intermediate),
+                     decoder_config(settings.blocks, settings.intermediate))
+    real = run if settings.blocks is None and settings.vocab is None and settings.intermediate is None else \
         part_bytes(ar_config(), decoder_config())
     capacity = device_capacity(device) if device.type == "cuda" else device_capacity_for(H100_BYTES)
     sizes = {k: real[k] for k in ("autoregressive", "generation_decoder", "editing_decoder", "vae")}
@@ -102,7 +133,7 @@ def device_capacity_for(total_bytes: int) -> int:
     return total_bytes - max(6 * 2**30, total_bytes // 10)
 
 
-def ar_phase(args, device, dtype) -> dict:
+def ar_phase(settings: GPUBenchSettings, device, dtype) -> dict:
     from PIL import Image
 
     from nexusgen.loading.autoregressive import image_processor_for
@@ -110,11 +141,11 @@ def ar_phase(args, device, dtype) -> dict:
     from nexusgen.pipelines.inputs import image_request_inputs, to_device
     from nexusgen.processing.processor import ImageOnlyProcessor
 
-    config = ar_config(args.blocks, args.vocab, args.intermediate)
+    config = ar_config(settings.blocks, settings.vocab, settings.intermediate)
     model = build_random(part_factories(config, decoder_config())["autoregressive"], device, dtype)
     processor = ImageOnlyProcessor(tokenizer_for(config), image_processor_for(config), config)
     gen = to_device(image_request_inputs(processor, [PROMPT], "generate"), device)
-    source = Image.new("RGB", (args.edit_image, args.edit_image), (120, 160, 200))
+    source = Image.new("RGB", (settings.edit_image, settings.edit_image), (120, 160, 200))
     edit = to_device(image_request_inputs(processor, ["make the sky purple"], "edit", [source]), device)
     with torch.inference_mode():
         def predict(batch):
@@ -122,20 +153,20 @@ def ar_phase(args, device, dtype) -> dict:
                                                       batch["pixel_values"].to(dtype), batch["image_grid_thw"])
         result = {"weights_gb": parameter_bytes(model) / GB, "prompt_tokens": int(gen["input_ids"].shape[1]),
                   "edit_prompt_tokens": int(edit["input_ids"].shape[1]),
-                  "predict_ms": device_ms(predict(gen), args.repeats, device, args.warmup),
-                  "edit_predict_ms": device_ms(predict(edit), args.repeats, device, args.warmup)}
+                  "predict_ms": device_ms(predict(gen), settings.repeats, device, settings.warmup),
+                  "edit_predict_ms": device_ms(predict(edit), settings.repeats, device, settings.warmup)}
         eos = model.eos_token_ids
         handle = model.vlm.lm_head.register_forward_hook(lambda m, a, out: out.index_fill_(-1, torch.tensor(
             eos, device=out.device), float("-inf")))  # fixed-length answers
         try:
             def decode(tokens: int):
                 return lambda: generate_text(model, gen["input_ids"], gen["attention_mask"], max_new_tokens=tokens)
-            prefill_ms = device_ms(decode(1), 1, device, args.warmup)  # the prompt and the first token
-            total_ms = device_ms(decode(args.decode_tokens + 1), 1, device, args.warmup)
+            prefill_ms = device_ms(decode(1), 1, device, settings.warmup)  # the prompt and the first token
+            total_ms = device_ms(decode(settings.decode_tokens + 1), 1, device, settings.warmup)
         finally:
             handle.remove()
-    result["decode_tokens"] = args.decode_tokens
-    result["decode_tokens_per_s"] = args.decode_tokens / max(total_ms - prefill_ms, 1e-6) * 1000
+    result["decode_tokens"] = settings.decode_tokens
+    result["decode_tokens_per_s"] = settings.decode_tokens / max(total_ms - prefill_ms, 1e-6) * 1000
     return result
 
 
@@ -155,19 +186,19 @@ def _step(decoder, latent: int, contexts: list[int], dtype, device, batch: int =
     return lambda: [decoder.velocity(x, t, c) for c in conditions]
 
 
-def dit_phase(args, device, dtype, peak: float, decoder) -> dict:
+def dit_phase(settings: GPUBenchSettings, device, dtype, peak: float, decoder) -> dict:
     result = {"weights_gb": parameter_bytes(decoder.transformer) / GB, "sizes": {}}
     with torch.inference_mode():
-        for size in args.sizes:
+        for size in settings.sizes:
             latent = size // 8
             off = _step(decoder, latent, [81], dtype, device)
-            t5 = _step(decoder, latent, [81, args.negative_tokens], dtype, device)
+            t5 = _step(decoder, latent, [81, settings.negative_tokens], dtype, device)
             null = _step(decoder, latent, [81], dtype, device, batch=2)
             flops = count_flops(off)
             entry = {"image_tokens": (latent // 2) ** 2,
-                     "step_ms_cfg_off": device_ms(off, args.repeats, device, args.warmup),
-                     "step_ms_cfg_t5": device_ms(t5, args.repeats, device, args.warmup),
-                     "step_ms_cfg_null_batched": device_ms(null, args.repeats, device, args.warmup),
+                     "step_ms_cfg_off": device_ms(off, settings.repeats, device, settings.warmup),
+                     "step_ms_cfg_t5": device_ms(t5, settings.repeats, device, settings.warmup),
+                     "step_ms_cfg_null_batched": device_ms(null, settings.repeats, device, settings.warmup),
                      "step_tflop_cfg_off": flops / 1e12}
             entry["tflops_achieved"] = flops / (entry["step_ms_cfg_off"] / 1000) / 1e12
             entry["fraction_of_peak"] = entry["tflops_achieved"] * 1e12 / peak
@@ -176,10 +207,10 @@ def dit_phase(args, device, dtype, peak: float, decoder) -> dict:
             editing = EditingDecoder(decoder.config, transformer=decoder.transformer)
         materialize_random_(editing.merger, device, dtype, seed=4)
         editing.pooled_embeds = decoder.pooled_embeds
-        size = args.sizes[0]
+        size = settings.sizes[0]
         latent = size // 8
         embed = decoder.config.embed_dim
-        side = max(args.edit_image // 28, 1)  # the source's token grid (upstream's 504-px reference: 18)
+        side = max(settings.edit_image // 28, 1)  # the source's token grid (upstream's 504-px reference: 18)
         target = torch.randn(1, 81, embed, device=device, dtype=dtype)
         reference = torch.randn(1, side * side, embed, device=device, dtype=dtype)
         x = torch.randn(1, decoder.config.latent_channels, latent, latent, device=device, dtype=dtype)
@@ -189,23 +220,23 @@ def dit_phase(args, device, dtype, peak: float, decoder) -> dict:
             condition = editing.condition(target, latent_size=(latent, latent), reference_embeds=reference,
                                           reference_grid=(side, side), target_grid=(9, 9))
             return editing.velocity(x, t, condition)
-        result["editing_step_ms"] = {str(size): device_ms(edit_step, args.repeats, device, args.warmup)}
+        result["editing_step_ms"] = {str(size): device_ms(edit_step, settings.repeats, device, settings.warmup)}
         result["editing_context_tokens"] = 81 + side * side
         result["merger_weights_gb"] = parameter_bytes(editing.merger) / GB
     return result
 
 
-def vae_phase(args, device, dtype, vae) -> dict:
+def vae_phase(settings: GPUBenchSettings, device, dtype, vae) -> dict:
     result = {"weights_gb": parameter_bytes(vae) / GB, "decode_ms": {}}
     with torch.inference_mode():
-        for size in args.sizes:
+        for size in settings.sizes:
             latents = torch.randn(1, 16, size // 8, size // 8, device=device, dtype=dtype)
             result["decode_ms"][str(size)] = device_ms(lambda latents=latents: vae.decode(latents).sample,
-                                                       args.repeats, device, args.warmup)
+                                                       settings.repeats, device, settings.warmup)
     return result
 
 
-def e2e_phase(args, device, dtype, ar, decoder, vae) -> dict:
+def e2e_phase(settings: GPUBenchSettings, device, dtype, ar, decoder, vae) -> dict:
     from nexusgen.api import NexusGen
     from nexusgen.config import NexusGenConfig, SamplingConfig
     from nexusgen.loading.autoregressive import image_processor_for
@@ -213,14 +244,14 @@ def e2e_phase(args, device, dtype, ar, decoder, vae) -> dict:
     from nexusgen.models.decoder import VAE_PRESETS
 
     config = NexusGenConfig(ar=ar.config, generation_decoder=decoder.config, vae=VAE_PRESETS["nexus-gen-v2"],
-                            sampling=SamplingConfig(num_steps=args.e2e_steps, guidance_scale=3.0, negative="t5",
-                                                    height=args.e2e_size, width=args.e2e_size))
-    negative = {"prompt_embeds": torch.randn(1, args.negative_tokens, decoder.config.context_dim, dtype=dtype),
+                            sampling=SamplingConfig(num_steps=settings.e2e_steps, guidance_scale=3.0, negative="t5",
+                                                    height=settings.e2e_size, width=settings.e2e_size))
+    negative = {"prompt_embeds": torch.randn(1, settings.negative_tokens, decoder.config.context_dim, dtype=dtype),
                 "pooled": torch.randn(1, decoder.config.pooled_dim, dtype=dtype)}
     parts = ModelParts(ar, tokenizer_for(ar.config), image_processor_for(ar.config), decoder, None, vae, config,
                        negative, source="random real-size parts")
     model = NexusGen(parts, device=device, dtype=dtype, progress=False, offload="auto")
-    result = {"size": args.e2e_size, "steps": args.e2e_steps}
+    result = {"size": settings.e2e_size, "steps": settings.e2e_steps}
     for name, scale in (("no_cfg", 1.0), ("cfg3_t5", 3.0)):
         model.generate(PROMPT, num_steps=1, guidance_scale=scale)  # warm: kernels, residency
         reset_peak_memory(device)
@@ -234,13 +265,13 @@ def e2e_phase(args, device, dtype, ar, decoder, vae) -> dict:
     return result
 
 
-def fp8_phase(args, device, dtype, decoder) -> dict:
+def fp8_phase(settings: GPUBenchSettings, device, dtype, decoder) -> dict:
     enable_fp8_storage(decoder.transformer)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    size = args.sizes[-1]
+    size = settings.sizes[-1]
     with torch.inference_mode():
-        step = device_ms(_step(decoder, size // 8, [81], dtype, device), args.repeats, device, args.warmup)
+        step = device_ms(_step(decoder, size // 8, [81], dtype, device), settings.repeats, device, settings.warmup)
     return {"dit_weights_gb": parameter_bytes(decoder.transformer) / GB, "size": size, "step_ms_cfg_off": step}
 
 
@@ -253,29 +284,31 @@ def _peak(device: torch.device, dtype: torch.dtype, sizes: list[int]) -> dict:
     return gemm_peak(device, dtype, [(1024, 1024, 1024), (2048, 2048, 2048)], repeats=2)
 
 
-def run(args) -> dict:
-    """Handler of `nexusgen bench gpu` (options: see nexusgen/cli.py)."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = getattr(torch, args.dtype) if args.dtype else (
+def run(settings: GPUBenchSettings | None = None) -> dict:
+    """`nexusgen bench gpu`: the report (printed as JSON); `settings` default to the real model on one GPU."""
+    settings = settings or GPUBenchSettings()
+    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, settings.dtype) if settings.dtype else (
         torch.bfloat16 if device.type == "cuda" else torch.float32)
     started = time.perf_counter()
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "dtype": str(dtype).removeprefix("torch."), "blocks": args.blocks or "real",
-              "vocab": args.vocab or "real", "intermediate": args.intermediate or "real", "sizes": args.sizes,
+              "dtype": str(dtype).removeprefix("torch."), "blocks": settings.blocks or "real",
+              "vocab": settings.vocab or "real", "intermediate": settings.intermediate or "real",
+              "sizes": list(settings.sizes),
               "threads": torch.get_num_threads(), "statistic": "mean of back-to-back calls, one sync"}
     torch.manual_seed(0)
-    peak = _phase(device, report, "peak", lambda: _peak(device, dtype, args.sizes))
+    peak = _phase(device, report, "peak", lambda: _peak(device, dtype, settings.sizes))
     report["peak"]["method"] = "best of back-to-back GEMMs (squares and the DiT's own shapes), one sync"
-    _phase(device, report, "parts", lambda: parts_phase(args, device))
-    _phase(device, report, "ar", lambda: ar_phase(args, device, dtype))
-    factories = part_factories(ar_config(args.blocks, args.vocab, args.intermediate),
-                               decoder_config(args.blocks, args.intermediate))
+    _phase(device, report, "parts", lambda: parts_phase(settings, device))
+    _phase(device, report, "ar", lambda: ar_phase(settings, device, dtype))
+    factories = part_factories(ar_config(settings.blocks, settings.vocab, settings.intermediate),
+                               decoder_config(settings.blocks, settings.intermediate))
     decoder = build_random(factories["generation_decoder"], device, dtype, seed=1)
     vae = build_random(factories["vae"], device, dtype, seed=2)
-    _phase(device, report, "dit", lambda: dit_phase(args, device, dtype, peak["flops_per_s"], decoder))
-    _phase(device, report, "vae", lambda: vae_phase(args, device, dtype, vae))
-    _phase(device, report, "e2e", lambda: e2e_phase(args, device, dtype, build_random(
+    _phase(device, report, "dit", lambda: dit_phase(settings, device, dtype, peak["flops_per_s"], decoder))
+    _phase(device, report, "vae", lambda: vae_phase(settings, device, dtype, vae))
+    _phase(device, report, "e2e", lambda: e2e_phase(settings, device, dtype, build_random(
         factories["autoregressive"], device, dtype, seed=3), decoder, vae))
-    _phase(device, report, "fp8", lambda: fp8_phase(args, device, dtype, decoder))
+    _phase(device, report, "fp8", lambda: fp8_phase(settings, device, dtype, decoder))
     report["total_seconds"] = time.perf_counter() - started
     return report

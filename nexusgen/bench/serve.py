@@ -273,22 +273,26 @@ def batching_gain(single: ServerProcess, batched: ServerProcess, per_client: int
     return one.summary(), many.summary()
 
 
-def run(args) -> dict:
-    """Handler of `nexusgen bench serve` (see nexusgen/cli.py)."""
-    quick = bool(getattr(args, "quick", False))
-    steps = getattr(args, "steps", None)
+def run(model_name: str = "shapes-mini", *, quick: bool = False, steps: int | None = None) -> dict:
+    """`nexusgen bench serve [--model M] [--steps N] [--quick]`: the report (printed as JSON).
+
+    Args:
+        model_name: the model the servers load (anything `NexusGen.from_pretrained` accepts).
+        quick: fewer requests and rounds (a smoke run).
+        steps: generation steps of every request (default: the model's own).
+    """
     per_client, rounds, pairs, duration = (2, 1, 3, 2.0) if quick else (3, 3, 12, 10.0)
     limit = 120.0 if quick else 300.0
     max_batch = ServeSettings().max_batch
-    report = {"model": args.model, "quick": quick, "threads": torch.get_num_threads(),
+    report = {"model": model_name, "quick": quick, "threads": torch.get_num_threads(),
               "omp_wait_policy": current_policy(), "clients": CLIENTS, "max_batch": max_batch,
               "open_loop_seconds": duration}
-    model = load_model(args.model)
+    model = load_model(model_name)
     report["in_process"] = batching_bound(model, steps, 2 if quick else 5)
 
-    single, server = ServerProcess(args.model, "--max-batch", "1"), None
+    single, server = ServerProcess(model_name, "--max-batch", "1"), None
     try:
-        server = ServerProcess(args.model)
+        server = ServerProcess(model_name)
         for warm in (single, server):  # allocator, threads, every batch size
             closed_loop(warm, max_batch, 2, steps, limit)
         report["one_at_a_time"], report["batched"] = batching_gain(single, server, per_client, rounds, steps, limit)

@@ -9,12 +9,12 @@ is not counted, so the fraction is a lower bound of the hardware's use). The pea
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 from nexusgen.bench import matmul_peak, synchronize
+from nexusgen.recipes import get_recipe
 from nexusgen.train.config import STAGES, TrainConfig, apply_overrides
 
 # The mid-size runs: larger models and batches that stress matmuls the way real training does.
@@ -71,11 +71,8 @@ def bench_stage(config: TrainConfig, *, steps: int, warmup: int = 2) -> dict:
             **{f"{k}_per_s": v / seconds for k, v in counts.items()}}
 
 
-def run(args: argparse.Namespace) -> dict:
-    """CLI handler: `nexusgen bench train [--quick]` -> dict (printed as JSON by the CLI)."""
-    from nexusgen.recipes import get_recipe
-
-    quick = bool(getattr(args, "quick", False))
+def run(quick: bool = False) -> dict:
+    """`nexusgen bench train [--quick]`: the report (printed as JSON; `quick`: fewer steps and sizes)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     peak = measure_matmul_peak(device, sizes=(1024,) if quick else (1024, 2048), repeats=3 if quick else 5)
     results = {}

@@ -1,2 +1,2 @@
 """Converters from upstream checkpoints (official Nexus-Gen decoders, DiffSynth FluxDiT, BFL FLUX VAE) to
-the nexusgen model-folder format. `official.convert_command` is the `nexusgen convert` handler."""
+the nexusgen model-folder format (`nexusgen convert`: `nexusgen.commands.convert`)."""

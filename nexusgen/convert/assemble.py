@@ -237,16 +237,3 @@ def _check_widths(config, pooled: torch.Tensor, negative: dict | None, vae, flux
                          f"joint_attention_dim {config.context_dim}")
     if vae.latent_channels != config.latent_channels:
         raise ValueError(f"{flux.vae}: {vae.latent_channels} latent channels, the DiT takes {config.latent_channels}")
-
-
-def assemble_command(args) -> int:
-    """CLI handler of `nexusgen assemble --qwen QWEN_DIR --flux FLUX_DIR --out MODEL_DIR` (progress on stderr)."""
-    import sys
-
-    for flag, path in (("--qwen", args.qwen), ("--flux", args.flux)):
-        if not Path(path).is_dir():
-            raise ValueError(f"{flag} {path}: not a directory")
-    assemble_model(args.qwen, args.flux, args.out, negative_prompt=args.negative_prompt, device=args.device,
-                   seed=args.seed, log=lambda line: print(line, file=sys.stderr))
-    print(args.out)
-    return 0

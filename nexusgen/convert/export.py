@@ -292,13 +292,3 @@ def _read_json(path: Path) -> dict:
     from nexusgen.files import read_json_object
 
     return read_json_object(path)
-
-
-def export_command(args) -> int:
-    """CLI handler of `nexusgen export-official MODEL_DIR OUT_DIR [--dtype D]` (progress on stderr)."""
-    import sys
-
-    print(f"exporting {args.model_dir} -> {args.out_dir}", file=sys.stderr)
-    export_official(args.model_dir, args.out_dir, dtype=args.dtype, log=lambda line: print(line, file=sys.stderr))
-    return 0
-

@@ -32,7 +32,6 @@ import os
 import pickle
 import re
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -509,11 +508,3 @@ def _convert_parts(official: Path, out: Path, pooled, results: dict, failures: d
         def vae() -> str:
             return f"{ae} -> {VAE_DIR}/ {convert_vae(ae, _ensure(out) / VAE_DIR, vae_norm_num_groups)}"
         _run_part("vae", vae, results, failures, log)
-
-
-def convert_command(args) -> int:
-    """CLI handler of `nexusgen convert OFFICIAL_DIR OUT_DIR [--flux FLUX_DIR] [--negative-prompt TEXT]`."""
-    convert_official(args.official_dir, args.out_dir, log=lambda line: print(line, file=sys.stderr),
-                     vae_norm_num_groups=args.vae_norm_groups, flux_dir=getattr(args, "flux", None),
-                     negative_prompt=getattr(args, "negative_prompt", ""))
-    return 0

@@ -60,12 +60,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 logger = logging.getLogger(__name__)
 
 
-def prepare_command(args) -> dict[str, Any]:
-    """CLI handler of `nexusgen prepare-embeds` (see cli.py); returns the summary printed as JSON."""
-    return prepare_embeds(args.data, args.model, args.kind, args.out, batch_size=args.batch_size,
-                          skip_bad=args.skip_bad, image_root=getattr(args, "image_root", None))
-
-
 # ---------------------------------------------------------------------------------------------------
 # Output bookkeeping
 # ---------------------------------------------------------------------------------------------------

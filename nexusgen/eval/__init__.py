@@ -6,8 +6,8 @@
 - Public benchmarks (docs/benchmarks.md), each writing what the benchmark's own scorer reads:
   `geneval`, `dpg` (generation), `imgedit`, `gedit` (editing), `understanding/` (MME, MMBench, MMMU, POPE,
   scored here with the official deterministic rules); `resumable` is their shared batched, resumable item
-  loop, `benchmark_files` reads the published files, `commands` is their CLI edge, `lmms_adapter` the
-  lmms-eval model (loaded by lmms-eval only).
+  loop, `benchmark_files` reads the published files, `lmms_adapter` the lmms-eval model (loaded by
+  lmms-eval only). Their command-line handlers are in `nexusgen.commands.eval`.
 - `oracle`: the ground-truth model (the scorer's upper bound) and a blank baseline.
 - `metrics`: PSNR, SSIM, answer matching, GenEval's rules and aggregation.
 

@@ -27,8 +27,7 @@ from nexusgen.files import atomic_save_image, git_sha, json_safe, write_json, wr
 from nexusgen.processing.contact_sheet import contact_sheet
 from nexusgen.worlds.shapes import EditItem, GenerateItem, UnderstandItem
 
-from .harness import DEFAULT_BATCH_SIZE, load_model
-from .oracle import GroundTruthEmbedsModel
+from .harness import DEFAULT_BATCH_SIZE
 from .tasks import editing, generation, understanding
 
 EVAL_SET = "eval_set.json"
@@ -163,31 +162,21 @@ def evaluate(model, out_dir, config: ShapesEvalConfig | None = None) -> dict:
     return score(out_dir)
 
 
-def _override_sampling(model, args) -> None:
-    """--steps / --guidance / --edit-guidance: the sampling side of the speed/quality trade-off.
+def override_sampling(model, *, num_steps: int | None = None, guidance_scale: float | None = None,
+                      edit_guidance_scale: float | None = None) -> None:
+    """Set the sampling side of the speed/quality trade-off on a real model; None keeps the model's own.
 
-    --steps sets every decoder's step count (generation and editing alike)."""
-    steps = getattr(args, "steps", None)
-    requested = {"num_steps": steps, "edit_num_steps": steps, "guidance_scale": getattr(args, "guidance", None),
-                 "edit_guidance_scale": getattr(args, "edit_guidance", None)}
+    `num_steps` sets every decoder's step count (generation and editing alike).
+
+    Raises:
+        ValueError: a setting for a reference model (oracle, blank), or a value the model's sampling
+            config refuses (steps < 1, guidance without a negative branch).
+    """
+    requested = {"num_steps": num_steps, "edit_num_steps": num_steps, "guidance_scale": guidance_scale,
+                 "edit_guidance_scale": edit_guidance_scale}
     requested = {name: value for name, value in requested.items() if value is not None}
     if not requested:
         return
     if not hasattr(model, "config"):
-        raise ValueError(f"--steps / --guidance apply to a real model, not {args.model}")
-    sampling = dataclasses.replace(model.config.sampling, **requested)  # ValueError: steps < 1, ...
-    model.config.sampling = sampling
-
-
-def eval_command(args) -> dict:
-    """Handler of `nexusgen eval shapes` (see nexusgen/cli.py)."""
-    if args.score_only:
-        return score(args.out)
-    tasks = tuple(t.strip() for t in getattr(args, "tasks", ",".join(TASKS)).split(",") if t.strip())
-    config = ShapesEvalConfig(num=args.num, seed=args.seed, decoder=args.decoder,
-                              prompt_style=getattr(args, "prompt_style", "short"), tasks=tasks)
-    model = load_model(args.model)
-    _override_sampling(model, args)
-    if getattr(args, "embeds", "predicted") == "ground-truth":
-        model = GroundTruthEmbedsModel(model)
-    return evaluate(model, args.out, config)
+        raise ValueError(f"steps / guidance apply to a real model, not {model.name}")
+    model.config.sampling = dataclasses.replace(model.config.sampling, **requested)

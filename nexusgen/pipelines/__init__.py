@@ -4,7 +4,7 @@ Each pipeline receives built components (`nexusgen.loading.folder.ModelParts` ho
 `__call__` under `torch.inference_mode()` with keyword-only arguments named alike in every pipeline
 (`prompt`, `image`, `height`, `width`, `num_steps`, `guidance_scale`, `seed`, `max_new_tokens`), runs
 its steps in a fixed order (validate -> encode -> AR -> denoise -> decode) and returns a small output
-dataclass of lists. `nexusgen.api.NexusGen` wires them together; `commands` holds the CLI handlers.
+dataclass of lists. `nexusgen.api.NexusGen` wires them together; `nexusgen.commands` holds the CLI handlers.
 """
 
 from nexusgen.pipelines.chat import ChatOutput, ChatPipeline, ChatReply

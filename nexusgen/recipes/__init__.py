@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from nexusgen.recipes import nexus_gen_v2, shapes_mini, tiny
-from nexusgen.train.config import TrainConfig, current_name
+from nexusgen.train.config import TrainConfig, apply_overrides, current_name
 
 RECIPES: dict[str, Callable[[], TrainConfig]] = {
     "tiny-vae": tiny.tiny_vae,
@@ -24,7 +24,7 @@ RECIPES: dict[str, Callable[[], TrainConfig]] = {
     **{f"shapes-mini-{stage}": make for stage, make in shapes_mini.STAGES.items()},
 }
 
-PIPELINES: dict[str, dict[str, Callable[[], TrainConfig]]] = {
+MULTI_STAGE_RECIPES: dict[str, dict[str, Callable[[], TrainConfig]]] = {
     "shapes-mini": shapes_mini.STAGES,
     "tiny": {"vae": tiny.tiny_vae, "vlm": tiny.tiny_vlm, "ar": tiny.tiny_ar,
              "generation_decoder": tiny.tiny_generation_decoder, "editing_decoder": tiny.tiny_editing_decoder},
@@ -32,13 +32,18 @@ PIPELINES: dict[str, dict[str, Callable[[], TrainConfig]]] = {
                      "generation_decoder": nexus_gen_v2.nexus_gen_v2_generation_decoder,
                      "editing_decoder": nexus_gen_v2.nexus_gen_v2_editing_decoder},
 }
-"""Multi-stage recipes (train/pipeline.py): stage name -> recipe, in training order."""
+"""Multi-stage recipes (`nexusgen.train.multistage`): stage name -> recipe, in training order."""
 
 
 def get_recipe(name: str) -> TrainConfig:
     """The config of recipe `name` (old decoder stage names accepted); ValueError naming the known recipes
     otherwise."""
     if current_name(name) not in RECIPES:
-        known = ", ".join(sorted([*RECIPES, *PIPELINES]))
+        known = ", ".join(sorted([*RECIPES, *MULTI_STAGE_RECIPES]))
         raise ValueError(f"unknown recipe {name!r}; known: {known}")
     return RECIPES[current_name(name)]()
+
+
+def resolve_recipe(name: str, overrides: list[str]) -> TrainConfig:
+    """Recipe `name` with the `--set key=value` overrides applied (ValueError for an unknown recipe or field)."""
+    return apply_overrides(get_recipe(name), overrides)

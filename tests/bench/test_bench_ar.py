@@ -1,6 +1,5 @@
 """`nexusgen bench ar`: the report's structure on a minimal run (timings themselves are never asserted)."""
 
-import argparse
 
 from nexusgen.bench import ar
 
@@ -20,7 +19,7 @@ def test_run_quick_is_json_ready(monkeypatch):
     import json
 
     monkeypatch.setattr(ar, "matmul_peak_flops", lambda device: 1e11)
-    report = ar.run(argparse.Namespace(quick=True, what="ar", model=None))
+    report = ar.run(quick=True)
     json.dumps(report)
     assert report["quick"] and list(report["presets"]) == ["tiny"] and report["statistic"] == "median"
     assert "expectations" not in report  # only judged on the full run (mid preset, N = 81)

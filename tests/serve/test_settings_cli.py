@@ -8,7 +8,7 @@ import time
 import pytest
 
 from nexusgen.cli import build_parser, main
-from nexusgen.serve.command import settings_from_args
+from nexusgen.commands.serve import settings_from_args
 from nexusgen.serve.settings import ServeSettings, setting_fields
 
 
@@ -69,7 +69,7 @@ def test_without_the_serving_extra_the_command_says_what_to_install(monkeypatch,
     import sys
 
     for name in [m for m in sys.modules if m.startswith("nexusgen.serve.") and m not in
-                 ("nexusgen.serve.settings", "nexusgen.serve.command")]:
+                 ("nexusgen.serve.settings",)]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi -> ImportError
     with socket.socket() as probe:

@@ -6,8 +6,7 @@ import math
 import pytest
 
 from nexusgen.cli import main
-from nexusgen.recipes import RECIPES, get_recipe
-from nexusgen.train.command import resolve_config
+from nexusgen.recipes import RECIPES, get_recipe, resolve_recipe
 from nexusgen.train.config import TrainConfig, apply_overrides, config_from_dict, config_to_dict
 from nexusgen.train.optim import LRLambda
 
@@ -65,7 +64,7 @@ def test_overrides_are_parsed_by_field_type():
 ])
 def test_bad_override_is_a_clear_error(assignment, message):
     with pytest.raises(ValueError, match=message):
-        resolve_config("tiny-vae", [assignment])
+        resolve_recipe("tiny-vae", [assignment])
 
 
 def test_cli_unknown_field_exits_2_with_one_line(tmp_path, capsys):

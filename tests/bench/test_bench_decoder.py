@@ -1,13 +1,12 @@
 """`nexusgen bench decoder --quick` runs and reports every number it promises (smoke test)."""
 
-import argparse
 import math
 
 from nexusgen.bench.decoder import run
 
 
 def test_quick_bench_reports_medians():
-    report = run(argparse.Namespace(quick=True))
+    report = run(quick=True)
     tiny = report["presets"]["tiny"]
     for key in ("dit_step_ms_cfg_off", "dit_step_ms_cfg_on", "editing_dit_step_ms", "vae_encode_ms",
                 "vae_decode_ms", "dit_step_gflop", "fraction_of_matmul_peak"):

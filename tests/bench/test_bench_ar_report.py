@@ -1,7 +1,6 @@
 """`nexusgen bench ar --quick` runs and reports every documented key with sane values; the FLOP count
 includes the CPU attention; the `mid-qwen` preset matches the real Qwen2.5 tokenizer."""
 
-import argparse
 import json
 import math
 
@@ -11,7 +10,7 @@ from nexusgen.bench import ar, attention_flops, count_flops
 
 
 def test_quick_report_keys_and_values():
-    report = ar.run(argparse.Namespace(quick=True, what="ar", model=None))
+    report = ar.run(quick=True)
     json.dumps(report)
     assert report["threads"] == torch.get_num_threads() >= 1
     assert isinstance(report["omp_wait_policy"], str) and report["statistic"] == "median"

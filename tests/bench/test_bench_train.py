@@ -1,6 +1,5 @@
 """`nexusgen bench train`: peak and step FLOPs are measured and counted; the report has every stage."""
 
-import argparse
 
 import torch
 
@@ -32,6 +31,6 @@ def test_run_reports_every_stage_and_the_goal(monkeypatch):
 
     monkeypatch.setattr(bench, "bench_stage", fake_bench)
     monkeypatch.setattr(bench, "measure_matmul_peak", lambda *a, **k: {"flops_per_s": 4e9})
-    report = bench.run(argparse.Namespace(quick=True))
+    report = bench.run(quick=True)
     assert len(calls) == 10 and ("ar", "mid") in calls
     assert report["stages"]["ar/mid"]["fraction_of_peak"] == 0.25

@@ -6,8 +6,8 @@ import warnings
 import pytest
 
 from nexusgen.cli import main
-from nexusgen.recipes import PIPELINES, RECIPES, get_recipe
-from nexusgen.train.pipeline import split_overrides, stage_configs
+from nexusgen.recipes import MULTI_STAGE_RECIPES, RECIPES, get_recipe
+from nexusgen.train.multistage import split_overrides, stage_configs
 
 
 def test_split_overrides_by_stage_prefix():
@@ -22,19 +22,19 @@ def test_split_overrides_by_stage_prefix():
 
 
 def test_stage_configs_apply_common_and_stage_overrides():
-    configs = stage_configs(PIPELINES["tiny"], ["lr=0.01", "vlm.max_steps=7"])
+    configs = stage_configs(MULTI_STAGE_RECIPES["tiny"], ["lr=0.01", "vlm.max_steps=7"])
     assert all(c.lr == 0.01 for c in configs.values())
     assert configs["vlm"].max_steps == 7 and configs["ar"].max_steps != 7
     with pytest.raises(ValueError):
-        stage_configs(PIPELINES["tiny"], ["vae.no_such_field=1"])
+        stage_configs(MULTI_STAGE_RECIPES["tiny"], ["vae.no_such_field=1"])
 
 
-def test_tiny_pipeline_chains_stages_into_one_complete_folder_and_resume_skips(tmp_path, capsys):
+def test_tiny_multistage_recipe_chains_stages_into_one_complete_folder_and_resume_skips(tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", "tiny", "--out", str(run), "--set", "max_steps=2", "--set", "save_every=2",
             "--set", "progress=false"]
     assert main(args) == 0
-    for stage in PIPELINES["tiny"]:
+    for stage in MULTI_STAGE_RECIPES["tiny"]:
         assert (run / stage / "final").is_dir()
     # each stage started from the previous stage's export
     assert json.loads((run / "ar" / "config.json").read_text())["stage"]["parent"] == str(run / "vlm")
@@ -47,11 +47,11 @@ def test_tiny_pipeline_chains_stages_into_one_complete_folder_and_resume_skips(t
     assert model.predict_image_embeds("a red circle").shape == (1, 16, 64)
     capsys.readouterr()
     assert main([*args, "--resume"]) == 0
-    assert capsys.readouterr().err.count(", skipped") == len(PIPELINES["tiny"])
+    assert capsys.readouterr().err.count(", skipped") == len(MULTI_STAGE_RECIPES["tiny"])
 
 
 def test_a_shapes_mini_stage_trains_on_shapesworld_and_exports_the_presets_settings(tmp_path):
-    for stage in PIPELINES["shapes-mini"]:
+    for stage in MULTI_STAGE_RECIPES["shapes-mini"]:
         config = get_recipe(f"shapes-mini-{stage}")
         assert config.stage.preset == "shapes-mini" and config.data.world == "shapes"
     assert "shapes-mini-ar" in RECIPES

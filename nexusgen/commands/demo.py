@@ -8,10 +8,12 @@ reference rendering; source, edit, target) and returns the answers as text lines
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
 
+from nexusgen.commands.common import model_from_args, save_image
 from nexusgen.processing.contact_sheet import contact_sheet
 from nexusgen.worlds.shapes import make_edit, make_generation, make_understanding, render_scene
 
@@ -37,8 +39,6 @@ def run_demo(model, out_dir: str | Path, seed: int = 0) -> list[str]:
         Human-readable lines: each question with the model's and the expected answer, each prompt and
         instruction, and where the contact sheet went.
     """
-    from nexusgen.pipelines.commands import save_image_atomic
-
     understand, generate, edit = _items(seed)
     size = model.image_size
     scenes = [render_scene(it.scene, size) for it in understand]
@@ -59,5 +59,15 @@ def run_demo(model, out_dir: str | Path, seed: int = 0) -> list[str]:
                       [f"edit: {item.instruction}", "(source | model | target)"]))
         lines.append(f"edit: {item.instruction}")
     sheet = contact_sheet(tiles, title=f"nexusgen demo: {model.name}")
-    path = save_image_atomic(sheet, Path(out_dir) / SHEET)
+    path = save_image(sheet, Path(out_dir) / SHEET)
     return [*lines, f"contact sheet: {path}"]
+
+
+def demo(args: argparse.Namespace) -> int:
+    """`nexusgen demo [--out DIR] [--seed S]`: prints the answers and where the contact sheet went."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a directory")
+    for line in run_demo(model_from_args(args), out, seed=args.seed):
+        print(line)
+    return 0

@@ -1,10 +1,10 @@
 """Multi-stage recipes: several stages trained in order, each from the previous stage's export.
 
-`nexusgen train shapes-mini --out RUN` trains every stage of the pipeline into `RUN/<stage>/` (a normal
+`nexusgen train shapes-mini --out RUN` trains every stage of the recipe into `RUN/<stage>/` (a normal
 run directory each) and copies the last stage's complete model folder to `RUN/final/`. Overrides name a
 stage to target it (`--set vae.max_steps=100`) or apply to every stage (`--set lr=1e-4`). With
 `--resume`, stages whose run already reached `max_steps` are skipped and the interrupted one continues.
-`--start-at ar --set ar.stage.parent=FOLDER` starts the pipeline at a later stage from a model folder
+`--start-at ar --set ar.stage.parent=FOLDER` starts the recipe at a later stage from a model folder
 (e.g. one committed by an earlier session: CPU recipes take longer than one machine lives). Stage names
 given with the decoder stages' old names (`gen_decoder.max_steps=10`, `--start-at edit_decoder_more`) are
 accepted for one release.
@@ -47,11 +47,11 @@ def is_finished(run_dir: Path, config: TrainConfig) -> bool:
     return (run_dir / "final").is_dir() and done_step >= config.max_steps
 
 
-def run_pipeline(stages: dict[str, Callable[[], TrainConfig]], out, overrides: list[str], *,
-                 resume: bool = False, start_at: str | None = None, require_checkpoint: bool = True) -> dict:
+def run_stages(stages: dict[str, Callable[[], TrainConfig]], out, overrides: list[str], *,
+               resume: bool = False, start_at: str | None = None, require_checkpoint: bool = True) -> dict:
     """Train the stages in order (from `start_at`, whose stage.parent must then be set); returns
     {stage: summary} (skipped stages: "already finished"). With `resume`, stages not started yet start
-    from step 0, but a pipeline with nothing at all to resume is an error unless not `require_checkpoint`."""
+    from step 0, but a recipe with nothing at all to resume is an error unless not `require_checkpoint`."""
     from nexusgen.train.loop import train
 
     out = Path(out)
@@ -94,7 +94,7 @@ def _from_stage(configs: dict[str, TrainConfig], start_at: str) -> dict[str, Tra
 
 def _copy_final(source: Path, target: Path, preset: str) -> None:
     """RUN/final = the last stage's complete folder, plus the model-level config (nexusgen.json) of the
-    pipeline's preset, so sampling defaults and grids are recorded rather than inferred."""
+    recipe's preset, so sampling defaults and grids are recorded rather than inferred."""
     from nexusgen.train.stages.parts import write_preset_config
 
     with atomic_folder(target) as tmp:
