@@ -4,7 +4,9 @@ Modules (imported directly; this package file stays empty so `import nexusgen.da
     messages   MessageDataset: validated, lazy reader of message-format JSONL (SPEC section 6)
     embeds     GenEmbedDataset / EditEmbedDataset: decoder-training embedding datasets
     mixture    MixtureSampler: weighted, seeded, resumable, rank-sharded batches over several sources
-    synthetic  ShapesSource (ShapesWorld) / SyntheticSource: in-memory samples in message format
-    prepare    `nexusgen prepare-embeds`: precompute decoder-training embeddings (resumable)
+    worlds     the registry of procedural worlds (ShapesWorld plugs in from nexusgen.recipes), WorldSource
+    synthetic  SyntheticSource: the built-in world of coloured rectangles; write_jsonl
+    scene_labels  per-token shape / colour labels of a world's images (stage vlm)
+    prepare    precompute decoder-training embeddings, resumably (`nexusgen prepare-embeds`)
     collate    collate_ar: samples -> model inputs (owned by the AR model)
 """

@@ -1,12 +1,12 @@
-"""In-memory sources in message format: ShapesWorld scenes, or bare coloured rectangles.
+"""The built-in "synthetic" world: bare coloured rectangles, in message format, in memory.
 
 No files are needed: sample i is a pure function of `(seed, i)`, rendered on access, so a source is
-map-style like `MessageDataset` and can sit in a `MixtureSampler`. `write_jsonl` turns a source into a
-real message-format JSONL with PNG files, for tests of the file readers and of `prepare-embeds`.
+map-style like `MessageDataset` and can sit in a `MixtureSampler`. `write_jsonl` turns any map-style
+source (this one, or a registered world's `nexusgen.data.worlds.WorldSource`) into a real message-format
+JSONL with PNG files, for tests of the file readers and of `prepare-embeds`.
 
-`ShapesSource` adapts ShapesWorld's generator (`nexusgen.worlds.shapes.make_sample`): understanding
-questions, GenEval-style generation prompts and edits, EN/ZH, with exact ground truth in "meta".
-`SyntheticSource` is the minimal fallback: one coloured rectangle per image.
+`SyntheticSource` is the minimal world that needs no registration (richer worlds such as ShapesWorld
+plug in through `nexusgen.data.worlds`): one coloured rectangle per image.
 
 Each sample has one rectangle of a named colour on a white background:
   * understand: "<image>\\nWhat colour is the rectangle?" -> "red."
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from nexusgen.data.messages import TASKS, InvalidRecord, check_record
+from nexusgen.data.messages import TASKS
 from nexusgen.files import atomic_write_text
 
 # Canonical texts of SPEC section 4.1 (English templates).
@@ -114,55 +114,6 @@ class SyntheticSource:
                 "messages": [{"role": r, "content": c} for r, c in messages], "images": images,
                 "task": task, "color": color, "box": list(box),
                 **({"new_color": new_color} if task == "edit" else {})}
-
-
-class ShapesSource:
-    """Map-style source over ShapesWorld's in-memory generator, in the `MessageDataset` sample format.
-
-    `source[i]` is::
-
-        {"id": "shapes_<split>_<seed>_<i>", "source": "shapesworld/<task>/<type>", "messages": [...],
-         "images": [PIL.Image RGB, ...], "task": "understand" | "generate" | "edit",
-         "meta": {"task", "type", "lang", "compositional", ...}}
-
-    Every sample is checked against the reader's record rules, so ShapesWorld and file data can never
-    drift apart unnoticed.
-
-    Args:
-        num_samples: the source's length (ShapesWorld itself is endless; sample i is the same for any
-            length).
-        seed: ShapesWorld stream seed.
-        **config: `nexusgen.worlds.shapes.SampleConfig` fields (image_size, tasks, split, prompt_style,
-            zh_fraction, ...).
-
-    Raises:
-        ValueError: num_samples < 1 or a bad SampleConfig field.
-    """
-
-    def __init__(self, num_samples: int, seed: int = 0, **config: Any):
-        from nexusgen.worlds.shapes import SampleConfig
-
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        self.num_samples, self.seed, self.config = num_samples, seed, SampleConfig.from_options(**config)
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        from nexusgen.worlds.shapes import make_sample
-
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} ShapesWorld samples")
-        sample = make_sample(index % len(self), seed=self.seed, config=self.config)
-        record = sample.to_record([f"<memory:{k}>" for k in range(len(sample.images))])
-        try:
-            task = check_record(record)
-        except InvalidRecord as err:  # a generator bug, not bad user data
-            raise AssertionError(f"ShapesWorld sample {sample.id} breaks the message format: {err}") from None
-        assert task == sample.task, (task, sample.task)
-        record.update(images=sample.images, task=task)
-        return record
 
 
 def write_jsonl(source: Any, path: str | Path, indices: Sequence[int] | None = None) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from nexusgen.recipes import nexus_gen_v2, shapes_mini, tiny
+from nexusgen.recipes import nexus_gen_v2, shapes_mini, tiny, worlds  # noqa: F401 (worlds registers ShapesWorld)
 from nexusgen.train.config import TrainConfig, apply_overrides, current_name
 
 RECIPES: dict[str, Callable[[], TrainConfig]] = {

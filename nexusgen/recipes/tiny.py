@@ -26,9 +26,9 @@ def _tiny(stage: StageConfig, *, lr: float, image_size_px: int = 32, **data) -> 
 
 
 def tiny_vae() -> TrainConfig:
-    """AutoencoderKL (8x down, 16 latent channels) on 32x32 generated images; L1 + tiny KL."""
+    """AutoencoderKL (8x down, 16 latent channels) on 32x32 ShapesWorld renders; L1 + tiny KL."""
     return _tiny(StageConfig(name="vae", preset="tiny", loss_weights={"l1": 1.0, "mse": 0.0, "kl": 1e-6}),
-                 lr=1e-3)
+                 lr=1e-3, world="shapes")
 
 
 def tiny_vlm() -> TrainConfig:

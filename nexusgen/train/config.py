@@ -156,20 +156,21 @@ class DataConfig:
     """editing_decoder: side of the square the source image is resized to before the AR model encodes it
     as the reference; must equal the model's `reference_image_px` (nexusgen.json). 0: the bounded
     input size."""
-    world: Literal["synthetic", "shapes"] = "synthetic"
-    """Generator behind `source="generated"` message samples: coloured rectangles (fast smoke runs) or
-    ShapesWorld (the miniature model's training data; `world_options` are its SampleConfig fields)."""
+    world: str = "synthetic"
+    """Generator behind `source="generated"` samples: "synthetic", the built-in coloured rectangles (fast
+    smoke runs), or a world registered in `nexusgen.data.worlds`, e.g. "shapes" (ShapesWorld, the miniature
+    model's training data, registered by `nexusgen.recipes`)."""
     world_options: dict[str, Any] = field(default_factory=dict)
-    """ShapesWorld `SampleConfig` fields (prompt_style, zh_fraction, ...); image_size and tasks come from
-    image_size_px and tasks."""
+    """The world's own options (ShapesWorld: `SampleConfig` fields such as prompt_style, zh_fraction);
+    image_size and tasks come from image_size_px and tasks."""
     skip_bad: bool = False
     """Skip (and count) invalid records instead of stopping."""
 
     def __post_init__(self):
         if self.source not in ("auto", "generated", "jsonl", "embeds"):
             raise ValueError(f"data.source must be auto|generated|jsonl|embeds, got {self.source!r}")
-        if self.world not in ("synthetic", "shapes"):
-            raise ValueError(f"data.world must be synthetic|shapes, got {self.world!r}")
+        if not self.world:
+            raise ValueError("data.world must name a world: 'synthetic' or a registered one")
         if self.weights and len(self.weights) != len(self.paths):
             raise ValueError(f"data.weights has {len(self.weights)} entries for {len(self.paths)} paths")
 

@@ -2,9 +2,10 @@
 
 import torch
 
+import nexusgen.recipes.worlds  # noqa: F401 (registers ShapesWorld as "shapes")
 from nexusgen.data.collate import collate_ar
 from nexusgen.data.messages import MessageDataset
-from nexusgen.data.synthetic import ShapesSource
+from nexusgen.data.worlds import WorldSource
 from nexusgen.loading.autoregressive import build_autoregressive
 
 
@@ -12,8 +13,8 @@ def test_official_and_shapesworld_samples_train_the_tiny_model(official_examples
     model, tokenizer, image_processor = build_autoregressive("tiny", seed=0)
     official = MessageDataset(official_examples / "assets/example_datasets/llm_dataset.jsonl",
                               image_root=official_examples)
-    samples = [official[i] for i in range(len(official))] + [ShapesSource(3, seed=0, image_size=32)[i]
-                                                             for i in range(3)]
+    shapes = WorldSource("shapes", 3, seed=0, image_size=32)
+    samples = [official[i] for i in range(len(official))] + [shapes[i] for i in range(3)]
     batch = collate_ar(samples, tokenizer, image_processor, model.config)
     # Targets: official gen x2 + edit x2, ShapesWorld gen + edit -> 6 target images of N = 16 tokens.
     assert int(batch["image_is_target"].sum()) == 6

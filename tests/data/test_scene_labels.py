@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from nexusgen.data.scene_labels import BACKGROUND_COLOR, BACKGROUND_SHAPE, IGNORE, token_labels
-from nexusgen.data.synthetic import ShapesSource
+import nexusgen.recipes.worlds  # noqa: F401 (registers ShapesWorld as "shapes")
+from nexusgen.data.scene_labels import IGNORE, token_labels
+from nexusgen.data.worlds import WorldSource, get_world
 from nexusgen.worlds.shapes import COLORS, SHAPES, Scene, ShapeObject, render_scene
 from nexusgen.worlds.shapes.render import cell_labels
 
@@ -33,18 +34,20 @@ def test_a_large_object_on_a_cell_corner_names_the_four_cells_it_covers():
 
 
 def test_token_labels_follow_collate_order_and_ignore_images_without_scenes():
-    source = ShapesSource(6, seed=3, image_size=64, tasks=("understand", "edit"))
+    source = WorldSource("shapes", 6, seed=3, image_size=64, tasks=("understand", "edit"))
     samples = [source[0], source[1], {"messages": [], "images": [source[0]["images"][0]]}]  # last: no meta
     for sample in samples[:2]:  # the scene graphs are the images' own
         for image, scene in zip(sample["images"], sample["meta"]["scenes"], strict=True):
             assert np.array_equal(np.asarray(render_scene(Scene.from_dict(scene), 64)), np.asarray(image))
     grids = torch.tensor([[1, 8, 8]] * 4)  # understand: 1 image, edit: 2, the last sample: 1
-    labels = token_labels(samples, grids, merge_size=2)
+    world = get_world("shapes").scene_labels
+    background_shape, background_color = world.num_shapes, world.num_colors
+    labels = token_labels(samples, grids, merge_size=2, labels=world)
     assert labels.shape == (64, 2)
     first, _ = cell_labels(Scene.from_dict(samples[0]["meta"]["scenes"][0]), 4, 4)
-    want = torch.from_numpy(np.where(first < 0, BACKGROUND_SHAPE, first))
+    want = torch.from_numpy(np.where(first < 0, background_shape, first))
     assert torch.equal(labels[:16, 0], want)
     assert (labels[:48] >= 0).all() and (labels[48:] == IGNORE).all()
-    assert ((labels[:48, 0] == BACKGROUND_SHAPE) == (labels[:48, 1] == BACKGROUND_COLOR)).all()
+    assert ((labels[:48, 0] == background_shape) == (labels[:48, 1] == background_color)).all()
     with pytest.raises(ValueError, match="grids"):
-        token_labels(samples, grids[:3], merge_size=2)
+        token_labels(samples, grids[:3], merge_size=2, labels=world)

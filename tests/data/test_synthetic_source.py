@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nexusgen.data.messages import MessageDataset
-from nexusgen.data.synthetic import COLORS, ShapesSource, SyntheticSource, write_jsonl
+from nexusgen.data.synthetic import COLORS, SyntheticSource, write_jsonl
 
 
 def test_samples_are_deterministic_and_pixels_match_the_text():
@@ -50,23 +50,3 @@ def test_bad_arguments():
         SyntheticSource(3, tasks=("paint",))
     with pytest.raises(IndexError):
         SyntheticSource(3)[3]
-
-
-def test_shapes_source_is_shapesworld_in_reader_format(tmp_path):
-    from nexusgen.worlds.shapes import SampleConfig, make_sample
-
-    source = ShapesSource(6, seed=3, image_size=32, zh_fraction=0.5)
-    config = SampleConfig(image_size=32, zh_fraction=0.5)
-    for i in range(6):
-        sample, world = source[i], make_sample(i, seed=3, config=config)
-        assert sample["id"] == world.id and sample["task"] == world.task and sample["meta"] == world.meta
-        assert sample["messages"] == world.messages
-        assert [im.tobytes() for im in sample["images"]] == [im.tobytes() for im in world.images]
-    assert [source[i]["task"] for i in range(3)] == ["understand", "generate", "edit"]
-    dataset = MessageDataset(write_jsonl(source, tmp_path / "shapes.jsonl"))
-    for i in range(6):
-        read = dataset[i]
-        assert read["messages"] == source[i]["messages"] and read["task"] == source[i]["task"]
-        assert [im.tobytes() for im in read["images"]] == [im.tobytes() for im in source[i]["images"]]
-    with pytest.raises(ValueError, match="split"):
-        ShapesSource(2, split="dev")

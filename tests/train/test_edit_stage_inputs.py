@@ -3,14 +3,15 @@
 import pytest
 import torch
 
-from nexusgen.data.synthetic import ShapesSource
+import nexusgen.recipes.worlds  # noqa: F401 (registers ShapesWorld as "shapes")
+from nexusgen.data.worlds import WorldSource
 from nexusgen.loading.autoregressive import build_autoregressive
 from nexusgen.processing.processor import ImageOnlyProcessor
 from nexusgen.train.stages.editing_decoder import EditDecoderTrainModule, make_collate
 
 
 def _edit_samples(n):
-    source = ShapesSource(200, seed=3, tasks=("edit",), zh_fraction=0.5)
+    source = WorldSource("shapes", 200, seed=3, tasks=("edit",), zh_fraction=0.5)
     samples = [dict(source[i], position=i) for i in range(n)]
     prefixes = {s["messages"][-1]["content"] for s in samples}
     assert len(prefixes) == 2, "need both languages in the batch"

@@ -119,21 +119,23 @@ def test_evaluation_reports_the_loss_with_images_rolled(tiny):
 def test_semantic_term_classifies_each_tokens_cell(tiny):
     import torch.nn.functional as F
 
-    from nexusgen.data.synthetic import ShapesSource
+    from nexusgen.data.worlds import WorldSource
     from nexusgen.processing.processor import ImageOnlyProcessor
+    from nexusgen.recipes.worlds import SHAPES_WORLD
     from nexusgen.train.stages.vlm import make_vlm_collate
 
     model, tokenizer, image_processor = tiny
-    source = ShapesSource(4, seed=1, image_size=64, tasks=("understand",))
-    collate = make_vlm_collate(ImageOnlyProcessor(tokenizer, image_processor, model.config))
+    source = WorldSource("shapes", 4, seed=1, image_size=64, tasks=("understand",))
+    labels = SHAPES_WORLD.scene_labels
+    collate = make_vlm_collate(ImageOnlyProcessor(tokenizer, image_processor, model.config), labels)
     batch = collate([dict(source[i], position=i) for i in range(2)])
-    labels = batch["token_labels"]
-    assert labels.shape == (32, 2) and (labels >= 0).all()
-    module = VLMTrainModule(model, {**DEFAULT_LOSS_WEIGHTS, "semantic": 0.5})
+    token_labels = batch["token_labels"]
+    assert token_labels.shape == (32, 2) and (token_labels >= 0).all()
+    module = VLMTrainModule(model, {**DEFAULT_LOSS_WEIGHTS, "semantic": 0.5}, label_classes=labels.num_classes)
     out = module(batch)
     tokens = torch.cat(model.encode_images(batch["pixel_values"], batch["image_grid_thw"]))
-    want = F.cross_entropy(module.shape_head(tokens), labels[:, 0]) + F.cross_entropy(module.color_head(tokens),
-                                                                                      labels[:, 1])
+    want = F.cross_entropy(module.shape_head(tokens), token_labels[:, 0]) + F.cross_entropy(
+        module.color_head(tokens), token_labels[:, 1])
     torch.testing.assert_close(out["semantic_ce"], want.detach())
     torch.testing.assert_close(out["loss"].detach(), out["ce"] + out["pixel_mse"] + 0.5 * want.detach())
     unlabelled = module(_batch(tiny))  # no scene graphs: the term is zero, the heads stay in the graph

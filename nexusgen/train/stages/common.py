@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from nexusgen.data.worlds import SYNTHETIC, WorldSource
+
 LOSS_TOTALS = "loss_totals"
 """Batch key of the global denominators ({unit: count over the whole global batch}); absent = the batch's
 own counts (a batch evaluated on its own)."""
@@ -163,14 +165,12 @@ def message_files(config, tasks: tuple[str, ...] | None = None) -> list:
 
 
 def generated_messages(config) -> list:
-    """In-memory message-format samples of `data.tasks` for `source="generated"`: ShapesWorld or the
-    synthetic rectangles, per `data.world`."""
+    """In-memory message-format samples of `data.tasks` for `source="generated"`: the built-in synthetic
+    rectangles, or the registered world named by `data.world` (`nexusgen.data.worlds`)."""
     d = config.data
-    if d.world == "shapes":
-        from nexusgen.data.synthetic import ShapesSource
+    if d.world == SYNTHETIC:
+        from nexusgen.data.synthetic import SyntheticSource
 
-        return [ShapesSource(d.num_samples, config.seed, image_size=d.image_size_px, tasks=tuple(d.tasks),
-                             **d.world_options)]
-    from nexusgen.data.synthetic import SyntheticSource
-
-    return [SyntheticSource(d.num_samples, config.seed, image_size=d.image_size_px, tasks=d.tasks)]
+        return [SyntheticSource(d.num_samples, config.seed, image_size=d.image_size_px, tasks=d.tasks)]
+    return [WorldSource(d.world, d.num_samples, config.seed, image_size=d.image_size_px, tasks=tuple(d.tasks),
+                        **d.world_options)]

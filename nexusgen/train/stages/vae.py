@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from nexusgen.data.worlds import SYNTHETIC, World, get_world
 from nexusgen.train.config import TrainConfig
 from nexusgen.train.parallel import DistInfo
 from nexusgen.train.stages import parts
@@ -41,7 +42,8 @@ def build_vae_from_config(config: TrainConfig):
 class GeneratedImages:
     """Procedural images: a background colour with 1-3 axis-aligned rectangles and discs.
 
-    Deterministic per index (generator seeded by (seed, index)); used until ShapesWorld can render.
+    Deterministic per index (generator seeded by (seed, index)): the images of the built-in "synthetic"
+    world.
     Each sample: {"image": float32 (3, size, size) in [-1, 1]}.
     """
 
@@ -70,25 +72,26 @@ class GeneratedImages:
         return {"image": image * 2 - 1}
 
 
-class ShapesWorldImages(GeneratedImages):
-    """ShapesWorld scenes (sample_scene + render_scene), deterministic per (seed, index)."""
+class WorldImages(GeneratedImages):
+    """Scenes of a registered world (`nexusgen.data.worlds`), deterministic per (seed, index)."""
 
     _cache_limit = 4096
     """Rendered images are kept (deterministic per index; supersampled rendering costs more than a
     tiny training step)."""
 
+    def __init__(self, world: World, num_samples: int, size: int, seed: int):
+        super().__init__(num_samples, size, seed)
+        self.world = world
+
     def __getitem__(self, index: int) -> dict:
         import numpy as np
-
-        from nexusgen.worlds.shapes.render import render_scene
-        from nexusgen.worlds.shapes.scene import sample_scene
 
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
         cache = self.__dict__.setdefault("_cache", {})
         if index not in cache:
-            scene = sample_scene(np.random.default_rng([self.seed, index]))
-            pixels = np.asarray(render_scene(scene, self.size).convert("RGB"), dtype=np.float32)
+            rendered = self.world.render(index, self.seed, self.size)
+            pixels = np.asarray(rendered.convert("RGB"), dtype=np.float32)
             image = torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1.0
             if len(cache) >= self._cache_limit:
                 return {"image": image}
@@ -97,17 +100,16 @@ class ShapesWorldImages(GeneratedImages):
 
 
 def image_sources(config: TrainConfig) -> list:
-    """The stage's image sources: generated (ShapesWorld if installed) or message-JSONL target images."""
+    """The stage's image sources: generated (the built-in shapes, or `data.world`'s scenes) or message-JSONL
+    target images."""
     d = config.data
     if d.source == "embeds":
         raise ValueError("the vae stage reads images (data.source=jsonl), not precomputed embeddings")
     if d.uses_files:
         return [JsonlImages(dataset, d.image_size_px) for dataset in message_files(config)]
-    try:
-        import nexusgen.worlds.shapes.render  # noqa: F401 - ShapesWorld present?
-    except ImportError:
+    if d.world == SYNTHETIC:
         return [GeneratedImages(d.num_samples, d.image_size_px, config.seed)]
-    return [ShapesWorldImages(d.num_samples, d.image_size_px, config.seed)]
+    return [WorldImages(get_world(d.world), d.num_samples, d.image_size_px, config.seed)]
 
 
 class JsonlImages:

@@ -10,7 +10,8 @@ shapes-mini:
   steps and the LLM never learned to look (CE with the batch's images permuted equalled CE with the right
   ones to 1e-4 after 2,500 steps). Reconstructing each token's 16 x 16 pixels keeps the image in the
   tokens, and the decoders later need that appearance too.
-* semantic (where samples carry scene graphs, `data.scene_labels`): with CE + pixels the model read
+* semantic (a world with scene labels, `data.scene_labels`; the heads exist only then): with CE + pixels
+  the model read
   colours, counts and places from the image after 5,000 steps but not shapes (per-word caption CE ~1.4
   nats on shape words, ~0.1 on colours): a shape's evidence is spread over several pixel-coded tokens.
   Per-token labels make the tokens say what they show, as a pre-trained encoder's do.
@@ -20,17 +21,21 @@ The heads are training-only modules; the export holds the AR model alone. Watch
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
-from nexusgen.data.scene_labels import IGNORE, NUM_COLOR_CLASSES, NUM_SHAPE_CLASSES, token_labels
+from nexusgen.data.scene_labels import IGNORE, token_labels
+from nexusgen.data.worlds import SYNTHETIC, SceneLabels, get_world
 from nexusgen.train.config import TrainConfig
 from nexusgen.train.parallel import DistInfo
 from nexusgen.train.stages.ar import ARTrainModule, build_ar_stage, make_collate
 from nexusgen.train.stages.common import LOSS_TOTALS, Stage, total
 
-VLM_TRAINABLE = ("model.vlm.model.visual", "model.vlm.model.language_model", "model.vlm.lm_head", "pixel_head",
-                 "shape_head", "color_head")
+VLM_TRAINABLE = ("model.vlm.model.visual", "model.vlm.model.language_model", "model.vlm.lm_head", "pixel_head")
+SEMANTIC_HEADS = ("shape_head", "color_head")
+"""Trainable too where the world has scene labels (the heads exist only then)."""
 DEFAULT_LOSS_WEIGHTS = {"token": 1.0, "image": 0.0, "pixels": 1.0, "semantic": 1.0}
 
 
@@ -47,17 +52,28 @@ def token_pixels(pixel_values: torch.Tensor, vision_config) -> torch.Tensor:
 
 
 class VLMTrainModule(ARTrainModule):
-    """forward(batch) -> ARTrainModule's terms + "pixel_mse" and "semantic_ce"."""
+    """forward(batch) -> ARTrainModule's terms + "pixel_mse" and "semantic_ce".
 
-    def __init__(self, model, weights: dict[str, float], ce_reduction: str = "token"):
+    Args:
+        model: the `NexusGenARModel`.
+        weights: loss weights (`DEFAULT_LOSS_WEIGHTS` keys).
+        ce_reduction: "token" or "sample".
+        label_classes: (shape classes, colour classes) of the world's scene labels; None (a world without
+            them): no semantic heads, the term is zero.
+    """
+
+    def __init__(self, model, weights: dict[str, float], ce_reduction: str = "token",
+                 label_classes: tuple[int, int] | None = None):
         super().__init__(model, weights, ce_reduction)
         self.pixel_weight = weights["pixels"]
         vision = model.vlm.config.vision_config
         patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2
         self.pixel_head = torch.nn.Linear(vision.out_hidden_size, vision.spatial_merge_size ** 2 * patch_dim)
         self.semantic_weight = weights["semantic"]
-        self.shape_head = torch.nn.Linear(vision.out_hidden_size, NUM_SHAPE_CLASSES)
-        self.color_head = torch.nn.Linear(vision.out_hidden_size, NUM_COLOR_CLASSES)
+        self.shape_head = self.color_head = None
+        if label_classes is not None:
+            self.shape_head = torch.nn.Linear(vision.out_hidden_size, label_classes[0])
+            self.color_head = torch.nn.Linear(vision.out_hidden_size, label_classes[1])
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         grids = batch.get("image_grid_thw")
@@ -97,6 +113,8 @@ class VLMTrainModule(ARTrainModule):
     def _semantic_ce(self, tokens, batch: dict) -> torch.Tensor:
         """Shape + colour classification of each token's cell (`data.scene_labels`); 0 without labels."""
         labels = batch.get("token_labels")
+        if self.shape_head is None:
+            return torch.zeros((), device=self.pixel_head.weight.device)
         if tokens is None or labels is None or not (labels != IGNORE).any():
             return 0.0 * (self.shape_head.weight.sum() + self.color_head.weight.sum())
         terms = []
@@ -107,21 +125,31 @@ class VLMTrainModule(ARTrainModule):
         return terms[0] + terms[1]
 
 
-def make_vlm_collate(processor):
-    """The AR collate plus `token_labels` (T, 2) from the samples' scene graphs, where they have them."""
+def make_vlm_collate(processor, labels: SceneLabels | None):
+    """The AR collate plus `token_labels` (T, 2) from the samples' scene graphs, where the world has labels
+    and the samples have scene graphs."""
     collate = make_collate(processor)
     merge = processor.image_processor.merge_size
 
     def collate_with_labels(samples: list[dict]) -> dict:
         batch = collate(samples)
         grids = batch.get("image_grid_thw")
-        if grids is not None and grids.numel():
-            batch["token_labels"] = token_labels(samples, grids, merge)
+        if labels is not None and grids is not None and grids.numel():
+            batch["token_labels"] = token_labels(samples, grids, merge, labels)
         return batch
 
     return collate_with_labels
 
 
+def scene_labels(config: TrainConfig) -> SceneLabels | None:
+    """The scene labels of the configured world (None for the built-in synthetic world)."""
+    return None if config.data.world == SYNTHETIC else get_world(config.data.world).scene_labels
+
+
 def build(config: TrainConfig, info: DistInfo) -> Stage:
-    return build_ar_stage(config, info, trainable=VLM_TRAINABLE, default_weights=DEFAULT_LOSS_WEIGHTS,
-                          module_class=VLMTrainModule, make_stage_collate=make_vlm_collate)
+    labels = scene_labels(config)
+    classes = labels.num_classes if labels is not None else None
+    trainable = VLM_TRAINABLE + (SEMANTIC_HEADS if labels is not None else ())
+    return build_ar_stage(config, info, trainable=trainable, default_weights=DEFAULT_LOSS_WEIGHTS,
+                          module_class=functools.partial(VLMTrainModule, label_classes=classes),
+                          make_stage_collate=functools.partial(make_vlm_collate, labels=labels))
