@@ -37,7 +37,7 @@ import torch
 
 from nexusgen.models.autoregressive import ARConfig
 from nexusgen.models.decoder import DECODER_PRESETS, VAE_PRESETS, DecoderConfig, VAEConfig
-from nexusgen.processing.templates import USER_TEMPLATES
+from nexusgen.processing.templates import USER_TEMPLATES, model_templates
 
 FORMAT_VERSION = 1
 PART_NAMES = ("autoregressive", "generation_decoder", "editing_decoder", "vae")
@@ -201,8 +201,9 @@ class NexusGenConfig:
         return self.sampling.height
 
     def templates(self) -> dict:
-        return {"system_prompt": self.ar.system_prompt, "user": dict(USER_TEMPLATES),
-                "answer_prefixes": dict(self.ar.answer_prefixes)}
+        """The prompt text the model uses (recorded in nexusgen.json; None fields of `ar` resolved)."""
+        system_prompt, answer_prefixes = model_templates(self.ar)
+        return {"system_prompt": system_prompt, "user": dict(USER_TEMPLATES), "answer_prefixes": answer_prefixes}
 
     # -- nexusgen.json --------------------------------------------------------------------------------
     def to_json_dict(self) -> dict:

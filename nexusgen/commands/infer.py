@@ -19,6 +19,7 @@ from nexusgen.commands.common import (
     read_image,
     save_image,
 )
+from nexusgen.models.text_generation import check_sampling_options
 
 QUIT, ATTACH = "/quit", "/image"
 
@@ -32,11 +33,18 @@ def _image_options(args: argparse.Namespace) -> dict:
 # Handlers
 # ----------------------------------------------------------------------------------------------------
 def understand(args: argparse.Namespace) -> int:
-    """`nexusgen understand --image IMG [--image IMG2] --prompt TEXT`: prints the answer."""
+    """`nexusgen understand [--image IMG ...] --prompt TEXT`: prints the answer (no image: a text-only
+    question; an empty prompt with an image: the image's description)."""
     images = [read_image(p) for p in args.image]
-    prompt = check_prompt(args.prompt)
+    prompt = args.prompt if images and not args.prompt.strip() else check_prompt(args.prompt)
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not args.temperature >= 0:
+        raise ValueError(f"--temperature must be >= 0 (0: greedy), got {args.temperature}")
+    check_sampling_options(args.temperature > 0, args.temperature, args.top_k, args.top_p)  # before the model loads
     model = model_from_args(args)
-    print(model.understand(images, prompt, max_new_tokens=args.max_new_tokens))
+    print(model.understand(images or None, prompt, max_new_tokens=args.max_new_tokens,
+                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed))
     return 0
 
 

@@ -28,11 +28,11 @@ from PIL import Image, ImageDraw
 
 from nexusgen.data.messages import TASKS
 from nexusgen.files import atomic_write_text
+from nexusgen.processing.templates import CANONICAL_ANSWER_PREFIXES, IMAGE_PLACEHOLDER, user_text
 
-# Canonical texts of SPEC section 4.1 (English templates).
-GENERATE_PROMPT = "Generate an image according to the following description: {}"
-GENERATE_ANSWER = "Here is an image based on the description: <image>"
-EDIT_ANSWER = "Here is the image: <image>"
+# The canonical English answers of an image request (`nexusgen.processing.templates`).
+GENERATE_ANSWER = CANONICAL_ANSWER_PREFIXES["generate_en"] + IMAGE_PLACEHOLDER
+EDIT_ANSWER = CANONICAL_ANSWER_PREFIXES["edit_en"] + IMAGE_PLACEHOLDER
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 90, 220), "yellow": (240, 220, 30),
@@ -102,7 +102,7 @@ class SyntheticSource:
             images = [image]
         elif task == "generate":
             caption = f"a {color} rectangle on a white background"
-            messages = [("user", GENERATE_PROMPT.format(caption)), ("assistant", GENERATE_ANSWER)]
+            messages = [("user", user_text(caption, "generate")), ("assistant", GENERATE_ANSWER)]
             images = [image]
         elif task == "edit":
             messages = [("user", f"<image> Make the rectangle {new_color}."), ("assistant", EDIT_ANSWER)]

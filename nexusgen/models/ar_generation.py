@@ -103,13 +103,11 @@ class InterleavedOutput:
             at the front so that every span is complete. Ends with the end-of-turn token if one was sampled.
         image_embeds: per prompt, one (N, D) tensor per generated image, in order.
         position_ids: per prompt, (3, len(sequence)) M-RoPE positions used for each generated token.
-        texts: decoded answers with `<image>` markers (when a tokenizer was given), else None.
     """
 
     sequences: list[torch.Tensor]
     image_embeds: list[list[torch.Tensor]]
     position_ids: list[torch.Tensor]
-    texts: list[str] | None = None
 
 
 @dataclass
@@ -128,8 +126,7 @@ def generate_interleaved(model, input_ids: torch.Tensor, attention_mask: torch.T
                          max_new_tokens: int = 256, do_sample: bool = False, temperature: float = 1.0,
                          top_k: int = 0, top_p: float = 1.0, force_image: bool = False,
                          max_images: int | None = None,
-                         generator: torch.Generator | list[torch.Generator] | None = None,
-                         tokenizer=None) -> InterleavedOutput:
+                         generator: torch.Generator | list[torch.Generator] | None = None) -> InterleavedOutput:
     """Generate answers that interleave text and images (KV cache, batch of prompts).
 
     `<|vision_end|>` and `<|image_pad|>` are never sampled (they are only forced). A prompt that ends in
@@ -150,7 +147,6 @@ def generate_interleaved(model, input_ids: torch.Tensor, attention_mask: torch.T
         max_images: ban `<|vision_start|>` once a row has this many images.
         generator: torch.Generator for reproducible sampling, or one per row (a row's tokens then do not
             depend on the other rows of the batch).
-        tokenizer: if given, `texts` holds the decoded answers with `<image>` markers.
 
     Returns:
         InterleavedOutput.
@@ -188,7 +184,7 @@ def generate_interleaved(model, input_ids: torch.Tensor, attention_mask: torch.T
             elif len(state.sequences[b]) >= max_new_tokens:
                 active[b] = False  # an image block that was just opened is still fed, to close it
                 chunks[b] = chunks[b] if chunks[b].is_image else None
-    return state.output(tokenizer)
+    return state.output()
 
 
 class _GenerationState:
@@ -263,17 +259,11 @@ class _GenerationState:
         images = {b: m.vision_head(hidden[b, width - n - 2:width - 2]) for b in image_rows}
         return m.vlm.lm_head(hidden[:, -1]).float(), images
 
-    def output(self, tokenizer) -> InterleavedOutput:
+    def output(self) -> InterleavedOutput:
         sequences = [torch.tensor(s, dtype=torch.long) for s in self.sequences]
         positions = [torch.cat(p, dim=1) if p else torch.zeros(3, 0, dtype=torch.long)
                      for p in self.positions]
-        texts = None
-        if tokenizer is not None:
-            from nexusgen.processing.templates import decode_with_image_markers
-
-            texts = [decode_with_image_markers(tokenizer, s, self.model.vision_start_token_id,
-                                               self.model.vision_end_token_id) for s in sequences]
-        return InterleavedOutput(sequences, self.image_embeds, positions, texts)
+        return InterleavedOutput(sequences, self.image_embeds, positions)
 
 
 class _Sampler:

@@ -24,7 +24,7 @@ image, P image patches, I images, V vocabulary.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import torch
@@ -38,7 +38,6 @@ from nexusgen.models.ar_presets import (  # noqa: F401 (re-exported: the presets
     AR_PRESETS,
     _rope,
 )
-from nexusgen.processing.templates import CANONICAL_ANSWER_PREFIXES, DEFAULT_SYSTEM_PROMPT
 
 IGNORE_INDEX = -100
 IMAGE_FEEDS = ("prefill", "predicted")
@@ -67,8 +66,10 @@ class ARConfig:
         max_input_pixels: pixel bound of input (understanding / editing) images.
         min_input_pixels: lower pixel bound of input images.
         use_prefill_table: False for a V1 model (no `image_prefill_embeds`).
-        system_prompt: system turn used when a conversation has none.
-        answer_prefixes: canonical assistant answers before `<image>`, keys "generate_en", "edit_zh", ...
+        system_prompt: system turn used when a conversation has none; None: the canonical Nexus-Gen one
+            (the templates live in `nexusgen.processing.templates`, which resolves None).
+        answer_prefixes: assistant answers before `<image>`, keys "generate_en", "edit_zh", ...; None: the
+            canonical Nexus-Gen ones.
         tokenizer: the tokenizer a *fresh* model of this config is built with (a name in
             `processing.tokenizers.TOKENIZER_BUILDERS`; None: bytes for small vocabularies, else Qwen2.5).
         image_feed: what the LLM reads at an answer image's token positions: "prefill" (Nexus-Gen's
@@ -84,8 +85,8 @@ class ARConfig:
     max_input_pixels: int = 262_640
     min_input_pixels: int = 3_136
     use_prefill_table: bool = True
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    answer_prefixes: dict[str, str] = field(default_factory=lambda: dict(CANONICAL_ANSWER_PREFIXES))
+    system_prompt: str | None = None
+    answer_prefixes: dict[str, str] | None = None
     tokenizer: str | None = None
     image_feed: str = "prefill"
 

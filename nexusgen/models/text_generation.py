@@ -24,12 +24,10 @@ import torch
 class TextOutput:
     """Attributes:
         sequences: per prompt, the generated ids (1-D int64, CPU), ending with the end-of-turn token if one
-            was generated.
-        texts: decoded answers (special tokens skipped) when a tokenizer was given, else None.
+            was generated (the processor decodes them: `NexusGenProcessor.decode_answer`).
     """
 
     sequences: list[torch.Tensor]
-    texts: list[str] | None = None
 
 
 def check_sampling_options(do_sample: bool, temperature: float, top_k: int, top_p: float) -> None:
@@ -80,7 +78,7 @@ def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
 def generate_text(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                   pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None, *,
                   max_new_tokens: int = 1024, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0, generator: torch.Generator | None = None, tokenizer=None) -> TextOutput:
+                  top_p: float = 1.0, generator: torch.Generator | None = None) -> TextOutput:
     """Text answers for a batch of prompts (input images allowed, image output banned).
 
     Args:
@@ -92,7 +90,6 @@ def generate_text(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
         max_new_tokens: per row.
         do_sample, temperature, top_k, top_p: sampling settings (`choose_tokens`); greedy by default.
         generator: a generator on the model's device, for reproducible sampling.
-        tokenizer: if given, `texts` holds the decoded answers.
 
     Returns:
         TextOutput.
@@ -130,14 +127,7 @@ def generate_text(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
         finished = done.tolist()  # the one host synchronisation of a step
         if all(finished):
             break
-    sequences = [_until_end(row, eos) for row in out[:, :steps].cpu()]
-    texts = None
-    if tokenizer is not None:  # as the chat decoding does (a spelled-out "<image>" is dropped)
-        from nexusgen.processing.templates import decode_with_image_markers
-
-        texts = [decode_with_image_markers(tokenizer, s, model.vision_start_token_id, model.vision_end_token_id)
-                 for s in sequences]
-    return TextOutput(sequences, texts)
+    return TextOutput([_until_end(row, eos) for row in out[:, :steps].cpu()])
 
 
 def _until_end(row: torch.Tensor, eos: list[int]) -> torch.Tensor:

@@ -175,10 +175,10 @@ class ChatPipeline:
         out = model.generate_interleaved(inputs["input_ids"], inputs["attention_mask"], pixels,
                                          inputs["image_grid_thw"], max_new_tokens=max_new_tokens,
                                          max_images=None if self.generation is not None and image_output else 0,
-                                         tokenizer=self.processor.tokenizer,
                                          **sampling_kwargs(temperature, top_p, seeds))
+        texts = [self.processor.decode_answer(s) for s in out.sequences]
         pictures = self._decode_images(out.image_embeds, settings, seeds, progress)  # denoise, decode
-        return ChatOutput([self._reply(t, images) for t, images in zip(out.texts, pictures, strict=True)])
+        return ChatOutput([self._reply(t, images) for t, images in zip(texts, pictures, strict=True)])
 
     def _decode_images(self, image_embeds: list[list[torch.Tensor]], settings, seeds: list[int],
                        progress) -> list[list[Image.Image]]:

@@ -116,7 +116,7 @@ def image_request_inputs(processor, prompts: list[str], task: str,
         the processor's `pad` dict: input_ids (B, L), attention_mask (B, L), pixel_values (P, patch_dim),
         image_grid_thw (I, 3).
     """
-    prefixes = processor.config.answer_prefixes
+    prefixes = processor.answer_prefixes
     samples = []
     for index, prompt in enumerate(prompts):
         key = template_key(task, detect_language(prompt))

@@ -99,9 +99,9 @@ class UnderstandPipeline:
             if temperature > 0 else None
         out = generate_text(model, inputs["input_ids"], inputs["attention_mask"], pixels, inputs["image_grid_thw"],
                             max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                            temperature=temperature or 1.0, top_k=top_k, top_p=top_p, generator=generator,
-                            tokenizer=self.processor.tokenizer)
-        return UnderstandOutput(list(out.texts), [len(s) for s in out.sequences])  # decode
+                            temperature=temperature or 1.0, top_k=top_k, top_p=top_p, generator=generator)
+        texts = [self.processor.decode_answer(s) for s in out.sequences]  # decode
+        return UnderstandOutput(texts, [len(s) for s in out.sequences])
 
     @staticmethod
     def _images(entry, index: int) -> list[Image.Image]:

@@ -7,7 +7,7 @@ and repeat each `<|image_pad|>` once per image token ((h / token_px) * (w / toke
 
 Settings come from the model's config (an `ARConfig`, duck-typed here so that processing never imports
 models): `output_image_px` (H, W) of generation targets, `max_input_pixels` / `min_input_pixels` of
-input images, `system_prompt`, `answer_prefixes`.
+input images, `system_prompt`, `answer_prefixes` (None: the canonical templates, `model_templates`).
 
 Batches are padded on the left for inference (every prompt ends at the last column, where generation
 continues) and on the right for training (collate_ar).
@@ -25,10 +25,10 @@ from PIL import Image
 
 from nexusgen.processing.images import resize_bounded, resize_fixed
 from nexusgen.processing.templates import (
-    CANONICAL_ANSWER_PREFIXES,
-    DEFAULT_SYSTEM_PROMPT,
     IMAGE_PLACEHOLDER,
+    decode_with_image_markers,
     image_request_messages,
+    model_templates,
     render_chat,
     template_key,
 )
@@ -70,6 +70,7 @@ class ImageOnlyProcessor:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.config = config
+        self.system_prompt, self.answer_prefixes = model_templates(config)
         self.ids = special_token_ids(tokenizer)
         self.merge_size = int(image_processor.merge_size)
         self.token_px = int(image_processor.patch_size) * self.merge_size
@@ -123,8 +124,7 @@ class ImageOnlyProcessor:
             ValueError: image count differs from the number of `<image>` placeholders.
         """
         images = list(images or [])
-        system = getattr(self.config, "system_prompt", DEFAULT_SYSTEM_PROMPT)
-        chat = render_chat(messages, system_prompt=system, add_generation_prompt=add_generation_prompt,
+        chat = render_chat(messages, system_prompt=self.system_prompt, add_generation_prompt=add_generation_prompt,
                            assistant_prefix=assistant_prefix)
         if len(chat.image_roles) != len(images):
             raise ValueError(f"{len(chat.image_roles)} {IMAGE_PLACEHOLDER} placeholders but {len(images)} "
@@ -222,12 +222,15 @@ class ImageOnlyProcessor:
         if len(images) != expected:
             raise ValueError(f"task {task!r} needs {expected} images for {len(prompts)} prompts, "
                              f"got {len(images)}")
-        prefixes = getattr(self.config, "answer_prefixes", CANONICAL_ANSWER_PREFIXES)
-        prefix = prefixes[key] + IMAGE_PLACEHOLDER
+        prefix = self.answer_prefixes[key] + IMAGE_PLACEHOLDER
         samples = [self.encode(image_request_messages(p, task, language), images[i:i + 1] if images else None,
                                add_generation_prompt=True, assistant_prefix=prefix)
                    for i, p in enumerate(prompts)]
         return _model_inputs(self.pad(samples, padding_side="left"))
+
+    def decode_answer(self, token_ids) -> str:
+        """Generated ids -> text, each image span `<|vision_start|> ... <|vision_end|>` written `<image>`."""
+        return decode_with_image_markers(self.tokenizer, token_ids, self.ids["vision_start"], self.ids["vision_end"])
 
     def chat_inputs(self, conversations: list[list[dict]], images: list[list[Image.Image]] | None = None, *,
                     assistant_prefix: str = "") -> dict[str, torch.Tensor]:

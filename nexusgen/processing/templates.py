@@ -46,6 +46,14 @@ IMAGE_SPAN = VISION_START + IMAGE_PAD + VISION_END
 RESERVED_TOKENS = (VISION_START, IMAGE_PAD, VISION_END)
 
 
+def model_templates(config) -> tuple[str, dict[str, str]]:
+    """(system prompt, answer prefixes) of a model: its `ARConfig`'s own, or the canonical ones where None."""
+    system = getattr(config, "system_prompt", None)
+    prefixes = getattr(config, "answer_prefixes", None)
+    return (DEFAULT_SYSTEM_PROMPT if system is None else system,
+            dict(CANONICAL_ANSWER_PREFIXES if prefixes is None else prefixes))
+
+
 def template_key(task: str, language: str) -> str:
     """`"generate"`/`"edit"` and `"en"`/`"zh"` -> the key of USER_TEMPLATES / CANONICAL_ANSWER_PREFIXES.
 

@@ -67,13 +67,13 @@ def test_text_after_images_has_training_positions(tiny):
     handle = _boost(model, model.vision_start_token_id)
     try:
         out = model.generate_interleaved(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                         batch["image_grid_thw"], max_new_tokens=60, max_images=2,
-                                         tokenizer=processor.tokenizer)
+                                         batch["image_grid_thw"], max_new_tokens=60, max_images=2)
     finally:
         handle.remove()
     n = model.num_output_tokens
     assert len(out.image_embeds[0]) == 2 and len(out.sequences[0]) == 60
-    assert out.texts[0].startswith("<image><image>") and out.texts[0].count("<image>") == 2
+    text = processor.decode_answer(out.sequences[0])
+    assert text.startswith("<image><image>") and text.count("<image>") == 2
     assert int((out.sequences[0] == model.image_token_id).sum()) == 2 * n
     assert torch.equal(out.position_ids[0], _training_positions(model, batch, 0, out))
 

@@ -6,11 +6,11 @@ A record is exactly what the official `llm_dataset.jsonl` holds, plus a `meta` d
      "messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}],
      "meta": {"task", "type", "lang", "compositional", "style"?, "scenes": [scene graph per image]}}
 
-with the wrapper texts of SPEC section 4.1 (generation: "Generate an image according to the following
-description: {prompt}" -> "Here is an image based on the description: <image>"; editing: "<image>
-{instruction}" -> "Here is the image: <image>", images = [source, target]; Chinese variants) and, for
-understanding, the official "<image>\\n{question}" -> answer. Image paths are relative to the folder
-holding the JSONL file.
+with the canonical wrapper texts of `nexusgen.processing.templates` (generation: "Generate an image
+according to the following description: {prompt}" -> "Here is an image based on the description: <image>";
+editing: "<image> {instruction}" -> "Here is the image: <image>", images = [source, target]; Chinese
+variants) and, for understanding, the official "<image>\\n{question}" -> answer. Image paths are
+relative to the folder holding the JSONL file.
 
 Sample `i` of a split is a pure function of (split, seed, i): `make_sample` gives random access (so
 a training run can resume at any data position) and `iter_samples` streams. The "train" split never
@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from nexusgen.files import atomic_save_image
+from nexusgen.processing.templates import CANONICAL_ANSWER_PREFIXES, IMAGE_PLACEHOLDER, template_key, user_text
 
 from .render import DEFAULT_SIZE, render_scene
 from .scene import HELD_OUT_COMBOS
@@ -57,12 +60,6 @@ REMOVED_REASONING_STEPS = {
 }
 # Random-stream domains: train, test and the evaluation harness never share a stream, whatever the seed.
 STREAM_DOMAINS = {"train": 0x5A11, "test": 0x7E57, "eval": 0xE7A1}
-GEN_USER = {"en": "Generate an image according to the following description: {prompt}",
-            "zh": "根据以下描述生成一张图像：{prompt}"}
-GEN_ASSISTANT = {"en": "Here is an image based on the description: <image>",
-                 "zh": "这是根据您的描述生成的图像：<image>"}
-EDIT_USER = "<image> {instruction}"
-EDIT_ASSISTANT = {"en": "Here is the image: <image>", "zh": "以下为编辑后的图像：<image>"}
 UND_USER = "<image>\n{question}"
 
 
@@ -174,6 +171,13 @@ def _messages(user: str, assistant: str) -> list[dict]:
     return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
 
 
+def _image_request(prompt: str, task: str, lang: str) -> list[dict]:
+    """A generation / editing exchange in the canonical templates: the request, then the answer prefix and
+    its `<image>`."""
+    answer = CANONICAL_ANSWER_PREFIXES[template_key(task, lang)] + IMAGE_PLACEHOLDER
+    return _messages(user_text(prompt, task, lang), answer)
+
+
 def _answer(item, config: SampleConfig) -> str:
     """The training answer: the item's ordered comparison where asked for and it has one (relations)."""
     if config.reasoned_answers:
@@ -208,13 +212,13 @@ def make_sample(index: int, *, seed: int = 0, config: SampleConfig | None = None
         item = make_generation(rng, category, lang, style, compositional=compositional,
                                exclude=HELD_OUT_COMBOS, layout=config.short_layout)
         return Sample(sample_id, task, category, lang, [render_scene(item.scene, size)],
-                      _messages(GEN_USER[lang].format(prompt=item.prompt), GEN_ASSISTANT[lang]),
+                      _image_request(item.prompt, "generate", lang),
                       {**meta, "type": category, "style": style, "scenes": [item.scene.to_dict()]})
     item = make_edit(rng, EDIT_TYPES[int(rng.integers(len(EDIT_TYPES)))], lang, compositional=compositional,
                      exclude=HELD_OUT_COMBOS)
     images = [render_scene(item.source, size), render_scene(item.target, size)]
     return Sample(sample_id, task, item.etype, lang, images,
-                  _messages(EDIT_USER.format(instruction=item.instruction), EDIT_ASSISTANT[lang]),
+                  _image_request(item.instruction, "edit", lang),
                   {**meta, "type": item.etype, "scenes": [item.source.to_dict(), item.target.to_dict()]})
 
 
@@ -225,14 +229,6 @@ def iter_samples(*, seed: int = 0, config: SampleConfig | None = None, start: in
     while stop is None or index < stop:
         yield make_sample(index, seed=seed, config=config)
         index += 1
-
-
-def save_png(image: Image.Image, path: Path) -> None:
-    """Write a PNG atomically (temporary name in the same folder, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 def write_dataset(out_dir, num_samples: int, seed: int = 0, image_size: int = DEFAULT_SIZE,
@@ -263,7 +259,7 @@ def write_dataset(out_dir, num_samples: int, seed: int = 0, image_size: int = DE
             paths = []
             for k, image in enumerate(sample.images):
                 rel = f"images/{sample.id}_{k}.png"
-                save_png(image, out_dir / rel)
+                atomic_save_image(image, out_dir / rel)
                 paths.append(rel)
             f.write(json.dumps(sample.to_record(paths), ensure_ascii=False) + "\n")
     os.replace(tmp, jsonl)
