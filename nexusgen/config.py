@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 import torch
 
 from nexusgen.models.autoregressive import ARConfig
-from nexusgen.models.decoder import DECODER_PRESETS, VAE_PRESETS, DecoderConfig, VAEConfig
+from nexusgen.models.decoder import DECODER_PRESETS, DecoderConfig
+from nexusgen.models.vae import VAE_PRESETS, VAEConfig
 from nexusgen.processing.templates import USER_TEMPLATES, model_templates
 
 FORMAT_VERSION = 1

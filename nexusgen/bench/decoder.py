@@ -20,15 +20,9 @@ import torch
 
 from nexusgen.bench import count_flops, device_ms, gemm_peak, matmul_peak, median_seconds
 from nexusgen.bench.real_size import build_random
-from nexusgen.models.decoder import (
-    DECODER_PRESETS,
-    VAE_PRESETS,
-    EditingDecoder,
-    GenerationDecoder,
-    build_vae,
-    editing_context_ids,
-)
+from nexusgen.models.decoder import DECODER_PRESETS, EditingDecoder, GenerationDecoder, editing_context_ids
 from nexusgen.models.memory import enable_fp8_storage, peak_memory, reset_peak_memory
+from nexusgen.models.vae import VAE_PRESETS, build_vae
 
 SIZES = {"tiny": 64, "mid": 256, "nexus-gen-v2": 512}
 TARGET_GRID, REFERENCE_GRID = (9, 9), (18, 18)  # upstream's generation and editing-reference grids

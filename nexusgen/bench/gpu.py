@@ -241,7 +241,7 @@ def e2e_phase(settings: GPUBenchSettings, device, dtype, ar, decoder, vae) -> di
     from nexusgen.config import NexusGenConfig, SamplingConfig
     from nexusgen.loading.autoregressive import image_processor_for
     from nexusgen.loading.folder import ModelParts
-    from nexusgen.models.decoder import VAE_PRESETS
+    from nexusgen.models.vae import VAE_PRESETS
 
     config = NexusGenConfig(ar=ar.config, generation_decoder=decoder.config, vae=VAE_PRESETS["nexus-gen-v2"],
                             sampling=SamplingConfig(num_steps=settings.e2e_steps, guidance_scale=3.0, negative="t5",

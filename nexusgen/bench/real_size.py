@@ -14,16 +14,10 @@ import dataclasses
 import torch
 
 from nexusgen.models.autoregressive import ARConfig, NexusGenARModel
-from nexusgen.models.decoder import (
-    DECODER_PRESETS,
-    VAE_PRESETS,
-    DecoderConfig,
-    EditingDecoder,
-    GenerationDecoder,
-    build_vae,
-)
+from nexusgen.models.decoder import DECODER_PRESETS, DecoderConfig, EditingDecoder, GenerationDecoder
 from nexusgen.models.memory import enable_fp8_storage
 from nexusgen.models.placement import materialize_random_, meta_parameters, tensor_bytes
+from nexusgen.models.vae import VAE_PRESETS, build_vae
 
 BYTE_VOCAB = 272
 _BYTE_IDS = dict(image_token_id=268, video_token_id=269, vision_start_token_id=265, vision_end_token_id=266)

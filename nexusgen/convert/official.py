@@ -55,7 +55,8 @@ from nexusgen.loading.decoders import (
 from nexusgen.loading.folder import NEGATIVE_FILE
 from nexusgen.loading.text_encoders import negative_branch
 from nexusgen.models.connector import EmbeddingMerger, GenerationAdapter, MergerConfig
-from nexusgen.models.decoder import DecoderConfig, VAEConfig, build_vae
+from nexusgen.models.decoder import DecoderConfig
+from nexusgen.models.vae import VAEConfig, build_vae
 
 MAX_SHARD_BYTES = 2 * 2**30
 FLUX_DIRS = (".", "FLUX.1-dev", "FLUX/FLUX.1-dev", "../FLUX/FLUX.1-dev")

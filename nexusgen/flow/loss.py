@@ -110,7 +110,7 @@ def decoder_training_loss(decoder: Any, latents: torch.Tensor, image_embeds: tor
     Args:
         decoder: `GenerationDecoder` or `EditingDecoder` (duck-typed: ``condition`` and ``velocity``).
         latents: (B, C, h, w) VAE latents, already shifted and scaled
-            (`nexusgen.models.decoder.encode_images`).
+            (`nexusgen.models.vae.images_to_latents`).
         image_embeds: (B, N, D) conditioning embeddings (ground truth for generation, AR-predicted targets
             for editing).
         generator: CPU generator for dropout, t and noise (drawn in that order), or one per sample.

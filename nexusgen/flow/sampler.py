@@ -1,4 +1,5 @@
-"""Euler sampling with classifier-free guidance, and the two decoder sampling entry points.
+"""Euler sampling with classifier-free guidance, and the two decoder sampling entry points (they return
+latents; `nexusgen.models.vae.latents_to_images` turns them into pixels).
 
 Time convention: see `nexusgen.flow.path` (t = sigma; sampling runs from t = 1, noise, to t = 0, data).
 
@@ -22,10 +23,10 @@ Which negative branch (see also ``negative_embeds`` below):
   image embeddings (for editing: zero target embeddings, same reference). It is used when
   ``negative_embeds`` is None. On an official decoder the null branch is untrained: keep scale 1 there.
 
-The entry points duck-type their arguments (this package imports no model code, see DESIGN.md):
-``decoder`` must provide ``config.latent_channels``, ``config.embedded_guidance``, ``condition(...)``,
-``text_condition(...)`` and ``velocity(...)`` (`nexusgen.models.decoder`); ``vae`` is a diffusers
-``AutoencoderKL`` whose config carries ``scaling_factor`` and ``shift_factor``.
+The entry points duck-type their decoder (this package imports no model code): it must provide
+``config.latent_channels``, ``config.embedded_guidance``, ``condition(...)``, ``text_condition(...)`` and
+``velocity(...)`` (`nexusgen.models.decoder`). The latent size comes from the caller
+(`nexusgen.models.vae.latent_size`), so the sampler needs no VAE.
 """
 
 from __future__ import annotations
@@ -43,18 +44,6 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 ProgressFn = Callable[[int, int], None]
 """Called as progress(steps_done, num_steps) after every step."""
-
-LATENT_DOWNSAMPLE = 8
-"""Default VAE downsampling factor (FLUX VAE: 4 blocks); `vae_downsample` reads it off a given VAE."""
-
-SIZE_MULTIPLE = 16
-"""Image sides are rounded up to this: VAE /8, then the DiT packs 2x2 latent patches into one token."""
-
-
-def vae_downsample(vae: Any) -> int:
-    """Pixels per latent cell of a diffusers ``AutoencoderKL``: 2 ** (number of blocks - 1)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
 
 def apply_guidance(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     """Classifier-free guidance ``u_uncond + s (u_cond - u_uncond)``; s = 1 returns `cond` exactly."""
@@ -126,14 +115,6 @@ def guided_velocity(decoder: Any, condition: Any, negative_condition: Any | None
     return separate
 
 
-def round_size(height: int, width: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
-    """Round an image size up to multiples of `multiple` (16 as upstream: VAE /8 times the DiT's 2x2
-    packing). Raises ValueError for sizes < 1."""
-    if height < 1 or width < 1:
-        raise ValueError(f"height and width must be positive, got {height}x{width}")
-    return (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
-
-
 def initial_noise(batch_size: int, channels: int, latent_size: tuple[int, int],
                   seed: int | Sequence[int]) -> torch.Tensor:
     """Gaussian noise (B, C, h, w) float32 drawn from a CPU generator: the same seed gives the same image on
@@ -167,23 +148,15 @@ def _negative_condition(decoder: Any, image_embeds: torch.Tensor, guidance_scale
     return decoder.condition(torch.zeros_like(image_embeds), **condition_kwargs)
 
 
-def _decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
-    parameter = next(vae.parameters())
-    latents = latents.to(device=parameter.device, dtype=parameter.dtype)
-    latents = latents / vae.config.scaling_factor + vae.config.shift_factor
-    pixels = vae.decode(latents).sample  # (B, 3, H, W) in about [-1, 1]
-    return (pixels.float() / 2 + 0.5).clamp(0, 1)
-
-
-def _sample(decoder: Any, vae: Any, image_embeds: torch.Tensor, condition_kwargs: dict, *, height: int,
-            width: int, num_steps: int, guidance_scale: float, seed: int | Sequence[int],
+def _sample(decoder: Any, image_embeds: torch.Tensor, latent_size: tuple[int, int], condition_kwargs: dict, *,
+            num_steps: int, guidance_scale: float, seed: int | Sequence[int],
             negative_embeds: torch.Tensor | None, negative_pooled: torch.Tensor | None,
             progress: ProgressFn | None, embedded_guidance: float | None, shift: float) -> torch.Tensor:
     if image_embeds.ndim != 3:
         raise ValueError(f"image_embeds must be (B, N, D), got shape {tuple(image_embeds.shape)}")
-    down = vae_downsample(vae)
-    height, width = round_size(height, width, max(SIZE_MULTIPLE, 2 * down))
-    latent_size = (height // down, width // down)
+    latent_size = (int(latent_size[0]), int(latent_size[1]))
+    if latent_size[0] < 2 or latent_size[1] < 2 or latent_size[0] % 2 or latent_size[1] % 2:
+        raise ValueError(f"latent_size must be two even sizes >= 2 (the DiT packs 2x2 cells), got {latent_size}")
     condition_kwargs = {**condition_kwargs, "latent_size": latent_size}
     condition = decoder.condition(image_embeds, **condition_kwargs)
     negative = _negative_condition(decoder, image_embeds, guidance_scale, negative_embeds, negative_pooled,
@@ -192,24 +165,23 @@ def _sample(decoder: Any, vae: Any, image_embeds: torch.Tensor, condition_kwargs
         embedded_guidance = decoder.config.embedded_guidance
     velocity_fn = guided_velocity(decoder, condition, negative, guidance_scale, embedded_guidance)
     noise = initial_noise(image_embeds.shape[0], decoder.config.latent_channels, latent_size, seed)
-    latents = euler_sample(velocity_fn, noise.to(image_embeds.device), inference_sigmas(num_steps, shift),
-                           progress=progress)
-    return _decode(vae, latents)
+    return euler_sample(velocity_fn, noise.to(image_embeds.device), inference_sigmas(num_steps, shift),
+                        progress=progress)
 
 
 @torch.no_grad()
-def generate_images(decoder: Any, vae: Any, image_embeds: torch.Tensor, height: int = 512, width: int = 512,
-                    num_steps: int = 50, guidance_scale: float = 1.0, seed: int | Sequence[int] = 0,
-                    negative_embeds: torch.Tensor | None = None, progress: ProgressFn | None = None, *,
-                    negative_pooled: torch.Tensor | None = None, embedded_guidance: float | None = None,
-                    shift: float = DEFAULT_SHIFT) -> torch.Tensor:
-    """Images from predicted image embeddings with the generation decoder (SPEC section 1.3, generation).
+def generate_latents(decoder: Any, image_embeds: torch.Tensor, latent_size: tuple[int, int], num_steps: int = 50,
+                     guidance_scale: float = 1.0, seed: int | Sequence[int] = 0,
+                     negative_embeds: torch.Tensor | None = None, progress: ProgressFn | None = None, *,
+                     negative_pooled: torch.Tensor | None = None, embedded_guidance: float | None = None,
+                     shift: float = DEFAULT_SHIFT) -> torch.Tensor:
+    """Latents of images drawn from predicted image embeddings by the generation decoder (SPEC section 1.3,
+    generation).
 
     Args:
         decoder: a `nexusgen.models.decoder.GenerationDecoder` (on the compute device).
-        vae: the diffusers ``AutoencoderKL`` (any device; latents are moved to it).
         image_embeds: (B, N, D) embeddings in the vision encoder's output space (N = 81 upstream).
-        height, width: output size in pixels, rounded up to multiples of 16.
+        latent_size: (h, w) of the latent, both even (`nexusgen.models.vae.latent_size` of the image size).
         num_steps: Euler steps (50 upstream).
         guidance_scale: true CFG scale; 1 disables the negative branch.
         seed: noise seed (CPU generator: device-independent), or one seed per sample.
@@ -221,39 +193,37 @@ def generate_images(decoder: Any, vae: Any, image_embeds: torch.Tensor, height: 
         shift: schedule shift (3 upstream).
 
     Returns:
-        (B, 3, H, W) float32 images in [0, 1], H and W the rounded size, on the VAE's device.
+        (B, c, h, w) float32 latents at t = 0, on the device of `image_embeds`.
     """
-    return _sample(decoder, vae, image_embeds, {}, height=height, width=width, num_steps=num_steps,
-                   guidance_scale=guidance_scale, seed=seed, negative_embeds=negative_embeds,
-                   negative_pooled=negative_pooled, progress=progress, embedded_guidance=embedded_guidance,
-                   shift=shift)
+    return _sample(decoder, image_embeds, latent_size, {}, num_steps=num_steps, guidance_scale=guidance_scale,
+                   seed=seed, negative_embeds=negative_embeds, negative_pooled=negative_pooled, progress=progress,
+                   embedded_guidance=embedded_guidance, shift=shift)
 
 
 @torch.no_grad()
-def edit_images(decoder: Any, vae: Any, image_embeds: torch.Tensor, reference_embeds: torch.Tensor,
-                reference_grid: tuple[int, int], target_grid: tuple[int, int], height: int = 512,
-                width: int = 512, num_steps: int = 50, guidance_scale: float = 1.0,
-                seed: int | Sequence[int] = 0,
-                negative_embeds: torch.Tensor | None = None, progress: ProgressFn | None = None, *,
-                negative_pooled: torch.Tensor | None = None, embedded_guidance: float | None = None,
-                shift: float = DEFAULT_SHIFT) -> torch.Tensor:
-    """Edited images with the editing decoder (SPEC section 1.3, editing with the editing decoder).
+def edit_latents(decoder: Any, image_embeds: torch.Tensor, reference_embeds: torch.Tensor,
+                 reference_grid: tuple[int, int], target_grid: tuple[int, int], latent_size: tuple[int, int],
+                 num_steps: int = 50, guidance_scale: float = 1.0, seed: int | Sequence[int] = 0,
+                 negative_embeds: torch.Tensor | None = None, progress: ProgressFn | None = None, *,
+                 negative_pooled: torch.Tensor | None = None, embedded_guidance: float | None = None,
+                 shift: float = DEFAULT_SHIFT) -> torch.Tensor:
+    """Latents of edited images drawn by the editing decoder (SPEC section 1.3, editing with the editing
+    decoder).
 
     Args:
         decoder: a `nexusgen.models.decoder.EditingDecoder`.
-        vae: the diffusers ``AutoencoderKL``.
         image_embeds: (B, N, D) predicted target embeddings on `target_grid` (N = h * w; 9x9 upstream).
         reference_embeds: (B, M, D) vision-encoder embeddings of the source image on `reference_grid`
             (M = h * w; 18x18 upstream, any grid works).
         reference_grid, target_grid: (h, w) in merged tokens (one token = 28x28 source pixels).
-        Other arguments as in `generate_images`.
+        Other arguments as in `generate_latents`.
 
     Returns:
-        (B, 3, H, W) float32 images in [0, 1].
+        (B, c, h, w) float32 latents at t = 0.
     """
     condition_kwargs = {"reference_embeds": reference_embeds, "reference_grid": tuple(reference_grid),
                         "target_grid": tuple(target_grid)}
-    return _sample(decoder, vae, image_embeds, condition_kwargs, height=height, width=width,
-                   num_steps=num_steps, guidance_scale=guidance_scale, seed=seed,
-                   negative_embeds=negative_embeds, negative_pooled=negative_pooled, progress=progress,
-                   embedded_guidance=embedded_guidance, shift=shift)
+    return _sample(decoder, image_embeds, latent_size, condition_kwargs, num_steps=num_steps,
+                   guidance_scale=guidance_scale, seed=seed, negative_embeds=negative_embeds,
+                   negative_pooled=negative_pooled, progress=progress, embedded_guidance=embedded_guidance,
+                   shift=shift)

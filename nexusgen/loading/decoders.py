@@ -25,9 +25,10 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel
 
 from nexusgen.files import atomic_folder, read_json_object, save_tensors, write_json
 from nexusgen.loading.weights import check_state, finish, load_weights, read_folder_weights, read_safetensors
-from nexusgen.models.decoder import DecoderConfig, EditingDecoder, GenerationDecoder, VAEConfig
+from nexusgen.models.decoder import DecoderConfig, EditingDecoder, GenerationDecoder
 from nexusgen.models.memory import enable_fp8_storage
 from nexusgen.models.placement import meta_parameters
+from nexusgen.models.vae import VAEConfig
 
 GENERATION_DIR = "generation_decoder"
 EDITING_DIR = "editing_decoder"

@@ -364,7 +364,8 @@ def build_random_model(preset: str = "tiny", seed: int = 0) -> ModelParts:
     The same (preset, seed) always gives the same weights. Never build "nexus-gen-v2" on a CPU machine.
     """
     from nexusgen.loading.autoregressive import build_autoregressive
-    from nexusgen.models.decoder import EditingDecoder, GenerationDecoder, build_vae
+    from nexusgen.models.decoder import EditingDecoder, GenerationDecoder
+    from nexusgen.models.vae import build_vae
 
     config = NexusGenConfig.from_preset(preset)
     ar_model, tokenizer, image_processor = build_autoregressive(config.ar, seed=seed)

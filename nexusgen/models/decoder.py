@@ -1,4 +1,4 @@
-"""Nexus-Gen's vision decoders: adapter | embedding merger + diffusers FLUX DiT, and the VAE helpers.
+"""Nexus-Gen's vision decoders: adapter | embedding merger + diffusers FLUX DiT (the VAE: `vae.py`).
 
 The DiT is diffusers' ``FluxTransformer2DModel`` unchanged; what Nexus-Gen changes is the conditioning
 (SPEC 1.3, 3.2-3.3, 4.2):
@@ -28,40 +28,15 @@ import math
 from dataclasses import dataclass
 
 import torch
-from diffusers import AutoencoderKL, FluxTransformer2DModel
+from diffusers import FluxTransformer2DModel
 from torch import nn
 
 from nexusgen.models.connector import EmbeddingMerger, GenerationAdapter, MergerConfig
+from nexusgen.models.vae import pack_latents, unpack_latents
 
 # ---------------------------------------------------------------------------------------------------------
 # Configs and presets
 # ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class VAEConfig:
-    """A FLUX-style diffusers ``AutoencoderKL`` (no quant convs; 8x downsampling with 4 blocks as FLUX, or 4x
-    with 3 blocks for small images)."""
-
-    latent_channels: int = 16
-    """c: latent channels (16 for FLUX)."""
-    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
-    """Channels per resolution; len 4 gives the /8 of FLUX, len 3 a /4 VAE (small images keep detail)."""
-    layers_per_block: int = 2
-    """ResNet blocks per resolution in the encoder (the decoder has one more)."""
-    norm_num_groups: int = 32
-    """GroupNorm groups; must divide every channel count."""
-    scaling_factor: float = 0.3611
-    """Latents are ``(z - shift_factor) * scaling_factor`` (FLUX values)."""
-    shift_factor: float = 0.1159
-
-    def __post_init__(self):
-        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
-        if len(self.block_out_channels) not in (3, 4):
-            raise ValueError(f"block_out_channels must have 3 or 4 entries (4x or 8x downsampling), "
-                             f"got {self.block_out_channels}")
-        if any(c % self.norm_num_groups for c in self.block_out_channels):
-            raise ValueError(f"norm_num_groups {self.norm_num_groups} must divide {self.block_out_channels}")
 
 
 GENERATION_CONTEXT_IDS = ("zero", "grid")
@@ -161,84 +136,9 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
                                   axes_dims_rope=(16, 56, 56), merger=_QWEN25_VL_7B_LAYER0),
 }
 
-VAE_PRESETS: dict[str, VAEConfig] = {
-    "tiny": VAEConfig(block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=8),
-    "mid": VAEConfig(block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=8),
-    # /4 for 64-px ShapesWorld images: a 16x16x16 latent keeps edges sharp (64 DiT tokens).
-    "shapes-mini": VAEConfig(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8),
-    "nexus-gen-v2": VAEConfig(),  # FLUX.1-dev ae.safetensors
-}
-
-
 # ---------------------------------------------------------------------------------------------------------
-# VAE
+# RoPE ids
 # ---------------------------------------------------------------------------------------------------------
-
-
-def build_vae(config: VAEConfig) -> AutoencoderKL:
-    """A randomly initialised diffusers ``AutoencoderKL`` with the FLUX layout described by `config`."""
-    blocks = len(config.block_out_channels)
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=config.latent_channels,
-        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
-        block_out_channels=config.block_out_channels, layers_per_block=config.layers_per_block,
-        norm_num_groups=config.norm_num_groups, scaling_factor=config.scaling_factor,
-        shift_factor=config.shift_factor, use_quant_conv=False, use_post_quant_conv=False)
-
-
-def encode_images(vae: AutoencoderKL, images: torch.Tensor, generator: torch.Generator | None = None,
-                  sample: bool = False) -> torch.Tensor:
-    """Scaled latents of images, the decoders' training data.
-
-    Args:
-        vae: diffusers ``AutoencoderKL``.
-        images: (B, 3, H, W) in [0, 1], H and W multiples of 8.
-        generator: used only when `sample` is True.
-        sample: draw from the posterior instead of taking its mean (upstream takes the mean).
-
-    Returns:
-        (B, c, H/f, W/f) latents (f = 8 for 4 blocks, 4 for 3) ``(z - shift_factor) * scaling_factor``
-        in the VAE's dtype.
-    """
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
-    parameter = next(vae.parameters())
-    pixels = images.to(device=parameter.device, dtype=parameter.dtype) * 2 - 1  # [-1, 1]
-    posterior = vae.encode(pixels).latent_dist
-    z = posterior.sample(generator) if sample else posterior.mode()
-    return (z - vae.config.shift_factor) * vae.config.scaling_factor
-
-
-def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
-    """Images from scaled latents (B, c, h, w) -> (B, 3, f*h, f*w) float32 in [0, 1], f = VAE downsampling."""
-    parameter = next(vae.parameters())
-    latents = latents.to(device=parameter.device, dtype=parameter.dtype)
-    pixels = vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor).sample
-    return (pixels.float() / 2 + 0.5).clamp(0, 1)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Latent packing and RoPE ids
-# ---------------------------------------------------------------------------------------------------------
-
-
-def pack_latents(latents: torch.Tensor) -> torch.Tensor:
-    """(B, c, h, w) -> (B, (h/2)(w/2), 4c): 2x2 latent patches, raster order, channel-major (as FLUX)."""
-    B, c, h, w = latents.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"latent size must be even, got {h}x{w}")
-    x = latents.view(B, c, h // 2, 2, w // 2, 2)  # (B, c, h/2, 2, w/2, 2)
-    x = x.permute(0, 2, 4, 1, 3, 5)  # (B, h/2, w/2, c, 2, 2)
-    return x.reshape(B, (h // 2) * (w // 2), c * 4)  # (B, L, 4c)
-
-
-def unpack_latents(tokens: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
-    """Inverse of `pack_latents`: (B, L, 4c) -> (B, c, h, w)."""
-    B, L, packed = tokens.shape
-    h, w = latent_size
-    x = tokens.view(B, h // 2, w // 2, packed // 4, 2, 2)  # (B, h/2, w/2, c, 2, 2)
-    x = x.permute(0, 3, 1, 4, 2, 5)  # (B, c, h/2, 2, w/2, 2)
-    return x.reshape(B, packed // 4, h, w)
 
 
 def image_ids(latent_size: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:

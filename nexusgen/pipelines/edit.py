@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from nexusgen.flow.sampler import edit_images
+from nexusgen.flow.sampler import edit_latents
+from nexusgen.models.vae import latent_size, latents_to_images
 from nexusgen.pipelines.generate import GeneratePipeline, ImageSettings, image_settings
 from nexusgen.pipelines.inputs import as_batch, batch_seeds, check_embeds, check_image, check_prompts, to_pil
 from nexusgen.pipelines.predict import negative_kwargs, predict_embeds, reference_embeds
@@ -132,16 +133,17 @@ class EditPipeline:
         vae = self.runtime.place(self.vae)
         out: list[torch.Tensor | None] = [None] * len(images)
         dtype = self.runtime.dtype
+        size = latent_size(vae, settings.height, settings.width)
         with self.runtime.progress_bar(settings.num_steps * len(groups), "editing", progress) as callback:
             for done, (grid, rows) in enumerate(groups.items()):
                 reference = torch.stack([references[r][0] for r in rows]).to(dtype)  # (b, M, D)
                 step = None if callback is None else (
                     lambda k, _n, done=done: callback(done * settings.num_steps + k, 0))
-                pixels = edit_images(decoder, vae, embeds[rows].to(dtype), reference, grid,
-                                     self.config.output_grid, settings.height, settings.width,
-                                     num_steps=settings.num_steps, guidance_scale=settings.guidance_scale,
-                                     seed=[seeds[r] for r in rows], progress=step,
-                                     shift=self.config.sampling.shift, **negative)
+                latents = edit_latents(decoder, embeds[rows].to(dtype), reference, grid, self.config.output_grid,
+                                       size, num_steps=settings.num_steps, guidance_scale=settings.guidance_scale,
+                                       seed=[seeds[r] for r in rows], progress=step,
+                                       shift=self.config.sampling.shift, **negative)
+                pixels = latents_to_images(vae, latents)
                 for k, r in enumerate(rows):
                     out[r] = pixels[k]
         return torch.stack(out)

@@ -1,9 +1,9 @@
 """Text-to-image generation (SPEC 1.3): prompt -> AR image embeddings (one pass) -> generation decoder.
 
 Steps, always in this order: validate -> encode (canonical template, language per prompt) -> AR
-(`predict_image_embeds`, one forward pass for the whole batch) -> denoise -> decode (one decoder batch,
-`nexusgen.flow.generate_images`). Sample b is seeded with `seed + b`, so a prompt gives the same image
-alone or in a batch.
+(`predict_image_embeds`, one forward pass for the whole batch) -> denoise (one decoder batch,
+`nexusgen.flow.generate_latents`) -> decode (`nexusgen.models.vae.latents_to_images`). Sample b is
+seeded with `seed + b`, so a prompt gives the same image alone or in a batch.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from nexusgen.flow.sampler import generate_images
+from nexusgen.flow.sampler import generate_latents
+from nexusgen.models.vae import latent_size, latents_to_images
 from nexusgen.pipelines.inputs import (
     as_batch,
     batch_seeds,
@@ -138,8 +139,9 @@ class GeneratePipeline:
         """(B, N, D) embeddings -> (B, 3, H, W) images in [0, 1] with the generation decoder."""
         decoder = self.runtime.activate(self.decoder)
         vae = self.runtime.place(self.vae)
+        size = latent_size(vae, settings.height, settings.width)
         with self.runtime.progress_bar(settings.num_steps, "generating", progress) as callback:
-            return generate_images(decoder, vae, embeds.to(self.runtime.dtype), settings.height,
-                                   settings.width, num_steps=settings.num_steps,
-                                   guidance_scale=settings.guidance_scale, seed=seeds, progress=callback,
-                                   shift=self.config.sampling.shift, **negative)
+            latents = generate_latents(decoder, embeds.to(self.runtime.dtype), size, num_steps=settings.num_steps,
+                                       guidance_scale=settings.guidance_scale, seed=seeds, progress=callback,
+                                       shift=self.config.sampling.shift, **negative)
+        return latents_to_images(vae, latents)

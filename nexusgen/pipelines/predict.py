@@ -58,7 +58,7 @@ def reference_embeds(ar_model, processor, config, runtime,
 
 
 def negative_kwargs(config, negative: dict | None, guidance_scale: float, hint: str = "") -> dict:
-    """Keyword arguments for `generate_images` / `edit_images` that select the negative CFG branch.
+    """Keyword arguments for `generate_latents` / `edit_latents` that select the negative CFG branch.
 
     Raises:
         ValueError: guidance_scale != 1 on a model whose negative branch is "none", or "t5" without the

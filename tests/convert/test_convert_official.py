@@ -12,7 +12,8 @@ from nexusgen.cli import main
 from nexusgen.convert.keymaps import dit_state_dict_to_diffsynth, vae_state_dict_to_bfl
 from nexusgen.convert.official import convert_official, load_pickled_state_dict
 from nexusgen.loading.decoders import load_editing_decoder, load_generation_decoder, load_vae
-from nexusgen.models.decoder import DECODER_PRESETS, VAE_PRESETS, EditingDecoder, GenerationDecoder, build_vae
+from nexusgen.models.decoder import DECODER_PRESETS, EditingDecoder, GenerationDecoder
+from nexusgen.models.vae import VAE_PRESETS, build_vae
 
 TINY = DECODER_PRESETS["tiny"]
 

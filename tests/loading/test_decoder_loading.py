@@ -14,7 +14,8 @@ from nexusgen.loading.decoders import (
     save_generation_decoder,
     save_vae,
 )
-from nexusgen.models.decoder import DECODER_PRESETS, VAE_PRESETS, EditingDecoder, GenerationDecoder, build_vae
+from nexusgen.models.decoder import DECODER_PRESETS, EditingDecoder, GenerationDecoder
+from nexusgen.models.vae import VAE_PRESETS, build_vae
 
 TINY = DECODER_PRESETS["tiny"]
 

@@ -11,14 +11,8 @@ import torch
 
 from nexusgen.flow import decoder_training_loss, euler_sample, guided_velocity, inference_sigmas
 from nexusgen.flow.sampler import initial_noise
-from nexusgen.models.decoder import (
-    DECODER_PRESETS,
-    VAE_PRESETS,
-    EditingDecoder,
-    GenerationDecoder,
-    build_vae,
-    encode_images,
-)
+from nexusgen.models.decoder import DECODER_PRESETS, EditingDecoder, GenerationDecoder
+from nexusgen.models.vae import VAE_PRESETS, build_vae, images_to_latents
 
 TINY = DECODER_PRESETS["tiny"]
 NUM_IMAGES = 4
@@ -42,7 +36,7 @@ def _latents():
     images = torch.stack([torch.stack([(xx * k) % 1, (yy * (k + 1)) % 1, (xx + yy) / 2 * (k % 2)])
                           for k in range(NUM_IMAGES)])  # (4, 3, 32, 32)
     with torch.no_grad():
-        latents = encode_images(vae, images)  # (4, 16, 4, 4)
+        latents = images_to_latents(vae, images)  # (4, 16, 4, 4)
     return latents / latents.std()  # the random VAE's latents are tiny; give them unit scale
 
 

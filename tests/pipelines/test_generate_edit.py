@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from nexusgen.flow.sampler import edit_images, generate_images
+from nexusgen.flow.sampler import edit_latents, generate_latents
+from nexusgen.models.vae import latents_to_images
 from nexusgen.pipelines import EditPipeline, GeneratePipeline
 from nexusgen.pipelines.generate import image_settings
 from nexusgen.pipelines.inputs import detect_language, image_request_inputs
@@ -75,7 +76,8 @@ def test_generate_equals_the_sampler_on_the_predicted_embeddings(tiny):
     parts = tiny.parts
     embeds = tiny.predict_image_embeds("a red circle")
     torch.testing.assert_close(embeds, out.image_embeds, atol=0, rtol=0)
-    expected = generate_images(parts.generation_decoder, parts.vae, embeds, 64, 64, num_steps=4, seed=5)
+    expected = latents_to_images(parts.vae, generate_latents(parts.generation_decoder, embeds, (8, 8), num_steps=4,
+                                                             seed=5))
     got = _unit(out.images[0])
     assert (got - expected[0]).abs().max() <= 0.5 / 255 + 1e-6  # only the 8-bit rounding
 
@@ -137,11 +139,11 @@ def test_editing_decoder_gets_the_source_encoding_at_the_reference_grid(tiny, pi
     expected = parts.ar_model.encode_images(pixels["pixel_values"], pixels["image_grid_thw"])[0]
     assert grid == (8, 8) and embeds.shape == (64, 64)
     torch.testing.assert_close(embeds, expected)
-    # the pipeline's output is edit_images on (predicted target, that reference)
+    # the pipeline's output is edit_latents on (predicted target, that reference), decoded
     out = tiny._edit(image=square, prompt="make it blue", seed=2)
     target = tiny.predict_image_embeds("make it blue", square)
-    expected_image = edit_images(parts.editing_decoder, parts.vae, target, refs[0][0][None], (4, 4), (4, 4),
-                                 64, 64, num_steps=4, seed=2)
+    expected_image = latents_to_images(parts.vae, edit_latents(parts.editing_decoder, target, refs[0][0][None],
+                                                               (4, 4), (4, 4), (8, 8), num_steps=4, seed=2))
     got = _unit(out.images[0])
     assert (got - expected_image[0]).abs().max() <= 0.5 / 255 + 1e-6
 
@@ -151,7 +153,8 @@ def test_edit_with_the_generation_decoder_ignores_the_reference(tiny, pictures):
     out = tiny._edit(image=square, prompt="make it blue", decoder="generation", seed=4)
     embeds = tiny.predict_image_embeds("make it blue", square)
     parts = tiny.parts
-    expected = generate_images(parts.generation_decoder, parts.vae, embeds, 64, 64, num_steps=4, seed=4)
+    expected = latents_to_images(parts.vae, generate_latents(parts.generation_decoder, embeds, (8, 8), num_steps=4,
+                                                             seed=4))
     got = _unit(out.images[0])
     assert out.decoder == "generation" and (got - expected[0]).abs().max() <= 0.5 / 255 + 1e-6
     editing = tiny._edit(image=square, prompt="make it blue", seed=4)
@@ -221,8 +224,8 @@ def test_step_defaults_are_per_decoder(tiny, pictures, monkeypatch):
             return sample(*args, num_steps=num_steps, **kwargs)
         return run
 
-    monkeypatch.setattr("nexusgen.pipelines.generate.generate_images", spy("generate", generate_images))
-    monkeypatch.setattr("nexusgen.pipelines.edit.edit_images", spy("edit", edit_images))
+    monkeypatch.setattr("nexusgen.pipelines.generate.generate_latents", spy("generate", generate_latents))
+    monkeypatch.setattr("nexusgen.pipelines.edit.edit_latents", spy("edit", edit_latents))
     tiny.generate("a red circle")
     tiny.edit(pictures[0], "make it blue")
     assert used == {"generate": 2, "edit": 3}

@@ -87,7 +87,8 @@ def test_flow_loss_per_sample_generators_do_not_depend_on_the_split():
 
 
 def test_decoder_shares_of_a_split_batch_add_up_to_the_whole_batch():
-    from nexusgen.models.decoder import DECODER_PRESETS, VAE_PRESETS, GenerationDecoder, build_vae
+    from nexusgen.models.decoder import DECODER_PRESETS, GenerationDecoder
+    from nexusgen.models.vae import VAE_PRESETS, build_vae
     from nexusgen.train.stages.common import samples_units
     from nexusgen.train.stages.generation_decoder import DecoderTrainModule
 

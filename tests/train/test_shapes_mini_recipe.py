@@ -149,7 +149,8 @@ def test_the_recipes_part_configs_equal_the_bundled_ones():
 
     from nexusgen.loading.autoregressive import read_ar_config
     from nexusgen.models.autoregressive import ARConfig
-    from nexusgen.models.decoder import DECODER_PRESETS, VAE_PRESETS, DecoderConfig
+    from nexusgen.models.decoder import DECODER_PRESETS, DecoderConfig
+    from nexusgen.models.vae import VAE_PRESETS
 
     bundled_ar = read_ar_config(BUNDLE / "autoregressive")
     recipe_ar = ARConfig.from_preset("shapes-mini")

@@ -13,7 +13,8 @@ from nexusgen.convert.export import export_official
 from nexusgen.loading.autoregressive import build_autoregressive, normalize_key, save_autoregressive
 from nexusgen.loading.folder import build_random_model, save_model_folder
 from nexusgen.models.autoregressive import AR_PRESETS
-from nexusgen.models.decoder import DECODER_PRESETS, VAE_PRESETS, build_vae
+from nexusgen.models.decoder import DECODER_PRESETS
+from nexusgen.models.vae import VAE_PRESETS, build_vae
 from nexusgen.train.stages.parent import check_parent, classify_parent
 
 ONE_STEP = ["max_steps=1", "save_every=0", "batch_size=2", "progress=false", "lr=0"]

@@ -15,7 +15,7 @@ from nexusgen.train.metrics import read_metrics
 
 # What each stage needs from the other engineers' packages (skip with the missing piece named).
 NEEDS = {
-    "vae": ["nexusgen.models.decoder:VAE_PRESETS"],
+    "vae": ["nexusgen.models.vae:VAE_PRESETS"],
     "vlm": ["nexusgen.models.autoregressive:NexusGenARModel", "nexusgen.data.collate:collate_ar"],
     "ar": ["nexusgen.models.autoregressive:NexusGenARModel", "nexusgen.data.collate:collate_ar"],
     "generation_decoder": ["nexusgen.models.decoder:GenerationDecoder",

@@ -66,10 +66,10 @@ class DecoderTrainModule(torch.nn.Module):
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         from nexusgen.flow.loss import decoder_training_loss
-        from nexusgen.models.decoder import encode_images
+        from nexusgen.models.vae import images_to_latents
 
         with torch.no_grad():
-            latents = encode_images(self.helpers[0], batch["target_pixels"])  # (B, c, H/8, W/8)
+            latents = images_to_latents(self.helpers[0], batch["target_pixels"])  # (B, c, H/8, W/8)
         image_embeds = self._embed(batch, "target")
         condition = self.condition_kwargs(batch)
         out = decoder_training_loss(self.decoder, latents, image_embeds.float(),

@@ -42,8 +42,8 @@ def build_vae(config: TrainConfig):
     """The VAE: the parent's `vae/` if there is one, else `VAE_PRESETS[preset]`."""
     from diffusers import AutoencoderKL
 
-    from nexusgen.models.decoder import VAE_PRESETS
-    from nexusgen.models.decoder import build_vae as build_from_config
+    from nexusgen.models.vae import VAE_PRESETS
+    from nexusgen.models.vae import build_vae as build_from_config
 
     folder = parent_part(config, "vae")
     if folder is not None:
@@ -116,8 +116,8 @@ def vae_of_parent_on_meta(config: TrainConfig):
     """The VAE (the parent's config, else the preset's) built on the meta device: shapes, no weights."""
     from diffusers import AutoencoderKL
 
-    from nexusgen.models.decoder import VAE_PRESETS
-    from nexusgen.models.decoder import build_vae as build_from_config
+    from nexusgen.models.vae import VAE_PRESETS
+    from nexusgen.models.vae import build_vae as build_from_config
 
     folder = parent_part(config, "vae")
     with torch.device("meta"):

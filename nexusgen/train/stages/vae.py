@@ -32,7 +32,7 @@ DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "mse": 0.0, "kl": 1e-6}
 
 def build_vae_from_config(config: TrainConfig):
     """A fresh AutoencoderKL of `VAE_PRESETS[stage.preset]`."""
-    from nexusgen.models.decoder import VAE_PRESETS, build_vae
+    from nexusgen.models.vae import VAE_PRESETS, build_vae
 
     if config.stage.preset not in VAE_PRESETS:
         raise ValueError(f"unknown VAE preset {config.stage.preset!r}; known: {sorted(VAE_PRESETS)}")
