@@ -38,7 +38,7 @@ from nexusgen.pipelines.predict import predict_embeds
 from nexusgen.pipelines.residency import check_policy
 from nexusgen.pipelines.understand import DEFAULT_MAX_NEW_TOKENS
 from nexusgen.processing.images import load_image
-from nexusgen.processing.processor import ImageOnlyProcessor
+from nexusgen.processing.processor import NexusGenProcessor
 
 ImageLike = Image.Image | str | os.PathLike
 
@@ -67,7 +67,7 @@ class NexusGen:
             parts.negative = {k: v.to(self.runtime.device) for k, v in parts.negative.items()}
         self._disable_unusable_guidance()
         ar, negative, vae = parts.handle("autoregressive"), parts.negative, parts.handle("vae")
-        self.processor = ImageOnlyProcessor(parts.tokenizer, parts.image_processor, ar.config)
+        self.processor = NexusGenProcessor(parts.tokenizer, parts.image_processor, ar.config)
         self._understand = UnderstandPipeline(ar, self.processor, self.runtime)
         self._generate = None
         if parts.has("generation_decoder") and vae is not None:

@@ -48,12 +48,12 @@ def bench_preset(name: str, *, repeats: int, sequential_repeats: int, batch_size
                  device: torch.device) -> dict:
     """Latency (one-pass vs sequential) and one-pass throughput for one AR preset."""
     from nexusgen.loading.autoregressive import build_autoregressive
-    from nexusgen.processing import ImageOnlyProcessor
+    from nexusgen.processing import NexusGenProcessor
 
     model, tokenizer, image_processor = build_autoregressive(name, seed=0)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = model.to(device=device, dtype=dtype).eval()
-    processor = ImageOnlyProcessor(tokenizer, image_processor, model.config)
+    processor = NexusGenProcessor(tokenizer, image_processor, model.config)
 
     def inputs(batch_size: int):
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch_size)]

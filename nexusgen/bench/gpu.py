@@ -139,11 +139,11 @@ def ar_phase(settings: GPUBenchSettings, device, dtype) -> dict:
     from nexusgen.loading.autoregressive import image_processor_for
     from nexusgen.models.text_generation import generate_text
     from nexusgen.pipelines.inputs import image_request_inputs, to_device
-    from nexusgen.processing.processor import ImageOnlyProcessor
+    from nexusgen.processing.processor import NexusGenProcessor
 
     config = ar_config(settings.blocks, settings.vocab, settings.intermediate)
     model = build_random(part_factories(config, decoder_config())["autoregressive"], device, dtype)
-    processor = ImageOnlyProcessor(tokenizer_for(config), image_processor_for(config), config)
+    processor = NexusGenProcessor(tokenizer_for(config), image_processor_for(config), config)
     gen = to_device(image_request_inputs(processor, [PROMPT], "generate"), device)
     source = Image.new("RGB", (settings.edit_image, settings.edit_image), (120, 160, 200))
     edit = to_device(image_request_inputs(processor, ["make the sky purple"], "edit", [source]), device)

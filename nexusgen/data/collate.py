@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from nexusgen.processing.processor import ImageOnlyProcessor
+from nexusgen.processing.processor import NexusGenProcessor
 
 
 def collate_ar(samples: list[dict], tokenizer, image_processor, config, *,
@@ -40,7 +40,7 @@ def collate_ar(samples: list[dict], tokenizer, image_processor, config, *,
     """
     if not samples:
         raise ValueError("collate_ar: empty batch")
-    processor = ImageOnlyProcessor(tokenizer, image_processor, config)
+    processor = NexusGenProcessor(tokenizer, image_processor, config)
     encoded = []
     for index, sample in enumerate(samples):
         name = sample.get("id", f"#{index}") if isinstance(sample, dict) else f"#{index}"

@@ -150,10 +150,10 @@ class Embedder:
     """
 
     def __init__(self, model, tokenizer, image_processor):
-        from nexusgen.processing import ImageOnlyProcessor
+        from nexusgen.processing import NexusGenProcessor
 
         self.model = model.eval()
-        self.processor = ImageOnlyProcessor(tokenizer, image_processor, model.config)
+        self.processor = NexusGenProcessor(tokenizer, image_processor, model.config)
         self.device = model.vision_head.weight.device
         self.token_px = self.processor.token_px
 

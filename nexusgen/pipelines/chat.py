@@ -120,7 +120,7 @@ class ChatPipeline:
 
     Args:
         ar_model: `NexusGenARModel`.
-        processor: its `ImageOnlyProcessor`.
+        processor: its `NexusGenProcessor`.
         runtime: `Runtime`.
         generation: the model's `GeneratePipeline` (decodes answer images), or None for text only.
         config: the model's `NexusGenConfig`.

@@ -77,7 +77,7 @@ class GeneratePipeline:
 
     Args:
         ar_model: `NexusGenARModel`.
-        processor: its `ImageOnlyProcessor`.
+        processor: its `NexusGenProcessor`.
         decoder: `GenerationDecoder`.
         vae: diffusers `AutoencoderKL`.
         config: the model's `NexusGenConfig` (sampling defaults, negative branch).

@@ -110,7 +110,7 @@ def image_request_inputs(processor, prompts: list[str], task: str,
                          images: list[Image.Image] | None = None) -> dict[str, torch.Tensor]:
     """Canonical generation / editing requests (SPEC 10), each in its own language, left-padded.
 
-    The same text as `ImageOnlyProcessor.image_prompt_inputs`, with the language chosen per prompt.
+    The same text as `NexusGenProcessor.image_prompt_inputs`, with the language chosen per prompt.
 
     Returns:
         the processor's `pad` dict: input_ids (B, L), attention_mask (B, L), pixel_values (P, patch_dim),

@@ -19,7 +19,7 @@ def predict_embeds(ar_model, processor, runtime, prompts: list[str], task: str,
 
     Args:
         ar_model: `NexusGenARModel`.
-        processor: its `ImageOnlyProcessor`.
+        processor: its `NexusGenProcessor`.
         runtime: the pipelines' `Runtime` (the AR model is made resident).
         prompts: descriptions ("generate") or instructions ("edit"), languages detected per prompt.
         task: "generate" or "edit".

@@ -48,7 +48,7 @@ class UnderstandPipeline:
 
     Args:
         ar_model: `NexusGenARModel`.
-        processor: its `ImageOnlyProcessor`.
+        processor: its `NexusGenProcessor`.
         runtime: `Runtime`.
     """
 

@@ -1,8 +1,8 @@
 """Processing without torchvision: images (the one resize rule), chat templates (EN/ZH), tokenizers,
-and the image-only Qwen2.5-VL processor that turns conversations and PIL images into model inputs."""
+and `NexusGenProcessor`, which turns conversations and PIL images into the autoregressive model's inputs."""
 
 from nexusgen.processing.images import load_image, resize_bounded, resize_fixed, to_rgb
-from nexusgen.processing.processor import IGNORE_INDEX, EncodedSample, ImageOnlyProcessor
+from nexusgen.processing.processor import IGNORE_INDEX, EncodedSample, NexusGenProcessor
 from nexusgen.processing.templates import (
     CANONICAL_ANSWER_PREFIXES,
     DEFAULT_SYSTEM_PROMPT,
@@ -21,7 +21,7 @@ from nexusgen.processing.tokenizers import (
 
 __all__ = [
     "CANONICAL_ANSWER_PREFIXES", "DEFAULT_SYSTEM_PROMPT", "IGNORE_INDEX", "IMAGE_PLACEHOLDER",
-    "EncodedSample", "ImageOnlyProcessor", "build_byte_tokenizer", "build_qwen25_tokenizer",
+    "EncodedSample", "NexusGenProcessor", "build_byte_tokenizer", "build_qwen25_tokenizer",
     "check_special_token_ids", "decode_with_image_markers", "load_image", "load_tokenizer",
     "render_chat", "resize_bounded", "resize_fixed", "special_token_ids", "to_rgb", "user_text",
 ]

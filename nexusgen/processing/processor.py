@@ -1,7 +1,7 @@
-"""The image-only Qwen2.5-VL processor of nexusgen: chat text + PIL images -> model inputs.
+"""`NexusGenProcessor`: conversations (chat text) + PIL images -> the autoregressive model's inputs.
 
 transformers' `Qwen2_5_VLProcessor` cannot be built without torchvision (its video slot), so this small
-class does the same job for images only, with the PIL image processor (`Qwen2VLImageProcessorPil`):
+class does the same job for text and images (no video), with the PIL image processor (`Qwen2VLImageProcessorPil`):
 render the chat (templates.py), size every image by the one preprocessing rule (images.py), tokenize,
 and repeat each `<|image_pad|>` once per image token ((h / token_px) * (w / token_px) for an h x w image).
 
@@ -57,7 +57,7 @@ class EncodedSample:
     image_is_target: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
 
 
-class ImageOnlyProcessor:
+class NexusGenProcessor:
     """Qwen2.5-VL text + image processing without torchvision.
 
     Args:
@@ -277,11 +277,11 @@ def build_image_prompt_inputs(prompts: str | list[str], tokenizer, image_process
     """(prompts, optional source images, "en"/"zh", "generate"/"edit") -> inputs of `predict_image_embeds`.
 
     The exact canonical text of SPEC 10 (system turn, user template, answer prefix with its trailing
-    space, `<|vision_start|>`); see `ImageOnlyProcessor.image_prompt_inputs`.
+    space, `<|vision_start|>`); see `NexusGenProcessor.image_prompt_inputs`.
 
     Example:
         >>> inputs = build_image_prompt_inputs("a red circle", tokenizer, image_processor, model.config)
         >>> embeds = model.predict_image_embeds(inputs["input_ids"], inputs["attention_mask"])  # (1, N, D)
     """
-    processor = ImageOnlyProcessor(tokenizer, image_processor, config)
+    processor = NexusGenProcessor(tokenizer, image_processor, config)
     return processor.image_prompt_inputs(prompts, images, language=language, task=task)

@@ -12,7 +12,7 @@ from nexusgen.data.messages import BadRecordError, MessageDataset
 from nexusgen.data.prepare import file_stem, prepare_embeds, read_done_ids
 from nexusgen.data.synthetic import SyntheticSource, write_jsonl
 from nexusgen.models.autoregressive import ARConfig, NexusGenARModel
-from nexusgen.processing import ImageOnlyProcessor, build_byte_tokenizer, resize_fixed
+from nexusgen.processing import NexusGenProcessor, build_byte_tokenizer, resize_fixed
 from nexusgen.processing.processor import build_image_processor
 
 MODEL = "tiny-test-model"  # only a name in the manifest: the tests pass the parts directly
@@ -62,7 +62,7 @@ def test_edit_embeddings_equal_the_inference_path(parts, data, tmp_path):
     summary = prepare_embeds(data[1], MODEL, "edit", tmp_path, batch_size=3, parts=parts)
     assert summary["written"] == 3
     dataset = EditEmbedDataset(summary["out"])
-    processor = ImageOnlyProcessor(tokenizer, image_processor, model.config)
+    processor = NexusGenProcessor(tokenizer, image_processor, model.config)
     for i in range(3):
         sample = dataset[i]
         source = sample["images"][0]

@@ -15,7 +15,7 @@ from nexusgen.loading.autoregressive import (
     save_autoregressive,
 )
 from nexusgen.models.autoregressive import AR_PRESETS
-from nexusgen.processing import ImageOnlyProcessor
+from nexusgen.processing import NexusGenProcessor
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def _structure(config) -> dict:
 
 
 def _embeds(model, tokenizer, image_processor, prompts=("a red circle", "two stars")):
-    batch = ImageOnlyProcessor(tokenizer, image_processor, model.config).image_prompt_inputs(list(prompts))
+    batch = NexusGenProcessor(tokenizer, image_processor, model.config).image_prompt_inputs(list(prompts))
     return model.predict_image_embeds(batch["input_ids"], batch["attention_mask"]), batch
 
 

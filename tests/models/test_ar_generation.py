@@ -7,13 +7,13 @@ import torch
 from PIL import Image
 
 from nexusgen.loading.autoregressive import build_autoregressive
-from nexusgen.processing import ImageOnlyProcessor
+from nexusgen.processing import NexusGenProcessor
 
 
 @pytest.fixture(scope="module")
 def tiny():
     model, tokenizer, image_processor = build_autoregressive("tiny", seed=0)
-    return model.eval(), ImageOnlyProcessor(tokenizer, image_processor, model.config)
+    return model.eval(), NexusGenProcessor(tokenizer, image_processor, model.config)
 
 
 def _boost(model, token_id: int, amount: float = 1e4):

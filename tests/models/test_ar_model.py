@@ -12,13 +12,13 @@ from PIL import Image
 from nexusgen.data.collate import collate_ar
 from nexusgen.loading.autoregressive import build_autoregressive
 from nexusgen.models.autoregressive import AR_PRESETS, ARConfig, NexusGenARModel
-from nexusgen.processing import ImageOnlyProcessor
+from nexusgen.processing import NexusGenProcessor
 
 
 @pytest.fixture(scope="module")
 def tiny():
     model, tokenizer, image_processor = build_autoregressive("tiny", seed=0)
-    processor = ImageOnlyProcessor(tokenizer, image_processor, model.config)
+    processor = NexusGenProcessor(tokenizer, image_processor, model.config)
     return model.eval(), tokenizer, image_processor, processor
 
 

@@ -11,7 +11,7 @@ from nexusgen.data.collate import collate_ar
 from nexusgen.loading.autoregressive import build_autoregressive, load_autoregressive, save_autoregressive
 from nexusgen.models.ar_generation import predict_image_embeds_sequential
 from nexusgen.models.autoregressive import ARConfig
-from nexusgen.processing import ImageOnlyProcessor
+from nexusgen.processing import NexusGenProcessor
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_config_rejects_an_unknown_feed():
 
 def test_inference_feeds_predictions_back(standard):
     model, tokenizer, image_processor = standard
-    batch = ImageOnlyProcessor(tokenizer, image_processor, model.config).image_prompt_inputs(
+    batch = NexusGenProcessor(tokenizer, image_processor, model.config).image_prompt_inputs(
         ["a red circle", "two blue squares"])
     got = model.predict_image_embeds(batch["input_ids"], batch["attention_mask"])
     fed_back = predict_image_embeds_sequential(model, batch["input_ids"], batch["attention_mask"], feed="predicted")
@@ -49,7 +49,7 @@ def test_training_feeds_the_targets(standard):
 
 def test_chat_refuses_a_standard_ar_model(standard):
     model, tokenizer, image_processor = standard
-    chat = ImageOnlyProcessor(tokenizer, image_processor, model.config).chat_inputs(
+    chat = NexusGenProcessor(tokenizer, image_processor, model.config).chat_inputs(
         [[{"role": "user", "content": "hi"}]])
     with pytest.raises(ValueError, match="standard-AR"):
         model.generate_interleaved(chat["input_ids"], chat["attention_mask"], max_new_tokens=2)
@@ -59,7 +59,7 @@ def test_a_standard_ar_model_answers_in_text_as_its_prefilled_twin(standard):
     """Understanding (max_images=0) never reads an image feed, so the ablation model is scored on it too."""
     model, tokenizer, image_processor = standard
     twin = build_autoregressive("tiny", seed=0)[0].eval()
-    chat = ImageOnlyProcessor(tokenizer, image_processor, model.config).chat_inputs(
+    chat = NexusGenProcessor(tokenizer, image_processor, model.config).chat_inputs(
         [[{"role": "user", "content": "<image>What is this?"}]], [[Image.new("RGB", (64, 64), "red")]])
     args = (chat["input_ids"], chat["attention_mask"], chat["pixel_values"], chat["image_grid_thw"])
     got = model.generate_interleaved(*args, max_new_tokens=4, max_images=0)

@@ -7,7 +7,7 @@ from PIL import Image
 
 from nexusgen.models.autoregressive import ARConfig
 from nexusgen.processing import (
-    ImageOnlyProcessor,
+    NexusGenProcessor,
     build_byte_tokenizer,
     build_qwen25_tokenizer,
     check_special_token_ids,
@@ -30,7 +30,7 @@ def processor():
     vision = config.qwen_config.vision_config
     ip = build_image_processor(patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
                                min_pixels=config.min_input_pixels, max_pixels=config.max_input_pixels)
-    return ImageOnlyProcessor(build_byte_tokenizer(), ip, config)
+    return NexusGenProcessor(build_byte_tokenizer(), ip, config)
 
 
 @pytest.mark.parametrize("language,task,prompt,expected", [

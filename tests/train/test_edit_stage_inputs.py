@@ -6,7 +6,7 @@ import torch
 import nexusgen.recipes.worlds  # noqa: F401 (registers ShapesWorld as "shapes")
 from nexusgen.data.worlds import WorldSource
 from nexusgen.loading.autoregressive import build_autoregressive
-from nexusgen.processing.processor import ImageOnlyProcessor
+from nexusgen.processing.processor import NexusGenProcessor
 from nexusgen.train.stages.editing_decoder import EditDecoderTrainModule, make_collate
 
 
@@ -22,7 +22,7 @@ def _tiny_ar():
     """A random tiny AR model (eval mode) and its processor."""
     torch.manual_seed(0)
     model, tokenizer, image_processor = build_autoregressive("tiny")
-    return model.eval(), ImageOnlyProcessor(tokenizer, image_processor, model.config)
+    return model.eval(), NexusGenProcessor(tokenizer, image_processor, model.config)
 
 
 def _module(model, **kwargs):

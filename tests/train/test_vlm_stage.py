@@ -120,14 +120,14 @@ def test_semantic_term_classifies_each_tokens_cell(tiny):
     import torch.nn.functional as F
 
     from nexusgen.data.worlds import WorldSource
-    from nexusgen.processing.processor import ImageOnlyProcessor
+    from nexusgen.processing.processor import NexusGenProcessor
     from nexusgen.recipes.worlds import SHAPES_WORLD
     from nexusgen.train.stages.vlm import make_vlm_collate
 
     model, tokenizer, image_processor = tiny
     source = WorldSource("shapes", 4, seed=1, image_size=64, tasks=("understand",))
     labels = SHAPES_WORLD.scene_labels
-    collate = make_vlm_collate(ImageOnlyProcessor(tokenizer, image_processor, model.config), labels)
+    collate = make_vlm_collate(NexusGenProcessor(tokenizer, image_processor, model.config), labels)
     batch = collate([dict(source[i], position=i) for i in range(2)])
     token_labels = batch["token_labels"]
     assert token_labels.shape == (32, 2) and (token_labels >= 0).all()

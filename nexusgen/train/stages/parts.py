@@ -160,7 +160,7 @@ def build_autoregressive(config: TrainConfig, *, for_training: bool):
     """
     from nexusgen.loading import autoregressive as ar_loading
     from nexusgen.models.autoregressive import ARConfig
-    from nexusgen.processing.processor import ImageOnlyProcessor
+    from nexusgen.processing.processor import NexusGenProcessor
 
     settings = config.stage.model.chosen() if for_training else {}
     folder = parent_part(config, "autoregressive")
@@ -175,7 +175,7 @@ def build_autoregressive(config: TrainConfig, *, for_training: bool):
             ARConfig.from_preset(config.stage.preset, **settings))
         if config.stage.parent is not None:
             print0(f"autoregressive model: new, {config.stage.preset} preset (stage.parent has none)")
-    return model, ImageOnlyProcessor(tokenizer, image_processor, model.config)
+    return model, NexusGenProcessor(tokenizer, image_processor, model.config)
 
 
 def save_autoregressive(model, processor, out_dir: Path) -> None:
