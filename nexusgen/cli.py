@@ -183,7 +183,8 @@ def _tooling_commands(sub) -> None:
     p = sub.add_parser("prepare-embeds", help="precompute decoder-training embeddings (resumable)")
     p.add_argument("--data", required=True, help="message-format JSONL")
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--kind", required=True, choices=["gen", "edit"])
+    p.add_argument("--kind", required=True, choices=["generate", "edit", "gen"],
+                   help="which decoder's embeddings: generate (gen: the old spelling) or edit")
     p.add_argument("--out", required=True, help="output folder (JSONL + safetensors)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--skip-bad", action="store_true")
@@ -201,8 +202,9 @@ def _tooling_commands(sub) -> None:
     q.add_argument("--seed", type=int, default=1000)
     q.add_argument("--score-only", action="store_true", help="rescore saved artifacts without the model")
     q.add_argument("--decoder", default="editing", choices=["editing", "generation"])
-    q.add_argument("--tasks", default="understanding,generation,editing",
-                   help="comma-separated subset of understanding,generation,editing")
+    q.add_argument("--tasks", default="understand,generate,edit",
+                   help="comma-separated subset of understand,generate,edit (or their results.json sections "
+                        "understanding,generation,editing)")
     q.add_argument("--steps", type=int, default=None,
                    help="denoising steps of every decoder (default: the model's own, per decoder)")
     q.add_argument("--guidance", type=float, default=None,

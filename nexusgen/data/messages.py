@@ -40,10 +40,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from nexusgen.processing.images import MAX_DECODED_PIXELS, to_rgb
+from nexusgen.processing.templates import IMAGE_PLACEHOLDER
+from nexusgen.tasks import EDIT, GENERATE, TASKS, UNDERSTAND
 
-IMAGE_TAG = "<image>"
 ROLES = ("system", "user", "assistant")
-TASKS = ("understand", "generate", "edit", "text")
+TEXT = "text"
+"""The task of a record without images (a text-only conversation)."""
+RECORD_TASKS = (*TASKS, TEXT)
 # Upper bound on width * height of any image, checked before decoding (decompression-bomb guard); the
 # same limit as the rest of nexusgen (processing.images).
 DEFAULT_MAX_IMAGE_PIXELS = MAX_DECODED_PIXELS
@@ -101,7 +104,7 @@ def parse_line(raw: bytes) -> dict[str, Any]:
 
 def image_roles(messages: list[dict[str, Any]]) -> list[str]:
     """The role ("user" or "assistant") of each `<image>` tag, in order of appearance."""
-    return [m["role"] for m in messages for _ in range(m["content"].count(IMAGE_TAG))]
+    return [m["role"] for m in messages for _ in range(m["content"].count(IMAGE_PLACEHOLDER))]
 
 
 def infer_task(roles: list[str]) -> str:
@@ -113,8 +116,8 @@ def infer_task(roles: list[str]) -> str:
     """
     has_input, has_target = "user" in roles, "assistant" in roles
     if has_target:
-        return "edit" if has_input else "generate"
-    return "understand" if has_input else "text"
+        return EDIT if has_input else GENERATE
+    return UNDERSTAND if has_input else TEXT
 
 
 def _check_messages(messages: Any) -> None:
@@ -134,8 +137,8 @@ def _check_messages(messages: Any) -> None:
                                               f"{type(content).__name__}")
         if not content.strip():
             raise InvalidRecord("empty_content", f"messages[{k}] ({role}) has empty content")
-        if role == "system" and IMAGE_TAG in content:
-            raise InvalidRecord("image_in_system", f"messages[{k}] is a system message with an {IMAGE_TAG}")
+        if role == "system" and IMAGE_PLACEHOLDER in content:
+            raise InvalidRecord("image_in_system", f"messages[{k}] is a system message with an {IMAGE_PLACEHOLDER}")
     if not any(m["role"] == "assistant" for m in messages):
         raise InvalidRecord("no_assistant", "no assistant message (nothing to train on)")
 
@@ -147,7 +150,7 @@ def check_record(record: dict[str, Any]) -> str:
         record: one parsed JSONL object.
 
     Returns:
-        The task inferred from the image roles (one of `TASKS`).
+        The task inferred from the image roles (one of `RECORD_TASKS`).
 
     Raises:
         InvalidRecord: with the reason category and a detail naming the offending value.
@@ -163,7 +166,7 @@ def check_record(record: dict[str, Any]) -> str:
                                           f"got {images!r:.120}")
     roles = image_roles(record["messages"])
     if len(roles) != len(images):
-        raise InvalidRecord("image_count", f"{len(roles)} {IMAGE_TAG} tag(s) in messages but {len(images)} "
+        raise InvalidRecord("image_count", f"{len(roles)} {IMAGE_PLACEHOLDER} tag(s) in messages but {len(images)} "
                                            f"image path(s)")
     task = infer_task(roles)
     if "task" in record and record["task"] != task:

@@ -1,11 +1,11 @@
 """`nexusgen prepare-embeds`: precompute the decoders' training embeddings, in batches, resumably.
 
-    nexusgen prepare-embeds --data JSONL --model M --kind gen|edit --out DIR [--batch-size B] [--skip-bad]
+    nexusgen prepare-embeds --data JSONL --model M --kind generate|edit --out DIR [--batch-size B] [--skip-bad]
 
 Reads a message-format JSONL (`MessageDataset`), runs the autoregressive model's parts on each record and
-writes `DIR/<data stem>.<kind>.jsonl`: the input records (image paths rewritten relative to DIR) plus
+writes `DIR/<data stem>.<task>.jsonl`: the input records (image paths rewritten relative to DIR) plus
 
-* `gen`  (generation decoder, SPEC 3.2): `"embed_path"` -> ground-truth ViT+merger embeddings (N, D) of
+* `generate` (generation decoder, SPEC 3.2): `"embed_path"` -> ground-truth ViT+merger embeddings (N, D) of
   the target `images[0]`, prepared exactly as an AR generation target (`processing.resize_fixed` to the
   output size: centre-crop, then resize), plus `"embed_grid"` [rows, cols];
 * `edit` (editing decoder, SPEC 3.3): `"embed_source"` -> ViT+merger embeddings (M, D) of the source
@@ -19,11 +19,11 @@ writes `DIR/<data stem>.<kind>.jsonl`: the input records (image paths rewritten 
 The reference size is the model config's `reference_image_px` when it has one, else twice the output
 size (upstream: 504 = 2 x 252 px -> 18 x 18 = 324 tokens).
 
-Files: `DIR/embeds/<id>.safetensors` (gen) or `<id>_source` / `<id>_target` (edit), tensor "embeds" in
+Files: `DIR/embeds/<id>.safetensors` (generate) or `<id>_source` / `<id>_target` (edit), tensor "embeds" in
 the model's dtype, each written to a temporary name and renamed. The JSONL is appended record by record
 and fsynced after each batch; a re-run skips records whose id is already in it (a line cut short by a
 crash is removed first), so an interrupted run resumes where it stopped. `DIR/prepare.json` remembers
-data, kind and model; resuming with different ones is an error.
+data, task and model; resuming with different ones is an error.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ import torch
 
 from nexusgen.data.embeds import save_embeds
 from nexusgen.data.messages import (
-    IMAGE_TAG,
     BadRecordError,
     InvalidRecord,
     MessageDataset,
@@ -50,8 +49,9 @@ from nexusgen.data.messages import (
     resolve_path,
 )
 from nexusgen.files import write_json
+from nexusgen.processing.templates import IMAGE_PLACEHOLDER
+from nexusgen.tasks import EDIT, GENERATE, IMAGE_TASKS
 
-KINDS = ("gen", "edit")
 MANIFEST = "prepare.json"
 # Upstream's editing reference is 504 px for a 252-px output: twice the output side.
 REFERENCE_SCALE = 2
@@ -200,18 +200,18 @@ def edit_prompt(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], s
         up to and including the `<image>`): the prompt whose last token is `<|vision_start|>`.
     """
     for index, message in enumerate(messages):
-        if message["role"] == "assistant" and IMAGE_TAG in message["content"]:
+        if message["role"] == "assistant" and IMAGE_PLACEHOLDER in message["content"]:
             content = message["content"]
-            return messages[:index], content[: content.index(IMAGE_TAG) + len(IMAGE_TAG)]
+            return messages[:index], content[: content.index(IMAGE_PLACEHOLDER) + len(IMAGE_PLACEHOLDER)]
     raise ValueError("no assistant image in the conversation")
 
 
-def check_kind(record: dict[str, Any], kind: str) -> None:
-    """Raise InvalidRecord if a (structurally valid) record cannot feed `kind`."""
+def check_task(record: dict[str, Any], task: str) -> None:
+    """Raise InvalidRecord if a (structurally valid) record cannot feed the decoder of `task`."""
     roles = image_roles(record["messages"])
-    if kind == "gen" and not roles:
+    if task == GENERATE and not roles:
         raise InvalidRecord("image_count", "a generation-decoder record needs at least one image (images[0])")
-    if kind == "edit" and roles[:2] != ["user", "assistant"]:
+    if task == EDIT and roles[:2] != ["user", "assistant"]:
         raise InvalidRecord("task_mismatch", f"an editing record needs images[0] in a user turn and "
                                              f"images[1] in an assistant turn; the image roles are {roles}")
 
@@ -256,7 +256,7 @@ class _Writer:
         _append(self.jsonl, records)  # only after every tensor of the batch is on disk
 
 
-def prepare_embeds(data: str | os.PathLike, model: str | os.PathLike, kind: str, out: str | os.PathLike, *,
+def prepare_embeds(data: str | os.PathLike, model: str | os.PathLike, task: str, out: str | os.PathLike, *,
                    batch_size: int = 8, skip_bad: bool = False, image_root: str | os.PathLike | None = None,
                    parts=None) -> dict[str, Any]:
     """Precompute decoder-training embeddings for every record of `data` (see the module docstring).
@@ -264,7 +264,7 @@ def prepare_embeds(data: str | os.PathLike, model: str | os.PathLike, kind: str,
     Args:
         data: message-format JSONL.
         model: nexusgen model folder (or its autoregressive/ folder).
-        kind: "gen" or "edit".
+        task: "generate" (generation-decoder embeddings) or "edit" (editing-decoder embeddings).
         out: output folder (created).
         batch_size: records per model call.
         skip_bad: skip and count invalid records instead of stopping at the first.
@@ -277,21 +277,21 @@ def prepare_embeds(data: str | os.PathLike, model: str | os.PathLike, kind: str,
     Raises:
         ValueError: bad arguments, an invalid record without `skip_bad`, or `out` prepared differently.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if task not in IMAGE_TASKS:
+        raise ValueError(f"task must be one of {IMAGE_TASKS}, got {task!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     data, out = Path(data), Path(out)
     dataset = MessageDataset(data, image_root=image_root, skip_bad=skip_bad)
     out.mkdir(parents=True, exist_ok=True)
-    jsonl = out / f"{data.stem}.{kind}.jsonl"
+    jsonl = out / f"{data.stem}.{task}.jsonl"
     if jsonl.resolve() == data.resolve():
         raise ValueError(f"the output {jsonl} would overwrite the input")
-    _check_manifest(out, {"data": str(data.resolve()), "kind": kind, "model": str(model),
+    _check_manifest(out, {"data": str(data.resolve()), "task": task, "model": str(model),
                           "image_root": str(dataset.image_root.resolve())})
     done = read_done_ids(jsonl)
     bad = Counter(dataset.bad_counts)
-    plan, already_done = _plan(dataset, kind, done, bad, skip_bad)
+    plan, already_done = _plan(dataset, task, done, bad, skip_bad)
     writer, embedder, written = _Writer(out, jsonl, dataset), None, 0
     for start in range(0, len(plan), batch_size):
         pending = []
@@ -303,7 +303,7 @@ def prepare_embeds(data: str | os.PathLike, model: str | os.PathLike, kind: str,
         if pending:
             embedder = embedder or Embedder(*(parts or load_model_parts(model)))
             samples = [sample for _, _, sample in pending]
-            results = embedder.generation(samples) if kind == "gen" else embedder.editing(samples)
+            results = embedder.generation(samples) if task == GENERATE else embedder.editing(samples)
             writer.write([(record, sample_id) for record, sample_id, _ in pending], results)
             written += len(pending)
     return {"out": str(jsonl), "written": written, "already_done": already_done, "bad": dict(bad),
@@ -317,7 +317,7 @@ def _reject(err: BadRecordError, bad: Counter, skip_bad: bool) -> None:
     bad[err.reason] += 1
 
 
-def _plan(dataset: MessageDataset, kind: str, done: set[str], bad: Counter,
+def _plan(dataset: MessageDataset, task: str, done: set[str], bad: Counter,
           skip_bad: bool) -> tuple[list[tuple[int, str]], int]:
     """Records still to compute, as (index, id), checked before the model is loaded; and how many are done.
 
@@ -333,7 +333,7 @@ def _plan(dataset: MessageDataset, kind: str, done: set[str], bad: Counter,
                 raise BadRecordError(dataset.path, line, "duplicate_id", f"id {sample_id!r} occurs twice")
             seen.add(sample_id)
             try:
-                check_kind(record, kind)
+                check_task(record, task)
             except InvalidRecord as err:
                 raise BadRecordError(dataset.path, line, err.reason, err.detail) from None
         except BadRecordError as err:

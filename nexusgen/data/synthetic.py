@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from nexusgen.data.messages import TASKS
+from nexusgen.data.messages import RECORD_TASKS
 from nexusgen.files import atomic_write_text
 from nexusgen.processing.templates import CANONICAL_ANSWER_PREFIXES, IMAGE_PLACEHOLDER, user_text
 
@@ -74,8 +74,8 @@ class SyntheticSource:
                  tasks: Sequence[str] = ("understand", "generate", "edit")):
         if num_samples < 1 or image_size < 8:
             raise ValueError(f"need num_samples >= 1 and image_size >= 8, got {num_samples}, {image_size}")
-        if not tasks or any(t not in TASKS for t in tasks):
-            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tasks!r}")
+        if not tasks or any(t not in RECORD_TASKS for t in tasks):
+            raise ValueError(f"tasks must be a non-empty subset of {RECORD_TASKS}, got {tasks!r}")
         self.num_samples, self.seed, self.image_size, self.tasks = num_samples, seed, image_size, tuple(tasks)
 
     def __len__(self) -> int:

@@ -39,14 +39,14 @@ class OracleModel:
         self._generations: dict[str, object] = {}
         self._edits: dict[tuple[str, str], object] = {}
 
-    def register(self, understanding=(), generation=(), editing=()) -> None:
+    def register(self, understand=(), generate=(), edit=()) -> None:
         """Learn the ground truth of evaluation items (UnderstandItem / GenerateItem / EditItem)."""
-        for item in understanding:
+        for item in understand:
             key = (image_digest(render_scene(item.scene, self.image_size)), item.question)
             self._answers[key] = item.answer
-        for item in generation:
+        for item in generate:
             self._generations.setdefault(item.prompt, item.scene)
-        for item in editing:
+        for item in edit:
             key = (image_digest(render_scene(item.source, self.image_size)), item.instruction)
             self._edits[key] = item.target
 
@@ -85,9 +85,9 @@ class GroundTruthEmbedsModel:
         self.image_size = model.image_size
         self._queues: dict[str, list[tuple[str, object]]] = {"generate": [], "edit": []}
 
-    def register(self, understanding=(), generation=(), editing=()) -> None:
-        self._queues = {"generate": [(item.prompt, item.scene) for item in generation],
-                        "edit": [(item.instruction, item.target) for item in editing]}
+    def register(self, understand=(), generate=(), edit=()) -> None:
+        self._queues = {"generate": [(item.prompt, item.scene) for item in generate],
+                        "edit": [(item.instruction, item.target) for item in edit]}
 
     def _targets(self, task: str, prompts) -> list[Image.Image]:
         queue = self._queues[task]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from nexusgen.files import atomic_save_image, git_sha, json_safe, write_json, write_jsonl
 from nexusgen.processing.contact_sheet import contact_sheet
+from nexusgen.tasks import EDIT, GENERATE, TASKS, UNDERSTAND
 from nexusgen.worlds.shapes import EditItem, GenerateItem, UnderstandItem
 
 from .harness import DEFAULT_BATCH_SIZE
@@ -32,8 +33,11 @@ from .tasks import editing, generation, understanding
 
 EVAL_SET = "eval_set.json"
 FORMAT_VERSION = 1
-TASKS = {"understanding": (understanding, UnderstandItem), "generation": (generation, GenerateItem),
-         "editing": (editing, EditItem)}
+TASK_MODULES = {UNDERSTAND: (understanding, UnderstandItem), GENERATE: (generation, GenerateItem),
+                EDIT: (editing, EditItem)}
+"""Each task's module (build, run, score) and item type. A task's files and results.json section keep the
+benchmark's names (`module.SECTION`: understanding, generation, editing)."""
+SECTION_TASKS = {module.SECTION: task for task, (module, _) in TASK_MODULES.items()}
 NOTE = "ShapesWorld scores (synthetic, GenEval-style); not comparable with published GenEval/ImgEdit numbers."
 
 
@@ -55,7 +59,9 @@ class ShapesEvalConfig:
     """Fraction of items per task that show a held-out (colour, shape) pair, reported separately."""
     batch_size: int = DEFAULT_BATCH_SIZE
     max_new_tokens: int = 128
-    tasks: tuple[str, ...] = tuple(TASKS)
+    tasks: tuple[str, ...] = TASKS
+    """Subset of understand, generate, edit (the section names understanding, generation, editing are
+    accepted too)."""
     worst: int = 9
     """Failures per task on the contact sheet."""
 
@@ -68,21 +74,22 @@ class ShapesEvalConfig:
             raise ValueError(f"decoder must be 'editing' or 'generation', got {self.decoder!r}")
         if self.prompt_style not in ("short", "detailed"):
             raise ValueError(f"prompt_style must be 'short' or 'detailed', got {self.prompt_style!r}")
-        unknown = [t for t in self.tasks if t not in TASKS]
+        self.tasks = tuple(SECTION_TASKS.get(task, task) for task in self.tasks)
+        unknown = [t for t in self.tasks if t not in TASK_MODULES]
         if unknown or not self.tasks:
-            raise ValueError(f"tasks must be a non-empty subset of {tuple(TASKS)}, got {self.tasks}")
+            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
         for name in ("zh_fraction", "compositional_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 def build_items(config: ShapesEvalConfig) -> dict[str, list]:
-    """The evaluation items of every task in `config.tasks` (deterministic in config)."""
+    """The evaluation items of every task in `config.tasks` (deterministic in config), by task."""
     common = dict(compositional_fraction=config.compositional_fraction, zh_fraction=config.zh_fraction)
     items = {}
     for task in config.tasks:
-        module, _ = TASKS[task]
-        extra = {"prompt_style": config.prompt_style} if task == "generation" else {}
+        module, _ = TASK_MODULES[task]
+        extra = {"prompt_style": config.prompt_style} if task == GENERATE else {}
         items[task] = module.build(config.num, config.seed, **common, **extra)
     return items
 
@@ -99,10 +106,11 @@ def generate_artifacts(model, out_dir, config: ShapesEvalConfig) -> dict[str, li
         "format_version": FORMAT_VERSION, "config": dataclasses.asdict(config), "model": str(model.name),
         "git_sha": git_sha(),
         "image_size": image_size, **_sampling_record(model),
-        "items": {task: [it.to_dict() for it in its] for task, its in items.items()}}, out_dir / EVAL_SET)
+        "items": {TASK_MODULES[task][0].SECTION: [it.to_dict() for it in its] for task, its in items.items()}},
+        out_dir / EVAL_SET)
     for task, task_items in items.items():
-        TASKS[task][0].run(model, task_items, out_dir, image_size=image_size, batch_size=config.batch_size,
-                           max_new_tokens=config.max_new_tokens, seed=config.seed, decoder=config.decoder)
+        TASK_MODULES[task][0].run(model, task_items, out_dir, image_size=image_size, batch_size=config.batch_size,
+                                  max_new_tokens=config.max_new_tokens, seed=config.seed, decoder=config.decoder)
     return items
 
 
@@ -117,14 +125,17 @@ def _sampling_record(model) -> dict:
 
 
 def load_eval_set(out_dir) -> tuple[dict, dict[str, list]]:
-    """(metadata, items) from DIR/eval_set.json."""
+    """(metadata, items by task) from DIR/eval_set.json (whose items are keyed by section)."""
     path = Path(out_dir) / EVAL_SET
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `nexusgen eval shapes` without --score-only first")
     data = json.loads(path.read_text(encoding="utf-8"))
     if data.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported format_version {data.get('format_version')!r}")
-    items = {task: [TASKS[task][1].from_dict(d) for d in rows] for task, rows in data["items"].items()}
+    items = {}
+    for section, rows in data["items"].items():
+        task = SECTION_TASKS[section]
+        items[task] = [TASK_MODULES[task][1].from_dict(d) for d in rows]
     return data, items
 
 
@@ -137,10 +148,10 @@ def score(out_dir) -> dict:
     records: list[dict] = []
     tiles: list = []
     for task, task_items in items.items():
-        module = TASKS[task][0]
-        extra = {"decoder": config["decoder"]} if task == "editing" else {}
+        module = TASK_MODULES[task][0]
+        extra = {"decoder": config["decoder"]} if task == EDIT else {}
         task_records, section = module.score(task_items, out_dir, **extra)
-        results[task] = section
+        results[module.SECTION] = section
         records += task_records
         tiles += module.failure_tiles(task_items, task_records, out_dir, config["worst"])
     results.update({"model": meta["model"], "seed": config["seed"], "git_sha": git_sha(),

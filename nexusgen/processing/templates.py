@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nexusgen.processing.tokenizers import IM_END, IM_START, IMAGE_PAD, VISION_END, VISION_START
+from nexusgen.tasks import IMAGE_TASKS
 
 IMAGE_PLACEHOLDER = "<image>"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 LANGUAGES = ("en", "zh")
-TASKS = ("generate", "edit")
 
 # User-turn templates; `{prompt}` is the description or the instruction.
 USER_TEMPLATES = {
@@ -60,8 +60,8 @@ def template_key(task: str, language: str) -> str:
     Raises:
         ValueError: unknown task or language.
     """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if task not in IMAGE_TASKS:
+        raise ValueError(f"task must be one of {IMAGE_TASKS}, got {task!r}")
     if language not in LANGUAGES:
         raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
     return f"{task}_{language}"

@@ -43,7 +43,7 @@ def _encode(model, image_processor, image, size_hw):
 
 def test_gen_embeddings_equal_the_model_encoding_of_the_target(parts, data, tmp_path):
     model, _, image_processor = parts
-    summary = prepare_embeds(data[0], MODEL, "gen", tmp_path, batch_size=2, parts=parts)
+    summary = prepare_embeds(data[0], MODEL, "generate", tmp_path, batch_size=2, parts=parts)
     assert summary["written"] == 5 and summary["bad"] == {} and summary["already_done"] == 0
     dataset = GenEmbedDataset(summary["out"], num_tokens=16, embed_dim=64)
     originals = MessageDataset(data[0])
@@ -79,7 +79,7 @@ def test_edit_embeddings_equal_the_inference_path(parts, data, tmp_path):
 
 
 def test_resume_after_a_crash_gives_the_same_files(parts, data, tmp_path, monkeypatch):
-    full = prepare_embeds(data[0], MODEL, "gen", tmp_path / "full", batch_size=2, parts=parts)
+    full = prepare_embeds(data[0], MODEL, "generate", tmp_path / "full", batch_size=2, parts=parts)
     out = tmp_path / "crashed"
     calls = {"n": 0}
     real_save = prepare_module.save_embeds
@@ -92,20 +92,20 @@ def test_resume_after_a_crash_gives_the_same_files(parts, data, tmp_path, monkey
 
     monkeypatch.setattr(prepare_module, "save_embeds", crash_on_third_file)
     with pytest.raises(KeyboardInterrupt):
-        prepare_embeds(data[0], MODEL, "gen", out, batch_size=2, parts=parts)
+        prepare_embeds(data[0], MODEL, "generate", out, batch_size=2, parts=parts)
     jsonl = Path(full["out"].replace(str(tmp_path / "full"), str(out)))
     assert len(jsonl.read_text().splitlines()) == 2  # only the complete first batch was appended
     with open(jsonl, "ab") as f:
         f.write(b'{"id": "half-writ')  # and a torn line, as a kill during the append would leave
     monkeypatch.setattr(prepare_module, "save_embeds", real_save)
-    resumed = prepare_embeds(data[0], MODEL, "gen", out, batch_size=2, parts=parts)
+    resumed = prepare_embeds(data[0], MODEL, "generate", out, batch_size=2, parts=parts)
     assert (resumed["written"], resumed["already_done"]) == (3, 2)
     assert jsonl.read_text() == Path(full["out"]).read_text()
     for name in sorted(p.name for p in (tmp_path / "full" / "embeds").iterdir()):
         reference = load_embeds(tmp_path / "full" / "embeds" / name)
         assert torch.equal(load_embeds(out / "embeds" / name), reference)
     assert not [p for p in (out / "embeds").iterdir() if p.name.startswith(".")]  # no temp files left
-    again = prepare_embeds(data[0], MODEL, "gen", out, batch_size=2)  # nothing to do: no model is loaded
+    again = prepare_embeds(data[0], MODEL, "generate", out, batch_size=2)  # nothing to do: no model is loaded
     assert (again["written"], again["already_done"]) == (0, 5)
 
 
@@ -136,10 +136,10 @@ def test_bad_records_stop_the_run_before_the_model_loads_or_are_counted(data, tm
 
 
 def test_settings_are_checked_on_resume(parts, data, tmp_path):
-    prepare_embeds(data[0], MODEL, "gen", tmp_path, parts=parts)
+    prepare_embeds(data[0], MODEL, "generate", tmp_path, parts=parts)
     with pytest.raises(ValueError, match="was prepared with"):
-        prepare_embeds(data[0], "other-model", "gen", tmp_path, parts=parts)
-    with pytest.raises(ValueError, match="kind must be one of"):
+        prepare_embeds(data[0], "other-model", "generate", tmp_path, parts=parts)
+    with pytest.raises(ValueError, match="task must be one of"):
         prepare_embeds(data[0], MODEL, "both", tmp_path, parts=parts)
 
 
@@ -157,7 +157,7 @@ def test_file_stem_and_done_ids(tmp_path):
 
 def test_official_decoder_datasets_prepare_with_repo_root(parts, tmp_path, official_examples):
     root = official_examples / "assets/example_datasets"
-    gen = prepare_embeds(root / "gen_decoder_dataset.jsonl", MODEL, "gen", tmp_path / "g",
+    gen = prepare_embeds(root / "gen_decoder_dataset.jsonl", MODEL, "generate", tmp_path / "g",
                          image_root=official_examples, parts=parts)
     edit = prepare_embeds(root / "edit_decoder_dataset.jsonl", MODEL, "edit", tmp_path / "e",
                           image_root=official_examples, parts=parts)

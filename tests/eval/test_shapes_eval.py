@@ -94,14 +94,14 @@ def test_cli_end_to_end_with_the_oracle(tmp_path, capsys):
 def test_eval_items_are_fresh_and_deterministic():
     config = ShapesEvalConfig(num=40, seed=11)
     a, b = build_items(config), build_items(config)
-    assert [i.to_dict() for i in a["editing"]] == [i.to_dict() for i in b["editing"]]
+    assert [i.to_dict() for i in a["edit"]] == [i.to_dict() for i in b["edit"]]
     # In-distribution items avoid held-out pairs; the compositional tail shows them.
-    for item in a["understanding"]:
+    for item in a["understand"]:
         assert item.scene.has_combo(HELD_OUT_COMBOS) == item.compositional
     # Disjoint from training streams: no eval question is a training question about the same image.
     train = {(s.messages[0]["content"], s.images[0].tobytes()) for s in iter_samples(seed=11, stop=300)
              if s.task == "understand"}
-    evals = {("<image>\n" + it.question, render_scene(it.scene, 64).tobytes()) for it in a["understanding"]}
+    evals = {("<image>\n" + it.question, render_scene(it.scene, 64).tobytes()) for it in a["understand"]}
     assert not train & evals
 
 
@@ -119,7 +119,7 @@ def test_a_model_returning_the_wrong_number_of_outputs_is_an_error(tmp_path):
             return super().generate(prompts[:-1], seed)
 
     with pytest.raises(ValueError, match="returned"):
-        evaluate(Broken(), tmp_path, ShapesEvalConfig(num=4, tasks=("generation",)))
+        evaluate(Broken(), tmp_path, ShapesEvalConfig(num=4, tasks=("generate",)))
 
 
 def test_ground_truth_embeds_decode_each_items_own_scene(tiny_model):
@@ -127,14 +127,14 @@ def test_ground_truth_embeds_decode_each_items_own_scene(tiny_model):
 
     from nexusgen.eval.oracle import GroundTruthEmbedsModel
 
-    items = build_items(ShapesEvalConfig(num=3, seed=5, tasks=("generation",)))["generation"]
+    items = build_items(ShapesEvalConfig(num=3, seed=5, tasks=("generate",)))["generate"]
     model = GroundTruthEmbedsModel(tiny_model)
-    model.register(generation=items)
+    model.register(generate=items)
     got = model.generate([it.prompt for it in items], seed=4)
     scenes = [render_scene(it.scene, tiny_model.image_size) for it in items]
     want = tiny_model.decode(tiny_model.encode_images(scenes), seed=4)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, want, strict=True))
-    model.register(generation=items)
+    model.register(generate=items)
     with pytest.raises(ValueError, match="order"):
         model.generate([items[1].prompt])
 
@@ -144,16 +144,16 @@ def test_ground_truth_embeds_edit_decodes_each_items_true_target_with_its_source
 
     from nexusgen.eval.oracle import GroundTruthEmbedsModel
 
-    items = build_items(ShapesEvalConfig(num=6, seed=5, tasks=("editing",)))["editing"][:2]
+    items = build_items(ShapesEvalConfig(num=6, seed=5, tasks=("edit",)))["edit"][:2]
     model = GroundTruthEmbedsModel(tiny_model)
-    model.register(editing=items)
+    model.register(edit=items)
     size = tiny_model.image_size
     sources = [render_scene(it.source, size) for it in items]
     got = model.edit(sources, [it.instruction for it in items], seed=4)
     targets = tiny_model.encode_images([render_scene(it.target, size) for it in items])
     want = tiny_model.decode(targets, seed=4, source=sources)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, want, strict=True))
-    model.register(editing=items)
+    model.register(edit=items)
     generation = model.edit(sources, [it.instruction for it in items], decoder="generation", seed=4)
     assert all(np.array_equal(np.asarray(a), np.asarray(b))
                for a, b in zip(generation, tiny_model.decode(targets, seed=4), strict=True))
@@ -164,9 +164,9 @@ def test_editing_reports_the_ar_predictions_embedding_gain(tmp_path, tiny_model,
 
     from nexusgen.eval.metrics import edit_embedding_gain
 
-    config = ShapesEvalConfig(num=6, seed=5, tasks=("editing",))
+    config = ShapesEvalConfig(num=6, seed=5, tasks=("edit",))
     section = evaluate(tiny_model, tmp_path, config)["editing"]
-    items = build_items(config)["editing"]
+    items = build_items(config)["edit"]
     size = tiny_model.image_size
     main_items = [it for it in items if not it.compositional]
     sources = [render_scene(it.source, size) for it in main_items]
@@ -189,7 +189,7 @@ def test_caption_errors_count_each_attribute(oracle_run, tmp_path):
 
     out = tmp_path / "run"
     shutil.copytree(oracle_run[0], out)
-    items = build_items(ShapesEvalConfig(**SMALL))["understanding"]
+    items = build_items(ShapesEvalConfig(**SMALL))["understand"]
     captions = [i for i, item in enumerate(items) if item.qtype == "caption" and not item.compositional]
     assert len(captions) >= 2
     answers = out / "understanding" / "answers.jsonl"
@@ -206,3 +206,10 @@ def test_caption_errors_count_each_attribute(oracle_run, tmp_path):
     assert errors["column"] == pytest.approx(1 / errors["objects"])
     assert errors["row"] == errors["size"] == errors["color"] == errors["shape"] == 0
     assert errors["wrong_object_count"] == pytest.approx(1 / len(captions))
+
+
+def test_tasks_are_named_by_the_task_vocabulary_and_the_section_names_are_aliases():
+    assert ShapesEvalConfig(tasks=("generation", "edit")).tasks == ("generate", "edit")
+    assert ShapesEvalConfig().tasks == ("understand", "generate", "edit")
+    with pytest.raises(ValueError, match="subset of"):
+        ShapesEvalConfig(tasks=("drawing",))

@@ -84,7 +84,7 @@ def test_any_image_size_and_background():
         sorted((o.cell, o.shape, o.color) for o in scene.objects)
 
 
-def test_unmixing_labels_anti_aliased_edges_by_their_true_colour():
+def test_unmixing_labels_anti_aliased_edges_by_their_true_color():
     bg = np.array(BACKGROUND, dtype=np.float32)
     red = np.array(COLORS["red"], dtype=np.float32)
     half_red = (bg + 0.5 * (red - bg))[None, None]  # pinkish, but on the red line

@@ -52,7 +52,7 @@ def test_relations_follow_the_grid():
 
 
 @pytest.mark.parametrize("size", [64, 128, 256])
-def test_render_sizes_and_colours(size):
+def test_render_sizes_and_colors(size):
     scene = sample_scene(np.random.default_rng(11), num_objects=3)
     image = render_scene(scene, size)
     assert image.size == (size, size) and image.mode == "RGB"
@@ -72,8 +72,8 @@ def test_rendering_is_anti_aliased():
     cover = object_mask(scene, 0, 64)
     rim = (cover > 0.05) & (cover < 0.95)
     assert rim.sum() > 10
-    colour, bg = np.array(COLORS[scene.objects[0].color]), np.array(BACKGROUND)
-    expected = bg + cover[..., None] * (colour - bg)
+    color, bg = np.array(COLORS[scene.objects[0].color]), np.array(BACKGROUND)
+    expected = bg + cover[..., None] * (color - bg)
     assert np.abs(arr[rim] - expected[rim]).max() < 1.5  # uint8 rounding only
 
 

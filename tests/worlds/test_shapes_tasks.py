@@ -33,9 +33,9 @@ def test_count_answers_match_the_scene():
     for rng in _rngs(60):
         item = make_understanding(rng, "count", "en")
         q, n = item.question.lower(), int(item.answer)
-        colours = [c for c in COLORS if c in q]
-        if colours:
-            assert n == sum(o.color == colours[0] for o in item.scene.objects)
+        colors = [c for c in COLORS if c in q]
+        if colors:
+            assert n == sum(o.color == colors[0] for o in item.scene.objects)
         elif "shapes" in q or "objects" in q:
             assert n == len(item.scene)
 
@@ -161,7 +161,7 @@ def test_random_short_prompts_vary_their_image(category):
     assert any(len(scenes) > 1 for scenes in _scenes_by_prompt(category, "random"))  # ... as it would here
 
 
-def test_canonical_default_colours_differ_and_avoid_held_out_pairs():
+def test_canonical_default_colors_differ_and_avoid_held_out_pairs():
     for shape in SHAPES:
         colors = default_colors(shape)
         assert len(colors) >= 4 and len(set(colors)) == len(colors)  # up to 4 same-shape objects (counting)

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nexusgen.tasks import EDIT, GENERATE, UNDERSTAND
 from nexusgen.worlds.shapes.dataset import STREAM_DOMAINS
 
-TASK_IDS = {"understanding": 1, "generation": 2, "editing": 3}
+TASK_IDS = {UNDERSTAND: 1, GENERATE: 2, EDIT: 3}
+"""Each task's tag in the evaluation streams (changing one changes the benchmark's items)."""
 
 
 def eval_rng(seed: int, task: str, index: int, stream: int = 0) -> np.random.Generator:

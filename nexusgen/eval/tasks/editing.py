@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from nexusgen.files import atomic_save_image, json_safe, write_json
+from nexusgen.tasks import EDIT
 from nexusgen.worlds.shapes import EDIT_TYPES, EditItem, detect, make_edit, render_scene
 from nexusgen.worlds.shapes.language import caption
 
@@ -19,7 +20,9 @@ from ..harness import batched, check_outputs, load_artifact
 from ..metrics import edit_embedding_gain, mean, psnr, scene_matches, ssim
 from .common import eval_rng, plan, split_means
 
-TASK = "editing"
+TASK = EDIT
+SECTION = "editing"
+"""This task's section of results.json, its artifact folder and its name in samples.jsonl."""
 # Margin around changed objects' boxes (fraction of the image side) that counts as edited: covers the
 # anti-aliased rim and a decoder's local smearing.
 REGION_MARGIN = 0.04
@@ -49,7 +52,7 @@ def edited_region(item: EditItem, size: int, margin: float = REGION_MARGIN) -> n
 def run(model, items: list[EditItem], out_dir: Path, *, image_size: int, batch_size: int, seed: int,
         decoder: str, **_) -> None:
     """Render sources at the model's size, edit them, save sources and outputs."""
-    folder = Path(out_dir) / TASK
+    folder = Path(out_dir) / SECTION
     sources = [render_scene(item.source, image_size) for item in items]
     for i, image in enumerate(sources):
         atomic_save_image(image, folder / "source" / f"{i:05d}.png")
@@ -94,12 +97,12 @@ def score_one(item: EditItem, source: Image.Image, output: Image.Image) -> dict:
 
 
 def score(items: list[EditItem], out_dir: Path, decoder: str = "editing") -> tuple[list[dict], dict]:
-    folder = Path(out_dir) / TASK
+    folder = Path(out_dir) / SECTION
     records = []
     for i, item in enumerate(items):
         result = score_one(item, load_artifact(folder / "source" / f"{i:05d}.png"),
                            load_artifact(folder / "output" / f"{i:05d}.png"))
-        records.append({"task": TASK, "index": i, "type": item.etype, "lang": item.lang,
+        records.append({"task": SECTION, "index": i, "type": item.etype, "lang": item.lang,
                         "compositional": item.compositional, "instruction": item.instruction, **result})
     main = [r for r in records if not r["compositional"]]
     comp = [r for r in records if r["compositional"]]
@@ -121,7 +124,7 @@ def score(items: list[EditItem], out_dir: Path, decoder: str = "editing") -> tup
 
 
 def failure_tiles(items, records, out_dir: Path, limit: int) -> list[tuple[list, list[str]]]:
-    folder = Path(out_dir) / TASK
+    folder = Path(out_dir) / SECTION
     failed = sorted((r for r in records if not r["success"]), key=lambda r: r["psnr_outside"])
     tiles = []
     for r in failed[:limit]:

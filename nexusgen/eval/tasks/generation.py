@@ -7,6 +7,7 @@ from pathlib import Path
 from PIL import Image
 
 from nexusgen.files import atomic_save_image
+from nexusgen.tasks import GENERATE
 from nexusgen.worlds.shapes import GEN_CATEGORIES, GenerateItem, detect, make_generation
 from nexusgen.worlds.shapes.language import caption
 from nexusgen.worlds.shapes.tasks import COLORED_CATEGORIES
@@ -15,7 +16,9 @@ from ..harness import batched, check_outputs, load_artifact
 from ..metrics import geneval_correct, geneval_overall, mean, scene_matches
 from .common import eval_rng, plan, split_means
 
-TASK = "generation"
+TASK = GENERATE
+SECTION = "generation"
+"""This task's section of results.json, its artifact folder and its name in samples.jsonl."""
 
 
 def build(num: int, seed: int, *, compositional_fraction: float, zh_fraction: float,
@@ -31,7 +34,7 @@ def build(num: int, seed: int, *, compositional_fraction: float, zh_fraction: fl
 
 def run(model, items: list[GenerateItem], out_dir: Path, *, batch_size: int, seed: int, **_) -> None:
     """Generate one image per prompt (seed = eval seed + batch start) and save it."""
-    folder = Path(out_dir) / TASK
+    folder = Path(out_dir) / SECTION
     for start, batch in batched(items, batch_size):
         images = check_outputs(model.generate([it.prompt for it in batch], seed=seed + start), len(batch),
                                Image.Image, "generate")
@@ -43,10 +46,10 @@ def score(items: list[GenerateItem], out_dir: Path) -> tuple[list[dict], dict]:
     """GenEval's per-image rule on the detector's parse; overall = mean of category means."""
     records = []
     for i, item in enumerate(items):
-        detections = detect(load_artifact(Path(out_dir) / TASK / f"{i:05d}.png"))
+        detections = detect(load_artifact(Path(out_dir) / SECTION / f"{i:05d}.png"))
         correct, reason = geneval_correct(detections, item.spec)
         exact, _ = scene_matches(detections, item.scene)
-        records.append({"task": TASK, "index": i, "type": item.category, "lang": item.lang,
+        records.append({"task": SECTION, "index": i, "type": item.category, "lang": item.lang,
                         "compositional": item.compositional, "style": item.style, "prompt": item.prompt,
                         "correct": correct, "reason": reason, "scene_match": exact,
                         "detections": [d.to_dict() for d in detections]})
@@ -67,7 +70,7 @@ def score(items: list[GenerateItem], out_dir: Path) -> tuple[list[dict], dict]:
 def failure_tiles(items, records, out_dir: Path, limit: int) -> list[tuple[list, list[str]]]:
     tiles = []
     for r in [r for r in records if not r["correct"]][:limit]:
-        image = load_artifact(Path(out_dir) / TASK / f"{r['index']:05d}.png")
+        image = load_artifact(Path(out_dir) / SECTION / f"{r['index']:05d}.png")
         item = items[r["index"]]
         tiles.append(([image], [f"G{r['index']} {r['type']} [{r['lang']}]", f"P: {r['prompt']}",
                                 f"e.g. {caption(item.scene, 'en')}", f"why: {r['reason']}"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nexusgen.files import atomic_save_image, read_jsonl, write_jsonl
+from nexusgen.tasks import UNDERSTAND
 from nexusgen.worlds.shapes import UND_TYPES, UnderstandItem, make_understanding, render_scene
 from nexusgen.worlds.shapes.language import read_caption
 
@@ -12,7 +13,9 @@ from ..harness import batched, check_outputs, load_artifact
 from ..metrics import answer_matches, mean
 from .common import eval_rng, plan, split_means
 
-TASK = "understanding"
+TASK = UNDERSTAND
+SECTION = "understanding"
+"""This task's section of results.json, its artifact folder and its name in samples.jsonl."""
 
 
 def build(num: int, seed: int, *, compositional_fraction: float, zh_fraction: float) -> list[UnderstandItem]:
@@ -26,7 +29,7 @@ def build(num: int, seed: int, *, compositional_fraction: float, zh_fraction: fl
 def run(model, items: list[UnderstandItem], out_dir: Path, *, image_size: int, batch_size: int,
         max_new_tokens: int, **_) -> None:
     """Render each scene at the model's size, ask the model, save inputs and answers."""
-    folder = Path(out_dir) / TASK
+    folder = Path(out_dir) / SECTION
     images = [render_scene(item.scene, image_size) for item in items]
     for i, image in enumerate(images):
         atomic_save_image(image, folder / "inputs" / f"{i:05d}.png")
@@ -40,7 +43,7 @@ def run(model, items: list[UnderstandItem], out_dir: Path, *, image_size: int, b
 
 def score(items: list[UnderstandItem], out_dir: Path) -> tuple[list[dict], dict]:
     """Per-sample records and the results section."""
-    path = Path(out_dir) / TASK / "answers.jsonl"
+    path = Path(out_dir) / SECTION / "answers.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"missing artifact {path} (run the benchmark without --score-only first)")
     answers = {r["index"]: r["answer"] for r in read_jsonl(path)}
@@ -48,7 +51,7 @@ def score(items: list[UnderstandItem], out_dir: Path) -> tuple[list[dict], dict]
     for i, item in enumerate(items):
         if i not in answers:
             raise ValueError(f"{path} has no answer for item {i}")
-        records.append({"task": TASK, "index": i, "type": item.qtype, "lang": item.lang,
+        records.append({"task": SECTION, "index": i, "type": item.qtype, "lang": item.lang,
                         "compositional": item.compositional, "question": item.question,
                         "expected": item.answer, "answer": answers[i],
                         "correct": answer_matches(answers[i], item.answer, item.qtype)})
@@ -88,7 +91,7 @@ def failure_tiles(items, records, out_dir: Path, limit: int) -> list[tuple[list,
     """Contact-sheet tiles (images, text lines) of wrong answers."""
     tiles = []
     for r in [r for r in records if not r["correct"]][:limit]:
-        image = load_artifact(Path(out_dir) / TASK / "inputs" / f"{r['index']:05d}.png")
+        image = load_artifact(Path(out_dir) / SECTION / "inputs" / f"{r['index']:05d}.png")
         tiles.append(([image], [f"U{r['index']} {r['type']} [{r['lang']}]", f"Q: {r['question']}",
                                 f"want: {r['expected']}", f"got: {r['answer']}"]))
     return tiles

@@ -61,14 +61,14 @@ class GeneratedImages:
         image = torch.rand(3, 1, 1, generator=g).expand(3, s, s).clone()
         yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
         for _ in range(int(torch.randint(1, 4, (), generator=g))):
-            colour = torch.rand(3, 1, 1, generator=g)
+            color = torch.rand(3, 1, 1, generator=g)
             cy, cx, r = (torch.rand(3, generator=g) * torch.tensor([s, s, s / 3])).tolist()
             r = max(r, s / 10)
             if torch.rand((), generator=g) < 0.5:
                 mask = ((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r
             else:
                 mask = ((yy - cy).abs() <= r) & ((xx - cx).abs() <= r)
-            image = torch.where(mask, colour, image)
+            image = torch.where(mask, color, image)
         return {"image": image * 2 - 1}
 
 

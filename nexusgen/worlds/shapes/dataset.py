@@ -30,6 +30,7 @@ from PIL import Image
 
 from nexusgen.files import atomic_save_image
 from nexusgen.processing.templates import CANONICAL_ANSWER_PREFIXES, IMAGE_PLACEHOLDER, template_key, user_text
+from nexusgen.tasks import TASKS
 
 from .render import DEFAULT_SIZE, render_scene
 from .scene import HELD_OUT_COMBOS
@@ -44,7 +45,6 @@ from .tasks import (
     make_understanding,
 )
 
-TASKS = ("understand", "generate", "edit")
 SPLITS = ("train", "test")
 REASONING_STEPS = ("ordered",)
 # Answer forms and options measured on shapes-mini and removed because they did not help (the training log

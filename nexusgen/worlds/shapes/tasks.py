@@ -496,7 +496,7 @@ def make_generation(rng: np.random.Generator, category: str, lang: str = "en", s
 # ----------------------------------------------------------------------------------------------------
 # Editing
 
-def _recolour(rng, scene: Scene, lang: str, exclude) -> tuple[str, Scene, int]:
+def _recolor(rng, scene: Scene, lang: str, exclude) -> tuple[str, Scene, int]:
     taken = {o.combo for o in scene.objects}
     i = int(rng.integers(len(scene)))
     obj = scene.objects[i]
@@ -574,7 +574,7 @@ def _resize(rng, scene: Scene, lang: str, exclude) -> tuple[str, Scene, int]:
     return q, scene.replace(i, size=new, x=x, y=y), i
 
 
-_EDITS = {"recolour": (_recolour, 1, MAX_OBJECTS), "remove": (_remove, 2, MAX_OBJECTS),
+_EDITS = {"recolour": (_recolor, 1, MAX_OBJECTS), "remove": (_remove, 2, MAX_OBJECTS),
           "add": (_add, 1, MAX_OBJECTS - 1), "move": (_move, 1, MAX_OBJECTS - 1),
           "resize": (_resize, 1, MAX_OBJECTS)}
 
