@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 
 import torch
 from PIL import Image
@@ -261,11 +260,7 @@ class NexusGen:
 
 
 def _load(image: ImageLike) -> Image.Image:
-    if isinstance(image, (str, os.PathLike)):
-        if not Path(image).is_file():
-            raise ValueError(f"{image}: no such image file")
-        return load_image(image)
-    return image
+    return load_image(image) if isinstance(image, (str, os.PathLike)) else image
 
 
 def _load_entry(entry):

@@ -22,7 +22,6 @@ from PIL import Image
 
 from nexusgen.files import atomic_save_image
 from nexusgen.pipelines.inputs import check_prompts
-from nexusgen.processing.images import load_image
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
 
@@ -54,13 +53,6 @@ def load_model(model: str, device: str | None = None, dtype: str | None = None, 
 def model_from_args(args: argparse.Namespace):
     """The model named by the common model options (--model, --device, --dtype, --offload, --fp8)."""
     return load_model(args.model, args.device, args.dtype, args.offload, args.fp8)
-
-
-def read_image(path: str) -> Image.Image:
-    """An input image file as RGB; ValueError for a missing, unreadable or too large file."""
-    if not Path(path).is_file():
-        raise ValueError(f"{path}: no such image file")
-    return load_image(path)
 
 
 def check_prompt(prompt: str) -> str:

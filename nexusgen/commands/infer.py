@@ -16,10 +16,10 @@ from nexusgen.commands.common import (
     check_prompt,
     model_from_args,
     output_path,
-    read_image,
     save_image,
 )
 from nexusgen.models.text_generation import check_sampling_options
+from nexusgen.processing.images import load_image
 
 QUIT, ATTACH = "/quit", "/image"
 
@@ -35,7 +35,7 @@ def _image_options(args: argparse.Namespace) -> dict:
 def understand(args: argparse.Namespace) -> int:
     """`nexusgen understand [--image IMG ...] --prompt TEXT`: prints the answer (no image: a text-only
     question; an empty prompt with an image: the image's description)."""
-    images = [read_image(p) for p in args.image]
+    images = [load_image(p) for p in args.image]
     prompt = args.prompt if images and not args.prompt.strip() else check_prompt(args.prompt)
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
@@ -59,7 +59,7 @@ def generate(args: argparse.Namespace) -> int:
 
 def edit(args: argparse.Namespace) -> int:
     """`nexusgen edit --image IMG --prompt TEXT --out PNG [--decoder editing|generation]`."""
-    source = read_image(args.image)
+    source = load_image(args.image)
     prompt = check_prompt(args.prompt)
     output_path(args.out, IMAGE_FORMATS)
     image = model_from_args(args).edit(source, prompt, decoder=args.decoder, **_image_options(args))
@@ -72,7 +72,7 @@ def embed(args: argparse.Namespace) -> int:
     float32 (1, N, D), from the canonical generation template (editing template with --image)."""
     from nexusgen.files import save_tensors
 
-    source = read_image(args.image) if args.image else None
+    source = load_image(args.image) if args.image else None
     prompt = check_prompt(args.prompt)
     out = output_path(args.out, (".safetensors",))
     embeds = model_from_args(args).predict_image_embeds(prompt, source)  # (1, N, D) float32
@@ -120,7 +120,7 @@ class ChatSession:
             path = text[len(ATTACH):].strip()
             if not path:
                 raise ValueError(f"usage: {ATTACH} PATH")
-            self.pending.append(read_image(path))
+            self.pending.append(load_image(path))
             return None
         user = {"role": "user", "content": [*self.pending, text]}
         reply = self.model.chat([*self.messages, user], seed=self.seed + self.turn)

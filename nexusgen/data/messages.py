@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from nexusgen.processing.images import MAX_DECODED_PIXELS, to_rgb
+from nexusgen.processing.images import MAX_DECODED_PIXELS, ImageFileError, open_image
 from nexusgen.processing.templates import IMAGE_PLACEHOLDER
 from nexusgen.tasks import EDIT, GENERATE, TASKS, UNDERSTAND
 
@@ -203,28 +203,14 @@ def _not_found(value: str, path: Path, root: Path, kind: str) -> InvalidRecord:
 
 
 def _open_image(path: Path, max_pixels: int, decode: bool) -> Image.Image | None:
-    """Open an image, check its size from the header, and (if `decode`) decode it to RGB."""
+    """`processing.images.open_image`, its failure as an InvalidRecord of the same reason."""
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-            if width * height > max_pixels:
-                raise InvalidRecord("too_many_pixels", f"{path} is {width}x{height} = {width * height} "
-                                                       f"pixels > max_image_pixels={max_pixels}")
-            if not decode:
-                return None
-            im.load()  # decoding happens here: a truncated or corrupt file raises now, not later
-            return to_rgb(im)  # the project's one RGB rule: transparency composited onto white
-    except FileNotFoundError:
-        raise InvalidRecord("image_missing", f"{path} not found") from None
-    except Image.DecompressionBombError as err:
-        raise InvalidRecord("too_many_pixels", f"{path}: {err}") from None
-    except (UnidentifiedImageError, IsADirectoryError, PermissionError) as err:
-        raise InvalidRecord("image_unreadable", f"{path} is not a readable image ({err})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise InvalidRecord("image_corrupt", f"{path} could not be decoded ({err})") from None
+        return open_image(path, max_pixels, decode=decode)
+    except ImageFileError as err:
+        raise InvalidRecord(err.reason, str(err)) from None
 
 
-def check_image(value: str, root: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Path:
+def check_record_image(value: str, root: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Path:
     """Check that an image exists, is an image and is not too large, reading only its header.
 
     Returns:
@@ -240,8 +226,8 @@ def check_image(value: str, root: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXE
     return path
 
 
-def load_image(value: str, root: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Load one image as RGB (PIL), with the checks of `check_image` plus full decoding.
+def load_record_image(value: str, root: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Load one image of a record as RGB (PIL), with the checks of `check_record_image` plus full decoding.
 
     Raises:
         InvalidRecord: image_missing / image_unreadable / image_corrupt / too_many_pixels.
@@ -350,7 +336,7 @@ class MessageDataset:
                                               f"records")
         if full:
             for value in record.get("images", []):
-                check_image(value, self.image_root, self.max_image_pixels)
+                check_record_image(value, self.image_root, self.max_image_pixels)
         return task
 
     # -- access -------------------------------------------------------------------------------------
@@ -400,7 +386,7 @@ class MessageDataset:
         Raises:
             InvalidRecord: an image cannot be loaded.
         """
-        images = [load_image(p, self.image_root, self.max_image_pixels) for p in record.get("images", [])]
+        images = [load_record_image(p, self.image_root, self.max_image_pixels) for p in record.get("images", [])]
         sample = {key: value for key, value in record.items() if key not in _OWN_KEYS}
         sample["id"] = record_id(record, self.path, line)
         sample["messages"] = [dict(m) for m in record["messages"]]

@@ -21,7 +21,7 @@ import io
 import os
 import warnings
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 RESAMPLE = Image.Resampling.BICUBIC
 # Refuse to decode more than this many pixels (decompression bombs); 64 MP covers any real photo.
@@ -41,13 +41,43 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
-    """Open an image file as RGB, refusing unreadable files and images over `max_pixels`.
+class ImageFileError(ValueError):
+    """An image nexusgen cannot use.
+
+    Attributes:
+        reason: "image_missing", "image_unreadable" (not an image), "image_corrupt" (an image that does not
+            decode) or "too_many_pixels".
+    """
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def open_image(path: str | os.PathLike, max_pixels: int = MAX_DECODED_PIXELS, *,
+               decode: bool = True) -> Image.Image | None:
+    """Open an image file: check its size from the header, then (if `decode`) decode it to RGB.
+
+    The one image reader of nexusgen (inputs of the commands, the API and the server, training records,
+    benchmark artifacts): a truncated or corrupt file fails here, not later, and the pixel limit is checked
+    before any decoding (decompression bombs).
+
+    Returns:
+        The RGB image, or None when `decode` is False.
 
     Raises:
-        ValueError: unreadable / corrupt file, or too many pixels (checked before decoding).
+        ImageFileError: missing, unreadable or corrupt file, or more than `max_pixels` pixels.
     """
-    return _open_checked(path, str(path), max_pixels, None)
+    return _open_checked(path, str(path), max_pixels, None, decode)
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
+    """Open an image file as RGB, refusing unreadable files and images over `max_pixels` (`open_image`).
+
+    Raises:
+        ImageFileError (a ValueError): missing, unreadable or corrupt file, or too many pixels.
+    """
+    return open_image(path, max_pixels)
 
 
 def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_DECODED_PIXELS,
@@ -61,12 +91,13 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_DECODED
         formats: PIL format names to try (e.g. ("PNG", "JPEG", "WEBP")); None: every format PIL knows.
 
     Raises:
-        ValueError: not an image of an allowed format, corrupt or truncated, or too many pixels.
+        ImageFileError (a ValueError): not an image of an allowed format, corrupt or truncated, or too many
+            pixels.
     """
-    return _open_checked(io.BytesIO(data), name, max_pixels, formats)
+    return _open_checked(io.BytesIO(data), name, max_pixels, formats, True)
 
 
-def _open_checked(source, name: str, max_pixels: int, formats) -> Image.Image:
+def _open_checked(source, name: str, max_pixels: int, formats, decode: bool) -> Image.Image | None:
     try:
         with warnings.catch_warnings():  # PIL's own bomb warning (> 89 MP): our limit below is lower
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -74,13 +105,22 @@ def _open_checked(source, name: str, max_pixels: int, formats) -> Image.Image:
         with image:
             width, height = image.size
             if width * height > max_pixels:
-                raise ValueError(f"{name}: {width}x{height} pixels is more than the limit of {max_pixels}")
-            image.load()
-            return to_rgb(image)
+                raise ImageFileError("too_many_pixels",
+                                     f"{name}: {width}x{height} pixels is more than the limit of {max_pixels}")
+            if not decode:
+                return None
+            image.load()  # decoding happens here
+            return to_rgb(image)  # the project's one RGB rule: transparency composited onto white
+    except ImageFileError:
+        raise
+    except FileNotFoundError:
+        raise ImageFileError("image_missing", f"{name}: no such image file") from None
     except Image.DecompressionBombError as err:  # PIL's own guard (> 179 MP) fires while reading the header
-        raise ValueError(f"{name}: more pixels than the limit of {max_pixels} ({err})") from err
-    except (OSError, SyntaxError) as err:
-        raise ValueError(f"{name}: not a readable image ({err})") from err
+        raise ImageFileError("too_many_pixels", f"{name}: more pixels than the limit of {max_pixels} ({err})") from None
+    except (UnidentifiedImageError, IsADirectoryError, PermissionError) as err:
+        raise ImageFileError("image_unreadable", f"{name}: not a readable image ({err})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ImageFileError("image_corrupt", f"{name}: not a readable image, it does not decode ({err})") from None
 
 
 def bounded_size(height: int, width: int, token_px: int, max_pixels: int, min_pixels: int) -> tuple[int, int]:
