@@ -37,3 +37,10 @@ def test_unknown_subcommand_is_an_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["frobnicate"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("command", [["generate"], ["edit", "--image", "x.png"]])
+def test_guidance_is_one_option_and_cfg_its_old_spelling(command):
+    for spelling in ("--guidance", "--cfg"):
+        args = build_parser().parse_args([*command, "--prompt", "p", "--out", "o.png", spelling, "2.5"])
+        assert args.guidance == 2.5 and not hasattr(args, "cfg")
