@@ -5,8 +5,9 @@ Installed with `pip install "nexusgen[eval]"`, which registers `manifest` under 
 
 Model arguments (`--model_args key=value,...`):
     pretrained      a bundled model name, a nexusgen model folder or an official Nexus-GenV2 folder
-    mode            understanding (default) | generate | edit: what a request asks for; generation and
-                    editing tasks (lmms-eval's imgedit, gedit_bench, ...) read {"text", "images": [path]}
+    mode            understand (default; "understanding" is accepted) | generate | edit: what a request asks
+                    for; generation and editing tasks (lmms-eval's imgedit, gedit_bench, ...) read
+                    {"text", "images": [path]}
     batch_size      requests per model call (lmms-eval's --batch_size also sets it)
     device, dtype   as `NexusGen.from_pretrained`
     output_dir      where generate / edit write `<task>_<doc_id>.png` (default ./logs/nexusgen_images)
@@ -27,10 +28,12 @@ from PIL import Image
 
 from nexusgen.api import NexusGen
 from nexusgen.files import atomic_save_image
+from nexusgen.tasks import TASKS, UNDERSTAND
 
 from .harness import batched, check_outputs
 
-MODES = ("understanding", "generate", "edit")
+MODES = TASKS
+"""What the model is asked to do: understand (answer), generate or edit; "understanding" is accepted too."""
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
@@ -46,10 +49,11 @@ class NexusGenLMMS(lmms):
 
     is_simple = True
 
-    def __init__(self, pretrained: str = "shapes-mini", mode: str = "understanding", batch_size=1,
+    def __init__(self, pretrained: str = "shapes-mini", mode: str = UNDERSTAND, batch_size=1,
                  device: str | None = None, dtype: str | None = None, output_dir: str = "./logs/nexusgen_images",
                  seed: int = 0, decoder: str = "editing", **unused) -> None:
         super().__init__()
+        mode = {"understanding": UNDERSTAND}.get(mode, mode)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if unused:
@@ -73,7 +77,7 @@ class NexusGenLMMS(lmms):
         contexts = [context.replace("<image>", "").strip() for context, *_ in args]
         visuals = [doc_to_visual(self.task_dict[task][split][doc_id])
                    for _, _, doc_to_visual, doc_id, task, split in args]
-        if self.mode == "understanding":
+        if self.mode == UNDERSTAND:
             gen_kwargs = args[0][1] or {}
             entries = [_images(v) or None for v in visuals]
             entries = [e[0] if e and len(e) == 1 else e for e in entries]
