@@ -8,7 +8,8 @@ Namespace stops in this package, and each handler calls library functions with t
     train     train, export-checkpoint                 (over `nexusgen.recipes` and `nexusgen.train`)
     data      prepare-embeds                           (`nexusgen.data.prepare`)
     convert   convert                                  (`nexusgen.convert.official`)
-    eval      eval shapes, eval geneval-export         (`nexusgen.eval`)
-    bench     bench ar|decoder|e2e|train               (`nexusgen.bench`)
+    eval      eval shapes, the public-benchmark exports, eval understand   (`nexusgen.eval`)
+    bench     bench ar|decoder|e2e|train|serve         (`nexusgen.bench`)
+    serve     serve                                    (`nexusgen.serve`: the HTTP server)
     common    input checks before heavy imports, atomic outputs, one-line warnings
 """
