@@ -27,8 +27,6 @@ from nexusgen.serve.errors import APIError
 
 log = logging.getLogger("nexusgen.serve")
 
-TASKS = ("generate", "edit", "chat")
-
 
 @dataclass
 class Job:
