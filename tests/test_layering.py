@@ -45,7 +45,7 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"processing", "loading", "files", "tasks"},
     "train": {"data", "models", "flow", "processing", "loading", "config", "files", "tasks"},
     "recipes": {"train", "data", "worlds", "tasks"},
-    "convert": {"loading", "models", "files"},
+    "convert": {"loading", "models", "processing", "files"},
     # -- benchmarks (under the commands) ------------------------------------------------------------------
     "eval": {"api", "worlds", "processing", "files", "tasks"},
     "bench": {"api", "models", "loading", "processing", "recipes", "train", "serve", "openmp"},

@@ -41,6 +41,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from safetensors import safe_open
@@ -170,11 +171,10 @@ def _notes(model: Path, text: dict) -> list[str]:
     notes = []
     ar_file = model / "autoregressive" / "nexusgen_ar.json"
     if ar_file.is_file():
-        ar, upstream = _read_json(ar_file), AR_PRESETS["nexus-gen-v2"]
-        for key in ("max_input_pixels", "system_prompt", "answer_prefixes"):
-            default = upstream.get(key, _ar_default(key))
-            if ar.get(key) != default:
-                notes.append(f"{key} is {ar.get(key)!r}; upstream's scripts use {default!r}")
+        ours, theirs = _prompt_settings(_read_json(ar_file)), _prompt_settings(AR_PRESETS["nexus-gen-v2"])
+        for key, value in ours.items():
+            if value != theirs[key]:
+                notes.append(f"{key} is {value!r}; upstream's scripts use {theirs[key]!r}")
     for part in ("generation_decoder", "editing_decoder"):
         pooled = model / part / "pooled.safetensors"
         if pooled.is_file():
@@ -185,11 +185,17 @@ def _notes(model: Path, text: dict) -> list[str]:
     return notes
 
 
-def _ar_default(key: str):
+def _prompt_settings(fields: dict) -> dict:
+    """The input size bound and the prompt text of ARConfig fields (absent or None: the defaults, the
+    canonical templates)."""
     from nexusgen.models.autoregressive import ARConfig
+    from nexusgen.processing.templates import model_templates
 
-    return ARConfig.__dataclass_fields__[key].default_factory() if key == "answer_prefixes" else \
-        ARConfig.__dataclass_fields__[key].default
+    system_prompt, answer_prefixes = model_templates(SimpleNamespace(**{
+        key: fields.get(key) for key in ("system_prompt", "answer_prefixes")}))
+    default_pixels = ARConfig.__dataclass_fields__["max_input_pixels"].default
+    return {"max_input_pixels": fields.get("max_input_pixels", default_pixels), "system_prompt": system_prompt,
+            "answer_prefixes": answer_prefixes}
 
 
 # ---------------------------------------------------------------------------------------------------------
