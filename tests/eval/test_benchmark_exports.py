@@ -11,10 +11,10 @@ from nexusgen.cli import main
 from nexusgen.eval import dpg, gedit, imgedit
 from nexusgen.eval.oracle import BlankModel
 
-COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
 
 
-class SeedColourModel(BlankModel):
+class SeedColorModel(BlankModel):
     """Images whose colour encodes the seed (seed % 4), so tiles and seeds can be checked by pixel."""
 
     def __init__(self):
@@ -24,12 +24,12 @@ class SeedColourModel(BlankModel):
     def generate(self, prompts, seed=0, *, height=None, width=None):
         self.calls.append(("generate", list(prompts), seed, height, width))
         size = (width or 16, height or 16)
-        return [Image.new("RGB", size, COLOURS[s % 4]) for s in seed]
+        return [Image.new("RGB", size, COLORS[s % 4]) for s in seed]
 
     def edit(self, images, prompts, decoder="editing", seed=0, *, height=None, width=None):
         self.calls.append(("edit", list(prompts), seed, height, width))
         sizes = [(width or im.width, height or im.height) for im in images]
-        return [Image.new("RGB", size, COLOURS[s % 4]) for size, s in zip(sizes, seed)]
+        return [Image.new("RGB", size, COLORS[s % 4]) for size, s in zip(sizes, seed)]
 
 
 # ---------------------------------------------------------------- DPG-Bench
@@ -42,7 +42,7 @@ def _dpg_prompts(folder, items):
 
 def test_dpg_tiles_four_seeds_in_the_scorers_crop_order(tmp_path):
     prompts = _dpg_prompts(tmp_path / "prompts", {"1": "a red fox in snow", "partiprompts12": "a blue car"})
-    model = SeedColourModel()
+    model = SeedColorModel()
     summary = dpg.export(model, dpg.read_prompts(prompts), tmp_path / "out", resolution=16, seed=0, batch_size=4)
     assert summary == {"items": 2, "done": 2, "skipped": 0, "resolution": 16, "out": str(tmp_path / "out")}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["1.png", "partiprompts12.png"]
@@ -52,7 +52,7 @@ def test_dpg_tiles_four_seeds_in_the_scorers_crop_order(tmp_path):
     crops = [(0, 0), (16, 0), (0, 16), (16, 16)]
     for k, (x, y) in enumerate(crops):
         tile = np.asarray(grid.crop((x, y, x + 16, y + 16)))
-        assert (tile == COLOURS[k]).all(), k
+        assert (tile == COLORS[k]).all(), k
     # sample k of every prompt: seed + k, the same for both prompts of the batch
     assert [c[2] for c in model.calls] == [[0, 0], [1, 1], [2, 2], [3, 3]]
 
@@ -60,8 +60,8 @@ def test_dpg_tiles_four_seeds_in_the_scorers_crop_order(tmp_path):
 def test_dpg_resumes_and_rejects_bad_prompt_files(tmp_path):
     prompts = _dpg_prompts(tmp_path / "prompts", {"1": "a", "2": "b", "3": "c"})
     out = tmp_path / "out"
-    dpg.export(SeedColourModel(), dpg.read_prompts(prompts)[:2], out, resolution=16)
-    again = SeedColourModel()
+    dpg.export(SeedColorModel(), dpg.read_prompts(prompts)[:2], out, resolution=16)
+    again = SeedColorModel()
     summary = dpg.export(again, dpg.read_prompts(prompts), out, resolution=16)
     assert (summary["done"], summary["skipped"]) == (1, 2)
     assert all(call[1] == ["c"] for call in again.calls)
@@ -106,12 +106,12 @@ def test_imgedit_writes_key_png_and_resumes(tmp_path):
     cases = imgedit.read_cases(edits, root)
     assert [(c.key, c.source.name, c.edit_type) for c in cases] == [("1082", "000342021.jpg", "adjust"),
                                                                     ("1068", "000047206.jpg", "adjust")]
-    model = SeedColourModel()
+    model = SeedColorModel()
     assert imgedit.export(model, cases, out, seed=2)["done"] == 2
     assert sorted(p.name for p in out.iterdir()) == ["1068.png", "1082.png"]
     assert model.calls[0][2] == [2, 2]
     (out / "1068.png").unlink()
-    again = SeedColourModel()
+    again = SeedColorModel()
     assert imgedit.export(again, cases, out, seed=2)["skipped"] == 1
     assert again.calls[0][1] == ["Make the fur darker."]
 
@@ -142,9 +142,9 @@ def test_imgedit_cli_on_the_tiny_model(tmp_path):
 
 
 # ---------------------------------------------------------------- GEdit-Bench
-def _png(size, colour="white") -> bytes:
+def _png(size, color="white") -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", size, colour).save(buf, format="PNG")
+    Image.new("RGB", size, color).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -183,7 +183,7 @@ def test_gedit_writes_the_fullset_language_layout(tmp_path):
             ("subject-add", "b2", "add a cat", "en", _png((20, 40)))]
     data = _gedit_parquet(tmp_path / "GEdit-Bench", rows)
     out = tmp_path / "results" / "nexusgen"
-    model = SeedColourModel()
+    model = SeedColorModel()
     summary = gedit.export(model, gedit.read_cases(data), out, area=2048, batch_size=8)
     assert summary["by_language"] == {"en": 2, "cn": 1} and summary["done"] == 3
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))

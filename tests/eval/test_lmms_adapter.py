@@ -54,9 +54,9 @@ def process_results(doc, results):
 
 def _write_task(folder: Path) -> None:
     rows = []
-    for i, colour in enumerate(["red", "blue", "green"]):
+    for i, color in enumerate(["red", "blue", "green"]):
         image = folder / f"{i}.png"
-        Image.new("RGB", (64, 64), colour).save(image)
+        Image.new("RGB", (64, 64), color).save(image)
         rows.append({"image": str(image), "question": "How many shapes are there?", "answer": "1"})
     data = folder / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))

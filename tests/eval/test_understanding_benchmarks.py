@@ -35,9 +35,9 @@ def _answer_all(questions, answer_of, tmp_path, batch_size=2):
     return log.read()
 
 
-def _png(colour="white", size=(16, 16)) -> bytes:
+def _png(color="white", size=(16, 16)) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", size, colour).save(buf, format="PNG")
+    Image.new("RGB", size, color).save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nexusgen.loading.folder import BUNDLED
-from nexusgen.recipes import PIPELINES, get_recipe
+from nexusgen.recipes import MULTI_STAGE_RECIPES, get_recipe
 from nexusgen.recipes.shapes_mini import STAGES, TABLE
 from nexusgen.train.config import TrainConfig, config_from_dict, config_to_dict
 from nexusgen.train.stages.common import generated_messages
@@ -92,7 +92,7 @@ def test_the_comparison_catches_a_changed_setting():
 
 
 def test_the_table_runs_every_row_in_order_each_from_the_run_before():
-    names = list(PIPELINES["shapes-mini"])
+    names = list(MULTI_STAGE_RECIPES["shapes-mini"])
     assert names == [run for row in TABLE for run in row.run_names]
     assert len(names) == 45 and names[-1] == "editing_decoder_more3" and len(set(names)) == len(names)
     previous = None
@@ -117,7 +117,7 @@ def test_ordered_relation_rows_answer_relations_with_the_comparison():
 
 def _exported_folder(tmp_path) -> Path:
     """What the recipe's last run leaves in RUN/final: its parts (configs are what matters here) and the
-    nexusgen.json that `nexusgen train shapes-mini` writes there (train/pipeline.py)."""
+    nexusgen.json that `nexusgen train shapes-mini` writes there (train/multistage.py)."""
     from nexusgen.loading.autoregressive import build_autoregressive, save_autoregressive
     from nexusgen.models.autoregressive import ARConfig
     from nexusgen.train.stages.parts import write_preset_config
