@@ -151,6 +151,7 @@ def test_the_recipes_part_configs_equal_the_bundled_ones():
     from nexusgen.models.autoregressive import ARConfig
     from nexusgen.models.decoder import DECODER_PRESETS, DecoderConfig
     from nexusgen.models.vae import VAE_PRESETS
+    from nexusgen.processing.templates import model_templates
 
     bundled_ar = read_ar_config(BUNDLE / "autoregressive")
     recipe_ar = ARConfig.from_preset("shapes-mini")
@@ -159,7 +160,8 @@ def test_the_recipes_part_configs_equal_the_bundled_ones():
         qwen = config.qwen_config.to_dict()
         for part in ("text_config", "vision_config"):
             qwen[part].pop("dtype", None)  # the storage dtype
-        return {**config.to_dict(), "qwen": qwen}
+        system_prompt, answer_prefixes = model_templates(config)  # a preset's None: the canonical text
+        return {**config.to_dict(), "qwen": qwen, "system_prompt": system_prompt, "answer_prefixes": answer_prefixes}
 
     assert fields(bundled_ar) == fields(recipe_ar)
     generation = get_recipe("shapes-mini-generation_decoder_more").stage.model.chosen()
