@@ -45,13 +45,13 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"processing", "loading", "files", "tasks"},
     "train": {"data", "models", "flow", "processing", "loading", "config", "files", "tasks"},
     "recipes": {"train", "data", "worlds", "tasks"},
-    "convert": {"loading", "models", "processing", "files"},
+    "convert": {"loading", "config", "models", "processing", "files"},
     # -- benchmarks (under the commands) ------------------------------------------------------------------
     "eval": {"api", "worlds", "processing", "files", "tasks"},
-    "bench": {"api", "models", "loading", "processing", "recipes", "train", "serve", "openmp"},
+    "bench": {"api", "pipelines", "loading", "config", "models", "processing", "recipes", "train", "serve", "openmp"},
     # -- the edge -----------------------------------------------------------------------------------------
     "commands": {"api", "serve", "eval", "bench", "recipes", "train", "data", "convert", "pipelines", "loading",
-                 "processing", "worlds", "files", "tasks", "config"},
+                 "models", "processing", "worlds", "files", "tasks", "config"},
     "cli": {"commands", "openmp"},
     "__main__": {"cli"},
     "nexusgen": {"api", "config", "pipelines", "models"},  # the lazy public names of nexusgen/__init__.py

@@ -18,7 +18,7 @@ from nexusgen.commands.common import (
     output_path,
     save_image,
 )
-from nexusgen.models.text_generation import check_sampling_options
+from nexusgen.models.token_sampling import check_sampling_options
 from nexusgen.processing.images import load_image
 
 QUIT, ATTACH = "/quit", "/image"

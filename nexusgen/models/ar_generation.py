@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nexusgen.models.text_generation import check_sampling_options, choose_tokens
+from nexusgen.models.token_sampling import check_sampling_options, choose_tokens
 
 
 @torch.no_grad()

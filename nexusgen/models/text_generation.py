@@ -7,8 +7,9 @@ synchronisation per step is the check whether every row has finished. Image outp
 text). The prompt is fed exactly as `ar_generation.generate_interleaved` feeds it, so greedy answers are
 the same token for token.
 
-Sampling (`do_sample=True`): temperature, then top-k, then top-p (nucleus) filtering, then a draw from the
-softmax; greedy (argmax) by default, as the official app's generation config effectively is.
+Sampling (`do_sample=True`, `token_sampling.choose_tokens`): temperature, then top-k, then top-p (nucleus)
+filtering, then a draw from the softmax; greedy (argmax) by default, as the official app's generation config
+effectively is.
 
 Shape legend: B batch, L prompt length, T max_new_tokens, V vocabulary.
 """
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nexusgen.models.token_sampling import check_sampling_options, choose_tokens
+
 
 @dataclass
 class TextOutput:
@@ -28,50 +31,6 @@ class TextOutput:
     """
 
     sequences: list[torch.Tensor]
-
-
-def check_sampling_options(do_sample: bool, temperature: float, top_k: int, top_p: float) -> None:
-    """ValueError for sampling settings that cannot be used."""
-    if do_sample and not temperature > 0:
-        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0: off), got {top_k!r}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (1: off), got {top_p!r}")
-
-
-def choose_tokens(logits: torch.Tensor, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0, generator=None) -> torch.Tensor:
-    """Next token per row from (B, V) logits (banned tokens already at -inf): argmax, or a draw after
-    temperature, top-k and top-p filtering. Returns (B,) int64 on the logits' device.
-
-    `generator`: None, one `torch.Generator`, or one per row (each row's stream then does not depend on the
-    batch it is in). A draw happens on the generator's device: a generator on the logits' device keeps the
-    decode loop free of host round trips; a CPU generator gives the same tokens on any device.
-    """
-    if not do_sample:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = sorted_logits.softmax(-1)
-        remove = probs.cumsum(-1) - probs > top_p  # keep the token that crosses top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(remove, float("-inf")))
-    probs = logits.softmax(-1)
-    if isinstance(generator, (list, tuple)):  # one stream per row
-        if len(generator) != probs.shape[0]:
-            raise ValueError(f"{len(generator)} generators for a batch of {probs.shape[0]}")
-        return torch.cat([_draw(probs[b:b + 1], g) for b, g in enumerate(generator)])
-    return _draw(probs, generator)
-
-
-def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One multinomial draw per row, on the generator's device; (B,) on the device of `probs`."""
-    source = probs.to(generator.device) if generator is not None else probs
-    return torch.multinomial(source, 1, generator=generator).squeeze(-1).to(probs.device)
 
 
 @torch.no_grad()

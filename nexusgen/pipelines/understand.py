@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from nexusgen.models.text_generation import check_sampling_options, generate_text
+from nexusgen.models.text_generation import generate_text
+from nexusgen.models.token_sampling import check_sampling_options
 from nexusgen.pipelines.inputs import as_batch, check_image, check_positive, check_prompts, check_seed, to_device
 from nexusgen.processing.templates import IMAGE_PLACEHOLDER
 

@@ -6,7 +6,8 @@ import torch
 
 from nexusgen.cli import main
 from nexusgen.models.ar_generation import generate_interleaved
-from nexusgen.models.text_generation import choose_tokens, generate_text
+from nexusgen.models.text_generation import generate_text
+from nexusgen.models.token_sampling import choose_tokens
 from nexusgen.pipelines.understand import DEFAULT_MAX_NEW_TOKENS, DESCRIBE_PROMPT, understanding_messages
 
 
