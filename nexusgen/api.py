@@ -1,4 +1,4 @@
-"""`NexusGen`: the Python API over the pipelines (DESIGN.md "Public contract").
+"""`NexusGen`: the Python API over the pipelines (docs/architecture.md §3).
 
     from nexusgen import NexusGen
     ng = NexusGen.from_pretrained("shapes-mini")           # or "tiny", a model folder, an official folder

@@ -1,6 +1,6 @@
 """The model-folder config (`nexusgen.json`), the model presets, and the device / dtype policy.
 
-A model folder (DESIGN.md "Model folder format") holds one sub-folder per part, each with its own config
+A model folder (docs/architecture.md §4) holds one sub-folder per part, each with its own config
 next to its weights (`autoregressive/`: `ARConfig`; `generation_decoder/`, `editing_decoder/`:
 `DecoderConfig`; `vae/`: the diffusers config, `VAEConfig`). `nexusgen.json` holds what belongs to the
 model as a whole::
@@ -24,7 +24,7 @@ Negative branch of classifier-free guidance (`SamplingConfig.negative`, see `nex
 `MODEL/negative.safetensors`), "null" (models trained with conditioning dropout: zero image embeddings),
 or "none" (no negative branch: only guidance scale 1 is allowed).
 
-Precision policy (DESIGN.md decision 6): fp32 on CPU (bf16 matmul is ~100x slower there), bf16 on CUDA.
+Precision policy (docs/architecture.md §6): fp32 on CPU (bf16 matmul is ~100x slower there), bf16 on CUDA.
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ PRESETS: dict[str, dict] = {
                         dtype="float32",
                         sampling=dict(num_steps=6, edit_num_steps=10, guidance_scale=1.0, edit_guidance_scale=2.0,
                                       shift=3.0, height=64, width=64, negative="null")),
-    # The official model (SPEC 1.3, 4.2): 81 output tokens, 504-px editing reference, T5 negative branch.
+    # The official model (docs/upstream.md §1.3, §4.2): 81 output tokens, 504-px editing reference, T5 negative branch.
     "nexus-gen-v2": dict(ar="nexus-gen-v2", decoder="nexus-gen-v2", vae="nexus-gen-v2",
                          reference_image_px=(504, 504), dtype="bfloat16",
                          sampling=dict(num_steps=50, guidance_scale=3.0, edit_guidance_scale=1.0, shift=3.0,

@@ -2,7 +2,7 @@
 
 Two maps, each with its inverse so that tests can build upstream-layout checkpoints from our modules:
 
-* **DiffSynth 1.x FluxDiT -> diffusers FluxTransformer2DModel** (SPEC 5.4). DiffSynth fuses projections:
+* **DiffSynth 1.x FluxDiT -> diffusers FluxTransformer2DModel** (docs/upstream.md §5.4). DiffSynth fuses projections:
   a double block's ``attn.a_to_qkv`` is [q; k; v] (3 x width rows), a single block's ``to_qkv_mlp`` is
   [q; k; v; mlp] (width, width, width, 4 width). The final norm is copied as is: DiffSynth and diffusers
   both order its output halves (scale, shift); only BFL's original checkpoints use (shift, scale).
@@ -36,7 +36,7 @@ _DIT_TOP = {
     "guidance_embedder.timestep_embedder.2": "time_text_embed.guidance_embedder.linear_2",
     "pooled_text_embedder.0": "time_text_embed.text_embedder.linear_1",
     "pooled_text_embedder.2": "time_text_embed.text_embedder.linear_2",
-    "final_norm_out.linear": "norm_out.linear",  # (scale, shift) in both: copied as is (SPEC 10)
+    "final_norm_out.linear": "norm_out.linear",  # (scale, shift) in both: copied as is (docs/upstream.md §10)
     "final_proj_out": "proj_out",
 }
 

@@ -122,7 +122,7 @@ def flux_rope_axes(head_dim: int) -> tuple[int, int, int]:
 
 
 def infer_dit_kwargs(shapes: dict[str, tuple[int, ...]], path: Path) -> dict:
-    """diffusers FluxTransformer2DModel arguments from DiffSynth tensor shapes (SPEC 10: heads = width /
+    """diffusers FluxTransformer2DModel arguments from DiffSynth tensor shapes (docs/upstream.md §10: heads = width /
     q-norm size; RoPE axes by `flux_rope_axes`)."""
     try:
         width, in_channels = shapes["x_embedder.weight"]

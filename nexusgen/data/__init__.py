@@ -1,7 +1,7 @@
 """Training data: the message-format JSONL reader, decoder embedding datasets, mixtures, collation.
 
 Modules (imported directly; this package file stays empty so `import nexusgen.data.x` is cheap):
-    messages   MessageDataset: validated, lazy reader of message-format JSONL (SPEC section 6)
+    messages   MessageDataset: validated, lazy reader of message-format JSONL (docs/upstream.md §6)
     embeds     GenEmbedDataset / EditEmbedDataset: decoder-training embedding datasets
     mixture    MixtureSampler: weighted, seeded, resumable, rank-sharded batches over several sources
     worlds     the registry of procedural worlds (ShapesWorld plugs in from nexusgen.recipes), WorldSource

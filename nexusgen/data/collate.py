@@ -5,7 +5,7 @@ Understanding (input image + text answer), generation (assistant image target) a
 rule of `nexusgen.processing.images` (targets: the output grid, centre-cropped; inputs: bounded, aspect
 kept), the text by the chat template of `nexusgen.processing.templates`.
 
-Labels follow upstream (SPEC 3.1): assistant text and its `<|im_end|>` are CE targets; assistant image
+Labels follow upstream (docs/upstream.md §3.1): assistant text and its `<|im_end|>` are CE targets; assistant image
 tokens carry the image token id (regression targets, excluded from CE by the model); everything else,
 user images included, is -100. Sequences are padded on the right.
 """

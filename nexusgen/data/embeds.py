@@ -1,4 +1,4 @@
-"""The decoders' training datasets: message records plus precomputed image embeddings (SPEC section 6).
+"""The decoders' training datasets: message records plus precomputed image embeddings (docs/upstream.md §6).
 
 Generation decoder (`embeds_gen/*.jsonl`): a message record plus `"embed_path"`, a tensor (N, D) or
 (1, N, D) of ground-truth ViT+merger embeddings (N = 81 and D = 3584 for Nexus-GenV2); the target image

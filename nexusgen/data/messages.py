@@ -1,4 +1,4 @@
-"""The message-format JSONL reader (SPEC section 6) that serves every autoregressive training stage.
+"""The message-format JSONL reader (docs/upstream.md §6) that serves every autoregressive training stage.
 
 One record per line::
 

@@ -5,16 +5,16 @@
 Reads a message-format JSONL (`MessageDataset`), runs the autoregressive model's parts on each record and
 writes `DIR/<data stem>.<task>.jsonl`: the input records (image paths rewritten relative to DIR) plus
 
-* `generate` (generation decoder, SPEC 3.2): `"embed_path"` -> ground-truth ViT+merger embeddings (N, D) of
+* `generate` (generation decoder, docs/upstream.md §3.2): `"embed_path"` -> ground-truth ViT+merger embeddings (N, D) of
   the target `images[0]`, prepared exactly as an AR generation target (`processing.resize_fixed` to the
   output size: centre-crop, then resize), plus `"embed_grid"` [rows, cols];
-* `edit` (editing decoder, SPEC 3.3): `"embed_source"` -> ViT+merger embeddings (M, D) of the source
+* `edit` (editing decoder, docs/upstream.md §3.3): `"embed_source"` -> ViT+merger embeddings (M, D) of the source
   `images[0]` at the editing reference size, and `"embed_target"` -> the AR model's predicted target
   embeddings (N, D), plus `"embed_source_grid"` / `"embed_target_grid"`. The prediction is the one-pass
   teacher-forced read-out of upstream's preparation: the record's own conversation up to the target
   image (its assistant text before `<image>` included) with the source as an ordinary input image. The
   source goes into the AR model under the project's input rule (bounded size, like inference), not the
-  504x504 stretch of upstream (SPEC 9.9).
+  504x504 stretch of upstream (docs/upstream.md §9.9).
 
 The reference size is the model config's `reference_image_px` when it has one, else twice the output
 size (upstream: 504 = 2 x 252 px -> 18 x 18 = 324 tokens).

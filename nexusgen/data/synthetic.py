@@ -10,7 +10,7 @@ plug in through `nexusgen.data.worlds`): one coloured rectangle per image.
 
 Each sample has one rectangle of a named colour on a white background:
   * understand: "<image>\\nWhat colour is the rectangle?" -> "red."
-  * generate:   the SPEC 4.1 generation template around "a red rectangle on a white background"
+  * generate:   the docs/upstream.md §4.1 generation template around "a red rectangle on a white background"
                 -> "Here is an image based on the description: <image>"
   * edit:       "<image> Make the rectangle blue." -> "Here is the image: <image>" (same box, new colour)
   * text:       "Name the colour of a ripe tomato." -> "red." (no image)

@@ -1,6 +1,6 @@
 """Plumbing shared by the benchmarks: model loading, batching, output checks, reading artifacts back.
 
-Benchmarks run in two phases (STYLE rule 25): *generate* writes artifacts (answers, images) to disk,
+Benchmarks run in two phases: *generate* writes artifacts (answers, images) to disk,
 *score* reads them back. Every file is written with `nexusgen.files` (temporary name, then rename), so an
 interrupted run never leaves a half-written artifact that a later `--score-only` would trust.
 """

@@ -72,7 +72,7 @@ class GroundTruthEmbedsModel:
     `NexusGen.encode_images`) instead of the AR model's prediction, with the same decoders.
 
     The decoders alone, on the inputs they were trained on: the ceiling that predicted embeddings are
-    measured against (DESIGN.md: decoder on ground-truth vs on predicted embeddings). `generate` decodes
+    measured against (docs/architecture.md §9: decoder on ground-truth vs on predicted embeddings). `generate` decodes
     the item's scene with the generation decoder; `edit` decodes the true target with the editing decoder
     (conditioned on the source, as in `NexusGen.edit`) or the generation decoder. Understanding is the
     wrapped model's own. Items are registered in order and must be asked for in that order (two items may

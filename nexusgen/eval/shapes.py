@@ -9,7 +9,7 @@ Two phases, so scoring can be rerun on saved artifacts without the model (`--sco
        DIR/generation/*.png
        DIR/editing/source/*.png, DIR/editing/output/*.png
 2. score: read `eval_set.json` and the artifacts, parse images with the detector, and write
-   DIR/samples.jsonl (one record per item), DIR/results.json (schema of DESIGN.md, plus extra keys
+   DIR/samples.jsonl (one record per item), DIR/results.json (schema of docs/architecture.md §3, plus extra keys
    such as per-section "compositional") and DIR/failures.png (contact sheet of the worst failures).
 
 Scores are ShapesWorld scores: synthetic and GenEval-*style*, not comparable with published GenEval or

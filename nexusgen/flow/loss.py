@@ -105,7 +105,7 @@ def decoder_training_loss(decoder: Any, latents: torch.Tensor, image_embeds: tor
                           cond_dropout_prob: float = 0.0, per_sample_timesteps: bool = True,
                           embedded_guidance: float | None = None,
                           **condition_kwargs: Any) -> dict[str, torch.Tensor]:
-    """Training forward of a generation or editing decoder (upstream phases 2 and 3, SPEC 3.2-3.3).
+    """Training forward of a generation or editing decoder (upstream phases 2 and 3, docs/upstream.md §3.2-3.3).
 
     Args:
         decoder: `GenerationDecoder` or `EditingDecoder` (duck-typed: ``condition`` and ``velocity``).

@@ -10,7 +10,7 @@ Time convention (rectified flow, as FLUX and upstream Nexus-Gen / DiffSynth use 
 * Sampling integrates ``dx/dt = u`` from t = 1 down to t = 0; one Euler step from t to t' < t is
   ``x_{t'} = x_t + (t' - t) * u`` (see `nexusgen.flow.sampler`).
 * diffusers' ``FluxTransformer2DModel`` takes ``timestep = t`` and multiplies it by 1000 itself; DiffSynth
-  (upstream) feeds ``1000 * t`` to its own DiT. The decoders here always receive ``t`` (SPEC section 10).
+  (upstream) feeds ``1000 * t`` to its own DiT. The decoders here always receive ``t`` (docs/upstream.md §10).
 
 Shapes: ``x_0``, ``x_1``, ``x_t`` are (B, ...) of one shape; ``t`` is a float, a 0-d tensor or (B,).
 """

@@ -3,7 +3,7 @@ latents; `nexusgen.models.vae.latents_to_images` turns them into pixels).
 
 Time convention: see `nexusgen.flow.path` (t = sigma; sampling runs from t = 1, noise, to t = 0, data).
 
-Two kinds of guidance, both as upstream (SPEC section 4.2):
+Two kinds of guidance, both as upstream (docs/upstream.md §4.2):
 
 * **embedded guidance**: a scalar (3.5 upstream) fed to the DiT's guidance embedder at every step; it is a
   property of the decoder's training, not a sampler knob, so it defaults to
@@ -175,7 +175,7 @@ def generate_latents(decoder: Any, image_embeds: torch.Tensor, latent_size: tupl
                      negative_embeds: torch.Tensor | None = None, progress: ProgressFn | None = None, *,
                      negative_pooled: torch.Tensor | None = None, embedded_guidance: float | None = None,
                      shift: float = DEFAULT_SHIFT) -> torch.Tensor:
-    """Latents of images drawn from predicted image embeddings by the generation decoder (SPEC section 1.3,
+    """Latents of images drawn from predicted image embeddings by the generation decoder (docs/upstream.md §1.3,
     generation).
 
     Args:
@@ -207,7 +207,7 @@ def edit_latents(decoder: Any, image_embeds: torch.Tensor, reference_embeds: tor
                  negative_embeds: torch.Tensor | None = None, progress: ProgressFn | None = None, *,
                  negative_pooled: torch.Tensor | None = None, embedded_guidance: float | None = None,
                  shift: float = DEFAULT_SHIFT) -> torch.Tensor:
-    """Latents of edited images drawn by the editing decoder (SPEC section 1.3, editing with the editing
+    """Latents of edited images drawn by the editing decoder (docs/upstream.md §1.3, editing with the editing
     decoder).
 
     Args:

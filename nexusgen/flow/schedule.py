@@ -2,7 +2,7 @@
 
 Time convention: see `nexusgen.flow.path` (t = sigma, 1 = noise, 0 = data).
 
-Upstream (DiffSynth ``FlowMatchScheduler`` as Nexus-Gen uses it, SPEC sections 3.2 and 4.2):
+Upstream (DiffSynth ``FlowMatchScheduler`` as Nexus-Gen uses it, docs/upstream.md §3.2 and §4.2):
 
 * sigmas ``linspace(1, sigma_min, n)`` with ``sigma_min = 0.003 / 1.002``, then the fixed shift
   ``s' = shift * s / (1 + (shift - 1) * s)`` with shift 3 (not FLUX's resolution-dependent shift);
@@ -93,7 +93,7 @@ class TrainingSchedule:
         """Draw training noise levels uniformly over the discrete grid.
 
         Upstream draws one index per batch; `per_sample=True` (our default) draws one per sample, which
-        gives the same expected loss with less gradient variance (SPEC section 9, item 11).
+        gives the same expected loss with less gradient variance (docs/upstream.md §9.11).
 
         Args:
             batch_size: B.

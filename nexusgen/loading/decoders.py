@@ -1,4 +1,4 @@
-"""Save and load the decoder parts of a model folder (DESIGN.md "Model folder format").
+"""Save and load the decoder parts of a model folder (docs/architecture.md §4).
 
 ::
 

@@ -1,6 +1,6 @@
 """Whole model folders: save, load, build at random, and resolve a user's model name.
 
-A model folder (DESIGN.md "Model folder format", `nexusgen.config` for `nexusgen.json`)::
+A model folder (docs/architecture.md §4, `nexusgen.config` for `nexusgen.json`)::
 
     MODEL/nexusgen.json            NexusGenConfig (model-level fields; records of the part configs)
     MODEL/autoregressive/          loading.autoregressive

@@ -2,7 +2,7 @@
 
 * `predict_image_embeds_sequential` -- the official decoding of an image, one token per step with a KV
   cache, recomputing the M-RoPE index at every step from the sequence padded with the image tokens still
-  to come (SPEC 2.5). `feed="prefill"` is Nexus-GenV2's prefilled AR (equal to the one-pass
+  to come (docs/upstream.md §2.5). `feed="prefill"` is Nexus-GenV2's prefilled AR (equal to the one-pass
   `NexusGenARModel.predict_image_embeds`); `feed="predicted"` is "standard AR": each predicted embedding is
   fed back as the next input, the baseline whose error accumulation motivates prefilled AR.
 * `generate_interleaved` -- chat: sample text; when a sequence opens an image (`<|vision_start|>`, sampled
@@ -10,7 +10,7 @@
   with `<|vision_end|>`; then text continues. Several images per answer and a batch of prompts are
   supported. Positions follow training exactly: image token (r, c) gets (s, s + r, s + c) with s the
   position after `<|vision_start|>`, and `<|vision_end|>` gets s + max(rows, cols) (the official code gave
-  it p + N + 1, SPEC 9.4).
+  it p + N + 1, docs/upstream.md §9.4).
 
 Batches are left-aligned. When rows feed different numbers of tokens in one step (an image block of N + 2
 tokens next to a single text token), the shorter rows are padded *inside* the step with masked slots; the

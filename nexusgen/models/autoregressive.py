@@ -1,4 +1,4 @@
-"""The Nexus-Gen autoregressive model: Qwen2.5-VL + a vision head + a prefill table (SPEC 1-2).
+"""The Nexus-Gen autoregressive model: Qwen2.5-VL + a vision head + a prefill table (docs/upstream.md §1-2).
 
 `NexusGenARModel` wraps transformers' `Qwen2_5_VLForConditionalGeneration` (not re-implemented) and adds
 
@@ -8,14 +8,15 @@
   ("prefilled autoregression", Nexus-GenV2). A V1 model has no table and feeds the `<|image_pad|>`
   token embedding at every output position instead (`ARConfig.use_prefill_table = False`).
 
-Alignment (SPEC 2.3): the hidden state at position t predicts the embedding of the image token at t+1,
+Alignment (docs/upstream.md §2.3): the hidden state at position t predicts the embedding of the image token at t+1,
 so for an output span `[vs, i_0 .. i_{N-1}, ve]` the N predictions are read at `vs, i_0 .. i_{N-2}`.
 Generated image tokens take the 3-D M-RoPE positions of an input image of the output grid starting right
-after `<|vision_start|>` (SPEC 2.4); positions are always computed with the grid list and the image-token
+after `<|vision_start|>` (docs/upstream.md §2.4); positions are always computed with the grid list and the image-token
 mask, because transformers 5.x silently falls back to 1-D positions without `mm_token_type_ids`.
 
 The N inputs of an output image never depend on predictions, so `predict_image_embeds` gets all N in one
-pass (SPEC 2.5); the official step-by-step loop, "standard AR" and interleaved generation: ar_generation.py.
+pass (docs/upstream.md §2.5); the official step-by-step loop, "standard AR" and interleaved generation:
+ar_generation.py.
 
 Shape legend: B batch, L sequence length, D LLM hidden size (= ViT merger output), N output tokens per
 image, P image patches, I images, V vocabulary.
@@ -320,7 +321,7 @@ class NexusGenARModel(nn.Module):
     def training_loss(self, batch: dict, token_weight: float = 1.0, image_weight: float = 1.0,
                       feed_targets: bool | None = None, image_embeds: list[torch.Tensor] | None = None,
                       ce_reduction: str = "token", totals: dict[str, float] | None = None) -> dict:
-        """Teacher-forced loss  w_tok * CE + w_img * (0.5 * MSE + 0.5 * (1 - cos))  (SPEC 3.1).
+        """Teacher-forced loss  w_tok * CE + w_img * (0.5 * MSE + 0.5 * (1 - cos))  (docs/upstream.md §3.1).
 
         Target images are encoded by the ViT without gradient (regression targets); their positions
         are fed the prefill table (or, with `feed_targets`, the targets themselves: the "standard AR"
@@ -442,7 +443,7 @@ class NexusGenARModel(nn.Module):
     def predict_image_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                              pixel_values: torch.Tensor | None = None,
                              image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
-        """Predicted image embeddings in one forward pass (prefilled autoregression, SPEC 2.5).
+        """Predicted image embeddings in one forward pass (prefilled autoregression, docs/upstream.md §2.5).
 
         The prompts must end in `<|vision_start|>` (processing's `image_prompt_inputs` builds the
         canonical text). N image tokens are appended, fed the prefill table, and the vision head is read

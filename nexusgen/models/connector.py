@@ -1,10 +1,10 @@
 """Connectors from the vision-embedding space (D) to the FLUX DiT's context space (C).
 
-* `GenerationAdapter` (generation decoder, SPEC 3.2): a per-token MLP
+* `GenerationAdapter` (generation decoder, docs/upstream.md §3.2): a per-token MLP
   Linear(D, C) -> LayerNorm(C) -> ReLU -> Linear(C, C) -> LayerNorm(C). It is an ``nn.Sequential`` so its
   parameter names are upstream's (``0``, ``1``, ``3``, ``4``; index 2 is the ReLU) and the official
   ``adapter.*`` tensors load as they are. LayerNorm eps is PyTorch's default 1e-5, as upstream.
-* `EmbeddingMerger` (editing decoder, SPEC 3.3): concatenates [target ; reference] embeddings, runs one
+* `EmbeddingMerger` (editing decoder, docs/upstream.md §3.3): concatenates [target ; reference] embeddings, runs one
   bidirectional Qwen2.5 decoder layer with M-RoPE positions on a shared lattice, then a projector
   RMSNorm(D) -> Linear(D, eC) -> RMSNorm(eC) -> SiLU -> Linear(eC, C) -> RMSNorm(C). Parameter names are
   upstream's ``layers.0.*`` and ``projector.{0,1,2,4,5}.*``. The decoder layer and the rotary embedding are

@@ -1,7 +1,7 @@
 """Nexus-Gen's vision decoders: adapter | embedding merger + diffusers FLUX DiT (the VAE: `vae.py`).
 
 The DiT is diffusers' ``FluxTransformer2DModel`` unchanged; what Nexus-Gen changes is the conditioning
-(SPEC 1.3, 3.2-3.3, 4.2):
+(docs/upstream.md §1.3, §3.2-3.3, 4.2):
 
 * the context tokens are connector outputs from image embeddings, *in place of* the 512 T5 tokens;
 * the pooled vector is a stored constant, CLIP("") for the official models (so neither CLIP nor T5 is
@@ -158,7 +158,7 @@ def _grid_ids(grid: tuple[int, int], latent_size: tuple[int, int], tag: float) -
 
 def editing_context_ids(target_grid: tuple[int, int], reference_grid: tuple[int, int],
                         latent_size: tuple[int, int]) -> torch.Tensor:
-    """FLUX RoPE ids of the editing context [target ; reference] (SPEC 3.3), for any grid sizes.
+    """FLUX RoPE ids of the editing context [target ; reference] (docs/upstream.md §3.3), for any grid sizes.
 
     Args:
         target_grid, reference_grid: (h, w) token grids.
@@ -300,7 +300,7 @@ class _FluxDecoder(nn.Module):
 
 
 class GenerationDecoder(_FluxDecoder):
-    """Generation decoder: `GenerationAdapter` + FLUX DiT (SPEC 1.3 generation, 3.2).
+    """Generation decoder: `GenerationAdapter` + FLUX DiT (docs/upstream.md §1.3 generation, 3.2).
 
     Args:
         config: `DecoderConfig`.
@@ -335,7 +335,7 @@ class GenerationDecoder(_FluxDecoder):
 
 
 class EditingDecoder(_FluxDecoder):
-    """Editing decoder: `EmbeddingMerger` + FLUX DiT (SPEC 1.3 editing, 3.3).
+    """Editing decoder: `EmbeddingMerger` + FLUX DiT (docs/upstream.md §1.3 editing, 3.3).
 
     Args:
         config: `DecoderConfig` with a ``merger`` config.

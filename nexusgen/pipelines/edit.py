@@ -1,4 +1,4 @@
-"""Instruction-based editing (SPEC 1.3): source image + instruction -> edited image.
+"""Instruction-based editing (docs/upstream.md §1.3): source image + instruction -> edited image.
 
 Steps: validate -> encode (`<image> {instruction}` template, language per prompt; the source at the
 bounded input size) -> AR (predicted target embeddings, one pass for the batch) -> denoise -> decode.

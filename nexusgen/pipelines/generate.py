@@ -1,4 +1,4 @@
-"""Text-to-image generation (SPEC 1.3): prompt -> AR image embeddings (one pass) -> generation decoder.
+"""Text-to-image generation (docs/upstream.md §1.3): prompt -> AR image embeddings (one pass) -> generation decoder.
 
 Steps, always in this order: validate -> encode (canonical template, language per prompt) -> AR
 (`predict_image_embeds`, one forward pass for the whole batch) -> denoise (one decoder batch,

@@ -1,6 +1,6 @@
 """Input checking and encoding shared by the pipelines: one error style for every bad input.
 
-Every check raises `ValueError` naming the offending value (STYLE rule 20); the CLI turns it into one
+Every check raises `ValueError` naming the offending value; the CLI turns it into one
 line on stderr. Prompts are languages-detected per prompt (`detect_language`: any CJK ideograph selects
 the Chinese templates), so a batch may mix English and Chinese requests.
 """
@@ -108,7 +108,7 @@ def batch_seeds(seed: int | tuple[int, ...], batch: int) -> list[int]:
 
 def image_request_inputs(processor, prompts: list[str], task: str,
                          images: list[Image.Image] | None = None) -> dict[str, torch.Tensor]:
-    """Canonical generation / editing requests (SPEC 10), each in its own language, left-padded.
+    """Canonical generation / editing requests (docs/upstream.md §10), each in its own language, left-padded.
 
     The same text as `NexusGenProcessor.image_prompt_inputs`, with the language chosen per prompt.
 

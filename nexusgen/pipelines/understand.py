@@ -1,4 +1,4 @@
-"""Image understanding (SPEC 1.3): image(s) + question -> text, stock Qwen2.5-VL chat generation.
+"""Image understanding (docs/upstream.md §1.3): image(s) + question -> text, stock Qwen2.5-VL chat generation.
 
 Steps: validate -> encode (user turn `<image>\\n{question}` as in the training data, system prompt, open
 assistant turn; images at the bounded input size) -> AR (`models.text_generation.generate_text`: KV cache,

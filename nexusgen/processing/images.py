@@ -5,7 +5,8 @@
 
 * a slot with a *fixed* size (AR generation targets at the output grid, e.g. 252x252; decoder
   targets; fixed-size references) gets the image **centre-cropped to the slot's aspect ratio, then
-  resized** -- never stretched (upstream stretched AR targets but centre-cropped decoder targets, SPEC 9.9);
+  resized** -- never stretched (upstream stretched AR targets but centre-cropped decoder targets,
+  docs/upstream.md §9.9);
 * a slot with a *dynamic* size (understanding and editing inputs) gets the image resized to the
   nearest token multiple that keeps its aspect ratio and stays within `[min_pixels, max_pixels]`
   (Qwen2.5-VL's `smart_resize`; `max_pixels` = 262,640 for Nexus-Gen, about 512x512).

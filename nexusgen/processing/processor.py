@@ -197,7 +197,7 @@ class NexusGenProcessor:
                             language: str = "en", task: str = "generate") -> dict[str, torch.Tensor]:
         """Canonical generation / editing prompts -> left-padded inputs for `predict_image_embeds`.
 
-        Each sequence is: system turn, user turn (template of SPEC 4.1), assistant turn opened with the
+        Each sequence is: system turn, user turn (template of docs/upstream.md §4.1), assistant turn opened with the
         canonical answer prefix (with its trailing space in English) and `<|vision_start|>`.
 
         Args:
@@ -276,7 +276,7 @@ def build_image_prompt_inputs(prompts: str | list[str], tokenizer, image_process
                               task: str = "generate") -> dict[str, torch.Tensor]:
     """(prompts, optional source images, "en"/"zh", "generate"/"edit") -> inputs of `predict_image_embeds`.
 
-    The exact canonical text of SPEC 10 (system turn, user template, answer prefix with its trailing
+    The exact canonical text of docs/upstream.md §10 (system turn, user template, answer prefix with its trailing
     space, `<|vision_start|>`); see `NexusGenProcessor.image_prompt_inputs`.
 
     Example:

@@ -1,4 +1,4 @@
-"""Chat templates and the canonical Nexus-Gen prompt text (SPEC 4.1 and 10), EN and ZH.
+"""Chat templates and the canonical Nexus-Gen prompt text (docs/upstream.md §4.1 and §10), EN and ZH.
 
 The text is rendered here, in Python, instead of through a tokenizer's Jinja chat template, so the exact
 string the model sees is visible and tested. A conversation renders as (Qwen2.5-VL chat format)::
@@ -10,7 +10,7 @@ string the model sees is visible and tested. A conversation renders as (Qwen2.5-
 and every `<image>` placeholder becomes `<|vision_start|><|image_pad|><|vision_end|>` (the processor
 later repeats `<|image_pad|>` once per image token). For image prediction the assistant turn is left open
 and ends with the canonical answer prefix, *including its trailing space* for English, then
-`<|vision_start|>`: dropping the system turn or the space moves every predicted embedding (SPEC 10).
+`<|vision_start|>`: dropping the system turn or the space moves every predicted embedding (docs/upstream.md §10).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training recipes: Python functions returning complete `TrainConfig`s (STYLE rule 10).
+"""Training recipes: Python functions returning complete `TrainConfig`s.
 
 `RECIPES` maps the name given to `nexusgen train` to the function. Every stage has a `tiny-<stage>`
 recipe that runs on generated data in seconds. The decoder stages' old names (`gen_decoder`,

@@ -1,4 +1,4 @@
-"""Fine-tuning recipes for the released Nexus-GenV2, with the upstream hyper-parameters (SPEC 3.1-3.3).
+"""Fine-tuning recipes for the released Nexus-GenV2, with the upstream hyper-parameters (docs/upstream.md §3.1-3.3).
 
 They need the user's data: `--set data.paths='["my.jsonl"]'` (message JSONL; for the decoders also the
 embedding JSONLs of `nexusgen prepare-embeds`), `--image-root DIR` where its paths are relative to another

@@ -96,7 +96,7 @@ def install_error_handlers(app: FastAPI, metrics) -> None:
                                                     headers=dict(err.headers or {})))
 
     async def on_value_error(request: Request, err: ValueError):
-        # the library's contract: ValueError = the input is wrong (STYLE rule 20)
+        # the library's contract: ValueError = the input is wrong
         return await on_api_error(request, bad_request(str(err), None, "invalid_value"))
 
     async def on_bug(request: Request, err: Exception):

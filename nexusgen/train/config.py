@@ -1,4 +1,4 @@
-"""Training configuration: dataclasses are the only schema (STYLE rules 8, 10-12).
+"""Training configuration: dataclasses are the only schema.
 
 A run is fully described by one `TrainConfig`. Recipes (`nexusgen/recipes/`) are Python functions that
 return a complete one; the command line changes it only through dotted-path overrides
@@ -254,7 +254,7 @@ _MODEL_SETTING_STAGES = {"image_feed": ("vlm", "ar"), "generation_context_ids": 
 
 @dataclass
 class StageConfig:
-    """What makes one training stage different from another: all data, no code (STYLE rule 12)."""
+    """What makes one training stage different from another: all data, no code."""
 
     removed_options: ClassVar[dict[str, str]] = REMOVED_STAGE_OPTIONS
 

@@ -1,10 +1,10 @@
-"""The training loop: one explicit function for every stage (STYLE rule 13).
+"""The training loop: one explicit function for every stage.
 
 Order: set up (process group, seeds, stage, LoRA, data parallel wrapping, optimiser, schedule, EMA)
 -> resume -> for each step: batch -> forward/loss -> backward -> clip -> optimiser step -> log -> eval
 -> save -> export of the model folder to RUN_DIR/final.
 
-Precision policy (STYLE rule 15, stated once here): master weights and optimiser state are fp32;
+Precision policy (stated once here; docs/architecture.md §6): master weights and optimiser state are fp32;
 `precision="auto"` runs the forward under bf16 autocast on GPU and in plain fp32 on CPU (bf16 matmul
 is 100x slower than fp32 on our AVX2 CPUs); losses are reduced in fp32.
 """

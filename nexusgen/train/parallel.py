@@ -1,4 +1,4 @@
-"""All distributed code of the project lives here (STYLE rule 14).
+"""All distributed code of the project lives here.
 
 The same training code runs alone (1 process, no process group) and under `torchrun` on several
 processes and nodes. `init_distributed` reads the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK,

@@ -1,5 +1,5 @@
 """collate_ar: one right-padded batch from understanding, generation and editing samples, with the
-label masking of SPEC 3.1 checked token by token."""
+label masking of docs/upstream.md §3.1 checked token by token."""
 
 import pytest
 from PIL import Image

@@ -82,7 +82,7 @@ def test_shapes(tiny):
 
 
 def _reference_loss(model, batch, w_tok, w_img):
-    """The SPEC 3.1 loss written out position by position on top of stock transformers."""
+    """The docs/upstream.md §3.1 loss written out position by position on top of stock transformers."""
     vlm, img_id = model.vlm, model.image_token_id
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     embeds = vlm.model.get_input_embeddings()(ids).clone()

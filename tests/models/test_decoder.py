@@ -1,4 +1,4 @@
-"""Decoders on tiny presets: packing and RoPE ids (parity with diffusers, SPEC 3.3 example), conditioning,
+"""Decoders on tiny presets: packing and RoPE ids (parity with diffusers, docs/upstream.md §3.3 example), conditioning,
 training forward, fp8 storage mechanics, config validation."""
 
 import pytest
@@ -34,7 +34,7 @@ def test_image_ids_match_diffusers():
 
 
 def test_editing_context_ids_hand_computed():
-    # SPEC 3.3 at 512x512 (latent 64x64): target 9x9 -> (0, r*64/18, c*64/18); reference 18x18 ->
+    # docs/upstream.md §3.3 at 512x512 (latent 64x64): target 9x9 -> (0, r*64/18, c*64/18); reference 18x18 ->
     # (1, r*64/36, c*64/36).
     ids = editing_context_ids((9, 9), (18, 18), (64, 64))
     assert ids.shape == (81 + 324, 3)

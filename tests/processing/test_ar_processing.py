@@ -158,7 +158,7 @@ def test_byte_tokenizer_round_trips_chinese():
 
 
 def test_real_qwen25_vocabulary_special_ids():
-    """The offline-built Qwen2.5 tokenizer gives the official ids (SPEC 2.1) and matches the real preset."""
+    """The offline-built Qwen2.5 tokenizer gives the official ids (docs/upstream.md §2.1); so does the real preset."""
     tok = build_qwen25_tokenizer()
     ids = special_token_ids(tok)
     assert (ids["vision_start"], ids["vision_end"], ids["image_pad"], ids["im_end"], ids["pad"]) == (

@@ -1,6 +1,5 @@
 """Every stage's tiny recipe trains on generated data; a fixed batch is over-fitted; EMA and LoRA."""
 
-import importlib
 import json
 import math
 
@@ -13,59 +12,12 @@ from nexusgen.train.ema import EMA
 from nexusgen.train.loop import train
 from nexusgen.train.metrics import read_metrics
 
-# What each stage needs from the other engineers' packages (skip with the missing piece named).
-NEEDS = {
-    "vae": ["nexusgen.models.vae:VAE_PRESETS"],
-    "vlm": ["nexusgen.models.autoregressive:NexusGenARModel", "nexusgen.data.collate:collate_ar"],
-    "ar": ["nexusgen.models.autoregressive:NexusGenARModel", "nexusgen.data.collate:collate_ar"],
-    "generation_decoder": ["nexusgen.models.decoder:GenerationDecoder",
-                           "nexusgen.models.autoregressive:NexusGenARModel"],
-    "editing_decoder": ["nexusgen.models.decoder:EditingDecoder",
-                        "nexusgen.models.autoregressive:NexusGenARModel"],
-}
-# What the export of RUN_DIR/final needs (the part savers).
-EXPORT_NEEDS = {
-    "vae": [],
-    "vlm": ["nexusgen.loading.autoregressive:save_autoregressive"],
-    "ar": ["nexusgen.loading.autoregressive:save_autoregressive"],
-    "generation_decoder": ["nexusgen.loading.decoders:save_generation_decoder",
-                           "nexusgen.loading.autoregressive:save_autoregressive"],
-    "editing_decoder": ["nexusgen.loading.decoders:save_editing_decoder",
-                        "nexusgen.loading.autoregressive:save_autoregressive"],
-}
-
-
-def _missing(targets) -> list[str]:
-    missing = []
-    for target in targets:
-        module, name = target.split(":")
-        try:
-            getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            missing.append(target)
-    return missing
-
-
-def _require(stage: str) -> None:
-    missing = _missing(NEEDS[stage])
-    if missing:
-        pytest.skip(f"stage {stage} needs {missing}, which has not landed yet")
-
-
-@pytest.mark.parametrize("stage", sorted(EXPORT_NEEDS))
-def test_export_dependencies_have_landed(stage):
-    missing = _missing(EXPORT_NEEDS[stage])
-    if missing:
-        pytest.skip(f"export of stage {stage} needs {missing}, which has not landed yet")
-
 
 @pytest.mark.parametrize("recipe", sorted(r for r in RECIPES if r.startswith("tiny-")))
 def test_tiny_recipe_runs_and_writes_the_run_dir(recipe, tmp_path):
     stage = recipe.removeprefix("tiny-")
-    _require(stage)
-    exports = not _missing(EXPORT_NEEDS[stage])
     config = apply_overrides(get_recipe(recipe), ["max_steps=3", "save_every=2", "progress=false",
-                                                  "eval_every=2", f"checkpoint.export_final={exports}"])
+                                                  "eval_every=2"])
     summary = train(config, tmp_path)
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3]
@@ -76,8 +28,7 @@ def test_tiny_recipe_runs_and_writes_the_run_dir(recipe, tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["stage"]["name"] == stage
     assert (tmp_path / "git_sha").read_text().strip()
     assert (tmp_path / "checkpoints/step_000002/COMPLETE").is_file()
-    if exports:
-        assert any((tmp_path / "final").iterdir())
+    assert any((tmp_path / "final").iterdir())
 
 
 def test_vae_overfits_a_fixed_batch(tmp_path):
@@ -176,12 +127,9 @@ def _embeds_jsonl(root, kind: str):
 
 @pytest.mark.parametrize("kind, stage", [("gen", "generation_decoder"), ("edit", "editing_decoder")])
 def test_decoder_stage_trains_from_an_embedding_dataset(kind, stage, tmp_path):
-    _require("vae")
-    has_saver = not _missing(EXPORT_NEEDS[stage][:1])
     path = _embeds_jsonl(tmp_path, kind)
     config = apply_overrides(get_recipe(f"tiny-{stage}"), [
-        "max_steps=4", "save_every=2", "data.source=embeds", f'data.paths=["{path}"]', "progress=false",
-        f"checkpoint.export_final={has_saver}"])
+        "max_steps=4", "save_every=2", "data.source=embeds", f'data.paths=["{path}"]', "progress=false"])
     train(config, tmp_path / "run")
     records = read_metrics(tmp_path / "run/metrics.jsonl")
     assert len(records) == 4 and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in records)
@@ -190,9 +138,6 @@ def test_decoder_stage_trains_from_an_embedding_dataset(kind, stage, tmp_path):
 
 def test_stage_chain_exports_a_complete_folder(tmp_path):
     """vae -> generation_decoder(parent=vae run): the VAE is used and copied untouched, the rest is added."""
-    _require("generation_decoder")
-    if _missing(EXPORT_NEEDS["generation_decoder"]):
-        pytest.skip(f"needs {_missing(EXPORT_NEEDS['generation_decoder'])}")
     from safetensors.torch import load_file
 
     vae_run, dec_run = tmp_path / "vae", tmp_path / "dec"
@@ -207,9 +152,6 @@ def test_stage_chain_exports_a_complete_folder(tmp_path):
 
 
 def test_lora_run_exports_merged_weights_that_load(tmp_path):
-    _require("ar")
-    if _missing(EXPORT_NEEDS["ar"]):
-        pytest.skip(f"needs {_missing(EXPORT_NEEDS['ar'])}")
     from nexusgen.loading.autoregressive import build_autoregressive, load_autoregressive
     from nexusgen.train.parallel import seed_everything
 
@@ -237,7 +179,6 @@ def _tiny_ar(out, *overrides: str, steps: int = 1) -> None:
 def test_ar_stage_sets_a_parents_image_feed(tmp_path):
     """stage.model.image_feed on a loaded parent (the standard-AR ablation from a trained model): the export
     carries it; a setting that would reshape the parent's weights is no stage.model field at all."""
-    _require("ar")
     from nexusgen.loading.autoregressive import load_autoregressive
 
     parent, child = tmp_path / "parent", tmp_path / "child"

@@ -1,7 +1,7 @@
 """Training stages: one module per stage, each exposing `build(config, info) -> Stage`.
 
 The loop (`train/loop.py`) is the same for all of them; a stage only says what is trained, on what
-data and with which losses (STYLE rule 12).
+data and with which losses.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Stage `ar` (Nexus-Gen phase 1, SPEC 3.1): the autoregressive model learns to answer in text and to
+"""Stage `ar` (Nexus-Gen phase 1, docs/upstream.md §3.1): the autoregressive model learns to answer in text and to
 predict image embeddings, on understanding + generation + editing samples.
 
 ViT frozen; LLM, LM head, vision head and prefill table trainable; loss

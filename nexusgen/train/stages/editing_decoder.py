@@ -1,4 +1,4 @@
-"""Stage `editing_decoder` (Nexus-Gen phase 3, SPEC 3.3): embedding merger + DiT generate the edited image
+"""Stage `editing_decoder` (Nexus-Gen phase 3, docs/upstream.md §3.3): embedding merger + DiT generate the edited image
 from (AR-predicted target embeddings, source-image embeddings).
 
 Embeddings come from a precomputed editing dataset (files whose records name them, `EditEmbedDataset`,

@@ -1,4 +1,4 @@
-"""Stage `generation_decoder` (Nexus-Gen phase 2, SPEC 3.2): adapter + DiT reconstruct an image from its
+"""Stage `generation_decoder` (Nexus-Gen phase 2, docs/upstream.md §3.2): adapter + DiT reconstruct an image from its
 ground-truth ViT embeddings.
 
 Conditioning embeddings come either from a precomputed embedding dataset (files whose records name them,

@@ -145,7 +145,7 @@ def _generation_dit(config: TrainConfig, decoder_config):
 
 
 def save_decoder(decoder, kind: str, out_dir: Path) -> None:
-    """Write `<kind>_decoder/` with the loader's saver (DESIGN.md folder format)."""
+    """Write `<kind>_decoder/` with the loader's saver (docs/architecture.md §4)."""
     from nexusgen.loading import decoders as decoder_loading
 
     getattr(decoder_loading, f"save_{kind}_decoder")(decoder, Path(out_dir) / f"{kind}_decoder")
@@ -179,7 +179,7 @@ def build_autoregressive(config: TrainConfig, *, for_training: bool):
 
 
 def save_autoregressive(model, processor, out_dir: Path) -> None:
-    """Write `autoregressive/` with the AR engineer's saver (DESIGN.md folder format)."""
+    """Write `autoregressive/` with the autoregressive saver (docs/architecture.md §4)."""
     from nexusgen.loading.autoregressive import save_autoregressive as save
 
     save(Path(out_dir) / "autoregressive", model, processor.tokenizer, processor.image_processor)

@@ -1,5 +1,5 @@
 """Stage `vlm` (from-scratch models only): understanding pre-training that makes the vision encoder
-semantic -- the role Qwen2.5-VL's own pre-training plays for the real model (DESIGN.md stages).
+semantic -- the role Qwen2.5-VL's own pre-training plays for the real model (docs/architecture.md §5).
 
 Loss  w_tok * CE + w_pix * MSE(pixel_head(token), the token's pixels)
       + w_sem * [CE(shape_head(token), shape in the token's cell) + CE(colour_head(token), colour)]
