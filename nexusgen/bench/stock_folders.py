@@ -15,6 +15,10 @@ Widths are the real ones (Qwen2.5-VL-7B: hidden 3584, 28/4 heads, M-RoPE 16/24/2
 3072 = 24 x 128, context 4096, pooled 768; T5-XXL 4096 with 64 heads; CLIP-L 768; the FLUX VAE), depth is
 `blocks` layers of each transformer, vocabularies are small (a byte-level tokenizer). `intermediate` may
 shrink the LLM's MLP (18944) where memory is short. Weights are random bf16, written as the real files are.
+
+`size="tiny"` writes the same files at the widths of the `tiny` presets (`AR_PRESETS["tiny"]`,
+`DECODER_PRESETS["tiny"]`, `VAE_PRESETS["tiny"]`; CLIP as wide as the pooled vector, T5 as the context):
+stock folders that train in seconds on a CPU (`docs/training.md`, section 9).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from nexusgen.models.placement import materialize_random_, meta_parameters
 
 QWEN_DIR, FLUX_DIR = "Qwen2.5-VL-7B-Instruct", "FLUX.1-dev"
+SIZES = ("real", "tiny")
 BYTE_IDS = dict(bos_token_id=256, eos_token_id=258, image_token_id=268, video_token_id=269,
                 vision_start_token_id=265, vision_end_token_id=266)  # `build_byte_tokenizer`'s specials
 
@@ -48,6 +53,22 @@ def qwen_config(blocks: int, intermediate: int = 18944, vocab: int = 272) -> dic
                           "fullatt_block_indexes": [blocks - 1], "tokens_per_second": 2, "temporal_patch_size": 2,
                           "model_type": "qwen2_5_vl"},
     }
+
+
+def tiny_qwen_config(blocks: int = 2) -> dict:
+    """`qwen_config` at the widths of `AR_PRESETS["tiny"]` (its flat 4.49 layout, `blocks` layers)."""
+    from nexusgen.models.autoregressive import AR_PRESETS
+
+    preset = AR_PRESETS["tiny"]["qwen"]
+    text = {k: v for k, v in preset["text_config"].items() if k not in ("rope_parameters", "max_position_embeddings")}
+    rope = preset["text_config"]["rope_parameters"]
+    raw = qwen_config(blocks, text["intermediate_size"], text["vocab_size"])
+    raw.update({**text, "num_hidden_layers": blocks, "rope_theta": rope["rope_theta"],
+                "rope_scaling": {"type": "mrope", "mrope_section": list(rope["mrope_section"])},
+                "tie_word_embeddings": preset["tie_word_embeddings"]})
+    raw["vision_config"].update({**preset["vision_config"], "depth": blocks, "fullatt_block_indexes": [blocks - 1],
+                                 "spatial_patch_size": preset["vision_config"]["patch_size"]})
+    return raw
 
 
 def _legacy_name(key: str) -> str:
@@ -81,22 +102,23 @@ def _random(build, seed: int) -> dict[str, torch.Tensor]:
 
 
 def write_qwen(folder: Path, blocks: int = 1, intermediate: int = 18944, new_names: bool = False,
-               seed: int = 0) -> Path:
-    """A Qwen2.5-VL-Instruct folder (see the module docstring)."""
+               seed: int = 0, size: str = "real") -> Path:
+    """A Qwen2.5-VL-Instruct folder (see the module docstring; `size="tiny"` ignores `intermediate`)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from nexusgen.processing.processor import build_image_processor
     from nexusgen.processing.tokenizers import build_byte_tokenizer
 
     folder.mkdir(parents=True)
-    raw = qwen_config(blocks, intermediate)
+    raw = tiny_qwen_config(blocks) if _size(size) == "tiny" else qwen_config(blocks, intermediate)
+    patch = raw["vision_config"]["patch_size"]
     (folder / "config.json").write_text(json.dumps(raw, indent=2))
     (folder / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 256, "eos_token_id": [258, 256], "pad_token_id": 256, "do_sample": True,
          "repetition_penalty": 1.05, "temperature": 0.1, "top_k": 1, "top_p": 0.001}))
     build_byte_tokenizer().save_pretrained(str(folder))
-    build_image_processor(patch_size=14, merge_size=2, min_pixels=3136, max_pixels=12845056).save_pretrained(
-        str(folder))
+    build_image_processor(patch_size=patch, merge_size=2, min_pixels=16 * patch * patch,
+                          max_pixels=65536 * patch * patch).save_pretrained(str(folder))
     config = Qwen2_5_VLConfig(**{k: v for k, v in raw.items() if k not in ("architectures", "torch_dtype",
                                                                              "transformers_version")})
     state = _random(lambda: Qwen2_5_VLForConditionalGeneration(config), seed)
@@ -129,10 +151,39 @@ def write_t5_tokenizer(folder: Path) -> int:
     return len(tokenizer)
 
 
-def write_flux(folder: Path, blocks: int = 1, seed: int = 0) -> Path:
+def _size(size: str) -> str:
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    return size
+
+
+def _flux_widths(size: str, blocks: int) -> tuple[dict, dict, dict, dict]:
+    """Constructor arguments of (the DiT, the VAE, CLIP, T5) at `size`."""
+    if _size(size) == "tiny":
+        from nexusgen.models.decoder import DECODER_PRESETS, VAE_PRESETS
+
+        decoder, vae = DECODER_PRESETS["tiny"], VAE_PRESETS["tiny"]
+        dit = {**decoder.transformer_kwargs(), "num_layers": blocks, "num_single_layers": blocks}
+        vae_kwargs = dict(block_out_channels=vae.block_out_channels, layers_per_block=vae.layers_per_block,
+                          norm_num_groups=vae.norm_num_groups)
+        clip = dict(hidden_size=decoder.pooled_dim, intermediate_size=4 * decoder.pooled_dim, num_attention_heads=2)
+        t5 = dict(d_model=decoder.context_dim, d_kv=16, d_ff=2 * decoder.context_dim, num_heads=4)
+        return dit, vae_kwargs, clip, t5
+    dit = dict(patch_size=1, in_channels=64, num_layers=blocks, num_single_layers=blocks, attention_head_dim=128,
+               num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+               axes_dims_rope=(16, 56, 56))
+    vae_kwargs = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
+    clip = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12)
+    t5 = dict(d_model=4096, d_kv=64, d_ff=10240, num_heads=64)
+    return dit, vae_kwargs, clip, t5
+
+
+def write_flux(folder: Path, blocks: int = 1, seed: int = 0, size: str = "real") -> Path:
     """A FLUX.1-dev folder in diffusers layout (see the module docstring)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    dit_kwargs, vae_widths, clip_widths, t5_widths = _flux_widths(size, blocks)
 
     folder.mkdir(parents=True)
     (folder / "model_index.json").write_text(json.dumps({
@@ -144,9 +195,6 @@ def write_flux(folder: Path, blocks: int = 1, seed: int = 0) -> Path:
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({
         "_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0, "use_dynamic_shifting": True,
         "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}))
-    dit_kwargs = dict(patch_size=1, in_channels=64, num_layers=blocks, num_single_layers=blocks,
-                      attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
-                      pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
     with meta_parameters():
         dit = FluxTransformer2DModel(**dit_kwargs)
     materialize_random_(dit, "cpu", torch.bfloat16, seed=seed)
@@ -155,23 +203,22 @@ def write_flux(folder: Path, blocks: int = 1, seed: int = 0) -> Path:
     _save_shards(dit.state_dict(), folder / "transformer", "diffusion_pytorch_model")
     del dit
     vae_kwargs = dict(in_channels=3, out_channels=3, latent_channels=16, down_block_types=("DownEncoderBlock2D",) * 4,
-                      up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-                      layers_per_block=2, norm_num_groups=32, scaling_factor=0.3611, shift_factor=0.1159,
-                      use_quant_conv=False, use_post_quant_conv=False)
+                      up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.3611, shift_factor=0.1159,
+                      use_quant_conv=False, use_post_quant_conv=False, **vae_widths)
     with meta_parameters():
         vae = AutoencoderKL(**vae_kwargs)
     materialize_random_(vae, "cpu", torch.bfloat16, seed=seed + 1)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
     clip_vocab = write_clip_tokenizer(folder / "tokenizer")
-    clip = CLIPTextConfig(vocab_size=clip_vocab, hidden_size=768, intermediate_size=3072, num_hidden_layers=blocks,
-                          num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                          projection_dim=768, bos_token_id=clip_vocab - 2, eos_token_id=clip_vocab - 1,
-                          pad_token_id=clip_vocab - 1)
+    clip = CLIPTextConfig(vocab_size=clip_vocab, num_hidden_layers=blocks, max_position_embeddings=77,
+                          hidden_act="quick_gelu", projection_dim=clip_widths["hidden_size"],
+                          bos_token_id=clip_vocab - 2, eos_token_id=clip_vocab - 1, pad_token_id=clip_vocab - 1,
+                          **clip_widths)
     _save_transformers(lambda: CLIPTextModel(clip), clip, folder / "text_encoder", seed + 2, sharded=False)
     t5_vocab = write_t5_tokenizer(folder / "tokenizer_2")
-    t5 = T5Config(vocab_size=t5_vocab, d_model=4096, d_kv=64, d_ff=10240, num_layers=blocks, num_heads=64,
-                  relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                  feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+    t5 = T5Config(vocab_size=t5_vocab, num_layers=blocks, relative_attention_num_buckets=32,
+                  relative_attention_max_distance=128, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+                  use_cache=False, **t5_widths)
     _save_transformers(lambda: T5EncoderModel(t5), t5, folder / "text_encoder_2", seed + 3, sharded=True)
     return folder
 
@@ -192,9 +239,9 @@ def _save_transformers(build, config, folder: Path, seed: int, sharded: bool) ->
 
 
 def write_stock_folders(root: str | Path, blocks: int = 1, intermediate: int = 18944, new_names: bool = False,
-                        seed: int = 0) -> tuple[Path, Path]:
+                        seed: int = 0, size: str = "real") -> tuple[Path, Path]:
     """Write both folders under `root`; returns (qwen_dir, flux_dir)."""
     root = Path(root)
-    qwen = write_qwen(root / QWEN_DIR, blocks, intermediate, new_names, seed)
-    flux = write_flux(root / FLUX_DIR, blocks, seed + 10)
+    qwen = write_qwen(root / QWEN_DIR, blocks, intermediate, new_names, seed, size)
+    flux = write_flux(root / FLUX_DIR, blocks, seed + 10, size)
     return qwen, flux
