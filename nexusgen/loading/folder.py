@@ -435,8 +435,9 @@ def load_autoregressive_part(name_or_path: str | os.PathLike, device=None, dtype
 
 
 def copy_parts(source: str | os.PathLike, out_dir: str | os.PathLike, exclude: set[str]) -> list[str]:
-    """Copy the parts of model folder `source` not in `exclude` (and its nexusgen.json / negative file)
-    into `out_dir`; returns the copied part names. Used by training exports to complete a folder."""
+    """Copy the parts of model folder `source` not in `exclude` (and its nexusgen.json / negative file, unless
+    `out_dir` has them) into `out_dir`; returns the copied part names. Used by training exports to complete a
+    folder."""
     source, out_dir = Path(source), Path(out_dir)
     copied = []
     for part in PART_NAMES:
@@ -444,6 +445,6 @@ def copy_parts(source: str | os.PathLike, out_dir: str | os.PathLike, exclude: s
             shutil.copytree(source / part, out_dir / part)
             copied.append(part)
     for name in (CONFIG_FILE, NEGATIVE_FILE):
-        if (source / name).is_file():
+        if (source / name).is_file() and not (out_dir / name).exists():
             shutil.copy2(source / name, out_dir / name)
     return copied

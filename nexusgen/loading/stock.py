@@ -1,7 +1,8 @@
 """The paper's starting points as users download them: stock Qwen2.5-VL-Instruct and FLUX.1-dev folders.
 
 Detection (`is_stock_qwen_folder`, `find_flux`), the configs a Nexus-Gen model built from them has
-(`stock_decoder_config`), and the parts themselves in memory (`stock_autoregressive`, `stock_decoder`) --
+(`stock_decoder_config`), and the parts themselves in memory (`stock_autoregressive`, `stock_decoder`,
+`flux_pooled`) --
 what `nexusgen assemble` writes to a folder and what training from a stock parent starts from:
 
 * AR: the Qwen2.5-VL-Instruct model (transformers layout; 4.49-style and 5.x tensor names both read),
@@ -199,17 +200,34 @@ def stock_autoregressive(qwen_dir: str | os.PathLike, device=None, dtype=None, s
     return load_autoregressive(qwen_dir, device, dtype, new_heads=True, seed=seed)
 
 
+def flux_pooled(flux_dir: str | os.PathLike) -> torch.Tensor | None:
+    """CLIP's pooled vector of "" -- what upstream feeds the DiT -- from a FLUX.1-dev folder (or its
+    `transformer/`, reading `text_encoder/` and `tokenizer/` beside it): (P,) float32; None where there is no
+    text encoder (a bare transformer folder)."""
+    from nexusgen.loading.text_encoders import clip_pooled
+
+    folder = Path(flux_dir)
+    flux = find_flux(folder)
+    if flux.text_encoder is None and folder.name == "transformer" and (folder.parent / "text_encoder").is_dir():
+        flux = find_flux(folder.parent)
+    return clip_pooled(flux.text_encoder, flux.tokenizer, "") if flux.text_encoder is not None else None
+
+
 def stock_decoder(flux_dir: str | os.PathLike, qwen_dir: str | os.PathLike, editing: bool, device=None,
-                  dtype: torch.dtype | None = None, fp8: bool = False, seed: int = 0):
+                  dtype: torch.dtype | None = None, fp8: bool = False, seed: int = 0,
+                  pooled: torch.Tensor | None = None):
     """A generation (or editing) decoder at the start of training: FLUX.1-dev's DiT (memory-mapped where
     the stored dtype is `dtype`) with a new adapter (or a merger starting from Qwen's layer 0).
 
     Args:
         flux_dir: a FLUX.1-dev folder or its `transformer/`.
-        qwen_dir: the stock Qwen2.5-VL-Instruct folder (widths; layer 0 for the merger).
+        qwen_dir: the AR model's folder, whose widths the connector takes and whose LLM layer 0 starts the
+            merger: the stock Qwen2.5-VL-Instruct folder (upstream), an official Nexus-GenV2 folder or a
+            nexusgen `autoregressive/`.
         editing: build the editing decoder instead of the generation decoder.
         device, dtype, fp8: as `nexusgen.loading.decoders.load_generation_decoder`.
         seed: torch seed of the new weights.
+        pooled: (P,) the stored pooled vector (`flux_pooled`); None leaves zeros.
     """
     from nexusgen.loading.autoregressive import read_ar_config
 
@@ -227,7 +245,7 @@ def stock_decoder(flux_dir: str | os.PathLike, qwen_dir: str | os.PathLike, edit
     else:
         connector = {f"adapter.{k}": v for k, v in new_adapter_state(config, seed).items()}
     tensors = {**connector, **{f"transformer.{k}": v for k, v in read_folder_weights(flux.transformer).items()}}
-    tensors["pooled_embeds"] = torch.zeros(config.pooled_dim)  # the caller sets CLIP("") (text_encoders)
+    tensors["pooled_embeds"] = torch.zeros(config.pooled_dim) if pooled is None else pooled.float()
     load_weights(decoder, tensors, dtype, str(flux.transformer))
     if fp8:
         enable_fp8_storage(decoder.transformer)

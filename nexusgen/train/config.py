@@ -262,7 +262,14 @@ class StageConfig:
     """One of vae, vlm, ar, generation_decoder, editing_decoder (gen_decoder and edit_decoder, the old
     names, are accepted for one release and rewritten)."""
     parent: str | None = None
-    """Where the model starts: a previous run dir (its final/), a model folder, or None = `preset`."""
+    """Where the model starts: a previous run dir (its final/), a nexusgen model folder, an official
+    Nexus-GenV2 folder, a stock Qwen2.5-VL-Instruct folder, a FLUX.1-dev or FluxTransformer2DModel folder
+    (`stages/parent.py`), or None = `preset`."""
+    ar_parent: str | None = None
+    """Decoder stages whose `parent` has no AR model (a FLUX.1-dev folder): where the AR model comes from --
+    a stock Qwen2.5-VL-Instruct folder, an official Nexus-GenV2 folder, or a nexusgen model folder / run
+    directory with autoregressive/. It computes the embeddings, sets the new adapter's / merger's widths and
+    gives the merger its layer 0; its parts that the stage does not train complete the export."""
     preset: str = "tiny"
     """Model preset used for the parts that the parent does not provide."""
     model: StageModelConfig = field(default_factory=StageModelConfig)

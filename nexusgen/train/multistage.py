@@ -5,7 +5,9 @@ run directory each) and copies the last stage's complete model folder to `RUN/fi
 stage to target it (`--set vae.max_steps=100`) or apply to every stage (`--set lr=1e-4`). With
 `--resume`, stages whose run already reached `max_steps` are skipped and the interrupted one continues.
 `--start-at ar --set ar.stage.parent=FOLDER` starts the recipe at a later stage from a model folder
-(e.g. one committed by an earlier session: CPU recipes take longer than one machine lives). Stage names
+(e.g. one committed by an earlier session: CPU recipes take longer than one machine lives). A decoder stage
+given a parent without an AR model (`--set generation_decoder.stage.parent=FLUX_DIR`) takes the previous
+stage's export as its `stage.ar_parent`. Stage names
 given with the decoder stages' old names (`gen_decoder.max_steps=10`, `--start-at edit_decoder_more`) are
 accepted for one release.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from nexusgen.files import atomic_folder
 from nexusgen.train import checkpoint, parallel
 from nexusgen.train.config import TrainConfig, apply_overrides, current_name
+from nexusgen.train.stages.parent import wants_ar_parent
 
 
 def split_overrides(overrides: list[str], stage_names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -66,6 +69,9 @@ def run_stages(stages: dict[str, Callable[[], TrainConfig]], out, overrides: lis
     for name, config in configs.items():
         if previous is not None and config.stage.parent is None:
             config.stage.parent = str(previous)
+        elif previous is not None and config.stage.ar_parent is None and wants_ar_parent(config.stage.name,
+                                                                                          config.stage.parent):
+            config.stage.ar_parent = str(previous)  # e.g. a decoder's DiT from FLUX, its AR model from the chain
         run_dir = out / name
         if resume and is_finished(run_dir, config):
             parallel.print0(f"stage {name}: already finished in {run_dir}, skipped")

@@ -18,7 +18,7 @@ def build_stage(config: TrainConfig, info: DistInfo) -> Stage:
     """Build the stage named by `config.stage.name`, then apply `stage.trainable` if it is given."""
     if config.stage.name not in STAGES:
         raise ValueError(f"unknown stage {config.stage.name!r}; known: {STAGES}")
-    check_parent(config.stage.name, config.stage.parent)  # before data and models: one line, fast
+    check_parent(config.stage.name, config.stage.parent, config.stage.ar_parent)  # before data and models: one line
     stage = importlib.import_module(f"nexusgen.train.stages.{config.stage.name}").build(config, info)
     if config.stage.trainable:
         set_trainable(stage.module, config.stage.trainable)

@@ -23,6 +23,7 @@ import torch
 
 from nexusgen.train.config import TrainConfig
 from nexusgen.train.parallel import DistInfo
+from nexusgen.train.stages import parts
 from nexusgen.train.stages.common import Stage, sample_generators
 from nexusgen.train.stages.generation_decoder import (
     DecoderTrainModule,
@@ -167,9 +168,15 @@ def make_collate(size: int, processor, reference_px: int = 0, true_targets: bool
 
 def build(config: TrainConfig, info: DistInfo) -> Stage:
     stage = config.stage
-    if stage.true_target_prob and precomputed_embeddings(config, "editing"):
+    precomputed = precomputed_embeddings(config, "editing")
+    if stage.true_target_prob and precomputed:
         raise ValueError("stage.true_target_prob needs the AR model on the fly (data.source 'generated' or "
                          "'jsonl'): precomputed editing embeddings hold only the predictions")
+    source = parts.ar_parent(config)
+    if stage.true_target_prob < 1 and not precomputed and source is not None and source.kind == "stock_qwen":
+        raise ValueError(f"stage editing_decoder predicts its targets with the AR model's vision head, which "
+                         f"{source.description} does not have trained: set stage.ar_parent to the ar stage's "
+                         "run, or train on precomputed embeddings (`nexusgen prepare-embeds --kind edit`)")
     module_cls = functools.partial(EditDecoderTrainModule, true_target_prob=stage.true_target_prob)
     return build_decoder_stage(
         config, info, "editing", module_cls,

@@ -18,9 +18,13 @@ flux_transformer   a diffusers FluxTransformer2DModel folder        the DiT (and
 =================  ==============================================  =========================================
 
 Anything else is a ValueError, and so is a parent that holds none of the parts a stage uses
-(`STAGE_PARTS`): before any model is built, never a silent start from random weights. Stock folders are
-recognised and checked here; building parts from their weights is `stock_part` (the seam where the stock
-initialisation plugs in).
+(`STAGE_PARTS`): before any model is built, never a silent start from random weights.
+
+A decoder's DiT from FLUX needs an AR model beside it -- the frozen model that computes the embeddings, the
+width of the new adapter / merger, the merger's layer 0 -- which a FLUX folder does not hold:
+`stage.ar_parent` names it (a stock Qwen2.5-VL-Instruct folder, an official folder, or a nexusgen folder with
+autoregressive/). `check_parent` checks the pair. The parts themselves are built from stock weights by
+`stages/parts.py` with `nexusgen.loading.stock` (what `nexusgen assemble` writes, in memory).
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ STAGE_PARTS: dict[str, tuple[str, ...]] = {
 from-scratch pipeline a stage may start its part new (from the preset) beside the parent's earlier parts:
 `vlm` beside the VAE, a decoder beside the VAE and AR model; a decoder's DiT may also start from a FLUX
 transformer or the parent's generation decoder."""
+
+DECODER_STAGES = ("generation_decoder", "editing_decoder")
+STOCK_DIT_KINDS = ("flux", "flux_transformer")
 
 DESCRIPTIONS = {"nexusgen": "a nexusgen model folder", "official": "an official Nexus-GenV2 folder",
                 "stock_qwen": "a stock Qwen2.5-VL-Instruct folder", "flux": "a FLUX.1-dev folder",
@@ -72,11 +79,15 @@ class Parent:
 
     @property
     def is_stock(self) -> bool:
-        return self.kind in ("stock_qwen", "flux", "flux_transformer")
+        return self.kind in ("stock_qwen", *STOCK_DIT_KINDS)
 
 
-def classify_parent(path: str | Path) -> Parent:
+def classify_parent(path: str | Path, setting: str = "stage.parent") -> Parent:
     """What kind of folder `path` is, and where each of its parts loads from.
+
+    Args:
+        path: the folder (or a run directory).
+        setting: the option that named it, for the error message (`stage.parent`, `stage.ar_parent`).
 
     Raises:
         ValueError: not a folder, or none of the accepted kinds.
@@ -84,7 +95,7 @@ def classify_parent(path: str | Path) -> Parent:
     given = Path(path)
     folder = given / "final" if (given / "final").is_dir() else given
     if not folder.is_dir():
-        raise ValueError(f"stage.parent {str(given)!r}: no such folder")
+        raise ValueError(f"{setting} {str(given)!r}: no such folder")
     config = _json(folder / "config.json")
     if config.get("model_type") == "qwen2_5_vl":
         pickled = {part: folder / name for part, name in (("generation_decoder", "generation_decoder.bin"),
@@ -102,17 +113,22 @@ def classify_parent(path: str | Path) -> Parent:
     parts = {p: folder / p for p in PART_NAMES if (folder / p).is_dir()}  # checked last: FLUX has vae/ too
     if parts or (folder / "nexusgen.json").is_file():
         return Parent("nexusgen", folder, parts)
-    raise ValueError(f"stage.parent {str(given)!r} is not {', '.join(DESCRIPTIONS.values())} "
+    raise ValueError(f"{setting} {str(given)!r} is not {', '.join(DESCRIPTIONS.values())} "
                      "(nor a run directory with final/)")
 
 
-def check_parent(stage: str, path: str | Path | None) -> Parent | None:
-    """Classify `stage.parent` and check that it holds a part the stage uses (`STAGE_PARTS`).
+def check_parent(stage: str, path: str | Path | None, ar_path: str | Path | None = None) -> Parent | None:
+    """Classify `stage.parent` (and `stage.ar_parent`) and check that they hold what the stage uses
+    (`STAGE_PARTS`; a decoder stage from a stock DiT also needs the AR model and a VAE).
 
     Raises:
         ValueError: one line naming the folder, what it is and what the stage needs.
     """
     if path is None:
+        if ar_path is not None:
+            raise ValueError(f"stage.ar_parent={ar_path} is set but stage.parent is not: ar_parent is the AR model "
+                             f"beside a stage.parent without one (a FLUX.1-dev folder); to start from {ar_path} "
+                             "alone, set stage.parent to it")
         return None
     parent = classify_parent(path)
     wanted = STAGE_PARTS[stage]
@@ -124,19 +140,46 @@ def check_parent(stage: str, path: str | Path | None) -> Parent | None:
         has = ", ".join(sorted(parent.parts)) or "no model part"
         raise ValueError(f"stage {stage} starts from {' / '.join(wanted)}, but stage.parent {parent.description} "
                          f"has {has}")
+    if stage in DECODER_STAGES:
+        _check_decoder_parents(stage, parent, ar_path)
+    elif ar_path is not None:
+        raise ValueError(f"stage.ar_parent is for the decoder stages ({', '.join(DECODER_STAGES)}), not stage {stage}")
     return parent
 
 
-def stock_part(parent: Parent, part: str):
-    """Build `part` from a stock folder's weights: the seam where the stock initialisation plugs in (the AR
-    model from a stock Qwen2.5-VL-Instruct folder with a new vision head and prefill table; a decoder's DiT
-    from a FLUX transformer with a new adapter / merger, the merger layer from the Qwen model's layer 0).
+def _check_decoder_parents(stage: str, parent: Parent, ar_path: str | Path | None) -> None:
+    """A decoder stage: a stock Qwen parent has no DiT; a stock DiT needs `stage.ar_parent` and a VAE;
+    `stage.ar_parent` only beside a parent without an AR model, and it must hold one."""
+    if parent.kind == "stock_qwen":
+        raise ValueError(f"stage {stage}: stage.parent {parent.description} has no decoder to start from; start the "
+                         f"DiT from FLUX.1-dev: --set stage.parent=FLUX_DIR --set stage.ar_parent={parent.folder}")
+    if "autoregressive" in parent.parts:
+        if ar_path is not None:
+            raise ValueError(f"stage.parent {parent.description} has its own AR model; stage.ar_parent ({ar_path}) "
+                             "is only for a stage.parent without one (a FLUX.1-dev folder)")
+        return
+    if ar_path is None:
+        if parent.kind in STOCK_DIT_KINDS:
+            raise ValueError(f"stage {stage} from stage.parent {parent.description} needs the AR model whose "
+                             "embeddings the decoder reads: --set stage.ar_parent=DIR (a stock Qwen2.5-VL-Instruct "
+                             "folder, an official Nexus-GenV2 folder, or a nexusgen model folder or run directory)")
+        return  # a nexusgen parent without an AR model: a new one from the preset, as the from-scratch recipes chain
+    ar = classify_parent(ar_path, "stage.ar_parent")
+    if "autoregressive" not in ar.parts:
+        has = ", ".join(sorted(ar.parts)) or "no model part"
+        raise ValueError(f"stage.ar_parent {ar.description} has no AR model (it has {has})")
+    if parent.kind in STOCK_DIT_KINDS and "vae" not in parent.parts and "vae" not in ar.parts:
+        raise ValueError(f"stage {stage}: neither stage.parent {parent.description} nor stage.ar_parent "
+                         f"{ar.description} has a VAE; use the FLUX.1-dev folder itself as stage.parent")
 
-    Raises:
-        ValueError: not available in this version (one line, before step 1).
-    """
-    raise ValueError(f"stage.parent {parent.description}: starting a {part} from stock weights is not available "
-                     "yet; use a nexusgen model folder or an official Nexus-GenV2 folder")
+
+def wants_ar_parent(stage: str, path: str | Path) -> bool:
+    """Whether a decoder stage starting from `path` takes its AR model from `stage.ar_parent` (the parent
+    holds none); False for a folder that is not a parent (`check_parent` reports it)."""
+    try:
+        return stage in DECODER_STAGES and "autoregressive" not in classify_parent(path).parts
+    except ValueError:
+        return False
 
 
 def _json(path: Path) -> dict:

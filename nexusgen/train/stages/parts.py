@@ -1,22 +1,26 @@
-"""Building a stage's model parts: from the parent stage's exported folder, or from presets.
+"""Building a stage's model parts: from the parent stage's exported folder, from stock weights, or from presets.
 
 A stage starts from `stage.parent` (classified by `stages/parent.py`: a previous run dir, whose `final/`
 is used, a model folder, an official Nexus-GenV2 folder, or a stock Qwen2.5-VL / FLUX folder) for every
 part that the parent holds, and from the presets (`stage.preset`) otherwise; the parent's dimensions win.
-The export writes the trained parts and copies the parent's untouched parts, so RUN_DIR/final is a
-complete folder.
+A decoder stage whose parent has no AR model takes it from `stage.ar_parent`. Stock parents are built with
+`nexusgen.loading.stock`, as upstream initialises them: the AR model from Qwen2.5-VL-Instruct with a new
+vision head and prefill table; a decoder's DiT from FLUX's transformer with a new adapter, or a merger whose
+layer is the AR model's LLM layer 0. The export writes the trained parts and copies the parents' untouched
+parts, so RUN_DIR/final is a complete folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import torch
 
 from nexusgen.train.config import TrainConfig
 from nexusgen.train.parallel import print0
-from nexusgen.train.stages.parent import classify_parent, stock_part
+from nexusgen.train.stages.parent import STOCK_DIT_KINDS, Parent, classify_parent
 
 
 def parent_folder(config: TrainConfig) -> Path | None:
@@ -25,17 +29,38 @@ def parent_folder(config: TrainConfig) -> Path | None:
     return classify_parent(config.stage.parent).folder if config.stage.parent is not None else None
 
 
-def parent_part(config: TrainConfig, part: str) -> Path | None:
-    """Where the parent's `part` loads from (None if it has none). A part of a stock folder goes through
-    `stock_part`, except a FLUX folder's vae/, which is a diffusers AutoencoderKL folder as ours is."""
+def ar_parent(config: TrainConfig) -> Parent | None:
+    """The parent the AR model comes from: `stage.parent` when it holds one, else `stage.ar_parent`."""
+    parent = classify_parent(config.stage.parent) if config.stage.parent is not None else None
+    if parent is not None and "autoregressive" in parent.parts:
+        return parent
+    return classify_parent(config.stage.ar_parent, "stage.ar_parent") if config.stage.ar_parent is not None else None
+
+
+def stock_dit(config: TrainConfig) -> Path | None:
+    """The FLUX transformer folder a new decoder's DiT starts from (`stage.parent` a FLUX.1-dev or
+    FluxTransformer2DModel folder), else None."""
     if config.stage.parent is None:
         return None
     parent = classify_parent(config.stage.parent)
-    if part not in parent.parts:
+    return parent.parts["transformer"] if parent.kind in STOCK_DIT_KINDS else None
+
+
+def parent_part(config: TrainConfig, part: str) -> Path | None:
+    """Where the parents' `part` loads from (None if they have none): the AR model from `ar_parent`
+    (a stock Qwen folder's is built by `build_autoregressive` with new heads), the VAE from `stage.parent`
+    or else `stage.ar_parent` (FLUX.1-dev's vae/ is a diffusers AutoencoderKL folder as ours is), the
+    decoders from `stage.parent`. A FLUX transformer is `stock_dit`."""
+    if part == "autoregressive":
+        source = ar_parent(config)
+        return source.parts["autoregressive"] if source is not None else None
+    if part == "transformer":
         return None
-    if parent.is_stock and part != "vae":
-        stock_part(parent, part)
-    return parent.parts[part]
+    for path in [config.stage.parent] + ([config.stage.ar_parent] if part == "vae" else []):
+        parent = classify_parent(path) if path is not None else None
+        if parent is not None and part in parent.parts:
+            return parent.parts[part]
+    return None
 
 
 def build_vae(config: TrainConfig):
@@ -56,27 +81,44 @@ def build_vae(config: TrainConfig):
 
 
 def build_decoder(config: TrainConfig, kind: str):
-    """`GenerationDecoder` / `EditingDecoder` (kind 'generation' / 'editing') from parent or preset, with
-    the settings of `stage.model` where this is the trained part."""
+    """`GenerationDecoder` / `EditingDecoder` (kind 'generation' / 'editing') from the parent's decoder, a
+    FLUX transformer (`stock_dit`) or the preset, with the settings of `stage.model` where this is the
+    trained part."""
     from nexusgen.models.decoder import DECODER_PRESETS, EditingDecoder, GenerationDecoder
 
     cls = GenerationDecoder if kind == "generation" else EditingDecoder
-    parent_part(config, "transformer")  # a FLUX DiT to start from: the stock seam
     settings = _model_settings(config, f"{kind}_decoder")
     folder = parent_part(config, f"{kind}_decoder")
     if folder is not None:
         from nexusgen.loading import decoders as decoder_loading  # the decoders engineer's loader
 
         decoder = getattr(decoder_loading, f"load_{kind}_decoder")(folder)
-        if settings:
-            decoder.config = dataclasses.replace(decoder.config, **settings)
-        return decoder
-    if config.stage.preset not in DECODER_PRESETS:
-        raise ValueError(f"unknown decoder preset {config.stage.preset!r}; known: {sorted(DECODER_PRESETS)}")
-    decoder_config = decoder_config_of_parent(config, kind)
-    if config.stage.parent is not None:
-        print0(f"{kind} decoder: new, {config.stage.preset} preset (stage.parent has none)")
-    return cls(decoder_config, transformer=_generation_dit(config, decoder_config) if kind == "editing" else None)
+    elif stock_dit(config) is not None:
+        decoder = _stock_decoder(config, kind)
+    else:
+        if config.stage.preset not in DECODER_PRESETS:
+            raise ValueError(f"unknown decoder preset {config.stage.preset!r}; known: {sorted(DECODER_PRESETS)}")
+        decoder_config = decoder_config_of_parent(config, kind)
+        if config.stage.parent is not None:
+            print0(f"{kind} decoder: new, {config.stage.preset} preset (stage.parent has none)")
+        return cls(decoder_config, transformer=_generation_dit(config, decoder_config) if kind == "editing" else None)
+    if settings:
+        decoder.config = dataclasses.replace(decoder.config, **settings)
+    return decoder
+
+
+def _stock_decoder(config: TrainConfig, kind: str):
+    """A decoder as upstream starts one (fp32 master weights): the FLUX DiT, a new adapter or a merger
+    from the AR model's layer 0 (`stage.ar_parent`, checked by `check_parent`), CLIP("") as pooled vector."""
+    from nexusgen.loading.stock import flux_pooled, stock_decoder
+
+    dit, ar = stock_dit(config), parent_part(config, "autoregressive")
+    pooled = flux_pooled(dit)
+    connector = "a new adapter" if kind == "generation" else f"a merger from the LLM layer 0 of {ar}"
+    print0(f"{kind} decoder: DiT from {dit}, {connector}, pooled vector "
+           + ("CLIP(\"\")" if pooled is not None else "zeros (no FLUX text_encoder/ beside it)"))
+    return stock_decoder(dit, ar, kind == "editing", device="cpu", dtype=torch.float32, seed=config.seed,
+                         pooled=pooled)
 
 
 def _model_settings(config: TrainConfig, part_stage: str) -> dict:
@@ -94,6 +136,12 @@ def decoder_config_of_parent(config: TrainConfig, kind: str):
     folder = parent_part(config, f"{kind}_decoder")
     if folder is not None:
         return dataclasses.replace(read_decoder_config(folder), **settings)
+    if stock_dit(config) is not None:
+        from nexusgen.loading.stock import stock_decoder_config, transformer_config
+
+        decoder_config = stock_decoder_config(ar_config_of_parent(config), transformer_config(stock_dit(config)),
+                                              kind == "editing")
+        return dataclasses.replace(decoder_config, **settings)
     if config.stage.preset not in DECODER_PRESETS:
         raise ValueError(f"unknown decoder preset {config.stage.preset!r}; known: {sorted(DECODER_PRESETS)}")
     return dataclasses.replace(DECODER_PRESETS[config.stage.preset], **settings)
@@ -106,9 +154,10 @@ def ar_config_of_parent(config: TrainConfig):
     from nexusgen.models.autoregressive import ARConfig
 
     settings = config.stage.model.chosen() if config.stage.name in ("ar", "vlm") else {}
-    folder = parent_part(config, "autoregressive")
-    if folder is not None:
-        return dataclasses.replace(read_ar_config(folder), **settings)
+    source = ar_parent(config)
+    if source is not None:
+        folder = source.parts["autoregressive"]
+        return dataclasses.replace(read_ar_config(folder, stock=source.kind == "stock_qwen"), **settings)
     return ARConfig.from_preset(config.stage.preset, **settings)
 
 
@@ -163,10 +212,17 @@ def build_autoregressive(config: TrainConfig, *, for_training: bool):
     from nexusgen.processing.processor import NexusGenProcessor
 
     settings = config.stage.model.chosen() if for_training else {}
-    folder = parent_part(config, "autoregressive")
-    if folder is not None:
-        model, tokenizer, image_processor = ar_loading.load_autoregressive(folder, device="cpu",
-                                                                           dtype=torch.float32)
+    source = ar_parent(config)
+    if source is not None:
+        folder = source.parts["autoregressive"]
+        if source.kind == "stock_qwen":  # upstream's start: Qwen2.5-VL-Instruct + new heads, N(0, 0.02)
+            from nexusgen.loading.stock import stock_autoregressive
+
+            model, tokenizer, image_processor = stock_autoregressive(folder, "cpu", torch.float32, seed=config.seed)
+            print0(f"autoregressive model: {folder}, vision head and prefill table new")
+        else:
+            model, tokenizer, image_processor = ar_loading.load_autoregressive(folder, device="cpu",
+                                                                               dtype=torch.float32)
         model.train()
         if settings:
             model.config = dataclasses.replace(model.config, **settings)
@@ -186,12 +242,24 @@ def save_autoregressive(model, processor, out_dir: Path) -> None:
 
 
 def copy_untouched_parts(config: TrainConfig, out_dir: Path, trained: set[str]) -> None:
-    """Copy the parent's parts that this stage did not train into the export (complete folder)."""
-    from nexusgen.loading.folder import copy_parts
+    """Complete the export with the parents' parts that this stage did not train: `stage.parent`'s, then
+    `stage.ar_parent`'s where the export has none yet. A stock or official AR parent is written as `nexusgen
+    assemble` writes it (its weight files linked, the new heads in their own file): no second copy."""
+    from nexusgen.loading.folder import PART_NAMES, copy_parts
 
-    folder = parent_folder(config)
-    if folder is not None:
-        copy_parts(folder, out_dir, exclude=trained)
+    for path in (config.stage.parent, config.stage.ar_parent):
+        if path is None:
+            continue
+        parent = classify_parent(path)
+        present = {part for part in PART_NAMES if (Path(out_dir) / part).exists()}
+        if parent.kind == "nexusgen":
+            copy_parts(parent.folder, out_dir, exclude=trained | present)
+        elif "autoregressive" in parent.parts and "autoregressive" not in trained | present:  # stock / official
+            from nexusgen.convert.assemble import write_autoregressive
+
+            write_autoregressive(parent.parts["autoregressive"], Path(out_dir) / "autoregressive", config.seed)
+        elif "vae" in parent.parts and "vae" not in trained | present:  # FLUX.1-dev's vae/
+            shutil.copytree(parent.parts["vae"], Path(out_dir) / "vae")
 
 
 def write_preset_config(folder: Path, preset: str, *, overwrite: bool) -> bool:
