@@ -261,3 +261,14 @@ def test_the_dry_run_counts_the_stock_stage(folders, stock_ar_run, capsys, recip
     vae, encoder = module.helpers
     assert plan["parameters"] == sum(p.numel() for p in module.parameters())
     assert plan["frozen_helper_parameters"] == sum(p.numel() for m in (vae, encoder) for p in m.parameters())
+
+
+def test_a_reference_size_off_the_parents_token_grid_is_one_line(folders, tmp_path, capsys):
+    """The real recipe's 504-px reference fits 28-px tokens; a parent with 16-px tokens needs another size."""
+    options = [*ONE_STEP, f"stage.parent={folders / 'FLUX.1-dev'}", f"stage.ar_parent={folders / 'nexusgen'}",
+               "data.reference_image_px=504"]
+    assert main(["train", "tiny-editing_decoder", "--out", str(tmp_path / "run"), *_sets(options)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert errors == ["nexusgen train: error: data.reference_image_px=504 is not a multiple of the AR model's 16-px "
+                      "image tokens: set a multiple of 16 (or 0: the bounded input size)"]
+    assert not (tmp_path / "run").exists()

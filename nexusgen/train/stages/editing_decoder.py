@@ -166,12 +166,25 @@ def make_collate(size: int, processor, reference_px: int = 0, true_targets: bool
     return collate
 
 
+def check_reference_size(reference_px: int, ar_config) -> None:
+    """`data.reference_image_px` must be whole image tokens of the AR model that encodes the sources (the
+    model's size comes from its parent: 504 suits 28-px tokens, not 16-px ones). A ValueError before step 1.
+    """
+    vision = ar_config.qwen_config.vision_config
+    token_px = vision.patch_size * vision.spatial_merge_size
+    if reference_px % token_px:
+        raise ValueError(f"data.reference_image_px={reference_px} is not a multiple of the AR model's {token_px}-px "
+                         f"image tokens: set a multiple of {token_px} (or 0: the bounded input size)")
+
+
 def build(config: TrainConfig, info: DistInfo) -> Stage:
     stage = config.stage
     precomputed = precomputed_embeddings(config, "editing")
     if stage.true_target_prob and precomputed:
         raise ValueError("stage.true_target_prob needs the AR model on the fly (data.source 'generated' or "
                          "'jsonl'): precomputed editing embeddings hold only the predictions")
+    if not precomputed:
+        check_reference_size(config.data.reference_image_px, parts.ar_config_of_parent(config))
     source = parts.ar_parent(config)
     if stage.true_target_prob < 1 and not precomputed and source is not None and source.kind == "stock_qwen":
         raise ValueError(f"stage editing_decoder predicts its targets with the AR model's vision head, which "
