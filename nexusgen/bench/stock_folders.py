@@ -160,7 +160,8 @@ def _size(size: str) -> str:
 def _flux_widths(size: str, blocks: int) -> tuple[dict, dict, dict, dict]:
     """Constructor arguments of (the DiT, the VAE, CLIP, T5) at `size`."""
     if _size(size) == "tiny":
-        from nexusgen.models.decoder import DECODER_PRESETS, VAE_PRESETS
+        from nexusgen.models.decoder import DECODER_PRESETS
+        from nexusgen.models.vae import VAE_PRESETS
 
         decoder, vae = DECODER_PRESETS["tiny"], VAE_PRESETS["tiny"]
         dit = {**decoder.transformer_kwargs(), "num_layers": blocks, "num_single_layers": blocks}

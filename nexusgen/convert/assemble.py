@@ -25,9 +25,7 @@ name and renamed into place.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,16 +33,6 @@ import torch
 
 from nexusgen.config import PRESETS, NexusGenConfig, SamplingConfig, dtype_name
 from nexusgen.files import atomic_folder, save_tensors, write_json
-from nexusgen.loading.autoregressive import (
-    AR_CONFIG_FILE,
-    FORMAT_VERSION,
-    INDEX_FILE,
-    WEIGHTS_FILE,
-    load_autoregressive_config,
-    new_head_tensors,
-    new_keys,
-    weight_index,
-)
 from nexusgen.loading.decoders import (
     ADAPTER_FILE,
     CONFIG_FILE,
@@ -62,27 +50,17 @@ from nexusgen.loading.folder import NEGATIVE_FILE
 from nexusgen.loading.stock import (
     find_flux,
     is_qwen_folder,
+    link_or_copy,
     new_adapter_state,
     new_merger_state,
     stock_decoder_config,
     transformer_config,
+    write_autoregressive,
 )
 from nexusgen.loading.text_encoders import T5_MAX_LENGTH, clip_pooled, negative_branch
 
-HEADS_FILE = "model-nexusgen-heads.safetensors"
 ASSEMBLY_FILE = "assembly.json"
-QWEN_FILES = ("config.json", "generation_config.json", "chat_template.json", "chat_template.jinja",
-              "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
-              "special_tokens_map.json", "preprocessor_config.json")
 Log = Callable[[str], None]
-
-
-def link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link `source` to `target`, or copy it file to file (no Python buffer) where links fail."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
 
 
 def link_folder(source: Path, target: Path, skip: tuple[str, ...] = ()) -> list[str]:
@@ -92,52 +70,6 @@ def link_folder(source: Path, target: Path, skip: tuple[str, ...] = ()) -> list[
     for name in names:
         link_or_copy(source / name, target / name)
     return names
-
-
-SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
-
-
-def _storage_dtype(qwen_dir: Path, keys: dict) -> torch.dtype:
-    """The dtype the Qwen weights are stored in (the new tensors are written in it too)."""
-    from safetensors import safe_open
-
-    file, _ = keys["model.language_model.norm.weight"]
-    with safe_open(str(qwen_dir / file), framework="pt") as handle:
-        stored = {handle.get_slice(k).get_dtype() for k in handle.keys()}
-    found = [SAFETENSORS_DTYPES[d] for d in ("BF16", "F16", "F32") if d in stored]
-    return found[0] if found else torch.float32
-
-
-def write_autoregressive(qwen_dir: Path, target: Path, seed: int) -> tuple:
-    """autoregressive/: the Qwen files linked, the new heads in their own shard, a merged index."""
-    keys = weight_index(qwen_dir)
-    config, _, _ = load_autoregressive_config(qwen_dir, new_heads=True, keys=keys)
-    dtype = _storage_dtype(qwen_dir, keys)
-    target.mkdir(parents=True)
-    for name in QWEN_FILES:
-        if (qwen_dir / name).is_file():
-            link_or_copy(qwen_dir / name, target / name)
-    shards = sorted({file for file, _ in keys.values()})
-    for name in shards:
-        link_or_copy(qwen_dir / name, target / name)
-    heads = {k: v.to(dtype) for k, v in new_head_tensors(config, new_keys(config, keys), seed).items()}
-    weight_map = {}
-    if (qwen_dir / INDEX_FILE).is_file():
-        weight_map = dict(json.loads((qwen_dir / INDEX_FILE).read_text())["weight_map"])
-    else:
-        from safetensors import safe_open
-
-        with safe_open(str(qwen_dir / WEIGHTS_FILE), framework="pt") as handle:
-            weight_map = {k: WEIGHTS_FILE for k in handle.keys()}
-    if heads:
-        save_tensors(heads, target / HEADS_FILE)
-        weight_map.update({k: HEADS_FILE for k in heads})
-    total = sum((qwen_dir / n).stat().st_size for n in shards) + sum(v.numel() * v.element_size()
-                                                                     for v in heads.values())
-    write_json({"metadata": {"total_size": total}, "weight_map": weight_map}, target / INDEX_FILE)
-    fields = {k: v for k, v in config.to_dict().items() if k != "qwen"}
-    write_json({"format_version": FORMAT_VERSION, **fields}, target / AR_CONFIG_FILE)
-    return config, dtype, sorted(heads)
 
 
 def write_decoder(flux_transformer: Path, target: Path, config, connector: dict[str, torch.Tensor],

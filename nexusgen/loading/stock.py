@@ -1,8 +1,8 @@
 """The paper's starting points as users download them: stock Qwen2.5-VL-Instruct and FLUX.1-dev folders.
 
 Detection (`is_stock_qwen_folder`, `find_flux`), the configs a Nexus-Gen model built from them has
-(`stock_decoder_config`), and the parts themselves in memory (`stock_autoregressive`, `stock_decoder`,
-`flux_pooled`) --
+(`stock_decoder_config`), the AR part written as a folder of links (`write_autoregressive`), and the parts
+themselves in memory (`stock_autoregressive`, `stock_decoder`, `flux_pooled`) --
 what `nexusgen assemble` writes to a folder and what training from a stock parent starts from:
 
 * AR: the Qwen2.5-VL-Instruct model (transformers layout; 4.49-style and 5.x tensor names both read),
@@ -18,12 +18,25 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from nexusgen.loading.autoregressive import load_autoregressive, normalize_key, weight_index
+from nexusgen.files import save_tensors, write_json
+from nexusgen.loading.autoregressive import (
+    AR_CONFIG_FILE,
+    FORMAT_VERSION,
+    INDEX_FILE,
+    WEIGHTS_FILE,
+    load_autoregressive,
+    load_autoregressive_config,
+    new_head_tensors,
+    new_keys,
+    normalize_key,
+    weight_index,
+)
 from nexusgen.loading.weights import finish, load_weights, read_folder_weights, read_safetensors
 from nexusgen.models.connector import EmbeddingMerger, GenerationAdapter, MergerConfig, merger_projector
 from nexusgen.models.decoder import DecoderConfig, EditingDecoder, GenerationDecoder
@@ -34,6 +47,11 @@ LAYER0 = "model.language_model.layers.0."
 """The Qwen LLM's first decoder layer (5.x names), the editing merger's layer at the start."""
 MERGER_EXPAND_RATIO = 4
 """Upstream's projector: RMSNorm -> Linear(D, 4C) -> RMSNorm -> SiLU -> Linear(4C, C) -> RMSNorm."""
+HEADS_FILE = "model-nexusgen-heads.safetensors"
+"""The new vision head and prefill table of an AR folder written from a stock one (`write_autoregressive`)."""
+QWEN_FILES = ("config.json", "generation_config.json", "chat_template.json", "chat_template.jinja",
+              "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
+              "special_tokens_map.json", "preprocessor_config.json")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -189,6 +207,69 @@ def new_merger_state(config: MergerConfig, qwen_dir: str | os.PathLike, seed: in
     state = {**qwen_layer0(qwen_dir), **{f"projector.{k}": v for k, v in fresh.items()}}
     check_state(merger, {k: tuple(v.shape) for k, v in state.items()}, f"{qwen_dir} (layer 0)", "merger")
     return state
+
+
+# ----------------------------------------------------------------------------------------------------
+# The AR part written as a folder (linked, not copied)
+# ----------------------------------------------------------------------------------------------------
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link `source` to `target`, or copy it file to file (no Python buffer) where links fail."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+
+
+def storage_dtype(qwen_dir: Path, keys: dict) -> torch.dtype:
+    """The dtype the Qwen weights are stored in (the new tensors are written in it too)."""
+    from safetensors import safe_open
+
+    file, _ = keys["model.language_model.norm.weight"]
+    with safe_open(str(qwen_dir / file), framework="pt") as handle:
+        stored = {handle.get_slice(k).get_dtype() for k in handle.keys()}
+    found = [SAFETENSORS_DTYPES[d] for d in ("BF16", "F16", "F32") if d in stored]
+    return found[0] if found else torch.float32
+
+
+def write_autoregressive(qwen_dir: Path, target: Path, seed: int) -> tuple:
+    """An AR folder at `target` from a stock Qwen2.5-VL-Instruct (or official) folder without a second copy:
+    its files linked, the new heads (`stock_autoregressive`'s, in the stored dtype) in their own shard, a
+    merged index, nexusgen_ar.json. What `nexusgen assemble` writes, and a training export from a stock parent.
+
+    Returns:
+        (ARConfig, the stored dtype, the names of the new tensors).
+    """
+    keys = weight_index(qwen_dir)
+    config, _, _ = load_autoregressive_config(qwen_dir, new_heads=True, keys=keys)
+    dtype = storage_dtype(qwen_dir, keys)
+    target.mkdir(parents=True)
+    for name in QWEN_FILES:
+        if (qwen_dir / name).is_file():
+            link_or_copy(qwen_dir / name, target / name)
+    shards = sorted({file for file, _ in keys.values()})
+    for name in shards:
+        link_or_copy(qwen_dir / name, target / name)
+    heads = {k: v.to(dtype) for k, v in new_head_tensors(config, new_keys(config, keys), seed).items()}
+    weight_map = {}
+    if (qwen_dir / INDEX_FILE).is_file():
+        weight_map = dict(json.loads((qwen_dir / INDEX_FILE).read_text())["weight_map"])
+    else:
+        from safetensors import safe_open
+
+        with safe_open(str(qwen_dir / WEIGHTS_FILE), framework="pt") as handle:
+            weight_map = {k: WEIGHTS_FILE for k in handle.keys()}
+    if heads:
+        save_tensors(heads, target / HEADS_FILE)
+        weight_map.update({k: HEADS_FILE for k in heads})
+    total = sum((qwen_dir / n).stat().st_size for n in shards) + sum(v.numel() * v.element_size()
+                                                                     for v in heads.values())
+    write_json({"metadata": {"total_size": total}, "weight_map": weight_map}, target / INDEX_FILE)
+    fields = {k: v for k, v in config.to_dict().items() if k != "qwen"}
+    write_json({"format_version": FORMAT_VERSION, **fields}, target / AR_CONFIG_FILE)
+    return config, dtype, sorted(heads)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -233,12 +233,12 @@ def test_the_editing_decoder_from_flux_and_the_ar_stage(folders, stock_ar_run, t
     assert exported_ar.keys() == phase1.keys() and all(torch.equal(exported_ar[k], phase1[k]) for k in phase1)
 
 
-def test_a_pipeline_gives_a_flux_decoder_stage_the_previous_export_as_ar_parent(folders, tmp_path):
-    from nexusgen.train.pipeline import run_pipeline
+def test_a_multi_stage_recipe_gives_a_flux_decoder_stage_the_previous_export_as_ar_parent(folders, tmp_path):
+    from nexusgen.train.multistage import run_stages
 
     stages = {"ar": lambda: get_recipe("tiny-ar"), "generation_decoder": lambda: get_recipe("tiny-generation_decoder")}
     overrides = [*ONE_STEP, f"ar.stage.parent={folders / 'qwen'}", f"gen_decoder.stage.parent={folders / 'FLUX.1-dev'}"]
-    run_pipeline(stages, tmp_path / "v2", overrides)
+    run_stages(stages, tmp_path / "v2", overrides)
     recorded = json.loads((tmp_path / "v2/generation_decoder/config.json").read_text())
     assert recorded["stage"]["ar_parent"] == str(tmp_path / "v2/ar")
     final = tmp_path / "v2/final"

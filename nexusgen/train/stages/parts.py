@@ -255,7 +255,7 @@ def copy_untouched_parts(config: TrainConfig, out_dir: Path, trained: set[str]) 
         if parent.kind == "nexusgen":
             copy_parts(parent.folder, out_dir, exclude=trained | present)
         elif "autoregressive" in parent.parts and "autoregressive" not in trained | present:  # stock / official
-            from nexusgen.convert.assemble import write_autoregressive
+            from nexusgen.loading.stock import write_autoregressive
 
             write_autoregressive(parent.parts["autoregressive"], Path(out_dir) / "autoregressive", config.seed)
         elif "vae" in parent.parts and "vae" not in trained | present:  # FLUX.1-dev's vae/
