@@ -77,10 +77,6 @@ class Parent:
     def description(self) -> str:
         return f"{self.folder} ({DESCRIPTIONS[self.kind]})"
 
-    @property
-    def is_stock(self) -> bool:
-        return self.kind in ("stock_qwen", *STOCK_DIT_KINDS)
-
 
 def classify_parent(path: str | Path, setting: str = "stage.parent") -> Parent:
     """What kind of folder `path` is, and where each of its parts loads from.

@@ -23,12 +23,6 @@ from nexusgen.train.parallel import print0
 from nexusgen.train.stages.parent import STOCK_DIT_KINDS, Parent, classify_parent
 
 
-def parent_folder(config: TrainConfig) -> Path | None:
-    """The parent model folder (RUN_DIR/final for a run dir), or None; ValueError for a folder that is
-    not one of the accepted kinds."""
-    return classify_parent(config.stage.parent).folder if config.stage.parent is not None else None
-
-
 def ar_parent(config: TrainConfig) -> Parent | None:
     """The parent the AR model comes from: `stage.parent` when it holds one, else `stage.ar_parent`."""
     parent = classify_parent(config.stage.parent) if config.stage.parent is not None else None
