@@ -32,12 +32,13 @@ from nexusgen.pipelines import (
     Runtime,
     UnderstandPipeline,
 )
-from nexusgen.pipelines.inputs import as_batch, check_prompts
+from nexusgen.pipelines.inputs import as_batch
 from nexusgen.pipelines.predict import predict_embeds
 from nexusgen.pipelines.residency import check_policy
 from nexusgen.pipelines.understand import DEFAULT_MAX_NEW_TOKENS
 from nexusgen.processing.images import load_image
 from nexusgen.processing.processor import NexusGenProcessor
+from nexusgen.validation import check_prompts
 
 ImageLike = Image.Image | str | os.PathLike
 

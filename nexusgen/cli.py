@@ -3,7 +3,8 @@
 This module only declares the commands and their options. Each subcommand's handler lives in
 `nexusgen.commands.<family>` and is imported when that subcommand runs, so `nexusgen --help` stays fast.
 Bad input raises `ValueError` (or an OS error) at the boundary; `main` turns it into one clear line on
-stderr and exit code 2, never a traceback.
+stderr and exit code 2, never a traceback. An OS error while writing names the output the user gave
+(`--out`, ...), not the temporary file that failed.
 """
 
 from __future__ import annotations
@@ -11,16 +12,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 from nexusgen import openmp
 
 DEFAULT_MODEL = "shapes-mini"
 
-# Exceptions that mean "the user's input is wrong": one line, exit 2. Anything else is a bug and keeps
-# its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-               PermissionError)
+# Exceptions that mean "the user's input is wrong, or the machine refuses it" (a file that cannot be read or
+# written: permissions, a full disk, a read-only file system): one line, exit 2. Anything else is a bug and
+# keeps its traceback.
+USER_ERRORS = (ValueError, OSError)
+OUTPUT_OPTIONS = ("out", "out_dir")
+"""The options that name a command's output (`--out`, `--out-dir`, a positional OUT_DIR)."""
 
 
 def _call(family: str, function: str):
@@ -300,6 +304,28 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def error_line(err: Exception, args: argparse.Namespace) -> str:
+    """One line for a user error. An OS error about a file inside the command's output names that output
+    (the user's path), never the temporary file nexusgen was writing."""
+    text = " ".join(str(err).split())
+    filename = getattr(err, "filename", None)
+    if not isinstance(err, OSError) or filename is None or type(err).__name__ == "OutputError":
+        return text
+    reason = err.strerror or text
+    for option in OUTPUT_OPTIONS:
+        out = getattr(args, option, None)
+        if isinstance(out, str) and _inside(str(filename), out):
+            return f"{out}: cannot write ({reason})"
+    return f"{filename}: {reason}"
+
+
+def _inside(path: str, out: str) -> bool:
+    """`path` is `out`, inside it, or one of its temporary siblings (`.OUT.tmp-...`, `.OUT.old-...`)."""
+    path, out = os.path.abspath(path), os.path.abspath(out)
+    sibling = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.")
+    return path == out or path.startswith(out + os.sep) or path.startswith(sibling)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nexusgen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -314,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.handler(args)
     except USER_ERRORS as err:
-        print(f"nexusgen {args.command}: error: {err}", file=sys.stderr)
+        print(f"nexusgen {args.command}: error: {error_line(err, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nexusgen {args.command}: interrupted", file=sys.stderr)

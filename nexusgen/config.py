@@ -39,6 +39,7 @@ from nexusgen.models.autoregressive import ARConfig
 from nexusgen.models.decoder import DECODER_PRESETS, DecoderConfig
 from nexusgen.models.vae import VAE_PRESETS, VAEConfig
 from nexusgen.processing.templates import USER_TEMPLATES, model_templates
+from nexusgen.validation import check_device, check_dtype
 
 FORMAT_VERSION = 1
 PART_NAMES = ("autoregressive", "generation_decoder", "editing_decoder", "vae")
@@ -53,10 +54,12 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """The compute device: as given, else cuda when available, else cpu.
 
     Raises:
-        ValueError: an unparsable device string, or cuda requested without CUDA.
+        ValueError: a device nexusgen does not run on (`nexusgen.validation.check_device`: mps, meta, ...),
+            an unparsable device string, or cuda requested without CUDA.
     """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
@@ -74,6 +77,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     """
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
+    check_dtype(dtype)
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype}")

@@ -13,7 +13,8 @@ The direction (arrows point at what may be imported):
     serve -> api -> pipelines -> loading -> config -> models      inference: no worlds, eval, train, recipes
     recipes -> train -> data -> loading                            training
     eval, bench -> api, recipes, worlds, ...                      benchmarks sit under the commands
-    worlds, processing, flow, models, files, tasks, openmp        the bottom: they import no higher layer
+    worlds, processing, flow, models, files, tasks, openmp,       the bottom: they import no higher layer
+    validation
 """
 
 import ast
@@ -29,18 +30,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nexusgen"
 ALLOWED: dict[str, set[str]] = {
     # -- the bottom: plain data, no nexusgen imports (or only other bottom units) -------------------------
     "tasks": set(),
+    "validation": set(),
     "files": set(),
     "openmp": set(),
     "flow": set(),
-    "models": set(),
-    "processing": {"tasks"},
+    "models": {"validation"},
+    "processing": {"tasks", "validation"},
     "worlds": {"processing", "files", "tasks"},
     # -- inference: never worlds, eval, train or recipes --------------------------------------------------
-    "config": {"models", "processing"},
-    "loading": {"config", "models", "processing", "files"},
-    "pipelines": {"config", "models", "flow", "processing", "loading", "tasks"},
-    "api": {"pipelines", "loading", "config", "processing"},
-    "serve": {"pipelines", "api", "loading", "config", "processing"},
+    "config": {"models", "processing", "validation"},
+    "loading": {"config", "models", "processing", "files", "validation"},
+    "pipelines": {"config", "models", "flow", "processing", "loading", "tasks", "validation"},
+    "api": {"pipelines", "loading", "config", "processing", "validation"},
+    "serve": {"pipelines", "api", "loading", "config", "processing", "validation"},
     # -- data and training --------------------------------------------------------------------------------
     "data": {"processing", "loading", "files", "tasks"},
     "train": {"data", "models", "flow", "processing", "loading", "config", "files", "tasks"},
@@ -51,7 +53,7 @@ ALLOWED: dict[str, set[str]] = {
     "bench": {"api", "pipelines", "loading", "config", "models", "processing", "recipes", "train", "serve", "openmp"},
     # -- the edge -----------------------------------------------------------------------------------------
     "commands": {"api", "serve", "eval", "bench", "recipes", "train", "data", "convert", "pipelines", "loading",
-                 "models", "processing", "worlds", "files", "tasks", "config"},
+                 "models", "processing", "worlds", "files", "tasks", "config", "validation"},
     "cli": {"commands", "openmp"},
     "__main__": {"cli"},
     "nexusgen": {"api", "config", "pipelines", "models"},  # the lazy public names of nexusgen/__init__.py
@@ -249,10 +251,10 @@ def bad_tree(tmp_path):
     """A copy of the package's shape with one of each mistake the checks must catch."""
     root = tmp_path / "nexusgen"
     for unit in ALLOWED.keys() - PENDING - {"nexusgen", "__main__", "cli", "config", "api", "files", "tasks",
-                                            "openmp"}:
+                                            "openmp", "validation"}:
         (root / unit).mkdir(parents=True)
         (root / unit / "__init__.py").write_text("")
-    for module in ("__main__", "cli", "config", "api", "files", "tasks", "openmp"):
+    for module in ("__main__", "cli", "config", "api", "files", "tasks", "openmp", "validation"):
         (root / f"{module}.py").write_text("")
     (root / "__init__.py").write_text("")
     (root / "eval" / "harness.py").write_text("")

@@ -1,11 +1,15 @@
-"""What every command shares: inputs checked before the model loads, outputs written atomically, warnings
-as one line.
+"""What every command shares: options checked before anything heavy loads, outputs written atomically,
+warnings as one line.
 
-Inputs are checked before the model is loaded (an unreadable image or an empty prompt fails in
-milliseconds), and every bad input is a `ValueError`, which `nexusgen.cli.main` prints as one line with
-exit code 2. Outputs are written to a temporary name in the destination folder and renamed into place, so
-an interrupted command never leaves a half-written file. Warnings (e.g. "official folder: convert the
-decoders") are printed as one line each on stderr.
+A handler checks every value it was given first (`nexusgen.validation`, the output path with
+`nexusgen.files.check_output_file` / `check_output_folder`, the model name), and only then imports torch and
+loads the model: a bad option, an unwritable `--out` or an unknown `--model` fails in milliseconds. Every bad
+input is a `ValueError` (or an `OSError`), which `nexusgen.cli.main` prints as one line with exit code 2.
+Outputs are written to a temporary name in the destination folder and renamed into place, so an interrupted
+or failed command never leaves a half-written file. Warnings (e.g. "official folder: convert the decoders")
+are printed as one line each on stderr.
+
+This module imports no torch: the handlers import it at their top.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from PIL import Image
-
-from nexusgen.files import atomic_save_image
-from nexusgen.pipelines.inputs import check_prompts
+from nexusgen.files import atomic_save_image, check_output_file
+from nexusgen.loading.names import check_model_name
+from nexusgen.validation import check_device, check_dtype, check_guidance, check_output_size, check_seed, \
+    check_side, check_steps
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
 
@@ -50,28 +54,37 @@ def load_model(model: str, device: str | None = None, dtype: str | None = None, 
         return NexusGen.from_pretrained(model, device=device, dtype=dtype, offload=offload, fp8=fp8)
 
 
+def check_model_options(args: argparse.Namespace) -> None:
+    """--model names a known model or an existing path; --device and --dtype are ones nexusgen runs on."""
+    check_model_name(args.model)
+    check_device(getattr(args, "device", None), "--device")
+    check_dtype(getattr(args, "dtype", None), "--dtype")
+
+
 def model_from_args(args: argparse.Namespace):
     """The model named by the common model options (--model, --device, --dtype, --offload, --fp8)."""
+    check_model_options(args)
     return load_model(args.model, args.device, args.dtype, args.offload, args.fp8)
 
 
-def check_prompt(prompt: str) -> str:
-    """The prompt, or ValueError for an empty one."""
-    return check_prompts([prompt])[0]
+def image_options(args: argparse.Namespace, count: int = 1) -> dict:
+    """The checked image options (--seed for `count` images, --steps, --guidance, --height, --width) as
+    keyword arguments of `NexusGen.generate` / `edit` (None: the model's default)."""
+    height = None if args.height is None else check_side(args.height, "--height")
+    width = None if args.width is None else check_side(args.width, "--width")
+    if height is not None and width is not None:
+        check_output_size(height, width, ("--height", "--width"))
+    return dict(seed=check_seed(args.seed, count, "--seed"), height=height, width=width,
+                num_steps=None if args.steps is None else check_steps(args.steps, "--steps"),
+                guidance_scale=None if args.guidance is None else check_guidance(args.guidance, "--guidance"))
 
 
-def output_path(path: str, suffixes: dict | tuple) -> Path:
-    """The output path with its folder created; ValueError for an unsupported extension or a folder."""
-    out = Path(path)
-    if out.suffix.lower() not in suffixes:
-        raise ValueError(f"{path}: the output must end in one of {', '.join(suffixes)}")
-    if out.is_dir():
-        raise ValueError(f"{path} is a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out
+def image_output(path: str | os.PathLike) -> Path:
+    """An image output path, checked before any work: a known extension, writable (`check_output_file`)."""
+    return check_output_file(path, IMAGE_FORMATS)
 
 
-def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
+def save_image(image, path: str | os.PathLike) -> Path:
     """Write an image (format from the extension) to a temporary name, then rename it into place."""
-    out = output_path(str(path), IMAGE_FORMATS)
+    out = image_output(path)
     return atomic_save_image(image, out, IMAGE_FORMATS[out.suffix.lower()])

@@ -1,6 +1,7 @@
 """`nexusgen understand | generate | edit | embed | chat`: the inference commands over `nexusgen.api`.
 
-Inputs are checked before the model is loaded and outputs are written atomically (`commands.common`).
+Every option, input image and output path is checked before the model loads, and outputs are written
+atomically (`commands.common`).
 """
 
 from __future__ import annotations
@@ -12,21 +13,20 @@ from pathlib import Path
 from PIL import Image
 
 from nexusgen.commands.common import (
-    IMAGE_FORMATS,
-    check_prompt,
+    check_model_options,
+    image_options,
+    image_output,
     model_from_args,
-    output_path,
     save_image,
 )
-from nexusgen.models.token_sampling import check_sampling_options
+from nexusgen.files import OutputError, check_output_file, check_output_folder
 from nexusgen.processing.images import load_image
+from nexusgen.processing.templates import IMAGE_PLACEHOLDER
+from nexusgen.validation import check_max_new_tokens, check_prompt, check_sampling, check_seed, check_text, \
+    offset_seed
 
-QUIT, ATTACH = "/quit", "/image"
-
-
-def _image_options(args: argparse.Namespace) -> dict:
-    return dict(seed=args.seed, height=args.height, width=args.width, num_steps=args.steps,
-                guidance_scale=args.guidance)
+QUIT, ATTACH, HELP = "/quit", "/image", "/help"
+CHAT_COMMANDS = f"{ATTACH} PATH (attach an image to your next message), {QUIT} (end), {HELP}"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -35,35 +35,36 @@ def _image_options(args: argparse.Namespace) -> dict:
 def understand(args: argparse.Namespace) -> int:
     """`nexusgen understand [--image IMG ...] --prompt TEXT`: prints the answer (no image: a text-only
     question; an empty prompt with an image: the image's description)."""
+    check_text(args.prompt, "--prompt")
     images = [load_image(p) for p in args.image]
-    prompt = args.prompt if images and not args.prompt.strip() else check_prompt(args.prompt)
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if not args.temperature >= 0:
-        raise ValueError(f"--temperature must be >= 0 (0: greedy), got {args.temperature}")
-    check_sampling_options(args.temperature > 0, args.temperature, args.top_k, args.top_p)  # before the model loads
+    prompt = args.prompt if images and not args.prompt.strip() else check_prompt(args.prompt, "--prompt")
+    max_new_tokens = check_max_new_tokens(args.max_new_tokens, "--max-new-tokens")
+    check_sampling(args.temperature, args.top_k, args.top_p, ("--temperature", "--top-k", "--top-p"))
+    seed = check_seed(args.seed, 1, "--seed")
     model = model_from_args(args)
-    print(model.understand(images or None, prompt, max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed))
+    print(model.understand(images or None, prompt, max_new_tokens=max_new_tokens, temperature=args.temperature,
+                           top_k=args.top_k, top_p=args.top_p, seed=seed))
     return 0
 
 
 def generate(args: argparse.Namespace) -> int:
     """`nexusgen generate --prompt TEXT --out PNG`: writes the image, prints its path."""
-    prompt = check_prompt(args.prompt)
-    output_path(args.out, IMAGE_FORMATS)
-    image = model_from_args(args).generate(prompt, **_image_options(args))
-    print(save_image(image, args.out))
+    prompt = check_prompt(args.prompt, "--prompt")
+    options = image_options(args)
+    out = image_output(args.out)
+    image = model_from_args(args).generate(prompt, **options)
+    print(save_image(image, out))
     return 0
 
 
 def edit(args: argparse.Namespace) -> int:
     """`nexusgen edit --image IMG --prompt TEXT --out PNG [--decoder editing|generation]`."""
+    prompt = check_prompt(args.prompt, "--prompt")
+    options = image_options(args)
     source = load_image(args.image)
-    prompt = check_prompt(args.prompt)
-    output_path(args.out, IMAGE_FORMATS)
-    image = model_from_args(args).edit(source, prompt, decoder=args.decoder, **_image_options(args))
-    print(save_image(image, args.out))
+    out = image_output(args.out)
+    image = model_from_args(args).edit(source, prompt, decoder=args.decoder, **options)
+    print(save_image(image, out))
     return 0
 
 
@@ -72,9 +73,9 @@ def embed(args: argparse.Namespace) -> int:
     float32 (1, N, D), from the canonical generation template (editing template with --image)."""
     from nexusgen.files import save_tensors
 
+    prompt = check_prompt(args.prompt, "--prompt")
     source = load_image(args.image) if args.image else None
-    prompt = check_prompt(args.prompt)
-    out = output_path(args.out, (".safetensors",))
+    out = check_output_file(args.out, (".safetensors",))
     embeds = model_from_args(args).predict_image_embeds(prompt, source)  # (1, N, D) float32
     save_tensors({"image_embeds": embeds.float().contiguous()}, out)  # temporary name + os.replace
     print(out)
@@ -83,19 +84,25 @@ def embed(args: argparse.Namespace) -> int:
 
 def chat(args: argparse.Namespace) -> int:
     """`nexusgen chat`: one user message per stdin line; `/image PATH` attaches an image to the next
-    message, `/quit` (or end of input) stops. Answer images are saved to --out-dir."""
-    model = model_from_args(args)
-    session = ChatSession(model, Path(args.out_dir), seed=args.seed)
+    message, `/quit` (or end of input) stops. Answer images are saved to --out-dir.
+
+    A bad line (an unknown command, an unreadable image, invalid UTF-8, an image that cannot be saved) is
+    one error line on stderr, and the conversation goes on."""
+    seed = check_seed(args.seed, 1, "--seed")
+    out_dir = check_output_folder(args.out_dir)
+    check_model_options(args)
+    session = ChatSession(model_from_args(args), out_dir, seed=seed)
     interactive = sys.stdin.isatty()
     while True:
         if interactive:
             print("> ", end="", flush=True)
-        line = sys.stdin.readline()
-        if not line or line.strip() == QUIT:
+        raw = sys.stdin.buffer.readline()
+        line = raw.decode("utf-8", errors="surrogateescape")  # invalid UTF-8: an error for this line only
+        if not raw or line.strip() == QUIT:
             return 0
         try:
-            answer = session.handle(line.rstrip("\n"))
-        except ValueError as err:  # a bad line must not end the conversation
+            answer = session.handle(line.rstrip("\r\n"))
+        except (ValueError, OSError) as err:  # a bad line must not end the conversation
             print(f"nexusgen chat: error: {err}", file=sys.stderr)
             continue
         if answer is not None:
@@ -103,7 +110,9 @@ def chat(args: argparse.Namespace) -> int:
 
 
 class ChatSession:
-    """The state of a `nexusgen chat` session: the conversation and the images waiting to be attached."""
+    """The state of a `nexusgen chat` session: the conversation and the images waiting to be attached.
+
+    Turn t is seeded with `seed + t` (wrapping within the generators' 64-bit range)."""
 
     def __init__(self, model, out_dir: Path, seed: int = 0):
         self.model, self.out_dir, self.seed = model, out_dir, seed
@@ -112,21 +121,41 @@ class ChatSession:
         self.turn = 0
 
     def handle(self, line: str) -> str | None:
-        """Process one input line; returns the text to print (None for commands and blank lines)."""
-        text = line.strip()
+        """Process one input line; returns the text to print (None for commands and blank lines).
+
+        Raises:
+            ValueError: an unknown command, a bad image, text that is not valid UTF-8 or holds `<image>`.
+            OutputError: an answer image that cannot be saved (the answer text is in the message).
+        """
+        text = check_text(line, "the line").strip()
         if not text:
             return None
-        if text.split(maxsplit=1)[0] == ATTACH:
-            path = text[len(ATTACH):].strip()
-            if not path:
-                raise ValueError(f"usage: {ATTACH} PATH")
-            self.pending.append(load_image(path))
-            return None
+        command = text.split(maxsplit=1)[0]
+        if command.startswith("/") and command[1:].isalpha():
+            return self._command(command, text[len(command):].strip())
+        if IMAGE_PLACEHOLDER in text:
+            raise ValueError(f"{IMAGE_PLACEHOLDER} in a message is not an image: attach one with "
+                             f"'{ATTACH} PATH' on a line of its own, then type your message")
         user = {"role": "user", "content": [*self.pending, text]}
-        reply = self.model.chat([*self.messages, user], seed=self.seed + self.turn)
+        reply = self.model.chat([*self.messages, user], seed=offset_seed(self.seed, self.turn))
         self.messages += [user, reply.message]
         self.pending = []
-        saved = [save_image(im, self.out_dir / f"turn{self.turn:03d}_{k}.png")
-                 for k, im in enumerate(reply.images)]
-        self.turn += 1
+        turn, self.turn = self.turn, self.turn + 1
+        saved = []
+        for k, image in enumerate(reply.images):
+            try:
+                saved.append(save_image(image, self.out_dir / f"turn{turn:03d}_{k}.png"))
+            except OutputError as err:
+                raise OutputError(err.path, f"{err.reason}; the answer was: {reply.text}", err.errno) from None
         return reply.text + "".join(f"\n[image saved to {p}]" for p in saved)
+
+    def _command(self, command: str, argument: str) -> None:
+        if command == ATTACH:
+            if not argument:
+                raise ValueError(f"usage: {ATTACH} PATH")
+            self.pending.append(load_image(argument))
+            return None
+        if command == HELP:
+            print(f"commands: {CHAT_COMMANDS}", flush=True)
+            return None
+        raise ValueError(f"unknown command {command}; the commands are {CHAT_COMMANDS}")

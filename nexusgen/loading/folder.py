@@ -41,6 +41,7 @@ from nexusgen.config import (
     resolve_dtype,
 )
 from nexusgen.loading.lazy import LazyPart, resolve
+from nexusgen.loading.names import BUNDLED, RANDOM, check_model_name
 from nexusgen.models.memory import enable_fp8_storage, fp8_linear_count
 from nexusgen.models.placement import cast_module
 
@@ -48,9 +49,6 @@ CONFIG_FILE = "nexusgen.json"
 NEGATIVE_FILE = "negative.safetensors"
 NEGATIVE_KEYS = ("prompt_embeds", "pooled")
 CONVERSION_FILE = "conversion.json"
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "models"
-BUNDLED = {"shapes-mini": ASSETS / "shapes-mini"}
-RANDOM = ("tiny",)
 TRAIN_HINT = ("train it with the ShapesWorld recipe (`nexusgen train ... --out RUN`) and copy RUN/final "
               "to {path}, or pass --model tiny for a random-weight smoke-test model")
 CONVERT_HINT = "run `nexusgen convert {path} OUT_DIR` once and load OUT_DIR"
@@ -400,10 +398,7 @@ def resolve_model(name_or_path: str | os.PathLike, device: str | torch.device | 
             raise ValueError(f"the bundled model {name!r} is missing ({path} does not exist yet): "
                              + TRAIN_HINT.format(path=path))
         return load_model_folder(path, device, dtype)
-    path = Path(name).expanduser()
-    if not path.exists():
-        known = ", ".join([*BUNDLED, *RANDOM])
-        raise ValueError(f"unknown model {name!r}: not a bundled model ({known}) and no such path")
+    path = Path(check_model_name(name)).expanduser()
     if is_model_folder(path):
         return load_model_folder(path, device, dtype)
     if is_official_folder(path):

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import torch
 
+from nexusgen.validation import check_sampling
+
 
 def check_sampling_options(do_sample: bool, temperature: float, top_k: int, top_p: float) -> None:
-    """ValueError for sampling settings that cannot be used."""
+    """ValueError for sampling settings that cannot be used (`nexusgen.validation.check_sampling`, and a
+    temperature above 0 when sampling)."""
+    check_sampling(temperature, top_k, top_p)
     if do_sample and not temperature > 0:
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0: off), got {top_k!r}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (1: off), got {top_p!r}")
 
 
 def choose_tokens(logits: torch.Tensor, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,

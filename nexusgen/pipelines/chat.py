@@ -6,9 +6,16 @@ assistant turn, an image the model produced earlier). The answer may hold images
 one with `<|vision_start|>`, its N positions are filled in one step with the prefill table
 (`generate_interleaved`), and every predicted image is decoded to PIL with the generation decoder.
 
+A user turn's images come first, then its text, in the official layouts the model was trained on:
+`<image>\n{question}` to ask about an image, `<image> {instruction}` to edit it (the separator after an
+image is chosen from the text: `nexusgen.processing.templates.join_image_text`). Text is literal: a typed
+special token is text; `<image>` in text is refused, because a reply marks its own images with it and is
+sent back as the next turn's history.
+
 Steps: validate -> encode -> AR (KV-cached generation for the whole batch) -> denoise -> decode (all
 images of all answers in one decoder batch). Conversation b has the seed `seed + b` (or `seed[b]` for a
-list of seeds); image k of its answer is seeded with that + `IMAGE_SEED_STRIDE * k`, and with
+list of seeds); image k of its answer is seeded with that + `IMAGE_SEED_STRIDE * k` (wrapping within the
+generators' 64-bit range), and with
 `temperature > 0` its tokens are sampled from a generator of its own seeded with it, so an answer does
 not depend on the batch it is in. Greedy decoding (`temperature` 0, the default) ignores the seed for the
 text. A model without a generation decoder, or `image_output=False`, answers in text only (image output
@@ -17,16 +24,16 @@ is banned).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
 from nexusgen.pipelines.generate import GeneratePipeline, image_settings
-from nexusgen.pipelines.inputs import batch_seeds, check_image, check_positive, to_device, to_pil
+from nexusgen.pipelines.inputs import batch_seeds, check_image, fit_context, to_device, to_pil
 from nexusgen.pipelines.predict import negative_kwargs
-from nexusgen.processing.templates import IMAGE_PLACEHOLDER
+from nexusgen.processing.templates import IMAGE_PLACEHOLDER, IMAGE_SLOT, join_image_text
+from nexusgen.validation import check_max_new_tokens, check_sampling, check_text, offset_seed
 
 ROLES = ("system", "user", "assistant")
 IMAGE_SEED_STRIDE = 1_000_003
@@ -56,54 +63,44 @@ class ChatOutput:
 
 
 def flatten_conversation(messages: list[dict], index: int = 0) -> tuple[list[dict], list[Image.Image]]:
-    """Parts-style messages -> official message format (`<image>` placeholders) and the images in order.
+    """Parts-style messages -> messages of content parts (text, `IMAGE_SLOT`) and the images in order.
+
+    A user turn's images and text are joined in the official layouts (`join_image_text`).
 
     Raises:
-        ValueError: not a list of role/content dicts, a literal `<image>` in text, a bad image, or a
-            conversation that does not end with a user turn.
+        ValueError: not a list of role/content dicts, a literal `<image>` in text, text that is not valid
+            Unicode, a bad image, or a conversation that does not end with a user turn.
     """
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"conversation {index} must be a non-empty list of messages")
     flat, images = [], []
     for turn, message in enumerate(messages):
+        where = f"conversation {index}, message {turn}"
         if not isinstance(message, dict) or set(message) - {"role", "content"}:
-            raise ValueError(f"conversation {index}, message {turn}: expected {{'role', 'content'}}, "
-                             f"got {message!r}")
-        if message.get("role") not in ROLES:
-            raise ValueError(f"conversation {index}, message {turn}: unknown role {message.get('role')!r}; "
-                             f"expected one of {ROLES}")
+            raise ValueError(f"{where}: expected {{'role', 'content'}}, got {message!r}")
+        role = message.get("role")
+        if role not in ROLES:
+            raise ValueError(f"{where}: unknown role {role!r}; expected one of {ROLES}")
         content = message.get("content")
         parts = [content] if isinstance(content, (str, Image.Image)) else content
         if not isinstance(parts, list):
-            raise ValueError(f"conversation {index}, message {turn}: content must be a string, an image "
-                             "or a list")
-        text = []
+            raise ValueError(f"{where}: content must be a string, an image or a list")
+        out: list = []
         for part in parts:
             if isinstance(part, str):
-                if IMAGE_PLACEHOLDER in part:
-                    raise ValueError(f"conversation {index}, message {turn}: pass images as PIL parts, not "
-                                     f"{IMAGE_PLACEHOLDER} in the text")
-                text.append(part)
+                if IMAGE_PLACEHOLDER in check_text(part, f"{where} text"):
+                    raise ValueError(f"{where}: pass images as PIL parts, not {IMAGE_PLACEHOLDER} in the text "
+                                     f"(a reply marks its own images with {IMAGE_PLACEHOLDER})")
+                out.append(part)
             else:
-                images.append(check_image(part, f"conversation {index}, message {turn} image"))
-                text.append(IMAGE_PLACEHOLDER)
-        flat.append({"role": message.get("role"), "content": "".join(text)})
+                images.append(check_image(part, f"{where} image"))
+                out.append(IMAGE_SLOT)
+        flat.append({"role": role, "content": join_image_text(out) if role == "user" else out})
     if flat[-1]["role"] != "user":
         raise ValueError(f"conversation {index} must end with a user message, got {flat[-1]['role']!r}")
-    if not any(m["content"].strip() for m in flat if m["role"] == "user"):
+    if not any(isinstance(p, str) and p.strip() for m in flat if m["role"] == "user" for p in m["content"]):
         raise ValueError(f"conversation {index} has no user text")
     return flat, images
-
-
-def check_sampling(temperature: float, top_p: float) -> None:
-    """ValueError unless temperature is a finite number >= 0 and top_p one in (0, 1]."""
-    for name, value in (("temperature", temperature), ("top_p", top_p)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
 def sampling_kwargs(temperature: float, top_p: float, seeds: list[int]) -> dict:
@@ -141,7 +138,8 @@ class ChatPipeline:
 
         Args:
             messages: one conversation (a list of message dicts) or a list of conversations.
-            max_new_tokens: generation budget per answer (an image block counts N + 2 tokens).
+            max_new_tokens: generation budget per answer (an image block counts N + 2 tokens; cut to what the
+                model's context leaves).
             height, width, num_steps, guidance_scale, progress: image settings, as `GeneratePipeline`.
             seed: conversation b uses `seed + b`, or `seed[b]` for a list (one per conversation).
             image_output: False bans images from the answers (text only).
@@ -157,10 +155,10 @@ class ChatPipeline:
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages  # validate
         if not isinstance(conversations, list) or not conversations:
             raise ValueError("messages must be a conversation (list of dicts) or a list of conversations")
-        check_positive("max_new_tokens", max_new_tokens)
-        check_sampling(temperature, top_p)
+        check_max_new_tokens(max_new_tokens)
+        check_sampling(temperature, 0, top_p)
         settings = image_settings(self.config, height=height, width=width, num_steps=num_steps,
-                                  guidance_scale=guidance_scale, seed=seed)
+                                  guidance_scale=guidance_scale, seed=seed, count=len(conversations))
         # one seed per conversation (a list: each its own), not per image: answers hold any number of
         # images, so image k of conversation b is seeded with seeds[b] + IMAGE_SEED_STRIDE * k
         if isinstance(settings.seed, tuple) and len(settings.seed) != len(conversations):
@@ -169,6 +167,7 @@ class ChatPipeline:
         seeds = batch_seeds(settings.seed, len(conversations))
         flat = [flatten_conversation(c, i) for i, c in enumerate(conversations)]
         inputs = self.processor.chat_inputs([m for m, _ in flat], [ims for _, ims in flat])  # encode
+        max_new_tokens = fit_context(self.processor, inputs["attention_mask"], max_new_tokens)
         inputs = to_device(inputs, self.runtime.device)
         model = self.runtime.activate(self.ar_model)  # AR
         pixels = inputs["pixel_values"].to(self.runtime.dtype)
@@ -187,7 +186,7 @@ class ChatPipeline:
         if not jobs:
             return pictures
         embeds = torch.stack([image_embeds[b][k] for b, k in jobs])  # (J, N, D)
-        image_seeds = [seeds[b] + IMAGE_SEED_STRIDE * k for b, k in jobs]
+        image_seeds = [offset_seed(seeds[b], IMAGE_SEED_STRIDE * k) for b, k in jobs]
         negative = negative_kwargs(self.config, self.negative, settings.guidance_scale)
         images = to_pil(self.generation.decode(embeds, settings, image_seeds, negative, progress))
         for (b, _), image in zip(jobs, images, strict=True):

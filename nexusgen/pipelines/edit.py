@@ -24,8 +24,9 @@ from PIL import Image
 from nexusgen.flow.sampler import edit_latents
 from nexusgen.models.vae import latent_size, latents_to_images
 from nexusgen.pipelines.generate import GeneratePipeline, ImageSettings, image_settings
-from nexusgen.pipelines.inputs import as_batch, batch_seeds, check_embeds, check_image, check_prompts, to_pil
+from nexusgen.pipelines.inputs import as_batch, batch_seeds, check_embeds, check_image, to_pil
 from nexusgen.pipelines.predict import negative_kwargs, predict_embeds, reference_embeds
+from nexusgen.validation import check_prompts
 
 DECODERS = ("editing", "generation")
 
@@ -119,7 +120,8 @@ class EditPipeline:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         images = [check_image(im, f"image {i}") for i, im in enumerate(images)]
-        return images, prompts, image_settings(self.config, edit=decoder == "editing", **settings)
+        return images, prompts, image_settings(self.config, edit=decoder == "editing", count=len(images),
+                                               **settings)
 
     def _edit(self, embeds: torch.Tensor, images: list[Image.Image], settings: ImageSettings,
               seeds: list[int], progress: bool | None) -> torch.Tensor:

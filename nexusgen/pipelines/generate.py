@@ -15,20 +15,9 @@ from PIL import Image
 
 from nexusgen.flow.sampler import generate_latents
 from nexusgen.models.vae import latent_size, latents_to_images
-from nexusgen.pipelines.inputs import (
-    as_batch,
-    batch_seeds,
-    check_embeds,
-    check_positive,
-    check_prompts,
-    check_seed,
-    to_pil,
-)
+from nexusgen.pipelines.inputs import as_batch, batch_seeds, check_embeds, to_pil
 from nexusgen.pipelines.predict import negative_kwargs, predict_embeds
-
-MAX_OUTPUT_PIXELS = 2048 * 2048
-"""Largest output image (height x width) a call may ask for: FLUX works up to about 2 MP, and a far
-larger request only exhausts memory (the attention over (H/16)(W/16) latent tokens grows quadratically)."""
+from nexusgen.validation import check_guidance, check_output_size, check_prompts, check_seed, check_steps
 
 
 @dataclass
@@ -55,21 +44,19 @@ class ImageSettings:
     seed: int | tuple[int, ...]
 
 
-def image_settings(config, *, height, width, num_steps, guidance_scale, seed,
+def image_settings(config, *, height, width, num_steps, guidance_scale, seed, count: int = 1,
                    edit: bool = False) -> ImageSettings:
-    """Fill defaults from `config.sampling` and check every value (ValueError names the bad one)."""
+    """Fill defaults from `config.sampling` and check every value by the rules of `nexusgen.validation`
+    (ValueError names the bad one); `seed` must serve `count` images."""
     sampling = config.sampling
     default_scale = sampling.edit_guidance_scale if edit else sampling.guidance_scale
     default_steps = (sampling.edit_num_steps or sampling.num_steps) if edit else sampling.num_steps
-    guidance_scale = default_scale if guidance_scale is None else guidance_scale
-    check_positive("guidance_scale", guidance_scale, float)
-    height = check_positive("height", height) or sampling.height
-    width = check_positive("width", width) or sampling.width
-    if height * width > MAX_OUTPUT_PIXELS:
-        raise ValueError(f"output size {height}x{width} is more than the limit of {MAX_OUTPUT_PIXELS} pixels")
+    height, width = check_output_size(sampling.height if height is None else height,
+                                      sampling.width if width is None else width)
     return ImageSettings(height=height, width=width,
-                         num_steps=check_positive("num_steps", num_steps) or default_steps,
-                         guidance_scale=float(guidance_scale), seed=check_seed(seed))
+                         num_steps=check_steps(default_steps if num_steps is None else num_steps),
+                         guidance_scale=check_guidance(default_scale if guidance_scale is None else guidance_scale),
+                         seed=check_seed(seed, count))
 
 
 class GeneratePipeline:
@@ -97,7 +84,7 @@ class GeneratePipeline:
 
         Args:
             prompt: a description or a list of them (English or Chinese, detected per prompt).
-            height, width: output size in pixels (rounded up to multiples of 16); default the model's.
+            height, width: output size in pixels, multiples of 16 (others are refused); default the model's.
             num_steps: Euler steps; default the model's.
             guidance_scale: true CFG scale; default the model's (1 = no negative branch).
             seed: image b uses noise seed `seed + b`; or a list with each image's seed.
@@ -111,7 +98,7 @@ class GeneratePipeline:
         """
         prompts = check_prompts(as_batch(prompt, "prompt", (str,))[0])  # validate
         settings = image_settings(self.config, height=height, width=width, num_steps=num_steps,
-                                  guidance_scale=guidance_scale, seed=seed)
+                                  guidance_scale=guidance_scale, seed=seed, count=len(prompts))
         negative = negative_kwargs(self.config, self.negative, settings.guidance_scale)
         # encode, AR
         embeds = predict_embeds(self.ar_model, self.processor, self.runtime, prompts, "generate",
@@ -128,7 +115,7 @@ class GeneratePipeline:
         check_embeds(image_embeds, None, self.config.num_output_tokens,
                      self.ar_model.config.qwen_config.text_config.hidden_size)
         settings = image_settings(self.config, height=height, width=width, num_steps=num_steps,
-                                  guidance_scale=guidance_scale, seed=seed)
+                                  guidance_scale=guidance_scale, seed=seed, count=image_embeds.shape[0])
         negative = negative_kwargs(self.config, self.negative, settings.guidance_scale)
         seeds = batch_seeds(settings.seed, image_embeds.shape[0])
         embeds = image_embeds.to(self.runtime.device, self.runtime.dtype)

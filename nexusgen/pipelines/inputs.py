@@ -1,14 +1,15 @@
 """Input checking and encoding shared by the pipelines: one error style for every bad input.
 
-Every check raises `ValueError` naming the offending value; the CLI turns it into one
-line on stderr. Prompts are languages-detected per prompt (`detect_language`: any CJK ideograph selects
-the Chinese templates), so a batch may mix English and Chinese requests.
+The value checks themselves are `nexusgen.validation`'s (shared with the command line and the server);
+this module adds the ones that need the model: images, embeddings, the model's context. Every check raises
+`ValueError` naming the offending value; the CLI turns it into one line on stderr. Prompts are
+language-detected per prompt (`detect_language`: any CJK ideograph selects the Chinese templates), so a
+batch may mix English and Chinese requests.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,16 +44,6 @@ def as_batch(value: Any, name: str, single_types: tuple[type, ...]) -> tuple[lis
                      f"got {type(value).__name__}")
 
 
-def check_prompts(prompts: Sequence[Any]) -> list[str]:
-    """Non-empty strings, or ValueError naming the first bad prompt."""
-    for index, prompt in enumerate(prompts):
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompt {index} must be a string, got {type(prompt).__name__}")
-        if not prompt.strip():
-            raise ValueError(f"prompt {index} is empty: {prompt!r}")
-    return list(prompts)
-
-
 def check_image(image: Any, name: str = "image", max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
     """An RGB copy of a PIL image (transparency onto white), or ValueError (not an image, too many pixels)."""
     if not isinstance(image, Image.Image):
@@ -65,15 +56,6 @@ def check_image(image: Any, name: str = "image", max_pixels: int = MAX_DECODED_P
     return to_rgb(image)
 
 
-def check_positive(name: str, value: Any, kind: type = int) -> Any:
-    """`value` if it is a positive `kind` (None passes through), else ValueError."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or value <= 0:
-        raise ValueError(f"{name} must be a positive {kind.__name__}, got {value!r}")
-    return value
-
-
 def check_embeds(image_embeds: Any, batch: int | None, num_tokens: int, hidden_size: int) -> None:
     """ValueError unless `image_embeds` is a float (batch, num_tokens, hidden_size) tensor (any batch if None)."""
     expected = (batch if batch is not None else "B", num_tokens, hidden_size)
@@ -82,15 +64,6 @@ def check_embeds(image_embeds: Any, batch: int | None, num_tokens: int, hidden_s
     if not ok:
         shape = tuple(image_embeds.shape) if isinstance(image_embeds, torch.Tensor) else type(image_embeds).__name__
         raise ValueError(f"image_embeds must be a float ({', '.join(map(str, expected))}) tensor, got {shape}")
-
-
-def check_seed(seed: Any) -> int | tuple[int, ...]:
-    """A non-negative int (image b of a batch uses `seed + b`) or a sequence of them (one per image)."""
-    if isinstance(seed, (list, tuple)):
-        return tuple(check_seed(s) for s in seed)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return seed
 
 
 def batch_seeds(seed: int | tuple[int, ...], batch: int) -> list[int]:
@@ -126,6 +99,30 @@ def image_request_inputs(processor, prompts: list[str], task: str,
         samples.append(processor.encode(messages, source, add_generation_prompt=True,
                                         assistant_prefix=prefixes[key] + IMAGE_PLACEHOLDER))
     return processor.pad(samples, padding_side="left")
+
+
+def fit_context(processor, attention_mask: torch.Tensor, max_new_tokens: int = 1, *, reserve: int = 0) -> int:
+    """The answer budget that fits the model's context (`max_new_tokens`, cut where the longest prompt
+    leaves less room). A prompt that leaves no room, for `reserve` more tokens (an answer image's N) and one
+    generated token, is a ValueError naming it, raised before anything is generated.
+
+    Args:
+        processor: the model's `NexusGenProcessor` (its `context_length`).
+        attention_mask: (B, L) of the encoded prompts (1 at real tokens).
+        max_new_tokens: the asked budget (0: the caller generates no text, only `reserve` positions).
+        reserve: positions the answer needs besides its text.
+    """
+    context = processor.context_length
+    if context is None:
+        return max_new_tokens
+    lengths = attention_mask.sum(-1).tolist()
+    needed = reserve + min(max_new_tokens, 1)
+    what = f"the {reserve} tokens of the answer's image" if reserve else "an answer"
+    for index, length in enumerate(lengths):
+        if length + needed > context:
+            raise ValueError(f"prompt {index} is {length} tokens long (its images included): with {what} it "
+                             f"does not fit the model's context of {context} tokens; shorten it")
+    return min(max_new_tokens, context - max(lengths) - reserve)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

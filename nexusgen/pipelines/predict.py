@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from nexusgen.pipelines.inputs import image_request_inputs, to_device
+from nexusgen.pipelines.inputs import fit_context, image_request_inputs, to_device
 
 
 @torch.no_grad()
@@ -29,8 +29,13 @@ def predict_embeds(ar_model, processor, runtime, prompts: list[str], task: str,
 
     Returns:
         (B, N, D) predicted embeddings on the device, in the compute dtype.
+
+    Raises:
+        ValueError: a prompt that, with the answer image's N positions, does not fit the model's context.
     """
-    inputs = to_device(image_request_inputs(processor, prompts, task, images), runtime.device)  # encode
+    inputs = image_request_inputs(processor, prompts, task, images)  # encode
+    fit_context(processor, inputs["attention_mask"], 0, reserve=ar_model.config.num_output_tokens)
+    inputs = to_device(inputs, runtime.device)
     model = runtime.activate(ar_model)  # AR
     for part in prefetch:
         runtime.prefetch(part)

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from nexusgen.models.text_generation import generate_text
-from nexusgen.models.token_sampling import check_sampling_options
-from nexusgen.pipelines.inputs import as_batch, check_image, check_positive, check_prompts, check_seed, to_device
-from nexusgen.processing.templates import IMAGE_PLACEHOLDER
+from nexusgen.pipelines.inputs import as_batch, check_image, fit_context, to_device
+from nexusgen.processing.templates import IMAGE_SLOT
+from nexusgen.validation import check_max_new_tokens, check_prompts, check_sampling, check_seed
 
 DEFAULT_MAX_NEW_TOKENS = 1024
 """The official scripts' and app's budget."""
@@ -40,8 +40,9 @@ class UnderstandOutput:
 
 def understanding_messages(prompt: str, num_images: int) -> list[dict]:
     """The user turn of a question about `num_images` images in the training data's layout: the images
-    first, then the question."""
-    return [{"role": "user", "content": f"{IMAGE_PLACEHOLDER}\n" * num_images + prompt}]
+    first, each on its own line, then the question (literal text: nothing typed in it places an image or a
+    control token)."""
+    return [{"role": "user", "content": [*[IMAGE_SLOT, "\n"] * num_images, prompt]}]
 
 
 class UnderstandPipeline:
@@ -65,7 +66,7 @@ class UnderstandPipeline:
             image: for a single prompt, a PIL image, a list of them, or None (text only); for a list of
                 prompts, a list with one such entry per prompt.
             prompt: a question or a list of them; "" with an image asks for the image's description.
-            max_new_tokens: generation budget per answer.
+            max_new_tokens: generation budget per answer (cut to what the model's context leaves).
             temperature: 0 (default) decodes greedily; above 0 samples at this temperature.
             top_k: when sampling, keep the k most likely tokens (0: all).
             top_p: when sampling, keep the smallest set of tokens with this much probability (1: all).
@@ -75,14 +76,13 @@ class UnderstandPipeline:
             UnderstandOutput (lists, also for a single prompt).
 
         Raises:
-            ValueError: empty prompt without an image, bad image, mismatched counts, bad settings.
+            ValueError: empty prompt without an image, bad image, mismatched counts, bad settings, a prompt
+                past the model's context.
         """
         prompts, single = as_batch(prompt, "prompt", (str,))
-        check_positive("max_new_tokens", max_new_tokens)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-            raise ValueError(f"temperature must be a number >= 0 (0: greedy), got {temperature!r}")
-        check_sampling_options(temperature > 0, temperature, top_k, top_p)
-        check_seed(seed)
+        check_max_new_tokens(max_new_tokens)
+        check_sampling(temperature, top_k, top_p)
+        check_seed(seed, len(prompts))
         per_prompt = [image] if single else image
         if not isinstance(per_prompt, (list, tuple)) or len(per_prompt) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts need a list of {len(prompts)} image entries, got "
@@ -91,7 +91,9 @@ class UnderstandPipeline:
         prompts = check_prompts([DESCRIBE_PROMPT if isinstance(p, str) and not p.strip() and ims else p
                                  for p, ims in zip(prompts, images, strict=True)])
         conversations = [understanding_messages(p, len(ims)) for p, ims in zip(prompts, images, strict=True)]
-        inputs = to_device(self.processor.chat_inputs(conversations, images), self.runtime.device)  # encode
+        inputs = self.processor.chat_inputs(conversations, images)  # encode
+        max_new_tokens = fit_context(self.processor, inputs["attention_mask"], max_new_tokens)
+        inputs = to_device(inputs, self.runtime.device)
         model = self.runtime.activate(self.ar_model)  # AR
         pixels = inputs["pixel_values"].to(self.runtime.dtype)
         # one generator per answer, on the device: answer b's tokens do not depend on its batch, and drawing

@@ -1,27 +1,29 @@
-"""Processing without torchvision: images (the one resize rule), chat templates (EN/ZH), tokenizers,
-and `NexusGenProcessor`, which turns conversations and PIL images into the autoregressive model's inputs."""
+"""Processing without torchvision: images (the one resize rule, every image mode), chat templates (EN/ZH),
+tokenizers, and `NexusGenProcessor`, which turns conversations and PIL images into the autoregressive
+model's inputs.
 
-from nexusgen.processing.images import load_image, resize_bounded, resize_fixed, to_rgb
-from nexusgen.processing.processor import IGNORE_INDEX, EncodedSample, NexusGenProcessor
-from nexusgen.processing.templates import (
-    CANONICAL_ANSWER_PREFIXES,
-    DEFAULT_SYSTEM_PROMPT,
-    IMAGE_PLACEHOLDER,
-    decode_with_image_markers,
-    render_chat,
-    user_text,
-)
-from nexusgen.processing.tokenizers import (
-    build_byte_tokenizer,
-    build_qwen25_tokenizer,
-    check_special_token_ids,
-    load_tokenizer,
-    special_token_ids,
-)
+The names below are imported on first use: `nexusgen.processing.images` and `.templates` need only Pillow,
+so the commands can read and check an image before torch loads (a bad input answers in milliseconds).
+"""
 
-__all__ = [
-    "CANONICAL_ANSWER_PREFIXES", "DEFAULT_SYSTEM_PROMPT", "IGNORE_INDEX", "IMAGE_PLACEHOLDER",
-    "EncodedSample", "NexusGenProcessor", "build_byte_tokenizer", "build_qwen25_tokenizer",
-    "check_special_token_ids", "decode_with_image_markers", "load_image", "load_tokenizer",
-    "render_chat", "resize_bounded", "resize_fixed", "special_token_ids", "to_rgb", "user_text",
-]
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "load_image": "images", "resize_bounded": "images", "resize_fixed": "images", "to_rgb": "images",
+    "IGNORE_INDEX": "processor", "EncodedSample": "processor", "NexusGenProcessor": "processor",
+    "CANONICAL_ANSWER_PREFIXES": "templates", "DEFAULT_SYSTEM_PROMPT": "templates",
+    "IMAGE_PLACEHOLDER": "templates", "decode_with_image_markers": "templates", "render_chat": "templates",
+    "user_text": "templates",
+    "build_byte_tokenizer": "tokenizers", "build_qwen25_tokenizer": "tokenizers",
+    "check_special_token_ids": "tokenizers", "load_tokenizer": "tokenizers", "special_token_ids": "tokenizers",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"nexusgen.processing.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'nexusgen.processing' has no attribute {name!r}")

@@ -72,12 +72,21 @@ class NexusGenProcessor:
         self.config = config
         self.system_prompt, self.answer_prefixes = model_templates(config)
         self.ids = special_token_ids(tokenizer)
+        self.control_ids: dict[str, int] = {}
         self.merge_size = int(image_processor.merge_size)
         self.token_px = int(image_processor.patch_size) * self.merge_size
         height, width = config.output_image_px
         if height % self.token_px or width % self.token_px:
             raise ValueError(f"output_image_px {config.output_image_px} is not a multiple of the "
                              f"{self.token_px}-px token of the image processor")
+
+    @property
+    def context_length(self) -> int | None:
+        """The model's context in tokens (its LLM's `max_position_embeddings`: prompt and answer must fit);
+        None for a config that states none."""
+        qwen = getattr(self.config, "qwen_config", None)
+        length = getattr(getattr(qwen, "text_config", qwen), "max_position_embeddings", None)
+        return None if length is None else int(length)
 
     # -- images -------------------------------------------------------------------------------------
     def prepare_image(self, image: Image.Image, is_target: bool) -> Image.Image:
@@ -141,19 +150,37 @@ class NexusGenProcessor:
         return sample
 
     def _tokenize_into(self, sample: EncodedSample, chat, counts: list[int]) -> None:
-        enc = self.tokenizer(chat.text, add_special_tokens=False, return_offsets_mapping=True)
-        image_index = 0
-        for token, (start, _) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
-            trainable = any(a <= start < b for a, b in chat.trainable_spans)
-            label = token if trainable else IGNORE_INDEX
-            repeat = 1
-            if token == self.ids["image_pad"]:
-                repeat = counts[image_index]
-                image_index += 1
-            sample.input_ids += [token] * repeat
-            sample.labels += [label] * repeat
+        """Tokenize the rendered segments: text with special-token parsing off (a typed `<|im_end|>` stays
+        text), control segments as their one token each."""
+        texts = [segment.text for segment in chat.segments if not segment.control]
+        batch = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
+                               split_special_tokens=True) if texts else {"input_ids": [], "offset_mapping": []}
+        encoded = iter(zip(batch["input_ids"], batch["offset_mapping"], strict=True))
+        image_index, position = 0, 0
+        for segment in chat.segments:
+            if segment.control:
+                tokens = [(self._control_id(segment.text), 0)]
+            else:
+                ids, offsets = next(encoded)
+                tokens = [(token, start) for token, (start, _) in zip(ids, offsets, strict=True)]
+            for token, start in tokens:
+                trainable = any(a <= position + start < b for a, b in chat.trainable_spans)
+                label = token if trainable else IGNORE_INDEX
+                repeat = 1
+                if segment.control and token == self.ids["image_pad"]:
+                    repeat = counts[image_index]
+                    image_index += 1
+                sample.input_ids += [token] * repeat
+                sample.labels += [label] * repeat
+            position += len(segment.text)
         if image_index != len(counts):
             raise ValueError(f"the text holds {image_index} image tokens for {len(counts)} images")
+
+    def _control_id(self, token: str) -> int:
+        token_id = self.control_ids.get(token)
+        if token_id is None:
+            token_id = self.control_ids[token] = int(self.tokenizer.convert_tokens_to_ids(token))
+        return token_id
 
     def pad(self, samples: list[EncodedSample], padding_side: str = "left") -> dict[str, torch.Tensor]:
         """Pad encoded samples into one batch.

@@ -31,8 +31,10 @@ def test_generate_shapes_seeds_and_sizes(tiny):
     assert [im.size for im in out.images] == [(64, 64), (64, 64)]
     assert out.image_embeds.shape == (2, 16, 64) and out.image_embeds.dtype == torch.float32
     assert out.seeds == [7, 8]
-    sized = tiny._generate(prompt="a red circle", height=40, width=72, num_steps=2)
-    assert sized.images[0].size == (80, 48)  # rounded up to multiples of 16, (width, height)
+    sized = tiny._generate(prompt="a red circle", height=48, width=80, num_steps=2)
+    assert sized.images[0].size == (80, 48)  # (width, height)
+    with pytest.raises(ValueError, match=r"height must be a multiple of 16 .*\(e.g. 32 or 48\), got 40"):
+        tiny._generate(prompt="a red circle", height=40, width=72, num_steps=2)  # refused, never rounded
 
 
 def test_generate_is_deterministic_under_a_seed(tiny):
@@ -111,7 +113,7 @@ def test_per_image_seed_lists(tiny, pictures):
     assert edited.seeds == [3, 3]
     with pytest.raises(ValueError, match="got 1 seeds for 2 images"):
         tiny._generate(prompt=prompts, seed=[5])
-    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+    with pytest.raises(ValueError, match=r"seed\[1\] must be an integer between 0 and 2\*\*64 - 1"):
         tiny._generate(prompt=prompts, seed=[5, -1])
     with pytest.raises(ValueError, match="2 seeds for 1 conversations"):  # chat: one per conversation
         tiny.chat([{"role": "user", "content": "Draw a red circle"}], seed=[1, 2])
@@ -207,7 +209,7 @@ def test_oversized_output_is_refused_before_any_work(tiny):
     # checked on the settings, so the test cannot run out of memory if the check is missing
     for edit in (False, True):
         with pytest.raises(ValueError, match="more than the limit"):
-            image_settings(tiny.config, height=100_000, width=100_000, num_steps=None, guidance_scale=None,
+            image_settings(tiny.config, height=4096, width=4096, num_steps=None, guidance_scale=None,
                            seed=0, edit=edit)
     ok = image_settings(tiny.config, height=2048, width=2048, num_steps=None, guidance_scale=None, seed=0)
     assert (ok.height, ok.width) == (2048, 2048)

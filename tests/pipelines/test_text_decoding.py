@@ -97,5 +97,5 @@ def test_cli_text_only_question_and_bad_sampling(capsys):
     assert capsys.readouterr().out.endswith("\n")  # the answer's line (a random model's may be blank)
     assert main(["understand", "--model", "tiny", "--prompt", "hello", "--temperature", "1",
                  "--top-p", "2"]) == 2
-    assert "top_p" in capsys.readouterr().err
+    assert "--top-p" in capsys.readouterr().err
     assert main(["understand", "--model", "tiny", "--prompt", ""]) == 2  # no image: nothing to describe

@@ -9,6 +9,7 @@ from PIL import Image
 
 from nexusgen.api import NexusGen
 from nexusgen.pipelines.understand import understanding_messages
+from nexusgen.processing.templates import IMAGE_SLOT
 
 
 def test_understanding_equals_stock_qwen_generation(tiny, pictures, monkeypatch):
@@ -21,7 +22,7 @@ def test_understanding_equals_stock_qwen_generation(tiny, pictures, monkeypatch)
     out = tiny._understand(image=pictures[1], prompt="What shape is this?", max_new_tokens=12)
     messages = understanding_messages("What shape is this?", 1)
     assert asked == [[messages]]
-    assert messages[0]["content"] == "<image>\nWhat shape is this?"
+    assert messages[0]["content"] == [IMAGE_SLOT, "\n", "What shape is this?"]
     batch = processor.chat_inputs([messages], [[pictures[1]]])
     banned = [model.vision_start_token_id, model.vision_end_token_id, model.image_token_id,
               int(model.config.qwen_config.video_token_id)]
@@ -134,10 +135,10 @@ def test_chat_without_image_output_never_opens_an_image(tiny, boost):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"temperature": -0.1}, "temperature must be >= 0"),
+    ({"temperature": -0.1}, "temperature must be a finite number between 0"),
     ({"temperature": float("nan")}, "temperature must be a finite number"),
-    ({"top_p": 0.0}, "top_p must be in"),
-    ({"top_p": 1.5}, "top_p must be in"),
+    ({"top_p": 0.0}, r"top_p must be a number in \(0, 1\]"),
+    ({"top_p": 1.5}, r"top_p must be a number in \(0, 1\]"),
     ({"seed": [1, 2]}, "2 seeds for 1 conversations"),
 ])
 def test_chat_rejects_bad_sampling_settings(tiny, kwargs, message):

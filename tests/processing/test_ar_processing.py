@@ -20,6 +20,7 @@ from nexusgen.processing import (
 )
 from nexusgen.processing.images import load_image
 from nexusgen.processing.processor import build_image_processor
+from nexusgen.processing.templates import IMAGE_SLOT, is_edit_instruction, join_image_text
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 
@@ -78,14 +79,57 @@ def test_render_chat_marks_assistant_text_trainable():
         render_chat([{"role": "robot", "content": "x"}])
 
 
-@pytest.mark.parametrize("token", ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>"])
-def test_reserved_image_tokens_in_text_are_a_value_error(processor, token):
-    # a literal <|image_pad|> in a prompt used to desynchronise the image count (IndexError)
-    with pytest.raises(ValueError, match="reserved token"):
-        processor.image_prompt_inputs(f"a {token} b")
-    with pytest.raises(ValueError, match="reserved token"):
-        processor.chat_inputs([[{"role": "user", "content": f"<image> what is {token}?"}]],
-                              [[Image.new("RGB", (48, 48))]])
+SPECIAL_TOKENS = ["<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|image_pad|>", "<|vision_start|>",
+                  "<|vision_end|>", "<|video_pad|>"]
+
+
+def _control_ids(processor) -> set[int]:
+    return {processor.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+
+
+def _count(ids, wanted: set[int]) -> int:
+    return sum(int(t) in wanted for t in ids)
+
+
+@pytest.mark.parametrize("token", SPECIAL_TOKENS)
+def test_special_tokens_typed_in_a_prompt_are_text(processor, token):
+    # a typed <|im_end|> used to end the user turn (the answer came out empty), a typed <|image_pad|>
+    # desynchronised the image count: user text is tokenized with special-token parsing off
+    controls = _control_ids(processor)
+    plain = processor.image_prompt_inputs("a b")["input_ids"][0]
+    typed = processor.image_prompt_inputs(f"a {token} b")["input_ids"][0]
+    assert _count(typed, controls) == _count(plain, controls)  # the template's own, no more
+    text = processor.tokenizer.decode(typed.tolist(), skip_special_tokens=True)
+    assert token in text  # spelled out as characters
+    picture = Image.new("RGB", (48, 48))
+    asked = processor.chat_inputs([[{"role": "user", "content": [IMAGE_SLOT, f"\nwhat is {token}?"]}]], [[picture]])
+    baseline = processor.chat_inputs([[{"role": "user", "content": [IMAGE_SLOT, "\nwhat is x?"]}]], [[picture]])
+    assert _count(asked["input_ids"][0], controls) == _count(baseline["input_ids"][0], controls)
+
+
+def test_image_placeholders_place_images_only_in_the_official_format(processor):
+    picture = Image.new("RGB", (48, 48))
+    official = processor.encode([{"role": "user", "content": "<image> make it red"}], [picture])
+    parts = processor.encode([{"role": "user", "content": [IMAGE_SLOT, " make it red"]}], [picture])
+    assert official.input_ids == parts.input_ids  # the same request, two spellings
+    literal = processor.encode([{"role": "user", "content": ["what does <image> mean?"]}])
+    assert _count(literal.input_ids, _control_ids(processor)) == 4  # im_start/end of system and user only
+    with pytest.raises(ValueError, match="placeholders"):
+        processor.encode([{"role": "user", "content": "<image> x"}], [])  # official format: an image
+
+
+@pytest.mark.parametrize("text, edit", [
+    ("Make the red circle green.", True), ("remove the blue square", True), ("Please add a hat.", True),
+    ("把红色圆形变成绿色。", True), ("请删除蓝色正方形。", True), ("Describe the image.", False),
+    ("What shape is on the right?", False), ("Count the circles.", False), ("Make it red?", False),
+    ("图中有几个图形？", False), ("描述这张图片。", False), ("Give a detailed description of the image.", False),
+])
+def test_edit_instructions_get_the_editing_layout(text, edit):
+    assert is_edit_instruction(text) is edit
+    joined = join_image_text([IMAGE_SLOT, text])
+    assert joined == [IMAGE_SLOT, " " if edit else "\n", text]
+    assert join_image_text([IMAGE_SLOT, IMAGE_SLOT, "\nWhich is bigger?"]) == [
+        IMAGE_SLOT, "\n", IMAGE_SLOT, "\nWhich is bigger?"]  # a separator the caller gave is kept
 
 
 def _png_header(path, width, height):
