@@ -124,7 +124,8 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     path = Path(path)
     existing = _nearest_existing(path)
     if not existing.is_dir():
-        raise OutputError(path, f"{existing} is a file, not a folder", errno.ENOTDIR)
+        what = "it" if existing == path else str(existing)
+        raise OutputError(path, f"{what} is a file, not a folder", errno.ENOTDIR)
     _probe_writable(existing, path)
     return path
 

@@ -24,8 +24,15 @@ from pathlib import Path
 
 from nexusgen.files import atomic_save_image, check_output_file
 from nexusgen.loading.names import check_model_name
-from nexusgen.validation import check_device, check_dtype, check_guidance, check_output_size, check_seed, \
-    check_side, check_steps
+from nexusgen.validation import (
+    check_device,
+    check_dtype,
+    check_guidance,
+    check_output_size,
+    check_seed,
+    check_side,
+    check_steps,
+)
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nexusgen.commands.common import model_from_args, save_image
+from nexusgen.commands.common import check_model_options, model_from_args, save_image
+from nexusgen.files import check_output_folder
 from nexusgen.processing.contact_sheet import contact_sheet
+from nexusgen.validation import check_seed
 from nexusgen.worlds.shapes import make_edit, make_generation, make_understanding, render_scene
 
 # One example per type, in this order (ShapesWorld task types).
@@ -65,9 +67,9 @@ def run_demo(model, out_dir: str | Path, seed: int = 0) -> list[str]:
 
 def demo(args: argparse.Namespace) -> int:
     """`nexusgen demo [--out DIR] [--seed S]`: prints the answers and where the contact sheet went."""
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a directory")
-    for line in run_demo(model_from_args(args), out, seed=args.seed):
+    seed = check_seed(args.seed, len(GENERATE_CATEGORIES), "--seed")
+    out = check_output_folder(args.out)
+    check_model_options(args)
+    for line in run_demo(model_from_args(args), out, seed=seed):
         print(line)
     return 0

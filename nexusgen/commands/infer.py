@@ -22,8 +22,7 @@ from nexusgen.commands.common import (
 from nexusgen.files import OutputError, check_output_file, check_output_folder
 from nexusgen.processing.images import load_image
 from nexusgen.processing.templates import IMAGE_PLACEHOLDER
-from nexusgen.validation import check_max_new_tokens, check_prompt, check_sampling, check_seed, check_text, \
-    offset_seed
+from nexusgen.validation import check_max_new_tokens, check_prompt, check_sampling, check_seed, check_text, offset_seed
 
 QUIT, ATTACH, HELP = "/quit", "/image", "/help"
 CHAT_COMMANDS = f"{ATTACH} PATH (attach an image to your next message), {QUIT} (end), {HELP}"

@@ -49,7 +49,7 @@ from safetensors.torch import save_file
 
 from nexusgen.convert.keymaps import dit_state_dict_to_diffsynth, vae_state_dict_to_bfl
 from nexusgen.convert.official import MAX_SHARD_BYTES, ShardWriter, flux_rope_axes
-from nexusgen.files import atomic_folder, write_json
+from nexusgen.files import atomic_folder, save_torch, write_json, writing
 
 Log = Callable[[str], None]
 AR_WEIGHT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
@@ -263,8 +263,9 @@ def export_decoder(folder: Path, out_stem: Path, prefix: str, cast: torch.dtype 
     dit = dit_state_dict_to_diffsynth(_read_diffusers_weights(folder / "transformer"))
     state.update({f"pipe.dit.{k}": v for k, v in dit.items()})
     state = {k: (v.to(cast) if cast is not None else v).contiguous() for k, v in state.items()}
-    save_file(state, str(out_stem.with_suffix(".safetensors")), metadata={"format": "pt"})
-    torch.save(state, out_stem.with_suffix(".bin"))  # a plain dict of tensors: a weights-only pickle
+    with writing(out_stem.with_suffix(".safetensors")):
+        save_file(state, str(out_stem.with_suffix(".safetensors")), metadata={"format": "pt"})
+    save_torch(state, out_stem.with_suffix(".bin"))  # a plain dict of tensors: a weights-only pickle
     return f"{out_stem.name}.bin and .safetensors ({len(state)} tensors, {len(dit)} DiT)"
 
 
@@ -272,8 +273,9 @@ def export_vae(folder: Path, path: Path, cast: torch.dtype | None) -> str:
     """The diffusers AutoencoderKL in FLUX's `ae.safetensors` naming (BFL / LDM)."""
     config = _read_json(folder / "config.json")
     state = vae_state_dict_to_bfl(_read_diffusers_weights(folder), len(config["block_out_channels"]))
-    save_file({k: (v.to(cast) if cast is not None else v).contiguous() for k, v in state.items()}, str(path),
-              metadata={"format": "pt"})
+    with writing(path):
+        save_file({k: (v.to(cast) if cast is not None else v).contiguous() for k, v in state.items()}, str(path),
+                  metadata={"format": "pt"})
     return f"{path.name} ({len(state)} tensors, BFL names)"
 
 

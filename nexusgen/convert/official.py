@@ -32,6 +32,7 @@ import os
 import pickle
 import re
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,7 +41,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from nexusgen.convert.keymaps import dit_key_to_diffusers, vae_key_to_diffusers
-from nexusgen.files import atomic_folder, save_tensors, write_json
+from nexusgen.files import (
+    atomic_folder,
+    check_output_folder,
+    make_parents,
+    output_error,
+    remove_empty,
+    save_tensors,
+    write_json,
+    writing,
+)
 from nexusgen.loading.decoders import (
     ADAPTER_FILE,
     CONFIG_FILE,
@@ -174,7 +184,9 @@ class ShardWriter:
     def _flush(self) -> None:
         if not self.pending:
             return
-        save_file(self.pending, str(self.folder / f".shard-{len(self.shards)}"), metadata={"format": "pt"})
+        shard = self.folder / f".shard-{len(self.shards)}"
+        with writing(shard, shard):
+            save_file(self.pending, str(shard), metadata={"format": "pt"})
         self.shards.append(list(self.pending))
         self.total_bytes += self.pending_bytes
         self.pending, self.pending_bytes = {}, 0
@@ -417,9 +429,13 @@ def convert_official(official_dir: str | os.PathLike, out_dir: str | os.PathLike
                      device: torch.device | str | None = None) -> dict[str, str]:
     """Convert every official part found in `official_dir` into the model folder `out_dir`.
 
+    Every part is converted into a staging folder next to `out_dir`; only when all present parts converted
+    are they moved into `out_dir` (replacing the parts of an earlier conversion), `conversion.json` last. A
+    failed conversion leaves `out_dir` as it was.
+
     Args:
         official_dir: an official Nexus-GenV2 (or V1) folder.
-        out_dir: the nexusgen model folder to write (parts are replaced one by one, atomically).
+        out_dir: the nexusgen model folder to write.
         log: receives one line per part (converted, skipped or failed).
         max_shard_bytes: safetensors shard size for the DiTs.
         vae_norm_num_groups: GroupNorm groups of the VAE (32 for FLUX; not stored in ae.safetensors).
@@ -433,11 +449,32 @@ def convert_official(official_dir: str | os.PathLike, out_dir: str | os.PathLike
         part name -> what was done, for the converted parts.
 
     Raises:
-        ValueError: nothing to convert, or a present part failed (after the others were converted).
+        ValueError: nothing to convert, or a present part failed (after the others were tried).
+        OutputError: `out_dir` cannot be written.
     """
     official, out = Path(official_dir), Path(out_dir)
     if not official.is_dir():
         raise ValueError(f"{official}: not a directory")
+    check_output_folder(out)
+    created = make_parents(out / "_")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        results = _convert_into(official, staging, out, log, max_shard_bytes, vae_norm_num_groups, flux_dir,
+                                negative_prompt, device)
+        _publish(staging, out)
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        remove_empty(created)
+        if isinstance(err, OSError):
+            raise output_error(out, err) from None
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return results
+
+
+def _convert_into(official: Path, staging: Path, out: Path, log: Log, max_shard_bytes: int,
+                  vae_norm_num_groups: int, flux_dir, negative_prompt: str, device) -> dict[str, str]:
+    """Convert every part found into `staging`; ValueError naming the failed parts."""
     results: dict[str, str] = {}
     failures: dict[str, str] = {}
     log(f"converting {official} -> {out}")
@@ -453,13 +490,13 @@ def convert_official(official_dir: str | os.PathLike, out_dir: str | os.PathLike
     else:
         log("  pooled vector: no FLUX text_encoder/ found -- decoders get a zero pooled vector "
             "(official decoders expect CLIP(\"\"): add text_encoder/ and convert again)")
-    _convert_parts(official, out, pooled, results, failures, log, max_shard_bytes, vae_norm_num_groups)
+    _convert_parts(official, staging, pooled, results, failures, log, max_shard_bytes, vae_norm_num_groups)
     t5_dir, t5_tokenizer = _find(official, "text_encoder_2", flux), _find(official, "tokenizer_2", flux)
     if t5_dir is not None and t5_tokenizer is not None and clip_dir is not None:
         def negative() -> str:
             tensors = negative_branch(t5_dir, t5_tokenizer, clip_dir, _find(official, "tokenizer", flux),
                                       negative_prompt, device)
-            save_tensors(tensors, _ensure(out) / NEGATIVE_FILE)
+            save_tensors(tensors, staging / NEGATIVE_FILE)
             return f"T5({negative_prompt!r}) {tuple(tensors['prompt_embeds'].shape)} -> {NEGATIVE_FILE}"
         _run_part("negative branch", negative, results, failures, log)
     else:
@@ -468,11 +505,27 @@ def convert_official(official_dir: str | os.PathLike, out_dir: str | os.PathLike
     if not results and not failures:
         raise ValueError(f"nothing to convert in {official}: no generation_decoder.bin, edit_decoder.bin, "
                          f"decoder_81_512.bin, ae.safetensors or AR config.json + model*.safetensors")
-    write_json({"source": str(official.resolve()), "parts": results, "failed": failures},
-               _ensure(out) / "conversion.json")
     if failures:
-        raise ValueError("; ".join(f"{k}: {v}" for k, v in failures.items()))
+        raise ValueError(f"nothing written to {out}: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
+    write_json({"source": str(official.resolve()), "parts": results, "failed": failures},
+               staging / "conversion.json")
     return results
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move every converted part from `staging` into `out` (an earlier conversion's part of the same name
+    is replaced), `conversion.json` last."""
+    out.mkdir(exist_ok=True)
+    names = sorted(p.name for p in staging.iterdir() if p.name != "conversion.json") + ["conversion.json"]
+    for name in names:
+        target, old = out / name, out / f".{name}.old-{os.getpid()}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging / name, target)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def _ensure(folder: Path) -> Path:

@@ -28,6 +28,7 @@ data, task and model; resuming with different ones is an error.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -48,7 +49,7 @@ from nexusgen.data.messages import (
     record_id,
     resolve_path,
 )
-from nexusgen.files import write_json
+from nexusgen.files import make_parents, output_error, remove_empty, write_json, writing
 from nexusgen.processing.templates import IMAGE_PLACEHOLDER
 from nexusgen.tasks import EDIT, GENERATE, IMAGE_TASKS
 
@@ -112,11 +113,27 @@ def read_done_ids(path: Path) -> set[str]:
     return done
 
 
+def _has_records(jsonl: Path) -> bool:
+    """Whether `jsonl` holds a complete output record (or is not ours to judge)."""
+    try:
+        return bool(read_done_ids(jsonl))
+    except (OSError, ValueError):
+        return True
+
+
 def _append(path: Path, records: list[dict[str, Any]]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        f.flush()
-        os.fsync(f.fileno())
+    """Append whole lines: a failed write (a full disk) is cut back off, the error naming `path`."""
+    size = path.stat().st_size if path.exists() else 0
+    with writing(path):
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            with contextlib.suppress(OSError), open(path, "r+b") as f:
+                f.truncate(size)
+            raise
 
 
 def _relative_to(path: Path, folder: Path) -> str:
@@ -240,6 +257,17 @@ class _Writer:
         (out / "embeds").mkdir(parents=True, exist_ok=True)
 
     def write(self, pending: list[tuple[dict, str]], results: list[dict[str, Any]]) -> None:
+        """Save the batch's tensors, then append its records; on a failure the batch's tensor files are
+        removed again (no file without its record)."""
+        saved: list[Path] = []
+        try:
+            self._write(pending, results, saved)
+        except BaseException:
+            for path in saved:
+                path.unlink(missing_ok=True)
+            raise
+
+    def _write(self, pending: list[tuple[dict, str]], results: list[dict[str, Any]], saved: list[Path]) -> None:
         records = []
         for (record, sample_id), tensors in zip(pending, results, strict=True):
             stem = file_stem(sample_id)
@@ -250,6 +278,7 @@ class _Writer:
                 suffix = {"embed_path": "", "embed_source": "_source", "embed_target": "_target"}[key]
                 name = f"embeds/{stem}{suffix}.safetensors"
                 save_embeds(self.out / name, embeds.detach().cpu())  # atomic: temp + os.replace
+                saved.append(self.out / name)
                 new[key] = name
                 new[{"embed_path": "embed_grid"}.get(key, f"{key}_grid")] = list(grid)
             records.append(new)
@@ -283,8 +312,27 @@ def prepare_embeds(data: str | os.PathLike, model: str | os.PathLike, task: str,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     data, out = Path(data), Path(out)
     dataset = MessageDataset(data, image_root=image_root, skip_bad=skip_bad)
-    out.mkdir(parents=True, exist_ok=True)
     jsonl = out / f"{data.stem}.{task}.jsonl"
+    created = make_parents(out / "_")
+    existed = out.exists()
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as err:
+        remove_empty(created)
+        raise output_error(out, err) from None
+    try:
+        return _prepare(dataset, data, model, task, out, jsonl, batch_size, skip_bad, parts)
+    except BaseException:
+        if not _has_records(jsonl):  # nothing to resume: remove what this run wrote
+            for path in (jsonl, out / MANIFEST):
+                path.unlink(missing_ok=True)
+            remove_empty([out / "embeds", *([] if existed else [out]), *created])
+        raise
+
+
+def _prepare(dataset: MessageDataset, data: Path, model, task: str, out: Path, jsonl: Path, batch_size: int,
+             skip_bad: bool, parts) -> dict[str, Any]:
+    """`prepare_embeds` once its folder exists."""
     if jsonl.resolve() == data.resolve():
         raise ValueError(f"the output {jsonl} would overwrite the input")
     _check_manifest(out, {"data": str(data.resolve()), "task": task, "model": str(model),

@@ -12,6 +12,11 @@ Two phases, so scoring can be rerun on saved artifacts without the model (`--sco
    DIR/samples.jsonl (one record per item), DIR/results.json (schema of docs/architecture.md §3, plus extra keys
    such as per-section "compositional") and DIR/failures.png (contact sheet of the worst failures).
 
+A run writes into a staging folder next to DIR and replaces DIR with it when everything is scored, so a
+failed run (a full disk, a model error) leaves DIR as it was, and a new run never leaves an earlier run's
+images next to its results. DIR must therefore be new, empty, or a folder that holds only what a run writes
+(`OWNED`: an earlier run's output): anything else in it is refused before the model runs.
+
 Scores are ShapesWorld scores: synthetic and GenEval-*style*, not comparable with published GenEval or
 ImgEdit numbers.
 """
@@ -23,7 +28,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from nexusgen.files import atomic_save_image, git_sha, json_safe, write_json, write_jsonl
+from nexusgen.files import (
+    atomic_folder,
+    atomic_save_image,
+    check_output_folder,
+    git_sha,
+    json_safe,
+    write_json,
+    write_jsonl,
+)
 from nexusgen.processing.contact_sheet import contact_sheet
 from nexusgen.tasks import EDIT, GENERATE, TASKS, UNDERSTAND
 from nexusgen.worlds.shapes import EditItem, GenerateItem, UnderstandItem
@@ -39,6 +52,9 @@ TASK_MODULES = {UNDERSTAND: (understanding, UnderstandItem), GENERATE: (generati
 benchmark's names (`module.SECTION`: understanding, generation, editing)."""
 SECTION_TASKS = {module.SECTION: task for task, (module, _) in TASK_MODULES.items()}
 NOTE = "ShapesWorld scores (synthetic, GenEval-style); not comparable with published GenEval/ImgEdit numbers."
+OWNED = frozenset({EVAL_SET, "samples.jsonl", "results.json", "failures.png",
+                   *(module.SECTION for module, _ in TASK_MODULES.values())})
+"""What a run writes into DIR; a DIR holding anything else is not replaced."""
 
 
 @dataclass
@@ -166,11 +182,30 @@ def score(out_dir) -> dict:
     return results
 
 
+def check_out_dir(out_dir) -> Path:
+    """DIR, checked before the model runs: writable, and new, empty or an earlier run's output (`OWNED`).
+
+    Raises:
+        ValueError: DIR holds a file or folder a run does not write.
+        OutputError: DIR cannot be written.
+    """
+    out = check_output_folder(out_dir)
+    if out.is_dir():
+        foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in OWNED)
+        if foreign:
+            raise ValueError(f"{out} holds {foreign[0]!r}, which eval shapes did not write: give a new or empty "
+                             "folder (a run replaces its folder whole)")
+    return out
+
+
 def evaluate(model, out_dir, config: ShapesEvalConfig | None = None) -> dict:
-    """Both phases: run `model` on the benchmark, then score. Returns results.json's content."""
+    """Both phases: run `model` on the benchmark, then score, in a staging folder that replaces `out_dir`
+    when done (a failure leaves `out_dir` as it was). Returns results.json's content."""
     config = config or ShapesEvalConfig()
-    generate_artifacts(model, out_dir, config)
-    return score(out_dir)
+    with atomic_folder(check_out_dir(out_dir)) as staging:
+        generate_artifacts(model, staging, config)
+        results = score(staging)
+    return results
 
 
 def override_sampling(model, *, num_steps: int | None = None, guidance_scale: float | None = None,

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from nexusgen.files import fsync_path, fsync_tree, save_tensors
+from nexusgen.files import fsync_path, fsync_tree, output_error, save_tensors, save_torch
 from nexusgen.train import parallel
 
 COMPLETE = "COMPLETE"
@@ -100,12 +100,33 @@ def save_checkpoint(run_dir, step: int, *, model, optimizer, scheduler, data_sta
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     parallel.barrier()
-    torch.save({"rng": rng_state(), "data": data_state}, tmp / f"rank_{info.rank:05d}.pt")
+    try:
+        _write_checkpoint(tmp, step, model_state, optim_state, ema_state, scheduler, data_state, info)
+    except BaseException as err:  # a full disk, a read-only file system: no half-written step is left
+        if info.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise output_error(final, err) from None
+        raise
+    if info.is_main:
+        if final.exists():  # the same step saved again after a resume: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_path(final.parent)
+        _prune(run_dir, keep_last)
+    parallel.barrier()
+    return final
+
+
+def _write_checkpoint(tmp: Path, step: int, model_state, optim_state, ema_state, scheduler, data_state: dict,
+                      info: parallel.DistInfo) -> None:
+    """Every file of the checkpoint into `tmp`, fsynced, the COMPLETE marker last (collective)."""
+    save_torch({"rng": rng_state(), "data": data_state}, tmp / f"rank_{info.rank:05d}.pt")
     fsync_path(tmp / f"rank_{info.rank:05d}.pt")
     if info.is_main:
         save_tensors(model_state, tmp / "model.safetensors")
-        torch.save(optim_state, tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        save_torch(optim_state, tmp / "optimizer.pt")
+        save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
         if ema_state is not None:
             save_tensors(ema_state, tmp / "ema.safetensors")
         (tmp / "trainer.json").write_text(json.dumps({"step": step, "world_size": info.world_size}))
@@ -114,13 +135,6 @@ def save_checkpoint(run_dir, step: int, *, model, optimizer, scheduler, data_sta
         fsync_tree(tmp)
         (tmp / COMPLETE).write_text(f"{step}\n")
         fsync_path(tmp / COMPLETE)
-        if final.exists():  # the same step saved again after a resume: replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_path(final.parent)
-        _prune(run_dir, keep_last)
-    parallel.barrier()
-    return final
 
 
 def _prune(run_dir, keep_last: int) -> None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from nexusgen.files import atomic_folder, atomic_write_text, git_sha
+from nexusgen.files import atomic_folder, atomic_write_text, git_sha, remove_empty
 from nexusgen.train import checkpoint, parallel
 from nexusgen.train.config import TrainConfig, config_to_dict, load_config, save_config
 from nexusgen.train.ema import EMA
@@ -53,6 +54,31 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, require_checkpo
     check_run_dir(run_dir, latest, resume=resume, require_checkpoint=require_checkpoint)
     if resume and latest is not None:
         check_resumable(config, run_dir / "config.json")
+    created = [] if run_dir.exists() else [run_dir, *[p for p in run_dir.parents if not p.exists()]]
+    try:
+        return _train(config, run_dir, info, latest if resume else None)
+    except BaseException:
+        if info.is_main:
+            remove_unfinished_run(run_dir, created)
+        raise
+
+
+def remove_unfinished_run(run_dir: Path, created: list[Path]) -> None:
+    """After a failure, remove what a run that cannot be resumed wrote (no complete checkpoint, no final/):
+    its files, its unfinished checkpoint folders, and the folders it created, so a failed `train` leaves
+    no empty run folder. A run that can be resumed keeps everything."""
+    if checkpoint.latest_checkpoint(run_dir) is not None or (run_dir / "final").exists():
+        return
+    for name in ("config.json", "git_sha", "metrics.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
+    for stale in (run_dir / "checkpoints").glob(".step_*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    remove_empty([run_dir / "checkpoints", *created])
+
+
+def _train(config: TrainConfig, run_dir: Path, info: parallel.DistInfo, latest: Path | None) -> dict:
+    """The run itself, after `train`'s checks; `latest`: the checkpoint to resume from, or None."""
+    resume = latest is not None
     micro_batch = config.micro_batch_size(info.world_size)  # validates the batch split early
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     _set_determinism(config.deterministic)
@@ -62,7 +88,7 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, require_checkpo
                                                parts.ema)
 
     start_step = 0
-    if resume and latest is not None:
+    if resume:
         start_step, data_state = checkpoint.load_checkpoint(
             latest, model=model, optimizer=optimizer, scheduler=scheduler, info=info, ema=ema)
         stage.stream.load_state_dict(data_state)

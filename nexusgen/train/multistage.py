@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from nexusgen.files import atomic_folder
+from nexusgen.files import atomic_folder, remove_empty
 from nexusgen.train import checkpoint, parallel
 from nexusgen.train.config import TrainConfig, apply_overrides, current_name
 from nexusgen.train.stages.parent import wants_ar_parent
@@ -55,9 +55,21 @@ def run_stages(stages: dict[str, Callable[[], TrainConfig]], out, overrides: lis
     """Train the stages in order (from `start_at`, whose stage.parent must then be set); returns
     {stage: summary} (skipped stages: "already finished"). With `resume`, stages not started yet start
     from step 0, but a recipe with nothing at all to resume is an error unless not `require_checkpoint`."""
+    out = Path(out)
+    created = [] if out.exists() else [out, *[p for p in out.parents if not p.exists()]]
+    try:
+        return _run_stages(stages, out, overrides, resume=resume, start_at=start_at,
+                           require_checkpoint=require_checkpoint)
+    except BaseException:
+        if parallel.is_main_process():
+            remove_empty(created)  # each stage removed what it wrote if it cannot be resumed
+        raise
+
+
+def _run_stages(stages: dict[str, Callable[[], TrainConfig]], out: Path, overrides: list[str], *, resume: bool,
+                start_at: str | None, require_checkpoint: bool) -> dict:
     from nexusgen.train.loop import train
 
-    out = Path(out)
     configs = stage_configs(stages, overrides)  # every override is checked before any training
     if start_at is not None:
         configs = _from_stage(configs, start_at)

@@ -179,7 +179,7 @@ def _bad_cases(images, tmp_path):
         "output under a file": (["generate", "--model", "tiny", "--prompt", "q", "--out",
                                  str(images["square"] / "x.png")], "is a file, not a folder"),
         "eval into a file": (["eval", "shapes", "--model", "oracle", "--num", "1", "--out",
-                              str(images["square"])], "File exists"),
+                              str(images["square"])], "it is a file, not a folder"),
     }
 
 

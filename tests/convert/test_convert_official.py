@@ -161,8 +161,12 @@ def test_corrupt_clip_and_vae_files_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "text_encoder/model.safetensors").write_bytes(b"garbage")
     (tmp_path / "ae.safetensors").write_bytes(b"garbage")
     assert main(["convert", str(tmp_path), str(tmp_path / "out")]) == 2  # was a SafetensorError traceback
-    err = capsys.readouterr().err
-    assert "pooled vector: FAILED" in err and "vae: FAILED" in err and "Traceback" not in err
+    out, err = capsys.readouterr()
+    assert "pooled vector: FAILED" in out and "vae: FAILED" in out  # the report, one line per part
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "pooled vector: " in err and "vae: " in err and "nothing written" in err
+    assert not (tmp_path / "out").exists()  # a failed convert writes nothing (no conversion.json)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # nor leaves its staging folder
 
 
 def test_autoregressive_files_are_linked_and_load(tmp_path):
