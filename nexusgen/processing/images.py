@@ -11,9 +11,21 @@
   nearest token multiple that keeps its aspect ratio and stays within `[min_pixels, max_pixels]`
   (Qwen2.5-VL's `smart_resize`; `max_pixels` = 262,640 for Nexus-Gen, about 512x512).
 
-Both resize with PIL bicubic (the Qwen2.5-VL image processor's filter), after converting to RGB with any
-transparency composited onto white. The Qwen image processor is then called with `do_resize=False`, so
-these functions are the only place where an image's size changes.
+Both resize with PIL bicubic (the Qwen2.5-VL image processor's filter), after converting to RGB
+(`to_rgb`). The Qwen image processor is then called with `do_resize=False`, so these functions are the
+only place where an image's size changes.
+
+**Every mode to RGB** (`to_rgb`, the one rule for files, API images and training data alike):
+
+* the EXIF orientation is applied first (a phone photo stands upright, as a viewer shows it);
+* transparency (RGBA, LA, PA, RGBa, La, P or L/RGB with a transparent colour) is composited onto white;
+* 16-bit grey (I;16, I;16L, I;16B, I;16N) is scaled from [0, 65535] to [0, 255], rounded, not clipped;
+* 32-bit integers (I) are scaled from [0, 2**bits - 1]: the bits a TIFF declares, else 16 when every
+  value fits in 16 bits (Pillow decodes 16-bit PGM/PPM to I), else 31; negative values become 0;
+* 32-bit floats (F) are scaled from [0, 1] when every value lies in it (float TIFFs), else from [0, 255]
+  (Pillow's own scale for F); values outside clip, NaN becomes 0;
+* every other mode (1, L, P, CMYK, YCbCr, LAB, HSV) goes through Pillow's conversion (LAB via its sRGB
+  profile); colour profiles are not applied.
 """
 
 from __future__ import annotations
@@ -22,24 +34,77 @@ import io
 import os
 import warnings
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 RESAMPLE = Image.Resampling.BICUBIC
 # Refuse to decode more than this many pixels (decompression bombs); 64 MP covers any real photo.
 MAX_DECODED_PIXELS = 64_000_000
 
 
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+GREY_16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_EXIF_ORIENTATION = 0x0112
+_TIFF_BITS_PER_SAMPLE = 258
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB copy of `image`; transparency is composited onto white (not dropped, which gives black)."""
+    """RGB copy of `image` by the rules of the module docstring: EXIF orientation applied, transparency
+    composited onto white, 16-bit, 32-bit integer and float images scaled (never clipped)."""
     if not isinstance(image, Image.Image):
         raise ValueError(f"expected a PIL image, got {type(image).__name__}")
-    if image.mode == "RGB":
+    image = _upright(image)
+    if image.mode == "La":  # premultiplied grey + alpha: Pillow converts it only to LA
+        image = image.convert("LA")
+    if image.mode == "RGB" and "transparency" not in image.info:
         return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in GREY_16_MODES or image.mode in ("I", "F"):
+        return _scaled_grey(image).convert("RGB")
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode == "LAB":
+        from PIL import ImageCms
+
+        srgb, lab = ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB")
+        return ImageCms.applyTransform(image, ImageCms.buildTransform(lab, srgb, "LAB", "RGB"))
     return image.convert("RGB")
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says (unchanged without one)."""
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # a broken EXIF block: the pixels are still good
+        return image
+    return ImageOps.exif_transpose(image) if orientation not in (1, None) else image
+
+
+def _scaled_grey(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grey image as 8-bit L, scaled from its value range."""
+    values = np.asarray(image).astype(np.float64)
+    if image.mode in GREY_16_MODES:
+        top = 65535.0
+    elif image.mode == "I":
+        bits = _declared_bits(image)
+        if bits is None:
+            bits = 16 if values.size == 0 or values.max() <= 65535 else 31
+        top = float(2 ** min(bits, 31) - 1)
+    else:  # F
+        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+        top = 1.0 if values.size == 0 or (values.min() >= 0 and values.max() <= 1) else 255.0
+    scaled = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
+def _declared_bits(image: Image.Image) -> int | None:
+    """Bits per sample a TIFF declares (None for other files)."""
+    tags = getattr(image, "tag_v2", None)
+    bits = tags.get(_TIFF_BITS_PER_SAMPLE) if tags is not None else None
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    return int(bits) if bits else None
 
 
 class ImageFileError(ValueError):

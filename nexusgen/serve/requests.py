@@ -1,9 +1,9 @@
 """Validated requests -> the model's arguments, checked against `ServeSettings` and the model itself.
 
 Everything here runs before a request is queued, so a bad request is refused in milliseconds with a
-message naming its field, and the worker only ever sees work it can do. The model's own checks
-(`image_settings`, `negative_kwargs`) are called here too, so the server and the library cannot disagree
-about what is valid.
+message naming its field, and the worker only ever sees work it can do. The library's own checks
+(`nexusgen.validation` for guidance, sizes and text; `image_settings`, `negative_kwargs` for the model) are
+called here too, so the server and the library cannot disagree about what is valid.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from nexusgen.processing.templates import IMAGE_PLACEHOLDER
 from nexusgen.serve.errors import APIError, bad_request
 from nexusgen.serve.media import image_from_url
 from nexusgen.serve.settings import ServeSettings
+from nexusgen.validation import SIZE_MULTIPLE, check_guidance, check_text
 
 IMAGE_FIELDS = ("size", "num_inference_steps", "true_cfg_scale", "guidance_scale", "negative_prompt")
 """Chat fields that only set answer images."""
-SIZE_STEP_PX = 16
+SIZE_STEP_PX = SIZE_MULTIPLE
 """Output sides must be multiples of this (the VAE's 8 px times the DiT's 2x2 latent patches)."""
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
@@ -36,7 +37,12 @@ def check_model_name(name: str | None, served: str) -> None:
 
 
 def check_prompt(prompt: str, param: str, settings: ServeSettings, tokenizer) -> int:
-    """Non-empty, at most max_prompt_chars characters and max_prompt_tokens tokens; returns the tokens."""
+    """Non-empty, valid Unicode, at most max_prompt_chars characters and max_prompt_tokens tokens; returns
+    the tokens."""
+    try:
+        check_text(prompt, param)
+    except ValueError as err:
+        raise bad_request(str(err), param, "invalid_value") from None
     if not prompt.strip():
         raise bad_request(f"{param} is empty", param, "empty_prompt")
     if len(prompt) > settings.max_prompt_chars:
@@ -86,9 +92,11 @@ def image_options(request, model, settings: ServeSettings, *, edit: bool = False
                           "num_inference_steps", "invalid_steps")
     _check_embedded_guidance(request.guidance_scale, model)
     scale = request.true_cfg_scale
-    if scale is not None and (not math.isfinite(scale) or scale <= 0):
-        raise bad_request(f"true_cfg_scale must be a finite number > 0, got {scale}", "true_cfg_scale",
-                          "invalid_value")
+    if scale is not None:
+        try:
+            check_guidance(scale, "true_cfg_scale")
+        except ValueError as err:
+            raise bad_request(str(err), "true_cfg_scale", "invalid_value") from None
     height, width = parse_size(request.size, settings)
     options = {"height": height, "width": width, "num_steps": steps, "guidance_scale": scale}
     uses_editing = edit and decoder == "editing"
@@ -145,6 +153,10 @@ def conversation(messages, model, settings: ServeSettings) -> tuple[list[dict], 
         for k, part in enumerate(parts):
             if isinstance(part, str) or part.type == "text":
                 text = part if isinstance(part, str) else part.text
+                try:
+                    check_text(text, param)
+                except ValueError as err:
+                    raise bad_request(str(err), param, "invalid_value") from None
                 if IMAGE_PLACEHOLDER in text:
                     raise bad_request(f"{param}: the text may not contain {IMAGE_PLACEHOLDER}; send images as "
                                       "image_url parts", param, "invalid_value")
@@ -173,14 +185,13 @@ def conversation(messages, model, settings: ServeSettings) -> tuple[list[dict], 
 
 
 def _layout(parts: list) -> list:
-    """A user message in the layout the model was trained on, whatever the order of its parts: images
-    first, each on its own line, then the text, as `UnderstandPipeline` asks. The bundled model answers
-    worse when a question comes before its image."""
+    """A user message's images first, then its text, whatever the order of its parts: the layout the
+    model was trained on (the bundled model answers worse when a question comes before its image). The
+    chat pipeline puts the official separator after each image: a newline before a question, a space
+    before an editing instruction (`nexusgen.processing.templates.join_image_text`)."""
     images = [p for p in parts if not isinstance(p, str)]
     text = "".join(p for p in parts if isinstance(p, str))
-    if not images:
-        return [text]
-    return [*(x for image in images for x in (image, "\n")), text]
+    return [*images, text.lstrip()] if images else [text]
 
 
 def chat_options(request, model, settings: ServeSettings) -> dict:
