@@ -27,6 +27,14 @@ OUTPUT_OPTIONS = ("out", "out_dir")
 """The options that name a command's output (`--out`, `--out-dir`, a positional OUT_DIR)."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (`nexusgen generate: error: argument --steps: ...`, exit
+    2), like every other bad input; `--help` still shows the usage. Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _call(family: str, function: str):
     """A handler that imports `nexusgen.commands.<family>` on use and calls its `function` with the args."""
 
@@ -327,7 +335,7 @@ def _inside(path: str, out: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nexusgen", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="nexusgen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _inference_commands(sub)
     _tooling_commands(sub)

@@ -6,9 +6,15 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from nexusgen.validation import check_device, check_steps
+
 
 def bench(args: argparse.Namespace) -> dict:
     """Run the benchmark named by `args.what` (only its module is imported)."""
+    if args.steps is not None:
+        check_steps(args.steps, "--steps")
+    if args.device is not None:
+        check_device(args.device, "--device")
     module = importlib.import_module(f"nexusgen.bench.{args.what}")
     if args.what in ("e2e", "serve"):  # the two that load a model and sample with it
         return module.run(args.model, quick=args.quick, steps=args.steps)

@@ -1,10 +1,11 @@
 """`nexusgen prepare-embeds`: the decoders' training embeddings (`nexusgen.data.prepare`).
 
---batch-size, --model and the output folder are checked before torch loads."""
+--data, --batch-size, --model and the output folder are checked before torch loads."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from nexusgen.files import check_output_folder
 from nexusgen.loading.names import check_model_name
@@ -14,6 +15,8 @@ from nexusgen.validation import check_int
 
 def prepare_embeds(args: argparse.Namespace) -> dict:
     """Precompute embeddings for every record of --data; returns the summary (printed as JSON)."""
+    if not Path(args.data).is_file():
+        raise ValueError(f"--data {args.data}: no such file")
     check_int(args.batch_size, "--batch-size", 1)
     check_model_name(args.model)
     check_output_folder(args.out)

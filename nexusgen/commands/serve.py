@@ -53,14 +53,16 @@ def check_port_free(host: str, port: int) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     """`nexusgen serve --model M [--host H] [--port P] [--api-key KEY] [limits...]`."""
+    from nexusgen.commands.common import check_model_options, model_from_args
+
     settings = settings_from_args(args)
+    check_model_options(args)
     check_port_free(args.host, args.port)
     try:
         from nexusgen.serve.app import serve as run_server
     except ImportError as err:
         raise ValueError(f"nexusgen serve needs the serving extra ({err.name} is missing): "
                          "pip install 'nexusgen[serve]'") from None
-    from nexusgen.commands.common import model_from_args
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     model = model_from_args(args)

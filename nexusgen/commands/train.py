@@ -22,21 +22,24 @@ def train(args: argparse.Namespace) -> int | dict:
     if args.dry_run:
         return dry_run(args.recipe, overrides, ranks=args.ranks, seq_len=args.seq_len)
     check_output_folder(args.out)
-    from nexusgen.recipes import MULTI_STAGE_RECIPES, resolve_recipe
+    from nexusgen.recipes import MULTI_STAGE_RECIPES, resolve_recipe  # no torch: the recipe is checked first
+
+    config = None
+    if args.recipe not in MULTI_STAGE_RECIPES:
+        if args.start_at is not None:
+            raise ValueError(f"--start-at is for multi-stage recipes ({', '.join(MULTI_STAGE_RECIPES)}), "
+                             f"not {args.recipe!r}")
+        config = resolve_recipe(args.recipe, overrides)
     from nexusgen.train import loop, parallel
     from nexusgen.train.multistage import run_stages
 
     resume = args.resume or args.resume_if_possible
     try:
-        if args.recipe in MULTI_STAGE_RECIPES:
+        if config is None:
             summary = run_stages(MULTI_STAGE_RECIPES[args.recipe], args.out, overrides, resume=resume,
                                  start_at=args.start_at, require_checkpoint=not args.resume_if_possible)
         else:
-            if args.start_at is not None:
-                raise ValueError(f"--start-at is for multi-stage recipes ({', '.join(MULTI_STAGE_RECIPES)}), "
-                                 f"not {args.recipe!r}")
-            summary = loop.train(resolve_recipe(args.recipe, overrides), args.out, resume=resume,
-                                 require_checkpoint=not args.resume_if_possible)
+            summary = loop.train(config, args.out, resume=resume, require_checkpoint=not args.resume_if_possible)
     finally:
         parallel.destroy_distributed()
     parallel.print0(f"done: {summary}")

@@ -23,7 +23,6 @@ Anything else is a ValueError naming the path.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import warnings
@@ -41,11 +40,10 @@ from nexusgen.config import (
     resolve_dtype,
 )
 from nexusgen.loading.lazy import LazyPart, resolve
-from nexusgen.loading.names import BUNDLED, RANDOM, check_model_name
+from nexusgen.loading.names import BUNDLED, CONFIG_FILE, RANDOM, check_model_name, is_model_folder
 from nexusgen.models.memory import enable_fp8_storage, fp8_linear_count
 from nexusgen.models.placement import cast_module
 
-CONFIG_FILE = "nexusgen.json"
 NEGATIVE_FILE = "negative.safetensors"
 NEGATIVE_KEYS = ("prompt_embeds", "pooled")
 CONVERSION_FILE = "conversion.json"
@@ -308,22 +306,6 @@ def _read_negative(path: Path, device, dtype) -> dict[str, torch.Tensor] | None:
     return {k: v.to(device=device, dtype=dtype) for k, v in tensors.items()}
 
 
-def is_model_folder(folder: Path) -> bool:
-    """True for a nexusgen model folder (ours, a training export or a converted official folder)."""
-    return folder.is_dir() and ((folder / CONFIG_FILE).is_file() or (folder / "autoregressive").is_dir())
-
-
-def is_official_folder(folder: Path) -> bool:
-    """True for an official Nexus-Gen folder: a Qwen2.5-VL config.json at the top level."""
-    path = folder / "config.json"
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("model_type") == "qwen2_5_vl"
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return False
-
-
 def load_official_folder(path: str | os.PathLike, device=None, dtype=None) -> ModelParts:
     """The autoregressive part of an official Nexus-GenV2 folder; its decoders need `nexusgen convert`."""
     from nexusgen.loading.autoregressive import load_autoregressive
@@ -398,13 +380,10 @@ def resolve_model(name_or_path: str | os.PathLike, device: str | torch.device | 
             raise ValueError(f"the bundled model {name!r} is missing ({path} does not exist yet): "
                              + TRAIN_HINT.format(path=path))
         return load_model_folder(path, device, dtype)
-    path = Path(check_model_name(name)).expanduser()
+    path = Path(check_model_name(name)).expanduser()  # a model folder or an official one, or ValueError
     if is_model_folder(path):
         return load_model_folder(path, device, dtype)
-    if is_official_folder(path):
-        return load_official_folder(path, device, dtype)
-    raise ValueError(f"{path}: not a model folder (expected {CONFIG_FILE} or autoregressive/, or an official "
-                     "Nexus-Gen folder with a Qwen2.5-VL config.json)")
+    return load_official_folder(path, device, dtype)
 
 
 def load_autoregressive_part(name_or_path: str | os.PathLike, device=None, dtype=None):

@@ -10,7 +10,9 @@ from nexusgen.data import prepare
 def test_kind_reaches_prepare_embeds_as_a_task(kind, task, tmp_path, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(prepare, "prepare_embeds", lambda data, model, task, out, **kwargs: calls.append(task) or {})
-    assert main(["prepare-embeds", "--data", "d.jsonl", "--kind", kind, "--out", str(tmp_path)]) == 0
+    data = tmp_path / "d.jsonl"  # --data must exist: it is checked before torch loads
+    data.write_text("")
+    assert main(["prepare-embeds", "--data", str(data), "--kind", kind, "--out", str(tmp_path / "out")]) == 0
     assert calls == [task]
 
 
