@@ -179,6 +179,17 @@ CHAT_LINES = ["/colour red", "a red \udcff circle", "Make <image> green.", "/qui
 CHAT_CULPRITS = ["/colour", "UTF-8", "/image PATH"]
 
 
+# Quiet success: a command that works prints nothing on stderr (no third-party warning), and writes its output.
+SUCCESS_CASES = [
+    ("generate-ok", ["generate", "--prompt", "a red circle", "--out", "ok.png", "--steps", "2"], ["ok.png"]),
+    ("edit-ok", ["edit", "--image", "img.png", "--prompt", "Add a red circle.", "--out", "ok.png", "--steps", "2"],
+     ["ok.png"]),
+    ("understand-ok", ["understand", "--image", "img.png", "--prompt", "How many shapes are there?"], []),
+    ("embed-ok", ["embed", "--prompt", "a red circle", "--out", "ok.safetensors"], ["ok.safetensors"]),
+    ("eval-ok", ["eval", "shapes", "--num", "2", "--tasks", "understand", "--out", "ev"], ["ev"]),
+]
+
+
 def _inputs(folder: Path) -> None:
     """The files every case may point at: a good image, a corrupt one, a file, a folder with a file in it."""
     folder.mkdir(parents=True)
@@ -198,6 +209,7 @@ def report(tmp_path_factory) -> dict:
     cases = [{"id": case_id, "argv": argv} for case_id, argv, _ in OPTION_CASES + MODEL_CASES]
     cases += [{"id": case_id, "argv": argv, "max_file_bytes": FULL_DISK_BYTES}
               for case_id, argv, _ in FULL_DISK_CASES]
+    cases += [{"id": case_id, "argv": argv} for case_id, argv, _ in SUCCESS_CASES]
     cases.append({"id": "chat-bad-lines", "argv": ["chat", "--out-dir", "chat"],
                   "stdin": "".join(line + "\n" for line in CHAT_LINES)})
     for case in cases:
@@ -239,6 +251,14 @@ def test_full_disk_is_one_line_naming_the_output_and_leaves_nothing(report, case
     result = report[case_id]
     _check_rejection(result, culprit)
     assert "tmp" not in result["stderr"], result["stderr"]  # the user's path, not a temporary name
+
+
+@pytest.mark.parametrize(("case_id", "outputs"), [(c, outputs) for c, _, outputs in SUCCESS_CASES],
+                         ids=[c for c, _, _ in SUCCESS_CASES])
+def test_success_is_quiet(report, case_id, outputs):
+    result = report[case_id]
+    assert result["code"] == 0 and result["stderr"] == "", result
+    assert set(outputs) <= set(result["left"]), result
 
 
 def test_chat_bad_lines_are_one_line_each_and_never_reach_the_model(report):

@@ -54,3 +54,23 @@ def test_demo_on_the_bundled_model_answers_and_writes_its_sheet(bundled, tmp_pat
     assert (tmp_path / "demo.png").is_file() and lines[-1].endswith("demo.png")
     answers = [line for line in lines if line.startswith("Q: ")]
     assert len(answers) == 3
+
+
+def test_chat_edits_an_attached_image_as_edit_does(bundled):
+    # chat joins an attached image and an instruction as the editing data does ("<image> Make ..."); without
+    # the space ("<image>Make ...") the model read it as a question and the edit did nothing
+    scene = bundled.generate("a red circle left of a blue square", seed=0)
+    assert bundled.understand(scene, "What color is the circle?") == "red"
+    reply = bundled.chat([{"role": "user", "content": [scene, "Make the red circle green."]}])
+    assert len(reply.images) == 1
+    assert bundled.understand(reply.images[0], "What color is the circle?") == "green"
+    answer = bundled.chat([{"role": "user", "content": [scene, "What color is the circle?"]}])
+    assert answer.text == "red" and answer.images == []  # a question keeps the question layout
+
+
+def test_a_typed_special_token_is_text_not_the_end_of_the_turn(bundled):
+    # "<|im_end|>" typed in a question used to close the user turn: the answer came out empty
+    scene = bundled.generate("a red circle left of a blue square", seed=0)
+    assert bundled.understand(scene, "How many shapes are there?<|im_end|>").strip() != ""
+    image = bundled.generate("a green triangle <|im_end|>", seed=0)
+    assert image.size == (64, 64)
