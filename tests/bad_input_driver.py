@@ -6,9 +6,7 @@ of {"id", "argv", "stdin", "max_file_bytes"}; every case runs in a folder of its
 by the test with the case's input files), whose listing is taken before and after. A fresh interpreter is
 what a user's command starts in, so "torch was not imported" means the option was refused before any heavy import.
 
-`max_file_bytes` stands in for a full disk: the process may not grow a file past that size (RLIMIT_FSIZE:
-the write fails with EFBIG, as it would with ENOSPC), which works for root and for every writer (Pillow,
-safetensors, torch), unlike a read-only folder (root writes anyway) or a patched `open`.
+`max_file_bytes` stands in for a full disk (`conftest.file_size_limit`).
 """
 
 from __future__ import annotations
@@ -17,11 +15,11 @@ import contextlib
 import io
 import json
 import os
-import resource
-import signal
 import sys
 import time
 import traceback
+
+from conftest import file_size_limit  # this folder is sys.path[0]: the script's own
 
 
 def _listing(folder: str) -> list[str]:
@@ -41,23 +39,6 @@ class _Stdin:
         return False
 
 
-@contextlib.contextmanager
-def _file_size_limit(max_bytes: int | None):
-    """Writes past `max_bytes` fail with EFBIG (the soft limit; SIGXFSZ ignored so the write returns the
-    error instead of killing the process)."""
-    if max_bytes is None:
-        yield
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
-
-
 def run_case(case: dict, root: str) -> dict:
     from nexusgen.cli import main
 
@@ -70,7 +51,7 @@ def run_case(case: dict, root: str) -> dict:
     start = time.perf_counter()
     try:
         with (contextlib.redirect_stderr(err), contextlib.redirect_stdout(out),
-              _file_size_limit(case.get("max_file_bytes"))):
+              file_size_limit(case.get("max_file_bytes"))):
             try:
                 code = main(case["argv"])
             except SystemExit as exit_:  # argparse

@@ -1,7 +1,10 @@
 """Test-session settings and fixtures shared by every test."""
 
+import contextlib
 import json
 import os
+import resource
+import signal
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,31 @@ import pytest
 # Before torch is imported by any test module: OpenMP threads that busy-wait stall badly when the CPU is
 # shared (CI machines, parallel jobs); the CLI sets the same default (nexusgen/cli.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@contextlib.contextmanager
+def file_size_limit(max_bytes: int | None):
+    """A full disk for the enclosed code: no file may grow past `max_bytes` (RLIMIT_FSIZE; the write fails
+    with EFBIG, as a full disk's with ENOSPC). Works for root and for every writer (Pillow, safetensors' Rust,
+    torch), unlike a read-only folder (root writes anyway) or a patched `open`. SIGXFSZ is ignored so the
+    write returns the error instead of killing the process. None: no limit."""
+    if max_bytes is None:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+@pytest.fixture
+def full_disk():
+    """`file_size_limit` as a fixture: `with full_disk(64): ...`."""
+    return file_size_limit
 
 
 # ----------------------------------------------------------------------------------------------------

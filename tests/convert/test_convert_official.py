@@ -224,3 +224,13 @@ def test_flux_folder_gives_the_t5_negative_branch_computed_one_block_at_a_time(o
     with torch.no_grad():
         assert torch.allclose(negative["pooled"], clip(input_ids=clip_ids).pooler_output, atol=1e-6)
     assert any("negative branch: T5('a blurry cat')" in line for line in lines)
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_leaves_nothing(official, tmp_path, capsys, full_disk):
+    root = official[0]
+    with full_disk(64):
+        code = main(["convert", str(root), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{tmp_path / 'out'}: cannot write (File too large)" in err and ".tmp" not in err, err
+    assert list(tmp_path.iterdir()) == []  # no OUT, no staging folder, no conversion.json

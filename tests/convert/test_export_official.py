@@ -133,3 +133,12 @@ def test_what_upstream_cannot_run_is_refused(tmp_path, capsys):
         export_official(tmp_path / "tiny", tmp_path / "out")
     with pytest.raises(ValueError, match="not a model folder"):
         export_official(tmp_path / "nothing", tmp_path / "out2")
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_leaves_nothing(exported, tmp_path, capsys, full_disk):
+    with full_disk(64):
+        code = main(["export-official", str(exported / "model"), str(tmp_path / "official")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{tmp_path / 'official'}: cannot write (File too large)" in err and ".tmp" not in err, err
+    assert list(tmp_path.iterdir()) == []
