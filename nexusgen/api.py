@@ -116,7 +116,8 @@ class NexusGen:
 
     # -- tasks ---------------------------------------------------------------------------------------
     def understand(self, image, prompt: str | list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, *,
-                   temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str | list[str]:
+                   temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                   seed: int | list[int] = 0) -> str | list[str]:
         """Answer questions about images, or text-only questions.
 
         Args:
@@ -126,7 +127,7 @@ class NexusGen:
             max_new_tokens: generation budget per answer (official 1024).
             temperature: 0 decodes greedily (default); above 0 samples.
             top_k, top_p: sampling filters (0 / 1: off).
-            seed: sampling seed.
+            seed: sampling seed; answer b of a list uses seed + b, or seed[b] for a list of seeds.
 
         Returns:
             str for a single prompt, list[str] for a list.

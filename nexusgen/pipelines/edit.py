@@ -11,7 +11,8 @@ bounded input size) -> AR (predicted target embeddings, one pass for the batch) 
   the output through the AR model alone (upstream's advice for large "conceptual" edits).
 
 The output size is the requested one (default the model's), whatever the source's aspect ratio, as
-upstream. Sample b is seeded with `seed + b`.
+upstream. Sample b is seeded with `seed + b` (or its own seed); on the CPU an edit gives the same image alone
+or in any batch (`nexusgen.models.batch_invariance`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from PIL import Image
 
 from nexusgen.flow.sampler import edit_latents
+from nexusgen.models.batch_invariance import items_apart
 from nexusgen.models.vae import latent_size, latents_to_images
 from nexusgen.pipelines.generate import GeneratePipeline, ImageSettings, image_settings
 from nexusgen.pipelines.inputs import as_batch, batch_seeds, check_embeds, check_image, to_pil
@@ -141,10 +143,11 @@ class EditPipeline:
                 reference = torch.stack([references[r][0] for r in rows]).to(dtype)  # (b, M, D)
                 step = None if callback is None else (
                     lambda k, _n, done=done: callback(done * settings.num_steps + k, 0))
-                latents = edit_latents(decoder, embeds[rows].to(dtype), reference, grid, self.config.output_grid,
-                                       size, num_steps=settings.num_steps, guidance_scale=settings.guidance_scale,
-                                       seed=[seeds[r] for r in rows], progress=step,
-                                       shift=self.config.sampling.shift, **negative)
+                with items_apart([decoder], len(rows)):
+                    latents = edit_latents(decoder, embeds[rows].to(dtype), reference, grid, self.config.output_grid,
+                                           size, num_steps=settings.num_steps,
+                                           guidance_scale=settings.guidance_scale, seed=[seeds[r] for r in rows],
+                                           progress=step, shift=self.config.sampling.shift, **negative)
                 pixels = latents_to_images(vae, latents)
                 for k, r in enumerate(rows):
                     out[r] = pixels[k]

@@ -3,7 +3,8 @@
 Steps, always in this order: validate -> encode (canonical template, language per prompt) -> AR
 (`predict_image_embeds`, one forward pass for the whole batch) -> denoise (one decoder batch,
 `nexusgen.flow.generate_latents`) -> decode (`nexusgen.models.vae.latents_to_images`). Sample b is
-seeded with `seed + b`, so a prompt gives the same image alone or in a batch.
+seeded with `seed + b` (or its own seed), and on the CPU every step computes a prompt's numbers as a batch of
+one does (`nexusgen.models.batch_invariance`), so a prompt gives the same image alone or in any batch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 
 from nexusgen.flow.sampler import generate_latents
+from nexusgen.models.batch_invariance import items_apart
 from nexusgen.models.vae import latent_size, latents_to_images
 from nexusgen.pipelines.inputs import as_batch, batch_seeds, check_embeds, to_pil
 from nexusgen.pipelines.predict import negative_kwargs, predict_embeds
@@ -127,7 +129,8 @@ class GeneratePipeline:
         decoder = self.runtime.activate(self.decoder)
         vae = self.runtime.place(self.vae)
         size = latent_size(vae, settings.height, settings.width)
-        with self.runtime.progress_bar(settings.num_steps, "generating", progress) as callback:
+        with self.runtime.progress_bar(settings.num_steps, "generating", progress) as callback, \
+                items_apart([decoder], embeds.shape[0]):
             latents = generate_latents(decoder, embeds.to(self.runtime.dtype), size, num_steps=settings.num_steps,
                                        guidance_scale=settings.guidance_scale, seed=seeds, progress=callback,
                                        shift=self.config.sampling.shift, **negative)

@@ -101,7 +101,8 @@ def image_request_inputs(processor, prompts: list[str], task: str,
     return processor.pad(samples, padding_side="left")
 
 
-def fit_context(processor, attention_mask: torch.Tensor, max_new_tokens: int = 1, *, reserve: int = 0) -> int:
+def fit_context(processor, attention_mask: torch.Tensor, max_new_tokens: int = 1, *, reserve: int = 0,
+                indices: list[int] | None = None) -> int:
     """The answer budget that fits the model's context (`max_new_tokens`, cut where the longest prompt
     leaves less room). A prompt that leaves no room, for `reserve` more tokens (an answer image's N) and one
     generated token, is a ValueError naming it, raised before anything is generated.
@@ -111,6 +112,7 @@ def fit_context(processor, attention_mask: torch.Tensor, max_new_tokens: int = 1
         attention_mask: (B, L) of the encoded prompts (1 at real tokens).
         max_new_tokens: the asked budget (0: the caller generates no text, only `reserve` positions).
         reserve: positions the answer needs besides its text.
+        indices: the prompts' numbers in the caller's batch, for the message (default 0..B-1).
     """
     context = processor.context_length
     if context is None:
@@ -118,11 +120,30 @@ def fit_context(processor, attention_mask: torch.Tensor, max_new_tokens: int = 1
     lengths = attention_mask.sum(-1).tolist()
     needed = reserve + min(max_new_tokens, 1)
     what = f"the {reserve} tokens of the answer's image" if reserve else "an answer"
-    for index, length in enumerate(lengths):
+    for index, length in zip(indices or range(len(lengths)), lengths, strict=True):
         if length + needed > context:
             raise ValueError(f"prompt {index} is {length} tokens long (its images included): with {what} it "
                              f"does not fit the model's context of {context} tokens; shorten it")
     return min(max_new_tokens, context - max(lengths) - reserve)
+
+
+def same_shape_groups(samples: list[dict[str, torch.Tensor]]) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
+    """Single encoded requests -> one padding-free batch per shape: (indices, batch) pairs, in first-seen order.
+
+    A shape is the token length and the input images' grids. Left padding would move a request's tokens and
+    change the blocks its attention and matrix products sum over, so a padded request's numbers would
+    depend on its batch; requests of one shape batch exactly (`nexusgen.models.batch_invariance`).
+
+    Args:
+        samples: per request, input_ids (1, L), attention_mask (1, L), pixel_values (P, patch_dim),
+            image_grid_thw (I, 3), as the processor pads a single request.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for index, sample in enumerate(samples):
+        key = (sample["input_ids"].shape[1], tuple(map(tuple, sample["image_grid_thw"].tolist())))
+        groups.setdefault(key, []).append(index)
+    return [(members, {name: torch.cat([samples[i][name] for i in members]) for name in samples[members[0]]})
+            for members in groups.values()]
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

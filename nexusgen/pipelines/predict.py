@@ -9,13 +9,17 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from nexusgen.pipelines.inputs import fit_context, image_request_inputs, to_device
+from nexusgen.models.batch_invariance import items_apart
+from nexusgen.pipelines.inputs import fit_context, image_request_inputs, same_shape_groups, to_device
 
 
 @torch.no_grad()
 def predict_embeds(ar_model, processor, runtime, prompts: list[str], task: str,
                    images: list[Image.Image] | None = None, prefetch: tuple = ()) -> torch.Tensor:
-    """Encode canonical requests and predict every image's N embeddings in one AR forward pass.
+    """Encode canonical requests and predict every image's N embeddings, one AR forward pass per shape.
+
+    Requests of equal length (and equal source-image grids) share a pass; a request's embeddings are
+    therefore the ones it gets alone (no padding moves its tokens; `same_shape_groups`).
 
     Args:
         ar_model: `NexusGenARModel`.
@@ -33,14 +37,23 @@ def predict_embeds(ar_model, processor, runtime, prompts: list[str], task: str,
     Raises:
         ValueError: a prompt that, with the answer image's N positions, does not fit the model's context.
     """
-    inputs = image_request_inputs(processor, prompts, task, images)  # encode
-    fit_context(processor, inputs["attention_mask"], 0, reserve=ar_model.config.num_output_tokens)
-    inputs = to_device(inputs, runtime.device)
+    samples = [image_request_inputs(processor, [prompt], task, images[i:i + 1] if images else None)
+               for i, prompt in enumerate(prompts)]  # encode
+    groups = same_shape_groups(samples)
+    for members, batch in groups:
+        fit_context(processor, batch["attention_mask"], 0, reserve=ar_model.config.num_output_tokens, indices=members)
     model = runtime.activate(ar_model)  # AR
     for part in prefetch:
         runtime.prefetch(part)
-    return model.predict_image_embeds(inputs["input_ids"], inputs["attention_mask"],
-                                      inputs["pixel_values"].to(runtime.dtype), inputs["image_grid_thw"])
+    embeds: list[torch.Tensor | None] = [None] * len(prompts)
+    for members, batch in groups:
+        inputs = to_device(batch, runtime.device)
+        with items_apart([model], len(members), skip=[model.vlm.model.visual]):
+            predicted = model.predict_image_embeds(inputs["input_ids"], inputs["attention_mask"],
+                                                   inputs["pixel_values"].to(runtime.dtype), inputs["image_grid_thw"])
+        for row, index in enumerate(members):
+            embeds[index] = predicted[row]
+    return torch.stack(embeds)
 
 
 @torch.no_grad()
