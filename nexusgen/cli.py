@@ -57,8 +57,19 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="store the decoders' DiT weights in fp8 (half the memory; up-cast per layer)")
 
 
+def _add_batch_args(parser: argparse.ArgumentParser, flag: str, what: str) -> None:
+    """The batch form of a command: a file of items (docs/batch.md)."""
+    parser.add_argument(flag, default=None, metavar="FILE",
+                        help=f"batch work: a file of {what} (docs/batch.md); resumable, sharded over torchrun ranks")
+    parser.add_argument("--batch-size", type=int, default=4, help="with " + flag + ": items per model call")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help=f"with {flag}: report bad items (file:line) and go on (default: a bad item stops the "
+                             "run, before the model loads where it can)")
+
+
 def _add_image_out_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output PNG path (written atomically)")
+    parser.add_argument("--out", required=True,
+                        help="output PNG path (written atomically); with a file of items, the output folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     parser.add_argument("--guidance", "--cfg", dest="guidance", type=float, default=None,
@@ -72,25 +83,29 @@ def _inference_commands(sub) -> None:
     _add_model_args(p)
     p.add_argument("--image", action="append", default=[],
                    help="input image (repeat for several; none: a text-only question)")
-    p.add_argument("--prompt", required=True, help='the question ("" with --image: describe the image)')
+    p.add_argument("--prompt", default=None, help='the question ("" with --image: describe the image)')
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); above 0: sample")
     p.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most likely tokens (0: all)")
     p.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus probability (1: all)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (with --questions: of the first line)")
+    _add_batch_args(p, "--questions", "questions (JSONL: image, prompt)")
+    p.add_argument("--out", default=None, metavar="FILE.jsonl", help="with --questions: the answers file")
     p.set_defaults(handler=_call("infer", "understand"))
 
     p = sub.add_parser("generate", help="text-to-image generation")
     _add_model_args(p)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", default=None)
+    _add_batch_args(p, "--prompts", "prompts (one per line, or JSONL: prompt, seed, height, width, id)")
     _add_image_out_args(p)
     p.set_defaults(handler=_call("infer", "generate"))
 
     p = sub.add_parser("edit", help="instruction-based image editing")
     _add_model_args(p)
-    p.add_argument("--image", required=True)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--image", default=None)
+    p.add_argument("--prompt", default=None)
     p.add_argument("--decoder", default="editing", choices=["editing", "generation"])
+    _add_batch_args(p, "--edits", "edits (JSONL: image, prompt, decoder, seed, id)")
     _add_image_out_args(p)
     p.set_defaults(handler=_call("infer", "edit"))
 

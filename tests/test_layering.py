@@ -12,7 +12,8 @@ The direction (arrows point at what may be imported):
     commands -> {api, serve, eval, bench, recipes, train, data, convert, ...}   the edge: argparse stops there
     serve -> api -> pipelines -> loading -> config -> models      inference: no worlds, eval, train, recipes
     recipes -> train -> data -> loading                            training
-    eval, bench -> api, recipes, worlds, ...                      benchmarks sit under the commands
+    eval, bench -> api, recipes, worlds, batch, ...               benchmarks sit under the commands
+    batch -> pipelines, processing, files, validation             batch work over files of items
     worlds, processing, flow, models, files, tasks, openmp,       the bottom: they import no higher layer
     validation
 """
@@ -48,12 +49,14 @@ ALLOWED: dict[str, set[str]] = {
     "train": {"data", "models", "flow", "processing", "loading", "config", "files", "tasks"},
     "recipes": {"train", "data", "worlds", "tasks"},
     "convert": {"loading", "config", "models", "processing", "files"},
+    # -- batch work: files of items -> the pipelines (the exports of eval run its loop) -------------------
+    "batch": {"pipelines", "processing", "files", "validation"},
     # -- benchmarks (under the commands) ------------------------------------------------------------------
-    "eval": {"api", "worlds", "processing", "files", "tasks"},
+    "eval": {"api", "worlds", "processing", "files", "tasks", "batch"},
     "bench": {"api", "pipelines", "loading", "config", "models", "processing", "recipes", "train", "serve", "openmp"},
     # -- the edge -----------------------------------------------------------------------------------------
-    "commands": {"api", "serve", "eval", "bench", "recipes", "train", "data", "convert", "pipelines", "loading",
-                 "models", "processing", "worlds", "files", "tasks", "config", "validation"},
+    "commands": {"api", "serve", "eval", "batch", "bench", "recipes", "train", "data", "convert", "pipelines",
+                 "loading", "models", "processing", "worlds", "files", "tasks", "config", "validation"},
     "cli": {"commands", "openmp"},
     "__main__": {"cli"},
     "nexusgen": {"api", "config", "pipelines", "models"},  # the lazy public names of nexusgen/__init__.py

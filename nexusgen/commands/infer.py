@@ -28,12 +28,25 @@ QUIT, ATTACH, HELP = "/quit", "/image", "/help"
 CHAT_COMMANDS = f"{ATTACH} PATH (attach an image to your next message), {QUIT} (end), {HELP}"
 
 
+def _batch(handler: str, args: argparse.Namespace) -> int:
+    from nexusgen.commands import batch
+
+    return getattr(batch, handler)(args)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Handlers
 # ----------------------------------------------------------------------------------------------------
 def understand(args: argparse.Namespace) -> int:
     """`nexusgen understand [--image IMG ...] --prompt TEXT`: prints the answer (no image: a text-only
-    question; an empty prompt with an image: the image's description)."""
+    question; an empty prompt with an image: the image's description). With --questions FILE: batch work
+    (`commands.batch`)."""
+    if args.questions is not None:
+        return _batch("understand_batch", args)
+    if args.prompt is None:
+        raise ValueError("give --prompt TEXT (or --questions FILE)")
+    if args.out is not None:
+        raise ValueError("--out is the answers file of --questions FILE; a single answer is printed")
     check_text(args.prompt, "--prompt")
     images = [load_image(p) for p in args.image]
     prompt = args.prompt if images and not args.prompt.strip() else check_prompt(args.prompt, "--prompt")
@@ -47,7 +60,12 @@ def understand(args: argparse.Namespace) -> int:
 
 
 def generate(args: argparse.Namespace) -> int:
-    """`nexusgen generate --prompt TEXT --out PNG`: writes the image, prints its path."""
+    """`nexusgen generate --prompt TEXT --out PNG`: writes the image, prints its path. With --prompts FILE:
+    batch work into the folder --out (`commands.batch`)."""
+    if args.prompts is not None:
+        return _batch("generate_batch", args)
+    if args.prompt is None:
+        raise ValueError("give --prompt TEXT (or --prompts FILE)")
     prompt = check_prompt(args.prompt, "--prompt")
     options = image_options(args)
     out = image_output(args.out)
@@ -57,7 +75,14 @@ def generate(args: argparse.Namespace) -> int:
 
 
 def edit(args: argparse.Namespace) -> int:
-    """`nexusgen edit --image IMG --prompt TEXT --out PNG [--decoder editing|generation]`."""
+    """`nexusgen edit --image IMG --prompt TEXT --out PNG [--decoder editing|generation]`. With --edits FILE:
+    batch work into the folder --out (`commands.batch`)."""
+    if args.edits is not None:
+        if args.image is not None or args.prompt is not None:
+            raise ValueError("--edits FILE takes the images and prompts from the file: drop --image / --prompt")
+        return _batch("edit_batch", args)
+    if args.image is None or args.prompt is None:
+        raise ValueError("give --image IMG and --prompt TEXT (or --edits FILE)")
     prompt = check_prompt(args.prompt, "--prompt")
     options = image_options(args)
     source = load_image(args.image)

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from nexusgen.batch.runner import Shard, run_items
 from nexusgen.files import atomic_save_image
 
 from .benchmark_files import require_dir
 from .harness import DEFAULT_BATCH_SIZE, check_outputs
-from .resumable import run_items
 
 SAMPLES = 4
 # Top-left corner of sample k in units of the tile size: the scorer's crop order.
@@ -67,7 +67,7 @@ def tile(samples: list[Image.Image], resolution: int) -> Image.Image:
 
 
 def export(model, items: list[tuple[str, str]], out_dir, *, resolution: int | None = None, seed: int = 0,
-           batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None) -> dict:
+           batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None, shard: Shard | None = None) -> dict:
     """Write one 2x2 grid per prompt into `out_dir` (resumable: an existing grid is skipped).
 
     Args:
@@ -96,7 +96,7 @@ def export(model, items: list[tuple[str, str]], out_dir, *, resolution: int | No
             atomic_save_image(tile([samples[k][b] for k in range(SAMPLES)], resolution), grid_path(item))
 
     summary = run_items(items, is_done=lambda item: grid_path(item).is_file(), process=process,
-                        batch_size=batch_size, desc="dpg-bench", progress=progress)
+                        batch_size=batch_size, desc="dpg-bench", progress=progress, shard=shard)
     return {**summary.as_dict(), "resolution": resolution, "out": str(out_dir)}
 
 

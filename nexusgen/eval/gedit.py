@@ -20,11 +20,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from nexusgen.batch.runner import Shard, run_items
 from nexusgen.files import atomic_save_image
 
 from .benchmark_files import find_parquet, parquet_image, read_parquet_rows, text_field
 from .harness import DEFAULT_BATCH_SIZE, check_outputs
-from .resumable import run_items
 
 COLUMNS = ["key", "task_type", "instruction", "instruction_language", "input_image_raw"]
 LANGUAGES = ("en", "cn")
@@ -89,7 +89,8 @@ def read_cases(folder) -> list[GEditCase]:
 
 
 def export(model, cases: list[GEditCase], out_dir, *, seed: int = 0, area: int = DEFAULT_AREA,
-           decoder: str = "editing", batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None) -> dict:
+           decoder: str = "editing", batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None,
+           shard: Shard | None = None) -> dict:
     """Edit every case into `out_dir/fullset/<task_type>/<lang>/<key>.png` (resumable).
 
     Cases of one batch that share an output size are edited in one call.
@@ -113,6 +114,6 @@ def export(model, cases: list[GEditCase], out_dir, *, seed: int = 0, area: int =
                 atomic_save_image(image.convert("RGB"), out_dir / batch[b].relative_path)
 
     summary = run_items(cases, is_done=lambda c: (out_dir / c.relative_path).is_file(), process=process,
-                        batch_size=batch_size, desc="gedit-bench", progress=progress)
+                        batch_size=batch_size, desc="gedit-bench", progress=progress, shard=shard)
     by_language = {lang: sum(c.language == lang for c in cases) for lang in LANGUAGES}
     return {**summary.as_dict(), "out": str(out_dir), "by_language": by_language}

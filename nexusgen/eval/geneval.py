@@ -21,11 +21,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from nexusgen.batch.runner import Shard, run_items
 from nexusgen.files import atomic_save_image, write_jsonl
 
 from .benchmark_files import read_jsonl, text_field
 from .harness import DEFAULT_BATCH_SIZE, check_outputs
-from .resumable import run_items
 
 
 def read_prompts(path) -> list[dict]:
@@ -45,7 +45,7 @@ def read_prompts(path) -> list[dict]:
 
 
 def export(model, prompts: list[dict], out_dir, *, images_per_prompt: int = 4, seed: int = 0,
-           batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None) -> dict:
+           batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None, shard: Shard | None = None) -> dict:
     """Generate `images_per_prompt` images per prompt into GenEval's layout.
 
     Returns:
@@ -69,5 +69,5 @@ def export(model, prompts: list[dict], out_dir, *, images_per_prompt: int = 4, s
             write_jsonl([prompts[i]], folder(i) / "metadata.jsonl")
 
     summary = run_items(range(len(prompts)), is_done=lambda i: (folder(i) / "metadata.jsonl").is_file(),
-                        process=process, batch_size=batch_size, desc="geneval", progress=progress)
+                        process=process, batch_size=batch_size, desc="geneval", progress=progress, shard=shard)
     return {**summary.as_dict(), "images": summary.done * images_per_prompt, "out": str(out_dir)}

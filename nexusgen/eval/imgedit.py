@@ -20,11 +20,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from nexusgen.batch.runner import Shard, run_items
 from nexusgen.files import atomic_save_image
 
 from .benchmark_files import open_image, read_json, require_dir, text_field
 from .harness import DEFAULT_BATCH_SIZE, check_outputs
-from .resumable import run_items
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def read_cases(edit_json, origin_root) -> list[EditCase]:
 
 
 def export(model, cases: list[EditCase], out_dir, *, seed: int = 0, decoder: str = "editing",
-           batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None) -> dict:
+           batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None, shard: Shard | None = None) -> dict:
     """Edit every case's source image into `out_dir/<key>.png` (resumable: existing files are skipped).
 
     Returns:
@@ -83,5 +83,5 @@ def export(model, cases: list[EditCase], out_dir, *, seed: int = 0, decoder: str
             atomic_save_image(image.convert("RGB"), result_path(case))
 
     summary = run_items(cases, is_done=lambda c: result_path(c).is_file(), process=process,
-                        batch_size=batch_size, desc="imgedit", progress=progress)
+                        batch_size=batch_size, desc="imgedit", progress=progress, shard=shard)
     return {**summary.as_dict(), "out": str(out_dir)}

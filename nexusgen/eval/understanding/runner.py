@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nexusgen.batch.runner import run_items
 from nexusgen.files import git_sha, json_safe, write_json
 
 from ..harness import DEFAULT_BATCH_SIZE, check_outputs, load_model
-from ..resumable import run_items
 from . import mmbench, mme, mmmu, pope
 from .questions import AnswerLog, Question
 
