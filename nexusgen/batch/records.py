@@ -59,7 +59,9 @@ class RecordLog:
         text = "".join(json_text(record, indent=None) + "\n" for record in records)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with open(self.own, "a", encoding="utf-8") as f:
+            with open(self.own, "a+", encoding="utf-8") as f:
+                if f.tell() and not _ends_with_newline(self.own):
+                    f.write("\n")  # end a line torn by a kill, so it spoils no record after it
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
@@ -78,6 +80,12 @@ class RecordLog:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
         return len(records)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def matches(record: dict | None, expected: dict) -> bool:

@@ -1,13 +1,16 @@
 """`nexusgen eval ...`: the ShapesWorld benchmark and the public benchmarks of `nexusgen.eval`.
 
 Each handler checks its options, its output folder and the benchmark's files first (a bad value fails in
-milliseconds, a bad file before the model loads), then calls the typed library function.
+milliseconds, a bad file before the model loads), then calls the typed library function. The exports split
+their items over the launcher's ranks as the batch commands do (`torchrun --nproc_per_node N -m nexusgen eval
+geneval-export ...`; `nexusgen.batch.runner.Shard`).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from nexusgen.batch.runner import Shard
 from nexusgen.files import check_output_folder
 from nexusgen.loading.names import check_model_name
 from nexusgen.validation import check_guidance, check_int, check_max_new_tokens, check_seed, check_steps
@@ -20,8 +23,9 @@ def load_model(name: str):
     return load(name)
 
 
-def _check_common(args: argparse.Namespace, seeds: int) -> None:
-    """--model, --seed (for `seeds` consecutive seeds), --batch-size and --out of an export."""
+def _check_common(args: argparse.Namespace, seeds: int) -> Shard:
+    """--model, --seed (for `seeds` consecutive seeds), --batch-size and --out of an export; returns this
+    process's shard (the launcher's RANK / WORLD_SIZE)."""
     from nexusgen.eval.harness import REFERENCE_MODELS
 
     if args.model not in REFERENCE_MODELS:
@@ -29,6 +33,7 @@ def _check_common(args: argparse.Namespace, seeds: int) -> None:
     check_seed(args.seed, seeds, "--seed")
     check_int(args.batch_size, "--batch-size", 1)
     check_output_folder(args.out)
+    return Shard.from_env()
 
 
 def shapes(args: argparse.Namespace) -> dict:
@@ -63,10 +68,10 @@ def geneval_export(args: argparse.Namespace) -> dict:
     from nexusgen.eval import geneval
 
     check_int(args.images_per_prompt, "--images-per-prompt", 1)
-    _check_common(args, args.images_per_prompt)
+    shard = _check_common(args, args.images_per_prompt)
     prompts = geneval.read_prompts(args.prompts)
     return geneval.export(load_model(args.model), prompts, args.out, images_per_prompt=args.images_per_prompt,
-                          seed=args.seed, batch_size=args.batch_size)
+                          seed=args.seed, batch_size=args.batch_size, shard=shard)
 
 
 def dpg_export(args: argparse.Namespace) -> dict:
@@ -76,20 +81,20 @@ def dpg_export(args: argparse.Namespace) -> dict:
 
     if args.resolution is not None:
         check_side(args.resolution, "--resolution")
-    _check_common(args, 4)
+    shard = _check_common(args, 4)
     items = dpg.read_prompts(args.prompts)
     return dpg.export(load_model(args.model), items, args.out, resolution=args.resolution, seed=args.seed,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, shard=shard)
 
 
 def imgedit_export(args: argparse.Namespace) -> dict:
     """ImgEdit-Bench: one edited image per case, for its judge."""
     from nexusgen.eval import imgedit
 
-    _check_common(args, 1)
+    shard = _check_common(args, 1)
     cases = imgedit.read_cases(args.edits, args.images)
     return imgedit.export(load_model(args.model), cases, args.out, seed=args.seed, decoder=args.decoder,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, shard=shard)
 
 
 def gedit_export(args: argparse.Namespace) -> dict:
@@ -97,10 +102,10 @@ def gedit_export(args: argparse.Namespace) -> dict:
     from nexusgen.eval import gedit
 
     check_int(args.area, "--area", 32 * 32, None, " pixels")
-    _check_common(args, 1)
+    shard = _check_common(args, 1)
     cases = gedit.read_cases(args.data)
     return gedit.export(load_model(args.model), cases, args.out, seed=args.seed, area=args.area,
-                        decoder=args.decoder, batch_size=args.batch_size)
+                        decoder=args.decoder, batch_size=args.batch_size, shard=shard)
 
 
 def understand(args: argparse.Namespace) -> dict:

@@ -44,7 +44,7 @@ def test_dpg_tiles_four_seeds_in_the_scorers_crop_order(tmp_path):
     prompts = _dpg_prompts(tmp_path / "prompts", {"1": "a red fox in snow", "partiprompts12": "a blue car"})
     model = SeedColorModel()
     summary = dpg.export(model, dpg.read_prompts(prompts), tmp_path / "out", resolution=16, seed=0, batch_size=4)
-    assert summary == {"items": 2, "done": 2, "skipped": 0, "resolution": 16, "out": str(tmp_path / "out")}
+    assert summary == {"items": 2, "done": 2, "skipped": 0, "failed": 0, "resolution": 16, "out": str(tmp_path / "out")}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["1.png", "partiprompts12.png"]
     grid = Image.open(tmp_path / "out" / "1.png")
     assert grid.size == (32, 32)

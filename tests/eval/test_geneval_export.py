@@ -53,7 +53,7 @@ def test_layout(tmp_path):
 def test_seeds_differ_per_sample_and_resume_skips_complete_prompts(tmp_path):
     model = SeedRecorder()
     summary = export(model, PROMPTS, tmp_path, images_per_prompt=3, seed=10, batch_size=2)
-    assert summary == {"items": 3, "done": 3, "images": 9, "skipped": 0, "out": str(tmp_path)}
+    assert summary == {"items": 3, "done": 3, "images": 9, "skipped": 0, "failed": 0, "out": str(tmp_path)}
     # sample k of every prompt uses seed 10 + k, whatever batch the prompt is in
     assert sorted({s for _, seeds in model.calls for s in seeds}) == [10, 11, 12]
     assert all(len(set(seeds)) == 1 and len(seeds) == len(prompts) for prompts, seeds in model.calls)

@@ -276,7 +276,7 @@ def test_answer_log_resumes_and_drops_a_torn_line(tmp_path):
         f.write('{"id": "coco_pope_random/4", "ans')  # a run killed mid-write
     second = ScriptedModel({q.prompt: "no" for q in questions})
     summary = runner.answer_questions(second, questions, log, batch_size=2)
-    assert summary == {"items": 7, "done": 4, "skipped": 3}
+    assert summary == {"items": 7, "done": 4, "skipped": 3, "failed": 0}
     answers = log.read()
     # the popular split (first file) was answered before the kill; the torn line is asked again
     assert len(answers) == 7 and answers["coco_pope_popular/3"] == "yes" and answers["coco_pope_random/4"] == "no"
