@@ -141,6 +141,7 @@ def test_ranks_write_disjoint_shards_that_together_equal_one_process(files, tmp_
     assert len(list((sharded / ".records").glob("*.jsonl"))) == 1  # one process here: one log
 
 
+@pytest.mark.distributed
 def test_two_concurrent_processes_write_the_same_files_as_one(files, tmp_path, capsys, loads):
     """Two real processes at once, as `torchrun --nproc_per_node 2 -m nexusgen` starts them (RANK, WORLD_SIZE)."""
     assert _run(_generate(files, tmp_path / "one", "--batch-size", "5"), capsys)[0] == 0
