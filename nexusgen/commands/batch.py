@@ -74,7 +74,7 @@ def _prepare(args: argparse.Namespace, path: str, kind: str):
     shard = Shard.from_env()
     items, bad = read_items(path, kind, seed=args.seed)
     if bad and not args.skip_bad:
-        more = f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""
+        more = f" (and {len(bad) - 1} more bad line{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
         raise ValueError(f"{bad[0]}{more}; fix the file, or pass --skip-bad to skip bad items")
     if shard.rank == 0:  # every rank reads the file; one reports its bad lines
         for error in bad:

@@ -190,7 +190,7 @@ def test_bad_lines_stop_the_run_before_the_model_loads_or_are_skipped(files, tmp
     argv = ["generate", "--prompts", str(path), "--out", str(tmp_path / "out"), *STEPS]
     code, stdout, err = _run(argv, capsys)
     assert code == 2 and stdout == "" and loads == []
-    assert err == (f"nexusgen generate: error: {path}:2: prompt is empty: '' (and 1 more bad lines); fix the file, "
+    assert err == (f"nexusgen generate: error: {path}:2: prompt is empty: '' (and 1 more bad line); fix the file, "
                    "or pass --skip-bad to skip bad items\n")
     assert not (tmp_path / "out").exists()
     code, stdout, err = _run([*argv, "--skip-bad"], capsys)
