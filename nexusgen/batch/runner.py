@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from nexusgen.files import OutputError
 
@@ -78,7 +78,7 @@ class Shard:
 
 
 @dataclass
-class RunSummary(Generic[Item]):
+class RunSummary:
     """What one process did: of `total` items (all shards), its shard held `mine`; `done` were processed
     now, `skipped` were already complete, `failed` were bad (`problems`: their `where: message` lines)."""
 
@@ -162,6 +162,8 @@ def _process(batch: list, process: Callable[[list], None], where: Callable | Non
     except OutputError:
         raise
     except (ValueError, OSError) as err:
+        if where is None and not isinstance(err, ItemError):
+            raise  # not an item's fault that the caller can name: the run's
         if len(batch) == 1:
             return [_item_error(batch[0], err, where)]
     failures = []

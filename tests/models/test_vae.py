@@ -35,11 +35,14 @@ def test_vae_round_trip_shapes_and_scaling():
         latents = images_to_latents(vae, images)
         mean = vae.encode(images * 2 - 1).latent_dist.mean
         decoded = latents_to_images(vae, latents)
-        by_hand = (vae.decode(latents / 0.3611 + 0.1159).sample / 2 + 0.5).clamp(0, 1)
+        # each image is decoded alone (its pixels must not depend on its batch), so it equals a batch of one
+        by_hand = [(vae.decode(latents[b:b + 1] / 0.3611 + 0.1159).sample / 2 + 0.5).clamp(0, 1) for b in range(2)]
+        batched = (vae.decode(latents / 0.3611 + 0.1159).sample / 2 + 0.5).clamp(0, 1)
     assert latents.shape == (2, 16, 4, 6)
     assert torch.allclose(latents, (mean - 0.1159) * 0.3611, atol=1e-6)
     assert decoded.shape == images.shape and float(decoded.min()) >= 0 and float(decoded.max()) <= 1
-    assert torch.equal(decoded, by_hand)
+    assert torch.equal(decoded, torch.cat(by_hand))
+    assert torch.allclose(decoded, batched, atol=1e-5)
 
 
 def test_sizes_round_up_to_16_and_a_4x_vae_gives_a_finer_latent():
