@@ -145,6 +145,15 @@ OPTION_CASES = [
     ("serve-port", ["serve", "--port", "70000"], "--port"),
     ("serve-device-meta", ["serve", "--device", "meta", "--port", "0"], "--device"),
     ("bench-steps-0", ["bench", "e2e", "--steps", "0"], "--steps"),
+    # batch work: a bad line of the file is named file:line, before torch loads
+    ("generate-prompts-bad-line", ["generate", "--prompts", "bad-prompts.jsonl", "--out", "gen"],
+     "bad-prompts.jsonl:2"),
+    ("generate-prompts-missing", ["generate", "--prompts", "missing.txt", "--out", "gen"], "missing.txt"),
+    ("generate-prompts-batch-size-0", ["generate", "--prompts", "prompts.txt", "--out", "gen", "--batch-size", "0"],
+     "--batch-size"),
+    ("generate-prompts-out-file", ["generate", "--prompts", "prompts.txt", "--out", "afile"], "afile"),
+    ("edit-edits-image-missing", ["edit", "--edits", "bad-edits.jsonl", "--out", "ed"], "bad-edits.jsonl:1"),
+    ("understand-questions-out-txt", ["understand", "--questions", "questions.jsonl", "--out", "a.txt"], ".jsonl"),
 ]
 
 # Errors found once the model is loaded (they need its tokenizer and context), still before any generation.
@@ -172,6 +181,7 @@ FULL_DISK_CASES = [
     ("train-full-disk", ["train", "tiny-ar", "--out", "run", "--set", "max_steps=2"], "run"),
     ("prepare-embeds-full-disk", ["prepare-embeds", "--data", "g.jsonl", "--model", "tiny", "--kind", "generate",
                                   "--out", "emb"], "emb"),
+    ("generate-prompts-full-disk", ["generate", "--prompts", "prompts.txt", "--out", "gen", "--steps", "2"], "gen"),
 ]
 
 # chat: a bad line is one error line and the conversation goes on; none of them reaches the model.
@@ -187,6 +197,9 @@ SUCCESS_CASES = [
     ("understand-ok", ["understand", "--image", "img.png", "--prompt", "How many shapes are there?"], []),
     ("embed-ok", ["embed", "--prompt", "a red circle", "--out", "ok.safetensors"], ["ok.safetensors"]),
     ("eval-ok", ["eval", "shapes", "--num", "2", "--tasks", "understand", "--out", "ev"], ["ev"]),
+    ("generate-prompts-ok", ["generate", "--prompts", "prompts.txt", "--out", "gen", "--steps", "2"], ["gen"]),
+    ("understand-questions-ok", ["understand", "--questions", "questions.jsonl", "--out", "answers.jsonl",
+                                 "--max-new-tokens", "4"], ["answers.jsonl"]),
 ]
 
 
@@ -201,6 +214,10 @@ def _inputs(folder: Path) -> None:
     (folder / "p.jsonl").write_text('{"tag": "single_object", "include": [], "prompt": "a photo of a cat"}\n')
     (folder / "d.jsonl").write_text("")
     write_jsonl(SyntheticSource(2, seed=1, image_size=48, tasks=("generate",)), folder / "g.jsonl")
+    (folder / "prompts.txt").write_text("a red circle\na blue square\n")
+    (folder / "bad-prompts.jsonl").write_text('{"prompt": "a red circle"}\n{"prompt": ""}\n')
+    (folder / "bad-edits.jsonl").write_text('{"image": "missing.png", "prompt": "Add a red circle."}\n')
+    (folder / "questions.jsonl").write_text('{"image": "img.png", "prompt": "How many shapes are there?"}\n')
 
 
 @pytest.fixture(scope="module")
