@@ -93,14 +93,18 @@ def latents_to_images(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor
     """Images from scaled latents (B, c, h, w) -> (B, 3, f*h, f*w) float32 in [0, 1], f = `downsample_factor`.
 
     The one decoding step of every image nexusgen draws: the sampler returns latents, the pipelines call this.
-    Images are decoded one at a time: the convolutions and group norms pick their kernels by batch size, so a
-    batched decode would make an image's last bits depend on its batch, and on the CPU a batch decodes no
-    faster than its images one by one.
+    On the CPU images are decoded one at a time: the convolutions and group norms pick their kernels by batch
+    size, so a batched decode would make an image's last bits depend on its batch (this costs throughput:
+    docs/batch.md). On a GPU the batched kernels differ by shape anyway (`nexusgen.models.batch_invariance`),
+    so the batch is decoded at once.
     """
     parameter = next(vae.parameters())
     latents = latents.to(device=parameter.device, dtype=parameter.dtype)
     scaled = latents / vae.config.scaling_factor + vae.config.shift_factor
-    pixels = torch.cat([vae.decode(scaled[b:b + 1]).sample for b in range(scaled.shape[0])])
+    if scaled.device.type != "cpu":
+        pixels = vae.decode(scaled).sample
+    else:
+        pixels = torch.cat([vae.decode(scaled[b:b + 1]).sample for b in range(scaled.shape[0])])
     return (pixels.float() / 2 + 0.5).clamp(0, 1)
 
 
