@@ -48,7 +48,8 @@ class BatchItem:
         id: the output's name (without extension).
         prompt: the prompt, instruction or question.
         seed: the item's seed.
-        images: input images (edits: one; questions: any number).
+        images: input images (edits: one; questions: any number), resolved against the file's folder.
+        image_names: the same as written in the file (what the results record: they move with the file).
         options: the line's own settings besides those ("height", "width", "decoder"), as given.
     """
 
@@ -58,6 +59,7 @@ class BatchItem:
     prompt: str
     seed: int
     images: tuple[Path, ...] = ()
+    image_names: tuple[str, ...] = ()
     options: dict = field(default_factory=dict)
 
 
@@ -142,7 +144,8 @@ def _item(row: dict, kind: str, where: str, number: int, seed: int, folder: Path
         if row["decoder"] not in DECODERS:
             raise ItemError(where, f"decoder must be one of {', '.join(DECODERS)}, got {row['decoder']!r}")
         options["decoder"] = row["decoder"]
-    return BatchItem(where, number, _item_id(row.get("id"), number), prompt, item_seed, images, options)
+    names = tuple(row["image"] if isinstance(row["image"], list) else [row["image"]]) if images else ()
+    return BatchItem(where, number, _item_id(row.get("id"), number), prompt, item_seed, images, names, options)
 
 
 def _item_id(value, number: int) -> str:

@@ -91,7 +91,7 @@ def answer_questions(load_model: Callable, model_name: str, items: list[BatchIte
                 "top_p": answer.top_p, "model": model_name}
 
     def expected(item: BatchItem) -> dict:
-        return {"id": item.id, "line": item.line, "image": [str(p) for p in item.images], "prompt": item.prompt,
+        return {"id": item.id, "line": item.line, "image": list(item.image_names), "prompt": item.prompt,
                 "seed": item.seed, **settings}
 
     def process(batch: list[BatchItem]) -> None:
@@ -120,7 +120,7 @@ def _image_run(task: str, load_model: Callable, model_name: str, items: list[Bat
                   "width": item.options.get("width", options.width), "num_steps": options.num_steps,
                   "guidance_scale": options.guidance_scale, "model": model_name}
         if task == "edit":
-            record.update(image=str(item.images[0]), decoder=item.options.get("decoder", options.decoder))
+            record.update(image=item.image_names[0], decoder=item.options.get("decoder", options.decoder))
         return record
 
     def is_done(item: BatchItem) -> bool:
