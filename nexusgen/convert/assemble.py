@@ -63,13 +63,11 @@ ASSEMBLY_FILE = "assembly.json"
 Log = Callable[[str], None]
 
 
-def link_folder(source: Path, target: Path, skip: tuple[str, ...] = ()) -> list[str]:
-    """Link every file of `source` (not sub-folders) into the new folder `target`; returns the names."""
+def link_folder(source: Path, target: Path) -> None:
+    """Link every file of `source` (not sub-folders) into the new folder `target`."""
     target.mkdir(parents=True, exist_ok=True)
-    names = sorted(p.name for p in source.iterdir() if p.is_file() and p.name not in skip)
-    for name in names:
-        link_or_copy(source / name, target / name)
-    return names
+    for path in sorted(p for p in source.iterdir() if p.is_file()):
+        link_or_copy(path, target / path.name)
 
 
 def write_decoder(flux_transformer: Path, target: Path, config, connector: dict[str, torch.Tensor],
@@ -116,7 +114,7 @@ def assemble_model(qwen_dir: str | os.PathLike, flux_dir: str | os.PathLike, out
                     "negative_prompt": negative_prompt}
     log(f"assembling {qwen} + {flux_dir} -> {out}")
     pooled = clip_pooled(flux.text_encoder, flux.tokenizer, "")
-    negative = _negative(flux, negative_prompt, device, t5_max_length, log)
+    negative = _negative(flux, negative_prompt, device, t5_max_length, log, pooled)
     with atomic_folder(out) as tmp:
         ar_config, dtype, heads = write_autoregressive(qwen, tmp / "autoregressive", seed)
         report["autoregressive"] = f"linked from {qwen}; new: {heads}"
@@ -124,7 +122,8 @@ def assemble_model(qwen_dir: str | os.PathLike, flux_dir: str | os.PathLike, out
         transformer = transformer_config(flux.transformer)
         configs = {kind: stock_decoder_config(ar_config, transformer, kind == "editing")
                    for kind in ("generation", "editing")}
-        _check_widths(configs["generation"], pooled, negative, read_vae_config(flux.vae), flux)
+        vae_config = read_vae_config(flux.vae)
+        _check_widths(configs["generation"], pooled, negative, vae_config, flux)
         adapter = {k: v.to(dtype) for k, v in new_adapter_state(configs["generation"], seed).items()}
         write_decoder(flux.transformer, tmp / GENERATION_DIR, configs["generation"], adapter, ADAPTER_FILE, pooled)
         merger = {k: v.to(dtype) for k, v in new_merger_state(configs["editing"].merger, qwen, seed).items()}
@@ -139,7 +138,7 @@ def assemble_model(qwen_dir: str | os.PathLike, flux_dir: str | os.PathLike, out
             save_tensors(negative, tmp / NEGATIVE_FILE)
         sampling = SamplingConfig(**PRESETS["nexus-gen-v2"]["sampling"])
         config = NexusGenConfig(ar=ar_config, generation_decoder=configs["generation"],
-                                editing_decoder=configs["editing"], vae=read_vae_config(flux.vae),
+                                editing_decoder=configs["editing"], vae=vae_config,
                                 sampling=sampling, reference_image_px=PRESETS["nexus-gen-v2"]["reference_image_px"],
                                 dtype=dtype_name(dtype))
         write_json(config.to_json_dict(), tmp / MODEL_CONFIG_FILE)
@@ -149,13 +148,14 @@ def assemble_model(qwen_dir: str | os.PathLike, flux_dir: str | os.PathLike, out
     return report
 
 
-def _negative(flux, prompt: str, device: torch.device, max_length: int, log: Log) -> dict[str, torch.Tensor] | None:
+def _negative(flux, prompt: str, device: torch.device, max_length: int, log: Log,
+              empty_pooled: torch.Tensor) -> dict[str, torch.Tensor] | None:
     if flux.text_encoder_2 is None or flux.tokenizer_2 is None:
         log("  negative branch: no text_encoder_2/ + tokenizer_2/ -- not stored; classifier-free guidance "
             "stays off until it is (add them and assemble again)")
         return None
     tensors = negative_branch(flux.text_encoder_2, flux.tokenizer_2, flux.text_encoder, flux.tokenizer, prompt,
-                              device, max_length)
+                              device, max_length, pooled=empty_pooled if prompt == "" else None)
     log(f"  negative branch: T5({prompt!r}) {tuple(tensors['prompt_embeds'].shape)} on {device}, CLIP pooled of it")
     return tensors
 

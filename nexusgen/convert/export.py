@@ -50,6 +50,7 @@ from safetensors.torch import save_file
 from nexusgen.convert.keymaps import dit_state_dict_to_diffsynth, vae_state_dict_to_bfl
 from nexusgen.convert.official import MAX_SHARD_BYTES, ShardWriter, flux_rope_axes
 from nexusgen.files import atomic_folder, save_torch, write_json, writing
+from nexusgen.loading.weights import read_folder_weights, read_safetensors
 
 Log = Callable[[str], None]
 AR_WEIGHT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
@@ -259,8 +260,8 @@ def official_ar_config(nested: dict, dtype: str) -> dict:
 def export_decoder(folder: Path, out_stem: Path, prefix: str, cast: torch.dtype | None) -> str:
     """`<prefix>.*` connector keys + `pipe.dit.*` DiffSynth DiT keys, as `.safetensors` and `.bin`."""
     connector_file = folder / ("adapter.safetensors" if prefix == "adapter" else "merger.safetensors")
-    state = {f"{prefix}.{k}": v for k, v in _read_safetensors(connector_file).items()}
-    dit = dit_state_dict_to_diffsynth(_read_diffusers_weights(folder / "transformer"))
+    state = {f"{prefix}.{k}": v for k, v in read_safetensors(connector_file).items()}
+    dit = dit_state_dict_to_diffsynth(read_folder_weights(folder / "transformer"))
     state.update({f"pipe.dit.{k}": v for k, v in dit.items()})
     state = {k: (v.to(cast) if cast is not None else v).contiguous() for k, v in state.items()}
     with writing(out_stem.with_suffix(".safetensors")):
@@ -272,28 +273,11 @@ def export_decoder(folder: Path, out_stem: Path, prefix: str, cast: torch.dtype 
 def export_vae(folder: Path, path: Path, cast: torch.dtype | None) -> str:
     """The diffusers AutoencoderKL in FLUX's `ae.safetensors` naming (BFL / LDM)."""
     config = _read_json(folder / "config.json")
-    state = vae_state_dict_to_bfl(_read_diffusers_weights(folder), len(config["block_out_channels"]))
+    state = vae_state_dict_to_bfl(read_folder_weights(folder), len(config["block_out_channels"]))
     with writing(path):
         save_file({k: (v.to(cast) if cast is not None else v).contiguous() for k, v in state.items()}, str(path),
                   metadata={"format": "pt"})
     return f"{path.name} ({len(state)} tensors, BFL names)"
-
-
-def _read_diffusers_weights(folder: Path) -> dict[str, torch.Tensor]:
-    index = folder / "diffusion_pytorch_model.safetensors.index.json"
-    files = sorted(set(_read_json(index)["weight_map"].values())) if index.is_file() else \
-        ["diffusion_pytorch_model.safetensors"]
-    state = {}
-    for name in files:
-        state.update(_read_safetensors(folder / name))
-    return state
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ValueError(f"missing {path}")
-    with safe_open(str(path), framework="pt") as f:
-        return {key: f.get_tensor(key) for key in f.keys()}
 
 
 def _read_json(path: Path) -> dict:

@@ -63,6 +63,7 @@ from nexusgen.loading.decoders import (
     VAE_DIR,
 )
 from nexusgen.loading.folder import NEGATIVE_FILE
+from nexusgen.loading.stock import link_or_copy
 from nexusgen.loading.text_encoders import negative_branch
 from nexusgen.models.connector import EmbeddingMerger, GenerationAdapter, MergerConfig
 from nexusgen.models.decoder import DecoderConfig
@@ -393,10 +394,7 @@ def link_autoregressive(official_dir: Path, out_folder: Path) -> list[str]:
     names = sorted(p.name for p in official_dir.iterdir() if p.is_file() and AR_FILES.match(p.name))
     with atomic_folder(out_folder) as folder:
         for name in names:
-            try:
-                os.link(official_dir / name, folder / name)  # 16 GB of shards: no copy when possible
-            except OSError:
-                shutil.copy2(official_dir / name, folder / name)
+            link_or_copy(official_dir / name, folder / name)
     return names
 
 
@@ -495,7 +493,7 @@ def _convert_into(official: Path, staging: Path, out: Path, log: Log, max_shard_
     if t5_dir is not None and t5_tokenizer is not None and clip_dir is not None:
         def negative() -> str:
             tensors = negative_branch(t5_dir, t5_tokenizer, clip_dir, _find(official, "tokenizer", flux),
-                                      negative_prompt, device)
+                                      negative_prompt, device, pooled=pooled if negative_prompt == "" else None)
             save_tensors(tensors, staging / NEGATIVE_FILE)
             return f"T5({negative_prompt!r}) {tuple(tensors['prompt_embeds'].shape)} -> {NEGATIVE_FILE}"
         _run_part("negative branch", negative, results, failures, log)

@@ -124,10 +124,6 @@ class ModelParts:
         """Every part that is present, by folder name (waiting parts are loaded)."""
         return {name: self.get(name) for name in PART_NAMES if self.has(name)}
 
-    def loaded_modules(self) -> dict[str, torch.nn.Module]:
-        """The parts loaded so far, by folder name."""
-        return {name: self.get(name) for name in PART_NAMES if self.is_loaded(name)}
-
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ModelParts:
         """Move / cast every loaded part (in place; rotary buffers stay fp32) and set where and in which dtype
         the waiting ones will load; returns self."""

@@ -52,10 +52,6 @@ class LazyPart:
             self.module = module.to(self.device) if self.device is not None else module
         return self.module
 
-    def release(self) -> None:
-        """Forget the loaded part (it is loaded again on the next `get()`)."""
-        self.module = None
-
 
 def resolve(part: nn.Module | LazyPart | None) -> nn.Module | None:
     """The module behind `part`, loading it if it is a `LazyPart`."""

@@ -213,11 +213,12 @@ def new_merger_state(config: MergerConfig, qwen_dir: str | os.PathLike, seed: in
 # The AR part written as a folder (linked, not copied)
 # ----------------------------------------------------------------------------------------------------
 def link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link `source` to `target`, or copy it file to file (no Python buffer) where links fail."""
+    """Hard-link `source` to `target` (checkpoints of many GB: no copy when possible), or copy it file to
+    file (no Python buffer, metadata kept) where links fail."""
     try:
         os.link(source, target)
     except OSError:
-        shutil.copyfile(source, target)
+        shutil.copy2(source, target)
 
 
 SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}

@@ -122,15 +122,17 @@ def t5_prompt_embeds(text_encoder_dir: str | os.PathLike, tokenizer_dir: str | o
 
 def negative_branch(t5_dir: str | os.PathLike, t5_tokenizer: str | os.PathLike, clip_dir: str | os.PathLike,
                     clip_tokenizer: str | os.PathLike | None, prompt: str = "",
-                    device: torch.device | str | None = None,
-                    max_length: int = T5_MAX_LENGTH) -> dict[str, torch.Tensor]:
+                    device: torch.device | str | None = None, max_length: int = T5_MAX_LENGTH,
+                    pooled: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Upstream's negative CFG branch, computed once: {"prompt_embeds": T5(prompt) (1, S, C), "pooled":
     CLIP(prompt) (1, P)}, float32 on the CPU. T5 runs on `device` (default cuda if available), bf16 on cuda,
-    fp32 on cpu, one block at a time."""
+    fp32 on cpu, one block at a time. `pooled`: CLIP(prompt) (P,) when the caller has it already."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     embeds = t5_prompt_embeds(t5_dir, t5_tokenizer, prompt, max_length, device, dtype)
-    return {"prompt_embeds": embeds, "pooled": clip_pooled(clip_dir, clip_tokenizer, prompt)[None]}
+    if pooled is None:
+        pooled = clip_pooled(clip_dir, clip_tokenizer, prompt)
+    return {"prompt_embeds": embeds, "pooled": pooled[None]}
 
 
 def _release(module: nn.Module, args, output) -> None:

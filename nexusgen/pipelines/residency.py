@@ -21,13 +21,14 @@ costed without a GPU (`nexusgen bench gpu` computes bytes moved per request with
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from nexusgen.models.memory import is_on
+from nexusgen.models.memory import is_on, parameter_bytes
 
 POLICIES = ("auto", "none", "model")
 GIB = 2**30
@@ -112,11 +113,6 @@ class ResidencyPlanner:
             self.permanent.add(name)
         return plan
 
-    def release(self, name: str) -> None:
-        if name in self.resident:
-            self.moves.append(("out", name, self.resident.pop(name)))
-        self.permanent.discard(name)
-
 
 def bytes_moved_per_request(policy: str, capacity_bytes: int | None, parts: dict[str, int],
                             requests: list[list[str]], repeats: int = 2) -> list[int]:
@@ -179,7 +175,8 @@ class Residency:
             return module
         self.modules[name] = module
         there = is_on(module, self.device)
-        plan = self.planner.activate(name, _nbytes(module), permanent, transfer=not there)
+        nbytes = self.planner.resident.get(name) or parameter_bytes(module)  # counted once, when it arrives
+        plan = self.planner.activate(name, nbytes, permanent, transfer=not there)
         for other in plan.evict:
             self._move_out(other)
         if plan.move_in and not there:
@@ -192,18 +189,13 @@ class Residency:
         any out; returns whether a transfer was started (or the part is already resident)."""
         if self.moves_on_host or name in self.planner.resident:
             return name in self.planner.resident or self.moves_on_host
-        if not self.planner.fits(_nbytes(module)):
+        nbytes = parameter_bytes(module)
+        if not self.planner.fits(nbytes):
             return False
         self.modules[name] = module
-        self.planner.activate(name, _nbytes(module))
+        self.planner.activate(name, nbytes)
         self._move_in(name, module, asynchronous=True)
         return True
-
-    def release(self, name: str) -> None:
-        """Move part `name` out (host tensors kept)."""
-        if not self.moves_on_host and name in self.planner.resident:
-            self.planner.release(name)
-            self._move_out(name)
 
     def report(self) -> dict:
         """Policy, capacity, resident parts and bytes moved so far (for benchmarks)."""
@@ -222,7 +214,7 @@ class Residency:
             for key, tensor in _tensors(module):
                 source = tensor.data  # the part's host tensor (memory-mapped, or pinned once it has left)
                 target = torch.empty_like(source, device=self.device)  # allocated on the compute stream
-                with torch.cuda.stream(stream) if stream is not None else _nullcontext():
+                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                     target.copy_(source, non_blocking=True)
                 _rebind(tensor, target)
                 if self.policy != "none":  # a part that may leave keeps its host tensors to return to
@@ -260,14 +252,6 @@ class Residency:
         return self._stream
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _rebind(tensor: torch.Tensor, data: torch.Tensor) -> None:
     """Make `tensor` (a module's parameter or buffer, whose identity others hold) hold `data`, on any device."""
     try:
@@ -286,6 +270,3 @@ def _tensors(module: nn.Module):
             seen.add(id(tensor))
             yield key, tensor
 
-
-def _nbytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for _, t in _tensors(module))
