@@ -42,7 +42,7 @@ def test_mixed_language_batch_equals_per_sample_predictions_and_reference_is_res
     singles = torch.cat([module._embed(collate([s]), "target") for s in samples])
     assert targets.shape == (6, model.config.num_output_tokens, model.config.hidden_size)
     assert torch.allclose(targets, singles, atol=1e-5)
-    assert module.condition_kwargs(batch)["reference_grid"] == (8, 8)
+    assert module.condition_kwargs(batch, targets)["reference_grid"] == (8, 8)
 
 
 def test_a_fresh_editing_decoder_starts_from_the_parents_generation_dit(tmp_path):

@@ -24,7 +24,7 @@ import torch
 from nexusgen.train.config import TrainConfig
 from nexusgen.train.parallel import DistInfo
 from nexusgen.train.stages import parts
-from nexusgen.train.stages.common import Stage, sample_generators
+from nexusgen.train.stages.common import Stage, per_sample_rand, sample_generators
 from nexusgen.train.stages.generation_decoder import (
     DecoderTrainModule,
     build_decoder_stage,
@@ -81,17 +81,16 @@ class EditDecoderTrainModule(DecoderTrainModule):
         true = torch.stack(list(self.helpers[1].encode_images(batch["true_target_pixel_values"],
                                                               batch["true_target_grid_thw"])))  # (B, N, D)
         generators = sample_generators(batch["position"].tolist(), self.seed + _TRUE_TARGET_SALT)
-        use_true = torch.cat([torch.rand(1, generator=g) for g in generators]) < self.true_target_prob  # (B,)
+        use_true = per_sample_rand(generators, device=true.device) < self.true_target_prob  # (B,)
         if use_true.all():
             return true
-        return torch.where(use_true.to(true.device)[:, None, None], true, self._predicted_targets(batch))
+        return torch.where(use_true[:, None, None], true, self._predicted_targets(batch))
 
-    def condition_kwargs(self, batch: dict) -> dict:
+    def condition_kwargs(self, batch: dict, target_embeds: torch.Tensor) -> dict:
         reference = self._embed(batch, "source").float()                      # (B, M, D)
-        target_tokens = self._embed(batch, "target").shape[1]
         return {"reference_embeds": reference,
                 "reference_grid": batch.get("reference_grid") or square_grid(reference.shape[1]),
-                "target_grid": batch.get("target_grid") or square_grid(target_tokens)}
+                "target_grid": batch.get("target_grid") or square_grid(target_embeds.shape[1])}
 
 
 def one_grid(grids: list[tuple[int, int]], samples: list[dict]) -> tuple[int, int]:

@@ -71,7 +71,7 @@ class DecoderTrainModule(torch.nn.Module):
         with torch.no_grad():
             latents = images_to_latents(self.helpers[0], batch["target_pixels"])  # (B, c, H/8, W/8)
         image_embeds = self._embed(batch, "target")
-        condition = self.condition_kwargs(batch)
+        condition = self.condition_kwargs(batch, image_embeds)
         out = decoder_training_loss(self.decoder, latents, image_embeds.float(),
                                     generator=sample_generators(batch["position"].tolist(), self.seed),
                                     cond_dropout_prob=self.cond_dropout_prob, **condition)
@@ -79,7 +79,8 @@ class DecoderTrainModule(torch.nn.Module):
         flow = out["sample_loss"].sum() / samples
         return {"loss": self.loss_weight * flow, "flow": flow.detach(), "mse": out["sample_mse"].sum() / samples}
 
-    def condition_kwargs(self, batch: dict) -> dict:
+    def condition_kwargs(self, batch: dict, target_embeds: torch.Tensor) -> dict:
+        """Decoder inputs besides the (B, N, D) target embeddings (none for generation)."""
         return {}
 
 
