@@ -142,6 +142,12 @@ def make_parents(path: Path) -> list[Path]:
     return list(reversed(created))
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """`path` and the folders above it that do not exist yet: what writing `path` will create, and a failed
+    run should remove (`remove_empty`). Empty when `path` exists."""
+    return [] if path.exists() else [path, *[p for p in path.parents if not p.exists()]]
+
+
 def remove_empty(folders: Iterable[Path]) -> None:
     """rmdir each folder, innermost first, where it is (still) empty."""
     for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):

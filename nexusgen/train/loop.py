@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from nexusgen.files import atomic_folder, atomic_write_text, git_sha, remove_empty
+from nexusgen.files import atomic_folder, atomic_write_text, git_sha, missing_folders, remove_empty
 from nexusgen.train import checkpoint, parallel
 from nexusgen.train.config import TrainConfig, config_to_dict, load_config, save_config
 from nexusgen.train.ema import EMA
@@ -54,7 +54,7 @@ def train(config: TrainConfig, run_dir, *, resume: bool = False, require_checkpo
     check_run_dir(run_dir, latest, resume=resume, require_checkpoint=require_checkpoint)
     if resume and latest is not None:
         check_resumable(config, run_dir / "config.json")
-    created = [] if run_dir.exists() else [run_dir, *[p for p in run_dir.parents if not p.exists()]]
+    created = missing_folders(run_dir)
     try:
         return _train(config, run_dir, info, latest if resume else None)
     except BaseException:

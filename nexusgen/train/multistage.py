@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from nexusgen.files import atomic_folder, remove_empty
+from nexusgen.files import atomic_folder, missing_folders, remove_empty
 from nexusgen.train import checkpoint, parallel
 from nexusgen.train.config import TrainConfig, apply_overrides, current_name
 from nexusgen.train.stages.parent import wants_ar_parent
@@ -56,7 +56,7 @@ def run_stages(stages: dict[str, Callable[[], TrainConfig]], out, overrides: lis
     {stage: summary} (skipped stages: "already finished"). With `resume`, stages not started yet start
     from step 0, but a recipe with nothing at all to resume is an error unless not `require_checkpoint`."""
     out = Path(out)
-    created = [] if out.exists() else [out, *[p for p in out.parents if not p.exists()]]
+    created = missing_folders(out)
     try:
         return _run_stages(stages, out, overrides, resume=resume, start_at=start_at,
                            require_checkpoint=require_checkpoint)

@@ -33,7 +33,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PART_NAMES = ("autoregressive", "generation_decoder", "editing_decoder", "vae")
+from nexusgen.config import PART_NAMES
+
 NEW_AR_TENSORS = ("vision_head.weight", "image_prefill_embeds.weight")
 
 STAGE_PARTS: dict[str, tuple[str, ...]] = {

@@ -78,7 +78,7 @@ def build_decoder(config: TrainConfig, kind: str):
     """`GenerationDecoder` / `EditingDecoder` (kind 'generation' / 'editing') from the parent's decoder, a
     FLUX transformer (`stock_dit`) or the preset, with the settings of `stage.model` where this is the
     trained part."""
-    from nexusgen.models.decoder import DECODER_PRESETS, EditingDecoder, GenerationDecoder
+    from nexusgen.models.decoder import EditingDecoder, GenerationDecoder
 
     cls = GenerationDecoder if kind == "generation" else EditingDecoder
     settings = _model_settings(config, f"{kind}_decoder")
@@ -90,9 +90,7 @@ def build_decoder(config: TrainConfig, kind: str):
     elif stock_dit(config) is not None:
         decoder = _stock_decoder(config, kind)
     else:
-        if config.stage.preset not in DECODER_PRESETS:
-            raise ValueError(f"unknown decoder preset {config.stage.preset!r}; known: {sorted(DECODER_PRESETS)}")
-        decoder_config = decoder_config_of_parent(config, kind)
+        decoder_config = decoder_config_of_parent(config, kind)  # refuses an unknown preset
         if config.stage.parent is not None:
             print0(f"{kind} decoder: new, {config.stage.preset} preset (stage.parent has none)")
         return cls(decoder_config, transformer=_generation_dit(config, decoder_config) if kind == "editing" else None)

@@ -30,15 +30,6 @@ from nexusgen.train.stages.common import (
 DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "mse": 0.0, "kl": 1e-6}
 
 
-def build_vae_from_config(config: TrainConfig):
-    """A fresh AutoencoderKL of `VAE_PRESETS[stage.preset]`."""
-    from nexusgen.models.vae import VAE_PRESETS, build_vae
-
-    if config.stage.preset not in VAE_PRESETS:
-        raise ValueError(f"unknown VAE preset {config.stage.preset!r}; known: {sorted(VAE_PRESETS)}")
-    return build_vae(VAE_PRESETS[config.stage.preset])
-
-
 class GeneratedImages:
     """Procedural images: a background colour with 1-3 axis-aligned rectangles and discs.
 
@@ -165,18 +156,12 @@ def export(module: VAETrainModule, out_dir) -> None:
 
 
 def build(config: TrainConfig, info: DistInfo) -> Stage:
-    from diffusers import AutoencoderKL
-
     unknown = set(config.stage.loss_weights) - set(DEFAULT_LOSS_WEIGHTS)
     if unknown:
         raise ValueError(f"vae stage has no loss terms {sorted(unknown)}; "
                          f"it has {sorted(DEFAULT_LOSS_WEIGHTS)}")
     sources = image_sources(config)
-    folder = parts.parent_part(config, "vae")
-    if folder is not None:
-        vae = AutoencoderKL.from_pretrained(str(folder))
-    else:
-        vae = build_vae_from_config(config)
+    vae = parts.build_vae(config)
     if config.stage.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
     vae.to(info.device).train()
