@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nexusgen.models.token_sampling import check_sampling_options, choose_tokens
+from nexusgen.models.token_sampling import check_sampling_options, choose_tokens, forced_only_ids
 
 
 @torch.no_grad()
@@ -271,9 +271,7 @@ class _Sampler:
 
     def __init__(self, model, do_sample, temperature, top_k, top_p, generator):
         check_sampling_options(do_sample, temperature, top_k, top_p)
-        self.banned = [model.vision_end_token_id, model.image_token_id]
-        video = getattr(model.config.qwen_config, "video_token_id", None)
-        self.banned += [video] if video is not None else []
+        self.banned = forced_only_ids(model)
         self.vision_start = model.vision_start_token_id
         self.do_sample, self.temperature, self.top_k, self.top_p = do_sample, temperature, top_k, top_p
         self.generator = generator

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nexusgen.models.token_sampling import check_sampling_options, choose_tokens
+from nexusgen.models.token_sampling import check_sampling_options, choose_tokens, forced_only_ids
 
 
 @dataclass
@@ -99,7 +99,4 @@ def _until_end(row: torch.Tensor, eos: list[int]) -> torch.Tensor:
 
 def _banned_ids(model, device: torch.device) -> torch.Tensor:
     """Tokens a text answer never contains: image spans (vision start / end, image and video pads)."""
-    ids = [model.vision_start_token_id, model.vision_end_token_id, model.image_token_id]
-    video = getattr(model.config.qwen_config, "video_token_id", None)
-    ids += [video] if video is not None else []
-    return torch.tensor(ids, device=device)
+    return torch.tensor([model.vision_start_token_id, *forced_only_ids(model)], device=device)

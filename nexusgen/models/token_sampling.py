@@ -21,6 +21,14 @@ def check_sampling_options(do_sample: bool, temperature: float, top_k: int, top_
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
 
 
+def forced_only_ids(model) -> list[int]:
+    """Tokens a NexusGenARModel never samples, only forces: an image span's `<|vision_end|>` and
+    `<|image_pad|>`, and the video pad where the config has one."""
+    ids = [model.vision_end_token_id, model.image_token_id]
+    video = getattr(model.config.qwen_config, "video_token_id", None)
+    return ids + ([video] if video is not None else [])
+
+
 def choose_tokens(logits: torch.Tensor, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0, generator=None) -> torch.Tensor:
     """Next token per row from (B, V) logits (banned tokens already at -inf): argmax, or a draw after
