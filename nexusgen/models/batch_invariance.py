@@ -33,7 +33,8 @@ SHARED_ROWS = 12
 
 @contextlib.contextmanager
 def items_apart(modules: Iterable[nn.Module], items: int, skip: Iterable[nn.Module] = ()) -> Iterator[None]:
-    """Within the block, every `nn.Linear` under `modules` computes short inputs item by item on the CPU.
+    """Within the block, every `nn.Linear` under `modules` computes short inputs item by item on the CPU
+    (layers on a GPU are left as they are, without even a wrapper's call per forward).
 
     An input's leading dimension holds `branches x items` rows in branch-major order (the sampler runs the
     conditional and the negative branch of classifier-free guidance as [cond_1..cond_B; neg_1..neg_B]), so
@@ -53,7 +54,8 @@ def items_apart(modules: Iterable[nn.Module], items: int, skip: Iterable[nn.Modu
     if items > 1:
         for module in modules:
             for layer in module.modules():
-                if isinstance(layer, nn.Linear) and id(layer) not in skipped and "forward" not in vars(layer):
+                if (isinstance(layer, nn.Linear) and layer.weight.device.type == "cpu"  # GPU layers: no wrapper
+                        and id(layer) not in skipped and "forward" not in vars(layer)):
                     layer.forward = _per_item(layer.forward, items)
                     patched.append(layer)
     try:
