@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from nexusgen.processing.images import decode_image
+from nexusgen.processing.images import ImageFileError, decode_image
 from nexusgen.serve.errors import APIError, bad_request
 from nexusgen.serve.settings import ServeSettings
 
@@ -43,8 +43,8 @@ def image_from_bytes(data: bytes, param: str, settings: ServeSettings) -> Image.
         raise bad_request(f"{param}: empty file", param, "invalid_image")
     try:
         return decode_image(data, param, settings.max_image_pixels, FORMATS)
-    except ValueError as err:
-        code = "image_too_large" if "than the limit" in str(err) else "invalid_image"
+    except ImageFileError as err:
+        code = "image_too_large" if err.reason == "too_many_pixels" else "invalid_image"
         raise bad_request(f"{err} (accepted: PNG, JPEG, WEBP)", param, code) from None
 
 
