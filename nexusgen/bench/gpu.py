@@ -42,7 +42,7 @@ from nexusgen.bench.real_size import (
 from nexusgen.models.decoder import EditingDecoder
 from nexusgen.models.memory import enable_fp8_storage, parameter_bytes, peak_memory, reset_peak_memory
 from nexusgen.models.placement import materialize_random_, meta_parameters
-from nexusgen.pipelines.residency import POLICIES, bytes_moved_per_request, device_capacity
+from nexusgen.pipelines.residency import POLICIES, bytes_moved_per_request, capacity_for, device_capacity
 
 GB = 1e9
 PROMPT = "a red fox sitting in tall grass at sunrise, watercolour"
@@ -113,7 +113,7 @@ def parts_phase(settings: GPUBenchSettings, device: torch.device) -> dict:
                      decoder_config(settings.blocks, settings.intermediate))
     real = run if settings.blocks is None and settings.vocab is None and settings.intermediate is None else \
         part_bytes(ar_config(), decoder_config())
-    capacity = device_capacity(device) if device.type == "cuda" else device_capacity_for(H100_BYTES)
+    capacity = device_capacity(device) if device.type == "cuda" else capacity_for(H100_BYTES)
     sizes = {k: real[k] for k in ("autoregressive", "generation_decoder", "editing_decoder", "vae")}
     fp8_sizes = {**sizes, "generation_decoder": real["generation_decoder_fp8"],
                  "editing_decoder": real["editing_decoder"] - real["dit_bf16"] + real["dit_fp8"]}
@@ -126,11 +126,6 @@ def parts_phase(settings: GPUBenchSettings, device: torch.device) -> dict:
                 "auto_generate_resident": sum(sizes[k] for k in REQUESTS["generate"]) / GB,
                 "fp8_model_offload_largest_resident":
                     (max(sizes["autoregressive"], fp8_sizes["generation_decoder"]) + sizes["vae"]) / GB}}
-
-
-def device_capacity_for(total_bytes: int) -> int:
-    """`device_capacity` of a card with `total_bytes` (the same reserve rule)."""
-    return total_bytes - max(6 * 2**30, total_bytes // 10)
 
 
 def ar_phase(settings: GPUBenchSettings, device, dtype) -> dict:

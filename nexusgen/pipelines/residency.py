@@ -45,9 +45,13 @@ def device_capacity(device: torch.device, reserve_bytes: int | None = None) -> i
     (default max(6 GiB, 10 %): a 1024^2 DiT step and the VAE decode need a few GB). None off CUDA."""
     if device.type != "cuda":
         return None
-    total = torch.cuda.get_device_properties(device).total_memory
-    reserve = max(6 * GIB, total // 10) if reserve_bytes is None else reserve_bytes
-    return max(total - reserve, 0)
+    return capacity_for(torch.cuda.get_device_properties(device).total_memory, reserve_bytes)
+
+
+def capacity_for(total_bytes: int, reserve_bytes: int | None = None) -> int:
+    """`device_capacity` of a card with `total_bytes` of memory (the one place the reserve rule lives)."""
+    reserve = max(6 * GIB, total_bytes // 10) if reserve_bytes is None else reserve_bytes
+    return max(total_bytes - reserve, 0)
 
 
 @dataclass
