@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 
 from nexusgen.bench import count_flops, device_ms, gemm_peak, matmul_peak, median_seconds
-from nexusgen.bench.real_size import build_random
 from nexusgen.models.decoder import DECODER_PRESETS, EditingDecoder, GenerationDecoder, editing_context_ids
 from nexusgen.models.memory import enable_fp8_storage, peak_memory, reset_peak_memory
+from nexusgen.models.placement import build_random
 from nexusgen.models.vae import VAE_PRESETS, build_vae
 
 SIZES = {"tiny": 64, "mid": 256, "nexus-gen-v2": 512}

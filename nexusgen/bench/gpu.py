@@ -33,7 +33,6 @@ import torch
 from nexusgen.bench import count_flops, device_ms, gemm_peak
 from nexusgen.bench.real_size import (
     ar_config,
-    build_random,
     decoder_config,
     part_bytes,
     part_factories,
@@ -41,7 +40,7 @@ from nexusgen.bench.real_size import (
 )
 from nexusgen.models.decoder import EditingDecoder
 from nexusgen.models.memory import enable_fp8_storage, parameter_bytes, peak_memory, reset_peak_memory
-from nexusgen.models.placement import materialize_random_, meta_parameters
+from nexusgen.models.placement import build_random, materialize_random_, meta_parameters
 from nexusgen.pipelines.residency import POLICIES, bytes_moved_per_request, capacity_for, device_capacity
 
 GB = 1e9

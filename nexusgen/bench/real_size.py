@@ -16,7 +16,7 @@ import torch
 from nexusgen.models.autoregressive import ARConfig, NexusGenARModel
 from nexusgen.models.decoder import DECODER_PRESETS, DecoderConfig, EditingDecoder, GenerationDecoder
 from nexusgen.models.memory import enable_fp8_storage
-from nexusgen.models.placement import materialize_random_, meta_parameters, tensor_bytes
+from nexusgen.models.placement import on_meta, tensor_bytes
 from nexusgen.models.vae import VAE_PRESETS, build_vae
 
 BYTE_VOCAB = 272
@@ -55,16 +55,6 @@ def tokenizer_for(config: ARConfig):
     from nexusgen.processing.tokenizers import build_byte_tokenizer, build_qwen25_tokenizer
 
     return build_byte_tokenizer() if config.qwen_config.text_config.vocab_size < 1024 else build_qwen25_tokenizer()
-
-
-def on_meta(factory):
-    with meta_parameters():
-        return factory()
-
-
-def build_random(factory, device: torch.device | str, dtype: torch.dtype, seed: int = 0):
-    """`factory()` with its parameters random on `device` in `dtype` (rotary buffers fp32), eval mode."""
-    return materialize_random_(on_meta(factory), device, dtype, seed=seed).eval()
 
 
 def part_factories(ar: ARConfig, decoder: DecoderConfig) -> dict:

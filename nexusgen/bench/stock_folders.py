@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from nexusgen.models.placement import materialize_random_, meta_parameters
+from nexusgen.models.placement import build_random
 
 QWEN_DIR, FLUX_DIR = "Qwen2.5-VL-7B-Instruct", "FLUX.1-dev"
 SIZES = ("real", "tiny")
@@ -95,10 +95,7 @@ def _save_shards(state: dict[str, torch.Tensor], folder: Path, stem: str) -> Non
 
 
 def _random(build, seed: int) -> dict[str, torch.Tensor]:
-    with meta_parameters():
-        module = build()
-    materialize_random_(module, "cpu", torch.bfloat16, seed=seed)
-    return module.state_dict()
+    return build_random(build, "cpu", torch.bfloat16, seed).state_dict()
 
 
 def write_qwen(folder: Path, blocks: int = 1, intermediate: int = 18944, new_names: bool = False,
@@ -196,9 +193,7 @@ def write_flux(folder: Path, blocks: int = 1, seed: int = 0, size: str = "real")
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({
         "_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0, "use_dynamic_shifting": True,
         "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}))
-    with meta_parameters():
-        dit = FluxTransformer2DModel(**dit_kwargs)
-    materialize_random_(dit, "cpu", torch.bfloat16, seed=seed)
+    dit = build_random(lambda: FluxTransformer2DModel(**dit_kwargs), "cpu", torch.bfloat16, seed)
     (folder / "transformer").mkdir()
     dit.save_config(folder / "transformer")
     _save_shards(dit.state_dict(), folder / "transformer", "diffusion_pytorch_model")
@@ -206,9 +201,7 @@ def write_flux(folder: Path, blocks: int = 1, seed: int = 0, size: str = "real")
     vae_kwargs = dict(in_channels=3, out_channels=3, latent_channels=16, down_block_types=("DownEncoderBlock2D",) * 4,
                       up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.3611, shift_factor=0.1159,
                       use_quant_conv=False, use_post_quant_conv=False, **vae_widths)
-    with meta_parameters():
-        vae = AutoencoderKL(**vae_kwargs)
-    materialize_random_(vae, "cpu", torch.bfloat16, seed=seed + 1)
+    vae = build_random(lambda: AutoencoderKL(**vae_kwargs), "cpu", torch.bfloat16, seed + 1)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
     clip_vocab = write_clip_tokenizer(folder / "tokenizer")
     clip = CLIPTextConfig(vocab_size=clip_vocab, num_hidden_layers=blocks, max_position_embeddings=77,

@@ -10,7 +10,7 @@
   buffers real, so a loader can assign checkpoint tensors (e.g. memory-mapped safetensors) without ever
   holding a freshly initialised copy, and the rotary buffers are computed exactly as in a normal build.
 * `materialize_random_` gives such a module random weights directly on a device in a dtype (benchmarks of
-  the real-size parts: never an fp32 copy on the card).
+  the real-size parts: never an fp32 copy on the card); `build_random` does both steps for a factory.
 * `tensor_bytes` counts what a module holds (on the meta device too: sizes without memory).
 """
 
@@ -129,3 +129,14 @@ def materialize_random_(module: nn.Module, device: torch.device | str, dtype: to
                 data.normal_(0.0, std, generator=generator)
             sub._parameters[name] = nn.Parameter(data, requires_grad=param.requires_grad)
     return cast_module(module, dtype=dtype, device=device)
+
+
+def on_meta(factory):
+    """`factory()` built under `meta_parameters` (parameters on the meta device, buffers real)."""
+    with meta_parameters():
+        return factory()
+
+
+def build_random(factory, device: torch.device | str, dtype: torch.dtype, seed: int = 0):
+    """`factory()` with its parameters random on `device` in `dtype` (rotary buffers fp32), eval mode."""
+    return materialize_random_(on_meta(factory), device, dtype, seed=seed).eval()
