@@ -13,14 +13,12 @@ import dataclasses
 
 import torch
 
+from nexusgen.models.ar_presets import _BYTE_TOKENIZER_IDS
 from nexusgen.models.autoregressive import ARConfig, NexusGenARModel
 from nexusgen.models.decoder import DECODER_PRESETS, DecoderConfig, EditingDecoder, GenerationDecoder
 from nexusgen.models.memory import enable_fp8_storage
 from nexusgen.models.placement import on_meta, tensor_bytes
 from nexusgen.models.vae import VAE_PRESETS, build_vae
-
-BYTE_VOCAB = 272
-_BYTE_IDS = dict(image_token_id=268, video_token_id=269, vision_start_token_id=265, vision_end_token_id=266)
 
 
 def ar_config(blocks: int | None = None, vocab: int | None = None, intermediate: int | None = None) -> ARConfig:
@@ -36,7 +34,7 @@ def ar_config(blocks: int | None = None, vocab: int | None = None, intermediate:
         text["vocab_size"] = vocab
         if vocab < 1024:  # `build_byte_tokenizer`
             text.update(bos_token_id=256, eos_token_id=258)
-            preset.update(_BYTE_IDS)
+            preset.update(_BYTE_TOKENIZER_IDS)
     return ARConfig(qwen=preset)
 
 

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
+from nexusgen.models.ar_presets import _BYTE_TOKENIZER_IDS
 from nexusgen.models.placement import build_random
 
 QWEN_DIR, FLUX_DIR = "Qwen2.5-VL-7B-Instruct", "FLUX.1-dev"
 SIZES = ("real", "tiny")
-BYTE_IDS = dict(bos_token_id=256, eos_token_id=258, image_token_id=268, video_token_id=269,
-                vision_start_token_id=265, vision_end_token_id=266)  # `build_byte_tokenizer`'s specials
+BYTE_IDS = dict(bos_token_id=256, eos_token_id=258, **_BYTE_TOKENIZER_IDS)  # `build_byte_tokenizer`'s specials
 
 
 def qwen_config(blocks: int, intermediate: int = 18944, vocab: int = 272) -> dict:
