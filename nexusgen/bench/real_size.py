@@ -66,10 +66,12 @@ def part_factories(ar: ARConfig, decoder: DecoderConfig) -> dict:
 def part_bytes(ar: ARConfig, decoder: DecoderConfig, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
     """Bytes of each part in `dtype` (rotary buffers fp32), plus "generation_decoder_fp8" (DiT Linear
     weights in fp8), counted on the meta device."""
-    sizes = {name: tensor_bytes(on_meta(factory), dtype) for name, factory in part_factories(ar, decoder).items()}
-    fp8 = on_meta(part_factories(ar, decoder)["generation_decoder"])
-    enable_fp8_storage(fp8.transformer)
-    sizes["generation_decoder_fp8"] = tensor_bytes(fp8, dtype)
-    sizes["dit_bf16"] = tensor_bytes(on_meta(part_factories(ar, decoder)["generation_decoder"]).transformer, dtype)
-    sizes["dit_fp8"] = tensor_bytes(fp8.transformer, dtype)
+    parts = {name: on_meta(factory) for name, factory in part_factories(ar, decoder).items()}
+    sizes = {name: tensor_bytes(part, dtype) for name, part in parts.items()}
+    dit = parts["generation_decoder"].transformer
+    dit_bf16 = tensor_bytes(dit, dtype)
+    enable_fp8_storage(dit)  # in place: the full-precision counts above come first
+    sizes["generation_decoder_fp8"] = tensor_bytes(parts["generation_decoder"], dtype)
+    sizes["dit_bf16"] = dit_bf16
+    sizes["dit_fp8"] = tensor_bytes(dit, dtype)
     return sizes
