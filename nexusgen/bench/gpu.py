@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nexusgen.bench import count_flops, device_ms, gemm_peak
+from nexusgen.bench import count_flops, device_ms, gemm_peak, synchronize
 from nexusgen.bench.real_size import (
     ar_config,
     decoder_config,
@@ -251,8 +251,7 @@ def e2e_phase(settings: GPUBenchSettings, device, dtype, ar, decoder, vae) -> di
         reset_peak_memory(device)
         started = time.perf_counter()
         model.generate(PROMPT, guidance_scale=scale)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         result[f"generate_s_{name}"] = time.perf_counter() - started
         result[f"peak_memory_{name}"] = peak_memory(device)
     result["residency"] = model.runtime.residency.report()
