@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nexusgen.models.memory import maxrss_mib
+
 GB = 1e9
 
 
@@ -29,8 +31,7 @@ def _child_peak_mib(argv: list[str]) -> tuple[float, float]:
     process.stderr.close()
     if process.returncode:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{errors[-2000:]}")
-    peak = usage.ru_maxrss / 1024 if sys.platform != "darwin" else usage.ru_maxrss / 2**20
-    return peak, time.perf_counter() - started
+    return maxrss_mib(usage.ru_maxrss), time.perf_counter() - started
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -53,8 +54,8 @@ def run(blocks: int | None = None, intermediate: int | None = None) -> dict:
         _child_peak_mib([sys.executable, "-c", "from nexusgen.bench.stock_folders import write_stock_folders; "
                          f"write_stock_folders({root!r}, blocks={blocks}, intermediate={intermediate})"])
         qwen, flux = Path(root) / QWEN_DIR, Path(root) / FLUX_DIR
-        inputs = {"qwen": _folder_bytes(qwen)} | {p.name: _folder_bytes(p) for p in sorted(flux.iterdir())
-                                                  if p.is_dir() and _folder_bytes(p)}
+        sizes = {p.name: _folder_bytes(p) for p in sorted(flux.iterdir()) if p.is_dir()}
+        inputs = {"qwen": _folder_bytes(qwen)} | {name: size for name, size in sizes.items() if size}
         baseline, _ = _child_peak_mib([sys.executable, "-c", "import nexusgen.convert.assemble"])
         out = Path(root) / "model"
         peak, seconds = _child_peak_mib([sys.executable, "-m", "nexusgen", "assemble", "--qwen", str(qwen),

@@ -142,6 +142,10 @@ def peak_memory(device: torch.device | str) -> dict[str, float | str]:
         return {"device": torch.cuda.get_device_name(device),
                 "peak_allocated_mib": torch.cuda.max_memory_allocated(device) / 2**20,
                 "peak_reserved_mib": torch.cuda.max_memory_reserved(device) / 2**20}
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_bytes = rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
-    return {"device": "cpu", "peak_rss_mib": rss_bytes / 2**20}
+    return {"device": "cpu", "peak_rss_mib": maxrss_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)}
+
+
+def maxrss_mib(ru_maxrss: int) -> float:
+    """A `getrusage` / `wait4` peak resident set size in MiB."""
+    rss_bytes = ru_maxrss if sys.platform == "darwin" else ru_maxrss * 1024  # Linux reports KiB, macOS bytes
+    return rss_bytes / 2**20
