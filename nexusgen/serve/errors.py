@@ -21,9 +21,9 @@ log = logging.getLogger("nexusgen.serve")
 MAX_MESSAGE_CHARS = 500
 """Longest error message sent back (a library message could quote a long prompt)."""
 
-TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-         405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-         422: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable_error"}
+TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error",
+         503: "service_unavailable_error"}
+"""OpenAI error types that differ from the fallback (other 4xx: invalid_request_error, 5xx: server_error)."""
 
 
 class APIError(Exception):
