@@ -190,7 +190,8 @@ class Worker:
 
     def _run(self, batch: list[Job]) -> None:
         started = time.monotonic()
-        self.metrics.batch(batch[0].task, sum(job.size for job in batch))
+        items = sum(job.size for job in batch)
+        self.metrics.batch(batch[0].task, items)
         for job in batch:
             self.metrics.queue_wait(started - job.enqueued)
         try:
@@ -203,7 +204,6 @@ class Worker:
         if results is None:
             results = [self._alone(job) for job in batch]
         elapsed = time.monotonic() - started
-        items = sum(job.size for job in batch)
         self.item_seconds = 0.8 * self.item_seconds + 0.2 * elapsed / max(1, items)
         for job, result in zip(batch, results, strict=True):
             job.resolve(error=result) if isinstance(result, BaseException) else job.resolve(result)
