@@ -12,12 +12,11 @@ terminal.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from nexusgen.batch.items import EDITS, PROMPTS, QUESTIONS, read_items
 from nexusgen.batch.runner import ItemError, RunSummary, Shard
-from nexusgen.commands.common import check_model_options, image_options, load_model
+from nexusgen.commands.common import check_model_options, image_options, load_model, rank_device
 from nexusgen.files import check_output_file, check_output_folder
 from nexusgen.validation import check_int, check_max_new_tokens, check_sampling, check_seed
 
@@ -87,13 +86,7 @@ def _model_loader(args: argparse.Namespace, shard: Shard):
     """Loads the model when first called; with several ranks and GPUs, rank r takes cuda:LOCAL_RANK."""
 
     def load():
-        device = args.device
-        if device is None and shard.world > 1:
-            import torch
-
-            if torch.cuda.is_available():
-                device = f"cuda:{int(os.environ.get('LOCAL_RANK', shard.rank)) % torch.cuda.device_count()}"
-        return load_model(args.model, device, args.dtype, args.offload, args.fp8)
+        return load_model(args.model, rank_device(args.device, shard), args.dtype, args.offload, args.fp8)
 
     return load
 

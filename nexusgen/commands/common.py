@@ -61,6 +61,19 @@ def load_model(model: str, device: str | None = None, dtype: str | None = None, 
         return NexusGen.from_pretrained(model, device=device, dtype=dtype, offload=offload, fp8=fp8)
 
 
+def rank_device(device: str | None, shard) -> str | None:
+    """The device of one torchrun rank: `device` when given (--device wins) or with a single process; with
+    several ranks and GPUs, cuda:LOCAL_RANK (RANK when unset) modulo the GPUs, so the ranks of a node spread
+    over its cards instead of all loading on cuda:0. `shard` is a `nexusgen.batch.runner.Shard`."""
+    if device is not None or shard.world <= 1:
+        return device
+    import torch  # only a multi-process run asks; the option checks stay torch-free
+
+    if not torch.cuda.is_available():
+        return device
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', shard.rank)) % torch.cuda.device_count()}"
+
+
 def check_model_options(args: argparse.Namespace) -> None:
     """--model names a known model or an existing path; --device and --dtype are ones nexusgen runs on."""
     check_model_name(args.model)

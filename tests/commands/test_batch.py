@@ -240,3 +240,26 @@ def test_benchmark_exports_shard_over_ranks_like_the_batch_commands(tmp_path, mo
                  for r in (0, 1)]
     assert [(s["done"], s["shard_items"]) for s in summaries] == [(3, 3), (2, 2)]
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{i:05d}" for i in range(5)]
+
+
+@pytest.mark.parametrize(("device", "world", "cuda", "local_rank", "expected"), [
+    (None, 1, 3, "2", None),  # one process: the model's default device
+    ("cpu", 4, 3, "2", "cpu"),  # --device wins over the rank
+    (None, 4, 0, "2", None),  # several ranks, no GPU
+    (None, 4, 3, "2", "cuda:2"),  # rank r of a node takes cuda:LOCAL_RANK
+    (None, 4, 3, "4", "cuda:1"),  # ... modulo the node's GPUs
+    (None, 4, 2, None, "cuda:1"),  # LOCAL_RANK unset: RANK (3) modulo the GPUs
+])
+def test_rank_device_spreads_torchrun_ranks_over_the_gpus(monkeypatch, device, world, cuda, local_rank, expected):
+    import torch
+
+    from nexusgen.batch.runner import Shard
+    from nexusgen.commands.common import rank_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert rank_device(device, Shard(min(3, world - 1), world)) == expected
