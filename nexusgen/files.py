@@ -275,6 +275,15 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def append_synced(path: str | os.PathLike, text: str) -> None:
+    """Append `text` (UTF-8) to `path`, flushed and fsynced before returning: a line a log says it wrote
+    survives a kill or a power loss right after. Errors pass unchanged (the caller names what failed)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 

@@ -20,7 +20,7 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-from nexusgen.files import json_text, output_error, write_jsonl
+from nexusgen.files import append_synced, json_text, output_error, write_jsonl
 
 LOCK_NAME = ".lock"
 
@@ -59,12 +59,9 @@ class RecordLog:
         text = "".join(json_text(record, indent=None) + "\n" for record in records)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with open(self.own, "a+", encoding="utf-8") as f:
-                if f.tell() and not _ends_with_newline(self.own):
-                    f.write("\n")  # end a line torn by a kill, so it spoils no record after it
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
+            if self.own.is_file() and self.own.stat().st_size and not _ends_with_newline(self.own):
+                text = "\n" + text  # end a line torn by a kill, so it spoils no record after it
+            append_synced(self.own, text)
         except OSError as err:
             raise output_error(self.folder, err) from None
 

@@ -49,7 +49,7 @@ from nexusgen.data.messages import (
     record_id,
     resolve_path,
 )
-from nexusgen.files import make_parents, output_error, remove_empty, write_json, writing
+from nexusgen.files import append_synced, make_parents, output_error, remove_empty, write_json, writing
 from nexusgen.processing.templates import IMAGE_PLACEHOLDER
 from nexusgen.tasks import EDIT, GENERATE, IMAGE_TASKS
 
@@ -126,10 +126,7 @@ def _append(path: Path, records: list[dict[str, Any]]) -> None:
     size = path.stat().st_size if path.exists() else 0
     with writing(path):
         try:
-            with open(path, "a", encoding="utf-8") as f:
-                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-                f.flush()
-                os.fsync(f.fileno())
+            append_synced(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         except OSError:
             with contextlib.suppress(OSError), open(path, "r+b") as f:
                 f.truncate(size)

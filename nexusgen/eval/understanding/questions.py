@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
+
+from nexusgen.files import append_synced
 
 from ..benchmark_files import image_from_bytes, open_image
 
@@ -67,7 +68,4 @@ class AnswerLog:
     def append(self, rows: list[tuple[str, str]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = "".join(json.dumps({"id": qid, "answer": answer}, ensure_ascii=False) + "\n" for qid, answer in rows)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        append_synced(self.path, text)
