@@ -105,6 +105,9 @@ def image_output(path: str | os.PathLike) -> Path:
 
 
 def save_image(image, path: str | os.PathLike) -> Path:
-    """Write an image (format from the extension) to a temporary name, then rename it into place."""
-    out = image_output(path)
-    return atomic_save_image(image, out, IMAGE_FORMATS[out.suffix.lower()])
+    """Write an image (format from the extension, one of IMAGE_FORMATS) to a temporary name, then rename it
+    into place; a failed write is an OutputError naming `path` (`nexusgen.files.writing`).
+
+    The handler checked `path` (`image_output`, or its folder) before the model ran: no second probe here."""
+    path = Path(path)
+    return atomic_save_image(image, path, IMAGE_FORMATS[path.suffix.lower()])

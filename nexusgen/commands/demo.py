@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nexusgen.commands.common import check_model_options, model_from_args, save_image
+from nexusgen.commands.common import model_from_args, save_image
 from nexusgen.files import check_output_folder
 from nexusgen.processing.contact_sheet import contact_sheet
 from nexusgen.validation import check_seed
@@ -69,7 +69,6 @@ def demo(args: argparse.Namespace) -> int:
     """`nexusgen demo [--out DIR] [--seed S]`: prints the answers and where the contact sheet went."""
     seed = check_seed(args.seed, len(GENERATE_CATEGORIES), "--seed")
     out = check_output_folder(args.out)
-    check_model_options(args)
     for line in run_demo(model_from_args(args), out, seed=seed):
         print(line)
     return 0

@@ -13,7 +13,6 @@ from pathlib import Path
 from PIL import Image
 
 from nexusgen.commands.common import (
-    check_model_options,
     image_options,
     image_output,
     model_from_args,
@@ -114,7 +113,6 @@ def chat(args: argparse.Namespace) -> int:
     one error line on stderr, and the conversation goes on."""
     seed = check_seed(args.seed, 1, "--seed")
     out_dir = check_output_folder(args.out_dir)
-    check_model_options(args)
     session = ChatSession(model_from_args(args), out_dir, seed=seed)
     interactive = sys.stdin.isatty()
     while True:
