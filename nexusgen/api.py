@@ -23,6 +23,7 @@ import warnings
 import torch
 from PIL import Image
 
+from nexusgen.config import resolve_device, resolve_dtype
 from nexusgen.loading.folder import ModelParts, resolve_model
 from nexusgen.pipelines import (
     ChatPipeline,
@@ -98,11 +99,10 @@ class NexusGen:
                 unknown offload policy.
         """
         check_policy(offload)
-        runtime = Runtime(device, dtype)
-        parts = resolve_model(name_or_path, device="cpu", dtype=runtime.dtype)
-        name = str(name_or_path)
-        return cls(parts, device=runtime.device, dtype=runtime.dtype, name=name, offload=offload, fp8=fp8,
-                   **kwargs)
+        device = resolve_device(device)  # the bad-option errors before the folder is read, as Runtime raises them
+        dtype = resolve_dtype(dtype, device)
+        parts = resolve_model(name_or_path, device="cpu", dtype=dtype)
+        return cls(parts, device=device, dtype=dtype, name=str(name_or_path), offload=offload, fp8=fp8, **kwargs)
 
     # -- attributes the eval harness uses ----------------------------------------------------------
     @property
