@@ -189,6 +189,12 @@ def check_prompt(text: Any, name: str = "prompt") -> str:
     return text
 
 
+def check_question(text: Any, has_images: bool, name: str = "prompt") -> str:
+    """A question: `check_prompt`, except that with images a blank question is allowed (it asks for a
+    description of the images)."""
+    return check_text(text, name) if has_images else check_prompt(text, name)
+
+
 def check_prompts(prompts: Sequence[Any], name: str = "prompt") -> list[str]:
     """Every prompt of a batch `check_prompt`ed; the error names the first bad one ("prompt 2 ...")."""
     return [check_prompt(p, f"{name} {index}") for index, p in enumerate(prompts)]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nexusgen.batch.runner import ItemError
-from nexusgen.validation import check_output_size, check_prompt, check_seed, check_side, check_text
+from nexusgen.validation import check_output_size, check_question, check_seed, check_side, check_text
 
 PROMPTS, EDITS, QUESTIONS = "prompts", "edits", "questions"
 FIELDS = {
@@ -128,11 +128,7 @@ def _json_row(text: str, kind: str, where: str) -> dict:
 
 def _item(row: dict, kind: str, where: str, number: int, seed: int, folder: Path) -> BatchItem:
     images = _images(row.get("image"), kind, folder)
-    prompt = row["prompt"]
-    if kind == QUESTIONS and images:
-        prompt = check_text(prompt, "prompt")  # empty: describe the image
-    else:
-        prompt = check_prompt(prompt, "prompt")
+    prompt = check_question(row["prompt"], kind == QUESTIONS and bool(images), "prompt")
     item_seed = check_seed(row["seed"], 1, "seed") if "seed" in row else check_seed(seed + number - 1, 1, "seed")
     options = {}
     for side in ("height", "width"):

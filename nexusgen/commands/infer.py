@@ -21,7 +21,15 @@ from nexusgen.commands.common import (
 from nexusgen.files import OutputError, check_output_file, check_output_folder
 from nexusgen.processing.images import load_image
 from nexusgen.processing.templates import IMAGE_PLACEHOLDER
-from nexusgen.validation import check_max_new_tokens, check_prompt, check_sampling, check_seed, check_text, offset_seed
+from nexusgen.validation import (
+    check_max_new_tokens,
+    check_prompt,
+    check_question,
+    check_sampling,
+    check_seed,
+    check_text,
+    offset_seed,
+)
 
 QUIT, ATTACH, HELP = "/quit", "/image", "/help"
 CHAT_COMMANDS = f"{ATTACH} PATH (attach an image to your next message), {QUIT} (end), {HELP}"
@@ -48,7 +56,7 @@ def understand(args: argparse.Namespace) -> int:
         raise ValueError("--out is the answers file of --questions FILE; a single answer is printed")
     check_text(args.prompt, "--prompt")
     images = [load_image(p) for p in args.image]
-    prompt = args.prompt if images and not args.prompt.strip() else check_prompt(args.prompt, "--prompt")
+    prompt = check_question(args.prompt, bool(images), "--prompt")
     max_new_tokens = check_max_new_tokens(args.max_new_tokens, "--max-new-tokens")
     check_sampling(args.temperature, args.top_k, args.top_p, ("--temperature", "--top-k", "--top-p"))
     seed = check_seed(args.seed, 1, "--seed")
