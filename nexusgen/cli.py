@@ -16,6 +16,7 @@ import os
 import sys
 
 from nexusgen import openmp
+from nexusgen.validation import DEFAULT_MAX_NEW_TOKENS
 
 DEFAULT_MODEL = "shapes-mini"
 
@@ -84,7 +85,7 @@ def _inference_commands(sub) -> None:
     p.add_argument("--image", action="append", default=[],
                    help="input image (repeat for several; none: a text-only question)")
     p.add_argument("--prompt", default=None, help='the question ("" with --image: describe the image)')
-    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); above 0: sample")
     p.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most likely tokens (0: all)")
     p.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus probability (1: all)")

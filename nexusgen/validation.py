@@ -39,6 +39,8 @@ MAX_SEED = 2**64 - 1
 """torch.Generator.manual_seed takes 64-bit seeds."""
 SEED_SPAN = 2**64
 MAX_NEW_TOKENS = 131_072
+DEFAULT_MAX_NEW_TOKENS = 1024
+"""The answer budget of the official scripts and app: the default of `understand`, its command and batch files."""
 MAX_TEMPERATURE = 100.0
 DEVICE_TYPES = ("cpu", "cuda")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")

@@ -24,6 +24,7 @@ from nexusgen.batch.items import BatchItem
 from nexusgen.batch.records import RecordLog, matches, records_folder
 from nexusgen.batch.runner import ItemError, RunSummary, Shard, run_items
 from nexusgen.files import atomic_save_image
+from nexusgen.validation import DEFAULT_MAX_NEW_TOKENS
 
 RESULTS_NAME = "results.jsonl"
 
@@ -54,7 +55,7 @@ class ImageOptions:
 class AnswerOptions:
     """The command's answering settings (as `NexusGen.understand`)."""
 
-    max_new_tokens: int = 1024
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0

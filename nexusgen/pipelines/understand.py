@@ -22,10 +22,14 @@ from nexusgen.models.batch_invariance import items_apart
 from nexusgen.models.text_generation import generate_text
 from nexusgen.pipelines.inputs import as_batch, batch_seeds, check_image, fit_context, same_shape_groups, to_device
 from nexusgen.processing.templates import IMAGE_SLOT
-from nexusgen.validation import check_max_new_tokens, check_prompts, check_sampling, check_seed
+from nexusgen.validation import (
+    DEFAULT_MAX_NEW_TOKENS,
+    check_max_new_tokens,
+    check_prompts,
+    check_sampling,
+    check_seed,
+)
 
-DEFAULT_MAX_NEW_TOKENS = 1024
-"""The official scripts' and app's budget."""
 DESCRIBE_PROMPT = "Please give a brief description of the image."
 """What the official app asks when the question about an image is empty."""
 
