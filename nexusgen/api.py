@@ -158,7 +158,7 @@ class NexusGen:
         """Instruction-based editing with the editing (default) or generation decoder; seeds as `generate`
         (see `EditPipeline`)."""
         if decoder == "editing":
-            self._require(self.parts.has("editing_decoder"), "editing")
+            self._require(self.parts.handle("editing_decoder"), "editing")
         images = [_load(im) for im in as_batch(image, "image", (Image.Image, str, os.PathLike))[0]]
         out = self._edit(image=images, prompt=prompt, decoder=decoder, height=height, width=width,
                          num_steps=num_steps, guidance_scale=guidance_scale, seed=seed, progress=progress)
@@ -238,14 +238,15 @@ class NexusGen:
             pipeline = self._require(self._generate, "generation")
             return pipeline.decode_images(image_embeds, height=height, width=width, num_steps=num_steps,
                                           guidance_scale=guidance_scale, seed=seed, progress=progress)
-        self._require(self.parts.has("editing_decoder"), "editing")
+        self._require(self.parts.handle("editing_decoder"), "editing")
         images = [_load(im) for im in as_batch(source, "source", (Image.Image, str, os.PathLike))[0]]
         return self._edit.decode_edits(image_embeds, images, height=height, width=width, num_steps=num_steps,
                                        guidance_scale=guidance_scale, seed=seed, progress=progress)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _require(self, part, what: str):
-        if part is None or part is False:
+        """`part` (a pipeline or a part's handle, not loaded by this); ValueError naming the model when None."""
+        if part is None:
             hint = f"; {self.parts.hint}" if self.parts.hint else ""
             raise ValueError(f"model {self.name!r} has no {what} decoder (parts: {self.config.parts}){hint}")
         return part

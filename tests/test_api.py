@@ -187,6 +187,10 @@ def test_official_folder_loads_the_autoregressive_part_and_says_convert(folder, 
     assert isinstance(model.understand(Image.new("RGB", (64, 64)), "what?", max_new_tokens=2), str)
     with pytest.raises(ValueError, match="no generation decoder.*nexusgen convert"):
         model.generate("a red circle")
+    with pytest.raises(ValueError, match="no editing decoder.*nexusgen convert"):
+        model.edit(Image.new("RGB", (64, 64)), "make it blue")
+    with pytest.raises(ValueError, match="no editing decoder.*nexusgen convert"):
+        model.decode(torch.zeros(1, 4, 8), source=Image.new("RGB", (64, 64)))
 
 
 def test_t5_negative_branch_from_the_folder(folder, tmp_path):
